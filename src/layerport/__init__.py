@@ -1,0 +1,39 @@
+"""layerport: a registry of neural-network layer types, exported to ONNX and proven.
+
+The top-level package is torch-free. It holds what a plugin author needs to
+declare a layer type; building, exporting and verifying live in their own modules.
+"""
+
+__version__ = "0.1.0"
+
+from layerport.errors import (
+    BadFile,
+    InvalidParameter,
+    InvalidSpec,
+    LayerportError,
+    UnknownLayer,
+    UserInputError,
+    VerificationFailed,
+    WorkFailed,
+)
+from layerport.hookspecs import hookimpl
+from layerport.spec import Dim, LayerSpec, Param, Streaming, Tensor, Tolerance
+
+__all__ = [
+    "BadFile",
+    "Dim",
+    "InvalidParameter",
+    "InvalidSpec",
+    "LayerSpec",
+    "LayerportError",
+    "Param",
+    "Streaming",
+    "Tensor",
+    "Tolerance",
+    "UnknownLayer",
+    "UserInputError",
+    "VerificationFailed",
+    "WorkFailed",
+    "__version__",
+    "hookimpl",
+]

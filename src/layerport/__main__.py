@@ -1,0 +1,3 @@
+from layerport.cli import main
+
+main()

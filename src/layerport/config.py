@@ -1,0 +1,156 @@
+"""A layer configuration: which layer, its parameters, dim sizes, dtype and weights.
+
+Everything here is checked before anything is built or allocated, and nothing
+here imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from layerport.errors import InvalidDim, InvalidParameter, ResourceLimit, UserInputError
+from layerport.registry import RegisteredLayer, Registry
+from layerport.spec import DEFAULT_DTYPE, DTYPES, LayerSpec, ParamValue, Tensor
+
+DTYPE_BYTES = {"float32": 4, "float64": 8}
+DEFAULT_MEMORY_LIMIT = 4 * 2**30
+MEMORY_LIMIT_VARIABLE = "LAYERPORT_MAX_MEMORY"
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    """A fully resolved and validated request for one layer instance."""
+
+    layer: RegisteredLayer
+    params: Mapping[str, ParamValue]
+    dims: Mapping[str, int]
+    dtype: str = DEFAULT_DTYPE
+    seed: int = 0
+    weights: Path | None = None
+
+    @property
+    def spec(self) -> LayerSpec:
+        return self.layer.spec
+
+    def shape(self, tensor: Tensor, dims: Mapping[str, int] | None = None) -> tuple[int, ...]:
+        """The concrete shape of ``tensor``, at ``dims`` or at this configuration's dims."""
+        return self.spec.shape(tensor, self.params, self.dims if dims is None else dims)
+
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        return dict(self.spec.weights(self.params))
+
+    def weight_bytes(self) -> int:
+        itemsize = DTYPE_BYTES[self.dtype]
+        return sum(math.prod(shape) * itemsize for shape in self.weight_shapes().values())
+
+    def with_dims(self, dims: Mapping[str, int]) -> LayerConfig:
+        return LayerConfig(self.layer, self.params, dict(dims), self.dtype, self.seed, self.weights)
+
+
+def parse_assignments(pairs: Iterable[str], what: str) -> dict[str, str]:
+    """Split ``KEY=VALUE`` strings; ``what`` names the option in errors."""
+    parsed: dict[str, str] = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or not key.strip():
+            raise UserInputError(f"{what} expects KEY=VALUE, got {pair!r}")
+        if key.strip() in parsed:
+            raise UserInputError(f"{what} {key.strip()} is given twice")
+        parsed[key.strip()] = value.strip()
+    return parsed
+
+
+def parse_dim_sizes(pairs: Iterable[str]) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for name, text in parse_assignments(pairs, "--dim").items():
+        try:
+            sizes[name] = int(text)
+        except ValueError:
+            raise InvalidDim(f"dim {name} must be an integer >= 1, got {text!r}") from None
+    return sizes
+
+
+def resolve_config(
+    registry: Registry,
+    layer_name: str,
+    params: Mapping[str, object] | None = None,
+    dims: Mapping[str, int] | None = None,
+    dtype: str = DEFAULT_DTYPE,
+    seed: int = 0,
+    weights: Path | None = None,
+) -> LayerConfig:
+    """Look the layer up and check every choice against its spec."""
+    layer = registry.resolve(layer_name)
+    if dtype not in DTYPES:
+        raise UserInputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise InvalidParameter(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
+    config = LayerConfig(
+        layer=layer,
+        params=layer.spec.resolve_params(params),
+        dims=layer.spec.resolve_dims(dims),
+        dtype=dtype,
+        seed=seed,
+        weights=weights,
+    )
+    check_memory(config)
+    return config
+
+
+def memory_limit() -> int:
+    """Bytes a single run or export may need, from ``LAYERPORT_MAX_MEMORY`` or the default."""
+    text = os.environ.get(MEMORY_LIMIT_VARIABLE)
+    if text is None:
+        return DEFAULT_MEMORY_LIMIT
+    try:
+        return parse_bytes(text)
+    except ValueError:
+        raise UserInputError(
+            f"{MEMORY_LIMIT_VARIABLE} must be a size such as 8G or 512M, got {text!r}"
+        ) from None
+
+
+def parse_bytes(text: str) -> int:
+    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "")
+    value = float(number) * units[unit]
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(text)
+    return int(value)
+
+
+def estimate_bytes(config: LayerConfig, dims: Mapping[str, int] | None = None) -> int:
+    """A generous estimate of the memory one forward pass needs.
+
+    Weights, inputs and outputs, plus as much again for intermediates (an RNN
+    keeps every hidden state), then doubled for the eager and onnxruntime copies
+    a verification holds at once.
+    """
+    itemsize = DTYPE_BYTES[config.dtype]
+    tensors = config.spec.inputs + config.spec.outputs
+    activations = sum(math.prod(config.shape(tensor, dims)) for tensor in tensors) * itemsize
+    return 2 * (config.weight_bytes() + 2 * activations)
+
+
+def check_memory(config: LayerConfig, dims: Mapping[str, int] | None = None) -> None:
+    """Refuse a configuration that would exhaust memory, before allocating anything."""
+    needed, limit = estimate_bytes(config, dims), memory_limit()
+    if needed > limit:
+        raise ResourceLimit(
+            f"layer {config.spec.name} with these sizes needs about {format_bytes(needed)}, "
+            f"over the {format_bytes(limit)} limit; raise it with {MEMORY_LIMIT_VARIABLE}=SIZE "
+            "(for example 16G) if this machine has the memory"
+        )
+
+
+def format_bytes(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"

@@ -1,0 +1,66 @@
+"""The torch modules behind the built-in layer types.
+
+Imported only by the builders, so that listing and showing layers never imports torch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch._higher_order_ops.scan import scan
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "none": nn.Identity,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+}
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` followed by an activation; the weights stay ``weight`` and ``bias``."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, activation: str) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        self.activation = _ACTIVATIONS[activation]()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(super().forward(x))
+
+
+class ElmanRNN(nn.Module):
+    """The seed notebook's Elman RNN: ``h_t = act(wi(x_t) + wh(h_{t-1}))``, ``y_t = wo(h_t)``.
+
+    The recurrence runs through ``torch._higher_order_ops.scan`` rather than a
+    Python loop over time. torch.onnx traces a Python loop (and ``nn.RNN``) by
+    unrolling it to the example's length, which pins the sequence dim; ``scan``
+    exports as one ONNX ``Scan`` node whose body is a single step, so the file's
+    size is independent of the sequence length and any length works. ``wi`` does
+    not depend on the recurrence, so it is applied to the whole sequence at once,
+    outside the loop, as one large matmul.
+    """
+
+    def __init__(
+        self, input_size: int, hidden_size: int, output_size: int, nonlinearity: str, bias: bool
+    ) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.wi = nn.Linear(input_size, hidden_size, bias=bias)
+        self.wh = nn.Linear(hidden_size, hidden_size, bias=bias)
+        self.wo = nn.Linear(hidden_size, output_size, bias=bias)
+        self.nonlinearity = nonlinearity
+        self.act = torch.tanh if nonlinearity == "tanh" else torch.relu
+
+    def forward(
+        self, x: torch.Tensor, h0: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if h0 is None:
+            h0 = x.new_zeros(x.shape[0], self.hidden_size)
+        projected = self.wi(x).transpose(0, 1)  # (seq, batch, hidden): scan walks dim 0
+
+        def step(h: torch.Tensor, projected_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            h_next = self.act(projected_t + self.wh(h))
+            return h_next, h_next.clone()  # scan forbids a carry that aliases an output
+
+        h_n, hidden = scan(step, h0, projected)
+        return self.wo(hidden.transpose(0, 1)), h_n

@@ -1,0 +1,64 @@
+"""The project's errors. The CLI maps each family to its exit code in one place.
+
+Library code raises these and never prints or exits: ``UserInputError`` means the
+user asked for something wrong (exit 2), ``WorkFailed`` means the work itself did
+not succeed (exit 1).
+"""
+
+from __future__ import annotations
+
+
+class LayerportError(Exception):
+    """Base class of every error layerport raises on purpose."""
+
+    exit_code = 1
+
+
+class UserInputError(LayerportError):
+    """Bad usage, an unknown layer, a bad parameter or dim, or an unusable file."""
+
+    exit_code = 2
+
+
+class UnknownLayer(UserInputError):
+    """No registered layer type answers to the requested name."""
+
+
+class AmbiguousLayer(UserInputError):
+    """Several plugins register the requested bare name."""
+
+
+class InvalidParameter(UserInputError):
+    """A layer parameter is unknown, of the wrong type or out of range."""
+
+
+class InvalidDim(UserInputError):
+    """A dim name is unknown, not dynamic, or its size is not allowed."""
+
+
+class InvalidSpec(LayerportError):
+    """A plugin's layer-type spec is inconsistent. Raised at registration time."""
+
+
+class BadFile(UserInputError):
+    """A file cannot be read, or does not fit what it is used for."""
+
+
+class ResourceLimit(UserInputError):
+    """A run or export would need more memory than the configured limit allows."""
+
+
+class WorkFailed(LayerportError):
+    """The work was attempted and did not succeed."""
+
+
+class ExportFailed(WorkFailed):
+    """torch.onnx could not export the layer, or the file it made is unusable."""
+
+
+class VerificationFailed(WorkFailed):
+    """The export does not compute what eager PyTorch computes."""
+
+
+class MissingDependency(LayerportError):
+    """The command needs a package that this installation does not have."""

@@ -1,0 +1,62 @@
+"""Writing files so that a failure or an interrupt never leaves a partial one.
+
+Every file layerport writes goes to a temporary file in the target's folder and
+is moved into place with ``os.replace``, which is atomic on POSIX and Windows: a
+reader sees either the old file, untouched, or the complete new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from pathlib import Path
+
+from layerport.errors import BadFile
+
+
+def check_writable_target(path: Path) -> None:
+    """Refuse, before any work is done, a target that cannot be written."""
+    parent = path.parent
+    if path.is_dir():
+        raise BadFile(f"{path} is a folder; give a file path")
+    if not parent.exists():
+        raise BadFile(f"cannot write {path}: folder {parent} does not exist")
+    if not parent.is_dir():
+        raise BadFile(f"cannot write {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BadFile(f"cannot write {path}: folder {parent} is not writable")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, keeping any existing file on failure."""
+    check_writable_target(path)
+    try:
+        descriptor, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+        )
+    except OSError as error:
+        raise BadFile(f"cannot write {path}: {error.strerror}") from error
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException as error:  # KeyboardInterrupt and SIGTERM included
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        if isinstance(error, OSError):
+            raise BadFile(f"cannot write {path}: {error.strerror}") from error
+        raise
+
+
+def atomic_save_npz(path: Path, arrays: dict[str, object]) -> None:
+    """Save arrays under their own names in an ``.npz`` file, atomically."""
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
+    atomic_write_bytes(path, buffer.getvalue())

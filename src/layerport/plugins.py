@@ -1,0 +1,210 @@
+"""The plugin manager: built-in plugins, entry-point plugins, and their isolation.
+
+Built-in layer types are ordinary plugins listed in ``DEFAULT_PLUGINS`` and take
+the same path as third-party ones. Third-party plugins are distributions with an
+entry point in the ``layerport`` group. Each one loads on its own: a plugin that
+fails to import, registers a misspelled hook or raises in its hook is recorded
+as a ``PluginFailure`` and every other plugin keeps working.
+
+``LAYERPORT_LOAD_PLUGINS`` selects plugins: a comma-separated list of
+distribution names loads only those; an empty value loads only the built-ins.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from collections.abc import Callable
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from layerport import __version__, hookspecs
+from layerport.registry import PluginFailure, PluginInfo, Registry
+
+DEFAULT_PLUGINS = (
+    "layerport.default_plugins.linear",
+    "layerport.default_plugins.rnn",
+)
+ENTRY_POINT_GROUP = "layerport"
+BUILTIN = PluginInfo(name="layerport", version=__version__)
+
+pm = pluggy.PluginManager("layerport")
+pm.add_hookspecs(hookspecs)
+
+_plugin_info: dict[int, PluginInfo] = {}
+_load_failures: list[PluginFailure] = []
+_warnings: list[str] = []
+_loaded = False
+
+
+def load_plugins(*, strict: bool = False) -> None:
+    """Register the built-in and installed plugins, once per process.
+
+    With ``strict`` (the CLI's ``--debug``), a broken plugin raises its original
+    error instead of being recorded.
+    """
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module_name in DEFAULT_PLUGINS:
+        _register(importlib.import_module(module_name), module_name, BUILTIN)
+    for entry_point in _selected_entry_points():
+        info = _plugin_info_for(entry_point)
+        try:
+            plugin = entry_point.load()
+            _register(plugin, f"{info.name}:{entry_point.name}", info)
+        except Exception as error:
+            if strict:
+                raise
+            _load_failures.append(
+                _failure(info.name, f"cannot load entry point {entry_point.value!r}", error)
+            )
+    pm.check_pending()
+
+
+def _register(plugin: Any, name: str, info: PluginInfo) -> None:
+    # pluggy validates hook arguments on register; a hook with no spec only
+    # surfaces in check_pending(), which names no distribution, so check here.
+    pm.register(plugin, name=name)
+    _plugin_info[id(plugin)] = info
+    unknown = [caller.name for caller in pm.get_hookcallers(plugin) or [] if caller.spec is None]
+    if unknown:
+        pm.unregister(plugin)
+        raise pluggy.PluginValidationError(
+            plugin, f"unknown hook {unknown[0]!r}; hooks: register_layers, register_commands"
+        )
+
+
+def _selected_entry_points() -> list[metadata.EntryPoint]:
+    entry_points = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+    selection = os.environ.get("LAYERPORT_LOAD_PLUGINS")
+    if selection is None:
+        return entry_points
+    wanted = {_normalize(name) for name in selection.split(",") if name.strip()}
+    installed = {_normalize(_distribution_name(entry_point)) for entry_point in entry_points}
+    for name in sorted(wanted - installed):
+        _warnings.append(f"LAYERPORT_LOAD_PLUGINS names {name!r}, which is not an installed plugin")
+    return [ep for ep in entry_points if _normalize(_distribution_name(ep)) in wanted]
+
+
+def _plugin_info_for(entry_point: metadata.EntryPoint) -> PluginInfo:
+    dist = entry_point.dist
+    if dist is None:
+        return PluginInfo(name=entry_point.name, version="unknown")
+    return PluginInfo(name=dist.metadata["Name"], version=dist.version)
+
+
+def _distribution_name(entry_point: metadata.EntryPoint) -> str:
+    return entry_point.dist.metadata["Name"] if entry_point.dist else entry_point.name
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower().strip()
+
+
+def _failure(plugin: str, what: str, error: BaseException) -> PluginFailure:
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    message = f"{what}: {type(error).__name__}" + (f": {detail}" if detail else "")
+    return PluginFailure(plugin=plugin, message=message, error=error)
+
+
+def plugin_info(plugin: Any) -> PluginInfo:
+    """The distribution behind a registered plugin object.
+
+    A plugin registered directly with ``pm.register`` (as tests do) is known by
+    its pluggy name.
+    """
+    if id(plugin) in _plugin_info:
+        return _plugin_info[id(plugin)]
+    return PluginInfo(name=pm.get_name(plugin) or repr(plugin), version="unknown")
+
+
+def warnings() -> list[str]:
+    """Problems worth telling the user that broke no plugin."""
+    return list(_warnings)
+
+
+def call_hook_per_plugin(
+    hook_name: str,
+    kwargs_for: Callable[[Any], dict[str, Any]],
+    failures: list[PluginFailure],
+    *,
+    strict: bool = False,
+) -> list[Any]:
+    """Call ``hook_name`` on each plugin separately, so one failure stays contained.
+
+    ``pm.hook.<name>(...)`` would stop at the first plugin that raises; calling
+    the implementations one at a time records the failure in ``failures`` and
+    carries on. ``kwargs_for(plugin)`` gives each plugin its arguments. Returns
+    the plugins whose implementation succeeded, in registration order.
+    """
+    succeeded = []
+    for implementation in reversed(getattr(pm.hook, hook_name).get_hookimpls()):
+        kwargs = kwargs_for(implementation.plugin)
+        try:
+            implementation.function(*(kwargs[name] for name in implementation.argnames))
+        except Exception as error:
+            if strict:
+                raise
+            info = plugin_info(implementation.plugin)
+            failures.append(_failure(info.name, f"its {hook_name} hook raised", error))
+        else:
+            succeeded.append(implementation.plugin)
+    return succeeded
+
+
+def get_registry(*, strict: bool = False) -> Registry:
+    """A registry of every layer type the loaded plugins provide.
+
+    It is built afresh on each call (the hooks are cheap), so a plugin registered
+    or unregistered with ``pm`` at run time, as tests do, is always reflected.
+    """
+    load_plugins(strict=strict)
+    registry = Registry()
+    hook_failures: list[PluginFailure] = []
+    specs_by_plugin: dict[int, list[Any]] = {}
+
+    def register_argument(plugin: Any) -> dict[str, Any]:
+        specs_by_plugin[id(plugin)] = []
+        return {"register": specs_by_plugin[id(plugin)].append}
+
+    for plugin in call_hook_per_plugin(
+        "register_layers", register_argument, hook_failures, strict=strict
+    ):
+        # A plugin's layers are committed only if all of them are valid, so a
+        # plugin that fails halfway provides nothing rather than half its layers.
+        info = plugin_info(plugin)
+        staged = Registry()
+        try:
+            for spec in specs_by_plugin[id(plugin)]:
+                staged.register(spec, info)
+        except Exception as error:
+            if strict:
+                raise
+            hook_failures.append(_failure(info.name, "it registered an invalid layer", error))
+            continue
+        for layer in staged:
+            registry.register(layer.spec, layer.plugin)
+    registry.failures = _load_failures + hook_failures
+    return registry
+
+
+def load_plugin_commands(cli: Any, *, strict: bool = False) -> None:
+    """Let plugins add subcommands to ``cli`` through the ``register_commands`` hook."""
+    load_plugins(strict=strict)
+    call_hook_per_plugin(
+        "register_commands", lambda plugin: {"cli": cli}, _load_failures, strict=strict
+    )
+
+
+def loaded_plugins() -> list[PluginInfo]:
+    """Every plugin that registered successfully, built-ins first, without repeats."""
+    seen: dict[str, PluginInfo] = {}
+    for plugin in pm.get_plugins():
+        info = plugin_info(plugin)
+        seen.setdefault(info.name, info)
+    return sorted(seen.values(), key=lambda info: (info is not BUILTIN, info.name))

@@ -1,0 +1,360 @@
+"""The layer-type spec: everything layerport needs to know about one layer type.
+
+A plugin describes its layer type once, declaratively: typed parameters, named
+inputs and outputs with named dims, which dims are dynamic, the weight tensors,
+a builder, and comparison tolerances. Export, verification, benchmarking and the
+conformance kit need nothing beyond what a spec declares.
+
+This module does not import torch: ``layerport list`` and ``show`` read specs, and
+only ``LayerSpec.build`` (called when a layer is instantiated) needs torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from layerport.errors import InvalidDim, InvalidParameter, InvalidSpec
+
+if TYPE_CHECKING:
+    from torch import nn
+
+ParamValue = int | float | bool | str
+Params = Mapping[str, ParamValue]
+Dims = Mapping[str, int]
+
+DTYPES = ("float32", "float64")
+DEFAULT_DTYPE = "float32"
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_LAYER_NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One typed layer parameter, with its default, its constraints and a help line."""
+
+    name: str
+    type: type
+    default: ParamValue
+    help: str
+    choices: tuple[ParamValue, ...] | None = None
+    minimum: int | float | None = None
+    maximum: int | float | None = None
+
+    def allowed(self) -> str:
+        """Describe the values this parameter accepts, for help text and errors."""
+        if self.choices is not None:
+            return "one of " + ", ".join(_format_value(choice) for choice in self.choices)
+        words = _TYPE_WORDS[self.type]
+        if self.minimum is not None and self.maximum is not None:
+            return f"{words} from {self.minimum} to {self.maximum}"
+        if self.minimum is not None:
+            return f"{words} >= {self.minimum}"
+        if self.maximum is not None:
+            return f"{words} <= {self.maximum}"
+        return words
+
+    def parse(self, text: str) -> ParamValue:
+        """Turn a command-line string into a checked value."""
+        value: ParamValue
+        try:
+            if self.type is bool:
+                lowered = text.strip().lower()
+                if lowered not in _TRUE | _FALSE:
+                    raise ValueError(text)
+                value = lowered in _TRUE
+            elif self.type is int:
+                value = int(text.strip())
+            elif self.type is float:
+                value = float(text.strip())
+            else:
+                value = text
+        except ValueError:
+            raise self._invalid(repr(text)) from None
+        return self.check(value)
+
+    def check(self, value: object) -> ParamValue:
+        """Check a Python value (from code or from a file's metadata) and return it."""
+        if not _has_type(value, self.type):
+            raise self._invalid(repr(value))
+        assert isinstance(value, (int, float, bool, str))
+        if self.type is float:
+            value = float(value)
+            if value != value or value in (float("inf"), float("-inf")):
+                raise self._invalid(repr(value))
+        if self.choices is not None and value not in self.choices:
+            raise self._invalid(_format_value(value))
+        out_of_range = (self.minimum is not None and value < self.minimum) or (  # type: ignore[operator]
+            self.maximum is not None and value > self.maximum  # type: ignore[operator]
+        )
+        if out_of_range:
+            raise self._invalid(_format_value(value))
+        return value
+
+    def _invalid(self, shown: str) -> InvalidParameter:
+        return InvalidParameter(f"parameter {self.name} must be {self.allowed()}, got {shown}")
+
+
+@dataclass(frozen=True)
+class Dim:
+    """A dynamic dim: its size is chosen per call, and the export keeps it symbolic.
+
+    ``check_size`` is the larger size verification also tries, beyond 1 and the
+    size the export was traced at.
+    """
+
+    name: str
+    default: int
+    help: str = ""
+    check_size: int | None = None
+
+    def grid(self, export_size: int) -> tuple[int, ...]:
+        """The sizes verification runs at: 1, the traced size, and a larger one.
+
+        The larger size is never a multiple of the traced size, so an export that
+        silently repeats or truncates a traced block cannot pass by coincidence.
+        """
+        larger = max(self.check_size or 2 * export_size + 5, export_size + 1)
+        while export_size > 1 and larger % export_size == 0:
+            larger += 1
+        return tuple(sorted({1, export_size, larger}))
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A named input or output, and its dims by name.
+
+    Each dim is the name of a dynamic ``Dim``, the name of an integer parameter,
+    or a literal size written as digits.
+    """
+
+    name: str
+    dims: tuple[str, ...]
+    help: str = ""
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Values pass when ``|actual - expected| <= atol + rtol * |expected|``."""
+
+    atol: float
+    rtol: float
+
+
+DEFAULT_TOLERANCES: Mapping[str, Tolerance] = {
+    "float32": Tolerance(atol=1e-5, rtol=1e-4),
+    "float64": Tolerance(atol=1e-10, rtol=1e-8),
+}
+
+
+@dataclass(frozen=True)
+class Streaming:
+    """How a layer processes a long sequence in chunks.
+
+    Outputs that have ``dim`` are concatenated along it; each ``(input, output)``
+    pair in ``carry`` feeds one chunk's output into the next chunk's input, as an
+    RNN carries ``h_n`` into ``h0``.
+    """
+
+    dim: str
+    carry: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """Everything layerport knows about one layer type.
+
+    ``build(params)`` returns the ``nn.Module``; its ``forward`` takes the inputs in
+    the order declared (optional ones may be ``None``) and returns the outputs in
+    the order declared. layerport seeds the weights, sets the dtype and eval mode.
+    ``weights(params)`` gives the state-dict names and shapes without building.
+    ``reference(module)``, if given, returns an independent, fastest-known eager
+    implementation holding the module's weights, used by ``bench`` and the tests.
+    ``flops(params, dims)``, if given, counts floating-point operations per call.
+    """
+
+    name: str
+    description: str
+    build: Callable[[Params], nn.Module]
+    weights: Callable[[Params], Mapping[str, tuple[int, ...]]]
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    params: tuple[Param, ...] = ()
+    dims: tuple[Dim, ...] = ()
+    tolerances: Mapping[str, Tolerance] = field(default_factory=lambda: dict(DEFAULT_TOLERANCES))
+    streaming: Streaming | None = None
+    reference: Callable[[nn.Module], Callable[..., Any]] | None = None
+    flops: Callable[[Params, Dims], int] | None = None
+
+    def __post_init__(self) -> None:
+        _validate_spec(self)
+
+    def param(self, name: str) -> Param:
+        for param in self.params:
+            if param.name == name:
+                return param
+        raise KeyError(name)
+
+    def dim(self, name: str) -> Dim:
+        for dim in self.dims:
+            if dim.name == name:
+                return dim
+        raise KeyError(name)
+
+    def input(self, name: str) -> Tensor:
+        for tensor in self.inputs:
+            if tensor.name == name:
+                return tensor
+        raise KeyError(name)
+
+    def resolve_params(self, given: Mapping[str, object] | None = None) -> dict[str, ParamValue]:
+        """Defaults overlaid with ``given``; strings are parsed, every value is checked."""
+        known = {param.name: param for param in self.params}
+        resolved = {param.name: param.default for param in self.params}
+        for name, value in (given or {}).items():
+            if name not in known:
+                raise InvalidParameter(
+                    f"unknown parameter {name!r} for layer {self.name!r}{_suggest(name, known)}; "
+                    f"parameters: {', '.join(known) or '(none)'}"
+                )
+            param = known[name]
+            resolved[name] = param.parse(value) if isinstance(value, str) else param.check(value)
+        return resolved
+
+    def resolve_dims(self, given: Mapping[str, int] | None = None) -> dict[str, int]:
+        """Default dynamic-dim sizes overlaid with ``given``, each checked."""
+        resolved = {dim.name: dim.default for dim in self.dims}
+        for name, size in (given or {}).items():
+            if name not in resolved:
+                raise InvalidDim(self._unknown_dim_message(name))
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise InvalidDim(f"dim {name} must be an integer >= 1, got {size!r}")
+            resolved[name] = size
+        return resolved
+
+    def _unknown_dim_message(self, name: str) -> str:
+        dynamic = ", ".join(dim.name for dim in self.dims) or "(none)"
+        if any(param.name == name for param in self.params):
+            return (
+                f"dim {name!r} of layer {self.name!r} is fixed by a parameter; "
+                f"set it with -p {name}=SIZE (dynamic dims: {dynamic})"
+            )
+        known = [dim.name for dim in self.dims]
+        return f"unknown dim {name!r} for layer {self.name!r}{_suggest(name, known)}; dynamic dims: {dynamic}"
+
+    def shape(self, tensor: Tensor, params: Params, dims: Dims) -> tuple[int, ...]:
+        """The concrete shape of ``tensor`` for these parameters and dim sizes."""
+        return tuple(_dim_size(dim, params, dims) for dim in tensor.dims)
+
+    def tolerance(self, dtype: str) -> Tolerance:
+        return self.tolerances.get(dtype, DEFAULT_TOLERANCES[dtype])
+
+    def dynamic_axes(self, tensor: Tensor) -> dict[int, str]:
+        """Axis index -> dim name, for the axes of ``tensor`` that are dynamic."""
+        dynamic = {dim.name for dim in self.dims}
+        return {axis: name for axis, name in enumerate(tensor.dims) if name in dynamic}
+
+
+def _dim_size(dim: str, params: Params, dims: Dims) -> int:
+    if dim.isdigit():
+        return int(dim)
+    if dim in dims:
+        return dims[dim]
+    return int(params[dim])
+
+
+def _has_type(value: object, expected: type) -> bool:
+    # bool is a subclass of int, but True is not a size and 1 is not a flag.
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, expected) and not isinstance(value, bool)
+
+
+def _format_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _suggest(name: str, candidates: list[str] | Mapping[str, object]) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _validate_spec(spec: LayerSpec) -> None:
+    """Refuse an inconsistent spec at registration, not at the user's first run."""
+
+    def fail(message: str) -> None:
+        raise InvalidSpec(f"layer spec {spec.name!r}: {message}")
+
+    if not isinstance(spec.name, str) or not _LAYER_NAME.match(spec.name):
+        fail("name must be lowercase letters, digits, '_' or '-', starting with a letter")
+    if not spec.description or "\n" in spec.description:
+        fail("description must be one non-empty line")
+    for attribute in ("build", "weights"):
+        if not callable(getattr(spec, attribute)):
+            fail(f"{attribute} must be callable")
+    param_names = [param.name for param in spec.params]
+    dim_names = [dim.name for dim in spec.dims]
+    tensor_names = [tensor.name for tensor in spec.inputs + spec.outputs]
+    for kind, names in (("parameter", param_names), ("dim", dim_names), ("tensor", tensor_names)):
+        for name in names:
+            if not isinstance(name, str) or not _NAME.match(name):
+                fail(f"{kind} name {name!r} must be a lowercase identifier")
+        if len(set(names)) != len(names):
+            fail(f"{kind} names must be unique, got {names}")
+    if set(param_names) & set(dim_names):
+        fail(f"names used both as parameter and dim: {sorted(set(param_names) & set(dim_names))}")
+    for param in spec.params:
+        if param.type not in _TYPE_WORDS:
+            fail(f"parameter {param.name}: type must be int, float, bool or str")
+        try:
+            param.check(param.default)
+        except InvalidParameter as error:
+            fail(f"default is invalid: {error}")
+    for dim in spec.dims:
+        if not isinstance(dim.default, int) or isinstance(dim.default, bool) or dim.default < 2:
+            # torch.export specializes size-1 dims, so a dynamic dim must trace at >= 2.
+            fail(f"dim {dim.name}: default size must be an integer >= 2")
+    if not spec.inputs or not spec.outputs:
+        fail("a layer needs at least one input and one output")
+    int_params = {param.name for param in spec.params if param.type is int}
+    for tensor in spec.inputs + spec.outputs:
+        for dim_name in tensor.dims:
+            if not (dim_name.isdigit() or dim_name in dim_names or dim_name in int_params):
+                fail(
+                    f"tensor {tensor.name}: dim {dim_name!r} is neither a dynamic dim, "
+                    "an integer parameter nor a literal size"
+                )
+    if any(output.optional for output in spec.outputs):
+        fail("only inputs can be optional")
+    if spec.inputs[0].optional:
+        fail("the first input cannot be optional")
+    for dtype in spec.tolerances:
+        if dtype not in DTYPES:
+            fail(f"tolerances: unknown dtype {dtype!r}; dtypes: {', '.join(DTYPES)}")
+    if spec.streaming is not None:
+        _validate_streaming(spec, fail)
+
+
+def _validate_streaming(spec: LayerSpec, fail: Callable[[str], None]) -> None:
+    assert spec.streaming is not None
+    if spec.streaming.dim not in {dim.name for dim in spec.dims}:
+        fail(f"streaming dim {spec.streaming.dim!r} is not a dynamic dim")
+    inputs = {tensor.name: tensor for tensor in spec.inputs}
+    outputs = {tensor.name: tensor for tensor in spec.outputs}
+    for input_name, output_name in spec.streaming.carry:
+        if input_name not in inputs or output_name not in outputs:
+            fail(f"streaming carries {output_name!r} into {input_name!r}, which must both exist")
+        elif inputs[input_name].dims != outputs[output_name].dims:
+            fail(f"streaming: {input_name} and {output_name} must have the same dims")

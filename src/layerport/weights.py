@@ -1,0 +1,128 @@
+"""Reading weights files safely and checking them against a layer's declared weights.
+
+Two formats: ``.safetensors`` (no code can run from it by design) and PyTorch
+state-dict files (``.pt``/``.pth``), read with ``weights_only=True`` passed
+explicitly: the environment variable ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` turns
+a bare ``torch.load`` back into a full unpickler that runs the file's code, but
+an explicit argument wins over it.
+
+Weights must already have the layer's dtype. ``load_state_dict`` would silently
+cast float64 or integer tensors into a float32 layer, so the layer would no
+longer compute what the file holds; layerport refuses instead, and says which
+``--dtype`` or conversion fixes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from layerport.errors import BadFile
+
+if TYPE_CHECKING:
+    import torch
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Read a weights file into a flat name -> tensor dict, without running code from it."""
+    if not path.is_file():
+        raise BadFile(
+            f"weights file {path} does not exist" if not path.exists() else f"{path} is not a file"
+        )
+    suffix = path.suffix.lower()
+    if suffix in SAFETENSORS_SUFFIXES:
+        tensors = _read_safetensors(path)
+    elif suffix in TORCH_SUFFIXES:
+        tensors = _read_state_dict(path)
+    else:
+        raise BadFile(
+            f"weights file {path} must end in .safetensors, .pt or .pth, got {suffix or 'no suffix'!r}"
+        )
+    return tensors
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise BadFile(f"{path} is not a valid safetensors file: {_first_line(error)}") from error
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise BadFile(
+            f"{path} holds objects other than tensors; layerport loads only plain state dicts "
+            "(weights_only=True), and never runs code from a weights file"
+        ) from error
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as error:
+        raise BadFile(
+            f"{path} is not a valid PyTorch weights file: {_first_line(error)}"
+        ) from error
+    if not isinstance(loaded, Mapping):
+        raise BadFile(f"{path} holds a {type(loaded).__name__}, not a state dict of name -> tensor")
+    not_tensors = [str(key) for key, value in loaded.items() if not isinstance(value, torch.Tensor)]
+    if not_tensors or not all(isinstance(key, str) for key in loaded):
+        raise BadFile(
+            f"{path} holds entries that are not named tensors: {', '.join(not_tensors[:5])}"
+        )
+    return dict(loaded)
+
+
+def check_weights(
+    tensors: Mapping[str, torch.Tensor],
+    expected: Mapping[str, tuple[int, ...]],
+    dtype: str,
+    path: Path,
+) -> None:
+    """Compare a file's tensors with the layer's declared names, shapes and dtype."""
+    import torch
+
+    problems = []
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing:
+        problems.append(f"missing {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {', '.join(unexpected)}")
+    for name in sorted(set(expected) & set(tensors)):
+        tensor = tensors[name]
+        if tuple(tensor.shape) != tuple(expected[name]):
+            problems.append(
+                f"{name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name])}"
+            )
+        elif str(tensor.dtype).removeprefix("torch.") != dtype:
+            problems.append(
+                f"{name} is {str(tensor.dtype).removeprefix('torch.')}, the layer is {dtype} "
+                "(layerport does not cast weights: convert the file or choose --dtype)"
+            )
+        elif not bool(torch.isfinite(tensor).all()):
+            problems.append(f"{name} holds NaN or Inf")
+    if problems:
+        raise BadFile(f"weights in {path} do not fit the layer: " + "; ".join(problems))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

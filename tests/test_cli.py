@@ -1,0 +1,195 @@
+"""The read-and-run half of the CLI: list, show, plugins, run, and the error contract."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import SpecPlugin, run_process, tiny_spec
+
+
+def test_list_shows_builtins(cli) -> None:
+    result = cli("list")
+    assert result.exit_code == 0, result.stderr
+    assert "linear" in result.stdout and "rnn" in result.stdout
+    assert result.stderr == ""
+
+
+def test_list_json(cli) -> None:
+    rows = json.loads(cli("list", "--json").stdout)
+    by_name = {row["name"]: row for row in rows}
+    assert by_name["rnn"]["plugin"] == "layerport"
+    assert by_name["rnn"]["qualified_name"] == "layerport:rnn"
+    assert by_name["linear"]["description"].startswith("Fully connected")
+
+
+def test_list_shows_both_sides_of_a_clash(cli, register_plugin) -> None:
+    register_plugin(SpecPlugin(tiny_spec()), "plugin-a")
+    register_plugin(SpecPlugin(tiny_spec()), "plugin-b")
+    result = cli("list")
+    assert "plugin-a:tiny" in result.stdout and "plugin-b:tiny" in result.stdout
+    clash = cli("run", "tiny")
+    assert clash.exit_code == 2
+    assert "registered by both plugin-a and plugin-b" in clash.stderr
+    assert cli("run", "plugin-b:tiny").exit_code == 0
+
+
+def test_show_json_describes_weights_for_the_configuration(cli) -> None:
+    result = cli("show", "rnn", "-p", "hidden_size=32", "-p", "bias=false", "--json")
+    assert result.exit_code == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["plugin"]["name"] == "layerport"
+    assert {w["name"]: w["shape"] for w in shown["weights"]} == {
+        "wi.weight": [32, 128],
+        "wh.weight": [32, 32],
+        "wo.weight": [16, 32],
+    }
+    x = next(tensor for tensor in shown["inputs"] if tensor["name"] == "x")
+    assert [(d["name"], d["dynamic"]) for d in x["dims"]] == [
+        ("batch", True),
+        ("seq", True),
+        ("input_size", False),
+    ]
+    h0 = next(tensor for tensor in shown["inputs"] if tensor["name"] == "h0")
+    assert h0["optional"] is True
+    params = {param["name"]: param for param in shown["params"]}
+    assert params["nonlinearity"]["allowed"] == "one of tanh, relu"
+    assert params["hidden_size"]["value"] == 32 and params["hidden_size"]["default"] == 64
+
+
+def test_show_table(cli) -> None:
+    result = cli("show", "linear")
+    assert result.exit_code == 0
+    for text in ("in_features", "activation", "batch*", "weight", "Parameters"):
+        assert text in result.stdout
+
+
+def test_plugins_lists_builtins_with_their_layers(cli) -> None:
+    data = json.loads(cli("plugins", "--json").stdout)
+    builtin = next(row for row in data["plugins"] if row["name"] == "layerport")
+    assert builtin["layers"] == ["linear", "rnn"]
+    assert builtin["status"] == "ok"
+
+
+def test_run_linear_prints_a_16_by_2_output(cli) -> None:
+    result = cli("run", "linear", "--json")
+    assert result.exit_code == 0, result.stderr
+    outputs = json.loads(result.stdout)["outputs"]
+    assert outputs["y"]["shape"] == [16, 2]
+    assert outputs["y"]["dtype"] == "float32"
+
+
+def test_run_rnn_prints_both_outputs(cli) -> None:
+    result = cli("run", "rnn")
+    assert result.exit_code == 0, result.stderr
+    assert "8 x 32 x 16" in result.stdout and "8 x 64" in result.stdout
+
+
+def test_run_sigmoid_outputs_are_probabilities(cli) -> None:
+    outputs = json.loads(cli("run", "linear", "-p", "activation=sigmoid", "--json").stdout)[
+        "outputs"
+    ]
+    assert 0 < outputs["y"]["min"] <= outputs["y"]["max"] < 1
+
+
+def test_run_saves_outputs_and_reads_inputs(cli, tmp_path) -> None:
+    x = np.random.default_rng(3).standard_normal((3, 7, 128)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "out.npz"
+    result = cli("run", "rnn", "--input", f"x={tmp_path / 'x.npy'}", "--output", str(out))
+    assert result.exit_code == 0, result.stderr
+    with np.load(out) as saved:
+        assert saved["y"].shape == (3, 7, 16)
+        assert saved["h_n"].shape == (3, 64)
+    # An explicit h0 of zeros is the same as leaving it out.
+    np.savez(tmp_path / "both.npz", x=x, h0=np.zeros((3, 64), np.float32))
+    out2 = tmp_path / "out2.npz"
+    assert (
+        cli("run", "rnn", "--input", str(tmp_path / "both.npz"), "--output", str(out2)).exit_code
+        == 0
+    )
+    with np.load(out) as first, np.load(out2) as second:
+        np.testing.assert_array_equal(first["y"], second["y"])
+
+
+def test_run_float64(cli) -> None:
+    outputs = json.loads(cli("run", "rnn", "--dtype", "float64", "--json").stdout)["outputs"]
+    assert outputs["y"]["dtype"] == "float64"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "lnear"], "Error: unknown layer 'lnear' (did you mean 'linear'?)"),
+        (
+            ["run", "linear", "-p", "in_features=-3"],
+            "Error: parameter in_features must be an integer >= 1, got -3",
+        ),
+        (
+            ["run", "linear", "-p", "nosuch=1"],
+            "Error: unknown parameter 'nosuch' for layer 'linear'",
+        ),
+        (["run", "linear", "-p", "in_features"], "Error: -p expects KEY=VALUE, got 'in_features'"),
+        (["run", "linear", "-p", "bias=2"], "Error: parameter bias must be true or false, got '2'"),
+        (
+            ["run", "linear", "-p", "activation=gelu"],
+            "Error: parameter activation must be one of none",
+        ),
+        (["run", "linear", "--dim", "seq=3"], "Error: unknown dim 'seq' for layer 'linear'"),
+        (["run", "linear", "--dim", "batch=0"], "Error: dim batch must be an integer >= 1, got 0"),
+        (
+            ["run", "linear", "--dim", "batch=x"],
+            "Error: dim batch must be an integer >= 1, got 'x'",
+        ),
+        (
+            ["run", "rnn", "--dim", "hidden_size=3"],
+            "Error: dim 'hidden_size' of layer 'rnn' is fixed",
+        ),
+        (["run", "linear", "--dtype", "float16"], "Error: Invalid value for '--dtype'"),
+        (["run", "linear", "--seed", "-1"], "Error: Invalid value for '--seed'"),
+        (["run"], "Error: Missing argument 'LAYER'"),
+        (["nosuchcommand"], "Error: No such command 'nosuchcommand'"),
+        (["run", "linear", "--bogus"], "Error: No such option '--bogus'"),
+        (["show", "nosuch"], "Error: unknown layer 'nosuch'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(cli, args: list[str], message: str) -> None:
+    result = cli(*args)
+    assert result.exit_code == 2, result
+    assert result.stderr.startswith(message), result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_every_command_has_an_example_in_its_help(cli) -> None:
+    from layerport.cli import cli as group
+
+    for name in group.list_commands(None):  # type: ignore[arg-type]
+        result = cli(name, "--help")
+        assert result.exit_code == 0
+        assert "Example" in result.stdout, name
+        assert cli(name, "-h").stdout == result.stdout
+
+
+def test_no_traceback_and_debug_shows_one() -> None:
+    plain = run_process("run", "linear", "-p", "in_features=-3")
+    assert plain.exit_code == 2
+    assert plain.stderr == "Error: parameter in_features must be an integer >= 1, got -3\n"
+    debug = run_process("run", "linear", "-p", "in_features=-3", "--debug")
+    assert "Traceback" in debug.stderr and "InvalidParameter" in debug.stderr
+    env_debug = run_process("run", "linear", "-p", "in_features=-3", env={"LAYERPORT_DEBUG": "1"})
+    assert "Traceback" in env_debug.stderr
+
+
+def test_console_script_and_module_agree() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "layerport"
+    completed = subprocess.run([str(script), "--version"], capture_output=True, text=True)
+    assert completed.stdout == run_process("--version").stdout
+    assert "layerport" in completed.stdout

@@ -1,0 +1,160 @@
+"""The layer-type spec: parameter parsing and checking, dims, and spec validation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from layerport import Dim, InvalidParameter, InvalidSpec, Param, Streaming, Tensor
+from layerport.default_plugins.linear import LINEAR
+from layerport.default_plugins.rnn import RNN
+from layerport.errors import InvalidDim
+
+from conftest import tiny_spec
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("8", 8), (" 12 ", 12)],
+)
+def test_int_param_parses(text: str, expected: int) -> None:
+    assert LINEAR.param("in_features").parse(text) == expected
+
+
+@pytest.mark.parametrize("text", ["true", "True", "1", "yes", "on"])
+def test_bool_param_parses_true(text: str) -> None:
+    assert LINEAR.param("bias").parse(text) is True
+
+
+@pytest.mark.parametrize("text", ["false", "0", "no", "OFF"])
+def test_bool_param_parses_false(text: str) -> None:
+    assert LINEAR.param("bias").parse(text) is False
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("in_features", "-3", "parameter in_features must be an integer >= 1, got -3"),
+        ("in_features", "0", "parameter in_features must be an integer >= 1, got 0"),
+        ("in_features", "eight", "parameter in_features must be an integer >= 1, got 'eight'"),
+        ("in_features", "2.5", "parameter in_features must be an integer >= 1, got '2.5'"),
+        ("bias", "maybe", "parameter bias must be true or false, got 'maybe'"),
+        (
+            "activation",
+            "gelu",
+            "parameter activation must be one of none, sigmoid, tanh, relu, got gelu",
+        ),
+    ],
+)
+def test_invalid_param_values_name_the_parameter(name: str, text: str, message: str) -> None:
+    with pytest.raises(InvalidParameter) as error:
+        LINEAR.param(name).parse(text)
+    assert str(error.value) == message
+
+
+def test_check_rejects_bool_for_int_and_int_for_bool() -> None:
+    with pytest.raises(InvalidParameter):
+        LINEAR.param("in_features").check(True)
+    with pytest.raises(InvalidParameter):
+        LINEAR.param("bias").check(1)
+
+
+def test_float_param_range_and_non_finite() -> None:
+    param = Param("dropout", float, 0.0, "p", minimum=0.0, maximum=1.0)
+    assert param.parse("0.5") == 0.5
+    assert param.check(1) == 1.0
+    assert param.allowed() == "a number from 0.0 to 1.0"
+    for text in ("1.5", "nan", "inf"):
+        with pytest.raises(
+            InvalidParameter, match=r"parameter dropout must be a number from 0\.0 to 1\.0"
+        ):
+            param.parse(text)
+
+
+def test_resolve_params_overlays_defaults() -> None:
+    params = RNN.resolve_params({"hidden_size": "32", "bias": False})
+    assert params == {
+        "input_size": 128,
+        "hidden_size": 32,
+        "output_size": 16,
+        "nonlinearity": "tanh",
+        "bias": False,
+    }
+
+
+def test_unknown_param_suggests_and_lists() -> None:
+    with pytest.raises(InvalidParameter) as error:
+        LINEAR.resolve_params({"in_feature": "3"})
+    assert "unknown parameter 'in_feature' for layer 'linear' (did you mean 'in_features'?)" in str(
+        error.value
+    )
+    assert "parameters: in_features, out_features, bias, activation" in str(error.value)
+
+
+def test_resolve_dims() -> None:
+    assert RNN.resolve_dims({"seq": 5}) == {"batch": 8, "seq": 5}
+    with pytest.raises(
+        InvalidDim, match="unknown dim 'sq' for layer 'rnn' \\(did you mean 'seq'\\?\\)"
+    ):
+        RNN.resolve_dims({"sq": 5})
+    with pytest.raises(InvalidDim, match="dim 'input_size' of layer 'rnn' is fixed by a parameter"):
+        RNN.resolve_dims({"input_size": 5})
+    with pytest.raises(InvalidDim, match="dim seq must be an integer >= 1, got 0"):
+        RNN.resolve_dims({"seq": 0})
+
+
+def test_shapes_resolve_from_params_and_dims() -> None:
+    params = RNN.resolve_params()
+    dims = RNN.resolve_dims()
+    assert RNN.shape(RNN.input("x"), params, dims) == (8, 32, 128)
+    assert RNN.shape(RNN.outputs[0], params, dims) == (8, 32, 16)
+    assert RNN.dynamic_axes(RNN.input("x")) == {0: "batch", 1: "seq"}
+
+
+def test_grid_has_one_traced_and_a_larger_non_multiple() -> None:
+    seq = RNN.dim("seq")
+    assert seq.grid(32) == (1, 32, 301)
+    assert seq.grid(43) == (1, 43, 302)  # 301 = 7 x 43, so the larger size moves on
+    assert seq.grid(400) == (1, 400, 401)
+    assert Dim("batch", 16).grid(16) == (1, 16, 37)
+
+
+def test_builtin_weights_match_the_issue() -> None:
+    assert LINEAR.weights(LINEAR.resolve_params()) == {"weight": (2, 8), "bias": (2,)}
+    assert RNN.weights(RNN.resolve_params({"bias": False})) == {
+        "wi.weight": (64, 128),
+        "wh.weight": (64, 64),
+        "wo.weight": (16, 64),
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"name": "Bad Name"}, "name must be lowercase"),
+        ({"name": "a:b"}, "name must be lowercase"),
+        ({"description": ""}, "description must be one non-empty line"),
+        ({"description": "two\nlines"}, "description must be one non-empty line"),
+        ({"build": None}, "build must be callable"),
+        ({"inputs": ()}, "at least one input and one output"),
+        ({"inputs": (Tensor("x", ("batch", "nope")),)}, "dim 'nope' is neither"),
+        ({"params": (Param("width", int, 0, "w", minimum=1),)}, "default is invalid"),
+        ({"params": (Param("width", list, [], "w"),)}, "type must be int, float, bool or str"),
+        ({"dims": (Dim("batch", 1),)}, "default size must be an integer >= 2"),
+        ({"dims": (Dim("batch", 5), Dim("batch", 6))}, "dim names must be unique"),
+        ({"outputs": (Tensor("x", ("batch", "3")),)}, "tensor names must be unique"),
+        (
+            {"inputs": (Tensor("x", ("batch", "width"), optional=True),)},
+            "first input cannot be optional",
+        ),
+        ({"tolerances": {"float16": None}}, "unknown dtype 'float16'"),
+        ({"streaming": Streaming("time", ())}, "streaming dim 'time' is not a dynamic dim"),
+        ({"streaming": Streaming("batch", (("h0", "y"),))}, "must both exist"),
+    ],
+)
+def test_inconsistent_specs_are_refused(change: dict, message: str) -> None:
+    base = tiny_spec()
+    fields = {field.name: getattr(base, field.name) for field in dataclasses.fields(base)}
+    with pytest.raises(InvalidSpec, match=message):
+        type(base)(**{**fields, **change})
