@@ -112,7 +112,7 @@ def check_arrays(
         if spec.name not in arrays:
             continue
         array = arrays[spec.name]
-        expected = NUMPY_DTYPES.get(spec.dtype)
+        expected = np.dtype(spec.dtype)
         if array.dtype != expected:
             raise UserInputError(f"input {spec.name} must be {spec.dtype}, got {array.dtype}")
         if array.ndim != len(spec.dims):
@@ -146,7 +146,7 @@ def check_arrays(
                 f"cannot fill optional input {spec.name}: dim {unbound[0]} is unknown"
             )
         shape = tuple(dim if isinstance(dim, int) else bound[dim][0] for dim in spec.dims)
-        complete[spec.name] = np.zeros(shape, dtype=NUMPY_DTYPES[spec.dtype])
+        complete[spec.name] = np.zeros(shape, dtype=spec.dtype)
     return complete, notes
 
 

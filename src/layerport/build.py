@@ -55,7 +55,8 @@ def run_module(
         else None
         for tensor in config.spec.inputs
     ]
-    with torch.inference_mode():
+    # no_grad, not inference_mode: torch's scan and compiled paths recompile under it.
+    with torch.no_grad():
         result = module(*arguments)
     outputs = (result,) if isinstance(result, torch.Tensor) else tuple(result)
     names = [tensor.name for tensor in config.spec.outputs]

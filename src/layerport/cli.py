@@ -23,7 +23,7 @@ import click
 
 from layerport import __version__, noise, plugins
 from layerport.config import LayerConfig, parse_assignments, parse_dim_sizes, resolve_config
-from layerport.errors import LayerportError
+from layerport.errors import LayerportError, one_line
 from layerport.registry import Registry
 from layerport.render import print_fields, print_json, print_table, warn
 from layerport.spec import DEFAULT_DTYPE, DTYPES
@@ -426,12 +426,20 @@ def run(
     for note in notes:
         warn(note)
     outputs = run_eager(config, arrays)
-    _report_outputs(config, outputs, output, json_)
+    about = {
+        "layer": config.layer.qualified_name,
+        "params": dict(config.params),
+        "dims": dict(config.dims),
+        "dtype": config.dtype,
+        "seed": config.seed,
+    }
+    _report_outputs(outputs, output, json_, about)
 
 
 def _report_outputs(
-    config: LayerConfig, outputs: dict[str, Any], output: Path | None, json_: bool
+    outputs: dict[str, Any], output: Path | None, json_: bool, about: dict[str, Any]
 ) -> None:
+    """Save outputs if asked, then summarise each; ``about`` says what produced them."""
     from layerport.arrays import summarize
     from layerport.files import atomic_save_npz
 
@@ -442,17 +450,7 @@ def _report_outputs(
         if summary["non_finite"]:
             warn(f"output {name} holds {summary['non_finite']} NaN or Inf values")
     if json_:
-        print_json(
-            {
-                "layer": config.layer.qualified_name,
-                "params": dict(config.params),
-                "dims": dict(config.dims),
-                "dtype": config.dtype,
-                "seed": config.seed,
-                "outputs": summaries,
-                "saved_to": str(output) if output else None,
-            }
-        )
+        print_json({**about, "outputs": summaries, "saved_to": str(output) if output else None})
         return
     print_table(
         ("output", "shape", "dtype", "mean", "std", "min", "max"),
@@ -463,6 +461,578 @@ def _report_outputs(
     )
     if output is not None:
         click.echo(f"saved {', '.join(outputs)} to {output}", err=True)
+
+
+# ---------------------------------------------------------------------------
+# export, verify, inspect, infer
+
+DEFAULT_EXPORT_DIR = Path("exported")
+
+
+def verification_options(function: F) -> F:
+    """--atol, --rtol, --trials and --report: how verification judges and reports."""
+    options = (
+        click.option(
+            "--atol",
+            type=click.FloatRange(min=0),
+            default=None,
+            help="Absolute tolerance (default: the layer's, by dtype).",
+        ),
+        click.option(
+            "--rtol",
+            type=click.FloatRange(min=0),
+            default=None,
+            help="Relative tolerance (default: the layer's, by dtype).",
+        ),
+        click.option(
+            "--trials",
+            type=click.IntRange(1, 100),
+            default=3,
+            show_default=True,
+            help="Random input draws at each grid point.",
+        ),
+        click.option(
+            "--report",
+            "report_path",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="Write a Markdown verification report to this file.",
+        ),
+    )
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def opset_option(function: F) -> F:
+    from_opset, to_opset = 18, 23
+    return click.option(
+        "--opset",
+        type=click.IntRange(from_opset, to_opset),
+        default=from_opset,
+        show_default=True,
+        help="ONNX opset to export to.",
+    )(function)
+
+
+def _tolerance(config: LayerConfig, atol: float | None, rtol: float | None) -> Any:
+    from layerport.spec import Tolerance
+
+    default = config.spec.tolerance(config.dtype)
+    return Tolerance(
+        atol=default.atol if atol is None else atol, rtol=default.rtol if rtol is None else rtol
+    )
+
+
+def _write_report(report: Any, path: Path | None) -> None:
+    if report is not None and path is not None:
+        from layerport.files import atomic_write_bytes
+
+        atomic_write_bytes(path, report.to_markdown().encode())
+
+
+def _export_summary(result: Any, path: Path | None) -> dict[str, Any]:
+    report = result.report
+    return {
+        "layer": result.config.layer.qualified_name,
+        "path": str(path) if path else None,
+        "size": result.size,
+        "weight_bytes": result.config.weight_bytes(),
+        "nodes": result.node_count,
+        "opset": result.record.opset,
+        "dtype": result.config.dtype,
+        "dynamic_dims": dict(result.config.dims),
+        "verified": report is not None,
+        "max_abs_error": report.max_abs_error() if report else None,
+        "verification": report.summary() if report else None,
+        "export_seconds": round(result.export_seconds, 3),
+        "verify_seconds": round(result.verify_seconds, 3),
+    }
+
+
+def _print_export_summary(summary: dict[str, Any]) -> None:
+    from layerport.config import format_bytes
+
+    verification = summary["verification"]
+    if verification is None:
+        verified = "not verified (--no-verify)"
+    else:
+        grid = ", ".join(f"{name} {sizes}" for name, sizes in verification["grid"].items())
+        streaming = f"; streaming {verification['streaming']}" if verification["streaming"] else ""
+        verified = (
+            f"passed: max abs error {summary['max_abs_error']:.3g} over "
+            f"{verification['cases']} cases ({grid}{streaming})"
+        )
+    print_fields(
+        [
+            ("exported", summary["path"] or "(not written)"),
+            ("layer", summary["layer"]),
+            (
+                "size",
+                f"{format_bytes(summary['size'])} ({format_bytes(summary['weight_bytes'])} of weights)",
+            ),
+            ("nodes", summary["nodes"]),
+            ("opset", summary["opset"]),
+            (
+                "dynamic dims",
+                ", ".join(f"{n} (traced at {s})" for n, s in summary["dynamic_dims"].items())
+                or "none",
+            ),
+            ("verification", verified),
+        ]
+    )
+
+
+def _default_export_path(layer: Any, registry: Registry, folder: Path) -> Path:
+    clash = len(registry.providers(layer.name)) > 1
+    return folder / (f"{layer.plugin.name}.{layer.name}.onnx" if clash else f"{layer.name}.onnx")
+
+
+@cli.command()
+@click.argument("layer", required=False)
+@click.option("--all", "all_", is_flag=True, help="Export every registered layer at its defaults.")
+@layer_options
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="File to write (default exported/LAYER.onnx); with --all, the folder.",
+)
+@opset_option
+@click.option("--no-verify", is_flag=True, help="Skip verification against eager PyTorch.")
+@verification_options
+@json_option
+def export(
+    layer: str | None,
+    all_: bool,
+    params: Sequence[str],
+    dims: Sequence[str],
+    dtype: str,
+    seed: int,
+    weights: Path | None,
+    output: Path | None,
+    opset: int,
+    no_verify: bool,
+    atol: float | None,
+    rtol: float | None,
+    trials: int,
+    report_path: Path | None,
+    json_: bool,
+) -> None:
+    """Export a layer to ONNX, then verify it against eager PyTorch.
+
+    Every dynamic dim stays symbolic in the file. Verification runs onnxruntime and
+    eager PyTorch over a grid of sizes (1, the traced size, and a larger one per
+    dynamic dim) and exits 1 on any mismatch; a file that fails is not written.
+
+    \b
+    Examples:
+      layerport export rnn
+      layerport export linear -p activation=sigmoid -o classifier.onnx
+      layerport export --all -o exported/
+    """
+    from layerport.export import export_layer
+
+    if all_:
+        if layer or params or dims or weights or report_path:
+            raise click.UsageError(
+                "--all exports every layer at its defaults; drop LAYER, -p, --dim, --weights and --report"
+            )
+        _export_all(
+            output or DEFAULT_EXPORT_DIR,
+            dtype,
+            seed,
+            opset,
+            not no_verify,
+            atol,
+            rtol,
+            trials,
+            json_,
+        )
+        return
+    if not layer:
+        raise click.UsageError("give a LAYER to export, or --all")
+    config = config_from_options(layer, params, dims, dtype, seed, weights)
+    if output is None:
+        DEFAULT_EXPORT_DIR.mkdir(exist_ok=True)
+        output = _default_export_path(config.layer, get_registry(), DEFAULT_EXPORT_DIR)
+    from layerport.errors import VerificationFailed
+    from layerport.files import check_writable_target
+
+    check_writable_target(output)
+    if report_path is not None:
+        check_writable_target(report_path)
+    try:
+        result = export_layer(
+            config,
+            opset=opset,
+            verify=not no_verify,
+            tolerance=_tolerance(config, atol, rtol),
+            trials=trials,
+        )
+    except VerificationFailed as failure:
+        _write_report(failure.report, report_path)
+        raise
+    result.write(output)
+    _write_report(result.report, report_path)
+    summary = _export_summary(result, output)
+    if json_:
+        print_json(summary)
+    else:
+        _print_export_summary(summary)
+
+
+def _export_all(
+    folder: Path,
+    dtype: str,
+    seed: int,
+    opset: int,
+    verify: bool,
+    atol: float | None,
+    rtol: float | None,
+    trials: int,
+    json_: bool,
+) -> None:
+    """Export every registered layer in one process; one failure does not stop the rest."""
+    from layerport.config import format_bytes
+    from layerport.errors import WorkFailed
+    from layerport.export import export_layer
+    from layerport.progress import progress_steps
+
+    registry = get_registry()
+    if not folder.exists():
+        if folder == DEFAULT_EXPORT_DIR:
+            folder.mkdir()
+        else:
+            from layerport.errors import BadFile
+
+            raise BadFile(f"output folder {folder} does not exist")
+    if not folder.is_dir():
+        from layerport.errors import BadFile
+
+        raise BadFile(f"{folder} is not a folder; --all writes one file per layer into a folder")
+    layers = list(registry)
+    rows: list[dict[str, Any]] = []
+    for layer in progress_steps(layers, label=lambda layer: layer.qualified_name, what="exporting"):
+        path = _default_export_path(layer, registry, folder)
+        try:
+            config = resolve_config(registry, layer.qualified_name, dtype=dtype, seed=seed)
+            result = export_layer(
+                config,
+                opset=opset,
+                verify=verify,
+                tolerance=_tolerance(config, atol, rtol),
+                trials=trials,
+            )
+            result.write(path)
+            rows.append({**_export_summary(result, path), "status": "ok"})
+        except LayerportError as error:
+            if _State.debug:
+                raise
+            rows.append(
+                {
+                    "layer": layer.qualified_name,
+                    "path": None,
+                    "status": "failed",
+                    "error": one_line(str(error)),
+                }
+            )
+    failed = [row for row in rows if row["status"] != "ok"]
+    if json_:
+        print_json(rows)
+    else:
+        print_table(
+            ("layer", "file", "size", "nodes", "dynamic dims", "max abs error", "time", "status"),
+            (
+                (
+                    row["layer"],
+                    row["path"],
+                    format_bytes(row["size"]) if "size" in row else None,
+                    row.get("nodes"),
+                    ", ".join(row.get("dynamic_dims", {})) or None,
+                    row.get("max_abs_error"),
+                    f"{row['export_seconds'] + row['verify_seconds']:.1f} s"
+                    if "export_seconds" in row
+                    else None,
+                    row["status"] if row["status"] == "ok" else f"failed: {row['error']}",
+                )
+                for row in rows
+            ),
+        )
+    if failed:
+        raise WorkFailed(
+            f"{len(failed)} of {len(rows)} layers failed: "
+            + "; ".join(f"{row['layer']}: {row['error']}" for row in failed)
+        )
+
+
+@cli.command()
+@click.argument("target")
+@layer_options
+@opset_option
+@verification_options
+@json_option
+@click.pass_context
+def verify(
+    ctx: click.Context,
+    target: str,
+    params: Sequence[str],
+    dims: Sequence[str],
+    dtype: str,
+    seed: int,
+    weights: Path | None,
+    opset: int,
+    atol: float | None,
+    rtol: float | None,
+    trials: int,
+    report_path: Path | None,
+    json_: bool,
+) -> None:
+    """Check that an export computes what eager PyTorch computes, at every size.
+
+    TARGET is a layer name (exported in memory, then checked) or an .onnx file,
+    whose recorded configuration rebuilds the eager layer (add --weights if it was
+    exported from a weights file). Exits 1 on any mismatch, NaN, pinned dim, or
+    shape or dtype difference.
+
+    \b
+    Examples:
+      layerport verify rnn --dim seq=64
+      layerport verify exported/rnn.onnx --trials 5 --report report.md
+    """
+    from layerport.errors import VerificationFailed
+    from layerport.files import check_writable_target
+
+    if report_path is not None:
+        check_writable_target(report_path)
+    if target.endswith(".onnx") or Path(target).is_file():
+        for name in ("params", "dtype", "seed", "opset"):
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
+                option = {"params": "-p", "dtype": "--dtype", "seed": "--seed", "opset": "--opset"}[
+                    name
+                ]
+                raise click.UsageError(
+                    f"{option} does not apply to a file: it records its own configuration"
+                )
+        report, path = _verify_file(Path(target), weights, dims, atol, rtol, trials), target
+    else:
+        from layerport.export import export_layer
+
+        config = config_from_options(target, params, dims, dtype, seed, weights)
+        try:
+            result = export_layer(
+                config, opset=opset, tolerance=_tolerance(config, atol, rtol), trials=trials
+            )
+        except VerificationFailed as failure:
+            _write_report(failure.report, report_path)
+            raise
+        report, path = result.report, None
+    _write_report(report, report_path)
+    if not report.passed:
+        raise VerificationFailed(report.failure_message(), report=report)
+    _print_verification(report, path, json_)
+
+
+def _verify_file(
+    path: Path,
+    weights: Path | None,
+    dims: Sequence[str],
+    atol: float | None,
+    rtol: float | None,
+    trials: int,
+) -> Any:
+    from layerport.build import build_module
+    from layerport.config import config_from_record
+    from layerport.errors import BadFile
+    from layerport.runtime import load_model
+    from layerport.verify import verify_export
+
+    model = load_model(path)
+    if model.record is None:
+        raise BadFile(
+            f"{path} was not exported by layerport (it has no layerport metadata), so "
+            "verify cannot rebuild its layer; 'layerport inspect' and 'infer' still work on it"
+        )
+    config = config_from_record(
+        get_registry(), model.record, weights=weights, dims=parse_dim_sizes(dims)
+    )
+    module = build_module(config)
+    return verify_export(
+        config, module, model, config.dims, tolerance=_tolerance(config, atol, rtol), trials=trials
+    )
+
+
+def _print_verification(report: Any, path: str | None, json_: bool) -> None:
+    if json_:
+        print_json({"target": path or report.layer, **report.summary(), "worst": report.worst()})
+        return
+    summary = report.summary()
+    print_fields(
+        [
+            ("verified", path or report.layer),
+            (
+                "result",
+                f"passed: {summary['cases']} cases, atol {summary['atol']:g}, rtol {summary['rtol']:g}",
+            ),
+            ("grid", ", ".join(f"{n} {s}" for n, s in summary["grid"].items()) or "fixed shape"),
+            ("streaming", summary["streaming"] or "not applicable"),
+        ]
+    )
+    print_table(
+        ("output", "max abs error", "max rel error", "worst case"),
+        (
+            (name, worst["max_abs_error"], worst["max_rel_error"], worst["case"])
+            for name, worst in report.worst().items()
+        ),
+    )
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@json_option
+def inspect(file: Path, json_: bool) -> None:
+    """Describe any ONNX file: opset, inputs and outputs, ops, size, layerport metadata.
+
+    \b
+    Example:
+      layerport inspect exported/rnn.onnx
+    """
+    from layerport.config import format_bytes
+    from layerport.inspection import describe_model
+
+    description = describe_model(file)
+    if json_:
+        print_json(description)
+        return
+    print_fields(
+        [
+            ("file", description["path"]),
+            (
+                "size",
+                f"{format_bytes(description['size'])} ({format_bytes(description['weight_bytes'])} "
+                f"in {description['initializers']} initializers)",
+            ),
+            ("ir version", description["ir_version"]),
+            ("opsets", ", ".join(f"{d} {v}" for d, v in description["opsets"].items())),
+            ("producer", description["producer"] or "-"),
+            (
+                "nodes",
+                f"{description['nodes']}: "
+                + ", ".join(f"{op} {n}" for op, n in description["ops"].items()),
+            ),
+        ]
+    )
+    print_table(
+        ("tensor", "kind", "dtype", "dims (* symbolic)"),
+        (
+            (
+                value["name"] + (" (optional)" if value["optional"] else ""),
+                kind,
+                value["dtype"],
+                " x ".join(
+                    f"{d['name']}*" if d["symbolic"] else str(d["size"]) for d in value["dims"]
+                ),
+            )
+            for kind in ("input", "output")
+            for value in description[kind + "s"]
+        ),
+    )
+    metadata = description["layerport"] or {}
+    if metadata:
+        print_table(("layerport metadata", "value"), sorted(metadata.items()))
+    else:
+        click.echo("not exported by layerport (no layerport metadata)")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    metavar="NAME=FILE.npy | FILE.npz",
+    help="Read inputs from files (repeatable). Without it, inputs are drawn from --seed "
+    "at the file's traced sizes, as 'layerport run' draws them.",
+)
+@click.option(
+    "--dim",
+    "dims",
+    multiple=True,
+    metavar="NAME=SIZE",
+    help="With generated inputs: the size of a symbolic dim (repeatable).",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(0, 2**63 - 1),
+    default=None,
+    help="With generated inputs: their seed (default: the file's).",
+)
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Save every output, under its own name, to an .npz file.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="onnxruntime intra-op threads; 0 uses every core.",
+)
+@click.option(
+    "--optimization",
+    type=click.Choice(["disable", "basic", "extended", "all"]),
+    default="all",
+    show_default=True,
+    help="onnxruntime graph optimization level.",
+)
+@json_option
+def infer(
+    file: Path,
+    inputs: Sequence[str],
+    dims: Sequence[str],
+    seed: int | None,
+    output: Path | None,
+    threads: int,
+    optimization: str,
+    json_: bool,
+) -> None:
+    """Run an ONNX file in onnxruntime, without torch.
+
+    Optional inputs that the file's layerport metadata lists (such as the rnn's
+    h0) may be left out; they are zeros.
+
+    \b
+    Examples:
+      layerport infer exported/rnn.onnx
+      layerport infer exported/rnn.onnx --input x=x.npy --output out.npz
+    """
+    from layerport.arrays import read_input_files
+    from layerport.files import check_writable_target
+    from layerport.runtime import SessionSettings, generated_inputs, load_model
+
+    if output is not None:
+        check_writable_target(output)
+    model = load_model(file, SessionSettings(threads=threads, optimization=optimization))
+    if inputs:
+        if dims or seed is not None:
+            raise click.UsageError(
+                "--dim and --seed apply to generated inputs; drop them with --input"
+            )
+        arrays = read_input_files(inputs)
+    else:
+        arrays = generated_inputs(model, parse_dim_sizes(dims), seed)
+    from layerport.arrays import check_arrays
+
+    complete, notes = check_arrays(arrays, model.inputs)
+    for note in notes:
+        warn(note)
+    outputs = model.run_checked(complete)
+    _report_outputs(
+        outputs, output, json_, {"file": str(file), "inputs": "files" if inputs else "generated"}
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -477,10 +1047,6 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> NoReturn:
 def _fail(message: str, exit_code: int) -> NoReturn:
     click.echo(f"Error: {message}", err=True)
     sys.exit(exit_code)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -507,18 +1073,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         hint = ""
         if isinstance(error, click.UsageError) and error.ctx is not None:
             hint = f" (see '{error.ctx.command_path} --help')"
-        _fail(_one_line(error.format_message()) + hint, error.exit_code)
+        _fail(one_line(error.format_message()) + hint, error.exit_code)
     except LayerportError as error:
         if _State.debug:
             raise
-        _fail(_one_line(str(error)), error.exit_code)
+        _fail(one_line(str(error)), error.exit_code)
     except BrokenPipeError:
         sys.exit(1)
     except Exception as error:
         if _State.debug:
             raise
         _fail(
-            f"internal error: {type(error).__name__}: {_one_line(str(error))} "
+            f"internal error: {type(error).__name__}: {one_line(str(error))} "
             "(run with --debug for the traceback, and please report it)",
             1,
         )

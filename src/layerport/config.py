@@ -12,7 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from layerport.errors import InvalidDim, InvalidParameter, ResourceLimit, UserInputError
+from layerport.errors import BadFile, InvalidDim, InvalidParameter, ResourceLimit, UserInputError
+from layerport.metadata import ExportRecord
 from layerport.registry import RegisteredLayer, Registry
 from layerport.spec import DEFAULT_DTYPE, DTYPES, LayerSpec, ParamValue, Tensor
 
@@ -154,3 +155,45 @@ def format_bytes(size: float) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} TiB"
+
+
+def config_from_record(
+    registry: Registry,
+    record: ExportRecord,
+    *,
+    weights: Path | None = None,
+    dims: Mapping[str, int] | None = None,
+) -> LayerConfig:
+    """Rebuild the configuration an exported file records, to check the file against it.
+
+    A file exported from a weights file needs that file again, and its hash must
+    match the one recorded: otherwise the check would compare against other weights.
+    """
+    from layerport.weights import sha256_file
+
+    if record.weights_sha256 is not None:
+        if weights is None:
+            raise UserInputError(
+                "this file was exported from a weights file; pass the same file with --weights"
+            )
+        digest = sha256_file(weights) if weights.is_file() else None
+        if digest != record.weights_sha256:
+            raise BadFile(
+                f"weights file {weights} does not match the one this file was exported from "
+                f"(sha256 {str(digest)[:12]}..., recorded {record.weights_sha256[:12]}...)"
+            )
+    elif weights is not None:
+        raise UserInputError(
+            f"this file was exported from seed {record.seed}, not from a weights file; drop --weights"
+        )
+    export_dims = dict(record.dynamic_dims)
+    export_dims.update(dims or {})
+    return resolve_config(
+        registry,
+        record.qualified_name,
+        params=record.params,
+        dims=export_dims,
+        dtype=record.dtype,
+        seed=record.seed if record.seed is not None else 0,
+        weights=weights,
+    )

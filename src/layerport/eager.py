@@ -28,10 +28,14 @@ def input_array_specs(config: LayerConfig) -> list[ArraySpec]:
     ]
 
 
-def random_inputs(config: LayerConfig, seed: int | None = None) -> dict[str, np.ndarray]:
-    """Standard-normal values for every required input, from the seed."""
+def random_inputs(
+    config: LayerConfig, seed: int | None = None, *, include_optional: bool = False
+) -> dict[str, np.ndarray]:
+    """Standard-normal values for every required input (and optional ones if asked), from the seed."""
     shapes = {
-        tensor.name: config.shape(tensor) for tensor in config.spec.inputs if not tensor.optional
+        tensor.name: config.shape(tensor)
+        for tensor in config.spec.inputs
+        if include_optional or not tensor.optional
     }
     return random_arrays(shapes, config.dtype, config.seed if seed is None else seed)
 

@@ -7,6 +7,8 @@ not succeed (exit 1).
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class LayerportError(Exception):
     """Base class of every error layerport raises on purpose."""
@@ -57,8 +59,18 @@ class ExportFailed(WorkFailed):
 
 
 class VerificationFailed(WorkFailed):
-    """The export does not compute what eager PyTorch computes."""
+    """The export does not compute what eager PyTorch computes. ``report`` says where."""
+
+    def __init__(self, message: str, report: Any = None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class MissingDependency(LayerportError):
     """The command needs a package that this installation does not have."""
+
+
+def one_line(message: object, limit: int = 300) -> str:
+    """Fold a message (often a dependency's multi-line error) into one bounded line."""
+    text = " ".join(str(message).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

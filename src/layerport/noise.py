@@ -47,10 +47,20 @@ def captured_chatter() -> Iterator[io.StringIO]:
     if _verbose:
         yield buffer
         return
-    with (
-        warnings.catch_warnings(),
-        contextlib.redirect_stdout(buffer),
-        contextlib.redirect_stderr(buffer),
-    ):
-        warnings.simplefilter("ignore")
-        yield buffer
+    # torch.onnx's loggers hold handlers on the original sys.stderr, out of reach of
+    # redirect_stderr, so they are silenced by level for the duration.
+    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.CRITICAL)
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(buffer),
+            contextlib.redirect_stderr(buffer),
+        ):
+            warnings.simplefilter("ignore")
+            yield buffer
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)

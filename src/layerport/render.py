@@ -42,7 +42,9 @@ def print_table(
     )
     for row in rows:
         table.add_row(*(format_cell(cell) for cell in row))
-    Console(file=sys.stdout, soft_wrap=False).print(table)
+    # Off a terminal (a pipe, a log), rich would wrap at 80 columns; logs can be wider.
+    width = None if sys.stdout.isatty() else 120
+    Console(file=sys.stdout, soft_wrap=False, width=width).print(table)
 
 
 def print_fields(fields: Iterable[tuple[str, object]]) -> None:

@@ -1,0 +1,75 @@
+"""What layerport records in an exported file's ``metadata_props``, and reading it back.
+
+A file must describe itself to a deployment that has neither torch nor the
+plugin: which layer and configuration it holds, where that came from, which
+dims are dynamic, which inputs may be omitted, and how it was verified. Every
+key is prefixed ``layerport.`` and structured values are JSON, so the file reads
+well in Netron or ``onnx.load(...).metadata_props`` as well as in ``inspect``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from layerport.errors import BadFile
+
+PREFIX = "layerport."
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    """The layerport metadata of one exported file."""
+
+    layer: str
+    qualified_name: str
+    params: dict[str, Any]
+    plugin: str
+    plugin_version: str
+    dtype: str
+    dynamic_dims: dict[str, int]
+    optional_inputs: list[str]
+    opset: int
+    versions: dict[str, str]
+    seed: int | None = None
+    weights_sha256: str | None = None
+    verification: dict[str, Any] = field(default_factory=dict)
+    format: int = FORMAT_VERSION
+
+    def to_props(self) -> dict[str, str]:
+        """Flat string key/values for ``ModelProto.metadata_props``."""
+        props = {}
+        for key, value in asdict(self).items():
+            if value is not None:
+                props[PREFIX + key] = (
+                    value if key in _PLAIN_TEXT else json.dumps(value, sort_keys=True)
+                )
+        return props
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, str]) -> ExportRecord | None:
+        """Read the record back; ``None`` for a file layerport did not export."""
+        ours = {
+            key.removeprefix(PREFIX): value
+            for key, value in props.items()
+            if key.startswith(PREFIX)
+        }
+        if not ours:
+            return None
+        try:
+            values: dict[str, Any] = {
+                key: text if key in _PLAIN_TEXT else json.loads(text)
+                for key, text in ours.items()
+                if key in _FIELDS
+            }
+            return cls(**values)
+        except (TypeError, ValueError) as error:
+            raise BadFile(f"the file's layerport metadata is damaged: {error}") from error
+
+
+# Plain strings are stored as they are, so they read well in any ONNX viewer.
+_PLAIN_TEXT = {"layer", "qualified_name", "plugin", "plugin_version", "dtype", "weights_sha256"}
+_FIELDS = {item.name for item in fields(ExportRecord)}

@@ -1,0 +1,168 @@
+"""Running exported files with onnxruntime and numpy alone: no torch.
+
+``load_model`` reads a file through ``modelfile.read_model`` (validated, external
+data inlined) and opens a CPU session on its bytes. ``Model.run`` checks the
+inputs' names, ranks, sizes and dtypes against the file, so a mistake gives
+layerport's error instead of onnxruntime's, and fills optional inputs that the
+file's layerport metadata lists (such as an RNN's ``h0``) with zeros.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from layerport import noise
+from layerport.arrays import ArraySpec, check_arrays, random_arrays
+from layerport.errors import BadFile, UserInputError, WorkFailed, one_line
+from layerport.metadata import ExportRecord
+from layerport.modelfile import read_model
+
+OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+_ONNX_DTYPES: dict[int, str] = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.DOUBLE: "float64",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.INT32: "int32",
+    onnx.TensorProto.BOOL: "bool",
+}
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """onnxruntime session options. ``threads=0`` lets onnxruntime use every core."""
+
+    threads: int = 0
+    optimization: str = "all"
+
+
+class Model:
+    """An ONNX model open in an onnxruntime CPU session."""
+
+    def __init__(self, model: onnx.ModelProto, name: str, settings: SessionSettings | None = None):
+        self.name = name
+        self.proto = model
+        self.metadata = {prop.key: prop.value for prop in model.metadata_props}
+        self.record = ExportRecord.from_props(self.metadata)
+        optional = set(self.record.optional_inputs) if self.record else set()
+        initializers = {tensor.name for tensor in model.graph.initializer}
+        self.inputs = [
+            array_spec_of(value, optional)
+            for value in model.graph.input
+            if value.name not in initializers
+        ]
+        self.outputs = [array_spec_of(value, set()) for value in model.graph.output]
+        self._session = open_session(model.SerializeToString(), name, settings or SessionSettings())
+
+    def run(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model on named arrays and return its outputs by name."""
+        complete, _ = check_arrays(arrays, self.inputs)
+        return self.run_checked(complete)
+
+    def run_checked(self, complete: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run on inputs already checked and completed by ``check_arrays``."""
+        try:
+            results = self._session.run(None, dict(complete))
+        except Exception as error:
+            raise WorkFailed(f"onnxruntime failed to run {self.name}: {one_line(error)}") from error
+        return {
+            spec.name: np.asarray(result)
+            for spec, result in zip(self.outputs, results, strict=True)
+        }
+
+
+def load_model(path: Path, settings: SessionSettings | None = None) -> Model:
+    """Validate an ONNX file and open it for inference."""
+    return Model(read_model(path), str(path), settings)
+
+
+def open_session(model_bytes: bytes, name: str, settings: SessionSettings) -> Any:
+    import onnxruntime as ort
+
+    if settings.optimization not in OPTIMIZATION_LEVELS:
+        raise UserInputError(
+            f"optimization must be one of {', '.join(OPTIMIZATION_LEVELS)}, got {settings.optimization!r}"
+        )
+    if settings.threads < 0:
+        raise UserInputError(f"threads must be 0 (all cores) or more, got {settings.threads}")
+    ort.set_default_logger_severity(noise.onnxruntime_log_level())
+    options = ort.SessionOptions()
+    options.log_severity_level = noise.onnxruntime_log_level()
+    options.intra_op_num_threads = settings.threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[settings.optimization]
+    try:
+        # enable_fallback=0: on a load error the Python wrapper would otherwise print
+        # to stdout and load the model again. read_config_from_model=0: the model's
+        # own metadata must not set session options.
+        return ort.InferenceSession(
+            model_bytes,
+            sess_options=options,
+            providers=["CPUExecutionProvider"],
+            enable_fallback=0,
+            read_config_from_model=0,
+        )
+    except Exception as error:
+        raise BadFile(f"onnxruntime cannot load {name}: {one_line(error)}") from error
+
+
+def array_spec_of(value: onnx.ValueInfoProto, optional: set[str]) -> ArraySpec:
+    """A graph input's or output's name, dims (symbolic names or sizes) and dtype."""
+    tensor_type = value.type.tensor_type
+    dims: list[str | int] = []
+    for axis, dim in enumerate(tensor_type.shape.dim):
+        if dim.HasField("dim_value"):
+            dims.append(dim.dim_value)
+        else:
+            dims.append(dim.dim_param or f"{value.name}_axis{axis}")
+    dtype = _ONNX_DTYPES.get(
+        tensor_type.elem_type, onnx.TensorProto.DataType.Name(tensor_type.elem_type).lower()
+    )
+    return ArraySpec(
+        name=value.name, dims=tuple(dims), dtype=dtype, optional=value.name in optional
+    )
+
+
+def generated_inputs(
+    model: Model, dims: Mapping[str, int], seed: int | None
+) -> dict[str, np.ndarray]:
+    """Inputs drawn as ``layerport run`` draws them: standard normal, from the seed.
+
+    Symbolic dims take their size from ``dims``, else from the sizes the file
+    records it was traced at. Optional inputs are left out (zeros).
+    """
+    record = model.record
+    sizes = dict(record.dynamic_dims) if record else {}
+    unknown = sorted(
+        set(dims) - {d for spec in model.inputs for d in spec.dims if isinstance(d, str)}
+    )
+    if unknown:
+        raise UserInputError(f"the file has no symbolic dim {unknown[0]!r}")
+    sizes.update(dims)
+    shapes = {}
+    for spec in model.inputs:
+        if spec.optional:
+            continue
+        missing = [dim for dim in spec.dims if isinstance(dim, str) and dim not in sizes]
+        if missing:
+            raise UserInputError(
+                f"give the size of dim {missing[0]} with --dim {missing[0]}=SIZE, or pass --input"
+            )
+        if spec.dtype not in ("float32", "float64"):
+            raise UserInputError(
+                f"input {spec.name} is {spec.dtype}; only float inputs can be generated, pass --input"
+            )
+        shapes[spec.name] = tuple(sizes[dim] if isinstance(dim, str) else dim for dim in spec.dims)
+    default_seed = record.seed if record and record.seed is not None else 0
+    return random_arrays(shapes, model.inputs[0].dtype, default_seed if seed is None else seed)
