@@ -1,0 +1,199 @@
+"""The conformance kit: what every layer type must satisfy, for plugin authors' test suites.
+
+Call it from pytest, all at once::
+
+    from layerport.testing import check_layer
+
+    def test_gru_conforms():
+        check_layer("gru")
+
+or one check per test, so a failure names what broke::
+
+    import pytest
+    from layerport.testing import CHECKS
+
+    @pytest.mark.parametrize("check", CHECKS, ids=lambda check: check.__name__)
+    def test_gru(check):
+        check("gru")
+
+Each check raises ``AssertionError`` with a message that says what to fix. The
+layer must be registered: installed as a plugin, or registered on
+``layerport.plugins.pm`` by the test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import onnx
+
+from layerport.config import LayerConfig, resolve_config
+from layerport.errors import InvalidParameter, LayerportError
+from layerport.plugins import get_registry
+from layerport.spec import LayerSpec, Param
+
+__all__ = [
+    "CHECKS",
+    "check_defaults_build",
+    "check_export_interface",
+    "check_export_verifies",
+    "check_float64_export_verifies",
+    "check_invalid_params_refused",
+    "check_layer",
+    "check_same_seed_same_output",
+    "check_spec_registered",
+]
+
+
+def check_spec_registered(layer: str) -> None:
+    """The layer resolves in the registry, and its plugin loaded without errors."""
+    registry = get_registry()
+    try:
+        registered = registry.resolve(layer)
+    except LayerportError as error:
+        raise AssertionError(f"layer {layer!r} is not usable: {error}") from error
+    assert isinstance(registered.spec, LayerSpec)
+    broken = [f for f in registry.failures if f.plugin == registered.plugin.name]
+    assert not broken, f"plugin {registered.plugin.name} reported: {broken[0].message}"
+
+
+def check_defaults_build(layer: str) -> None:
+    """The defaults build, and so does every choice and flag of every parameter.
+
+    Each build's weights must match what ``spec.weights`` declares.
+    """
+    from layerport.build import build_module
+
+    spec = _spec(layer)
+    for params in _parameter_variants(spec):
+        config = resolve_config(get_registry(), layer, params=params)
+        try:
+            build_module(config)
+        except LayerportError as error:
+            raise AssertionError(
+                f"{layer} with {params or 'defaults'} does not build: {error}"
+            ) from error
+
+
+def check_invalid_params_refused(layer: str) -> None:
+    """Out-of-range, wrongly typed and unknown parameters give ``InvalidParameter`` naming them."""
+    spec = _spec(layer)
+    cases: list[tuple[str, str]] = [("no_such_parameter", "1")]
+    for param in spec.params:
+        cases += [(param.name, text) for text in _invalid_texts(param)]
+    for name, text in cases:
+        try:
+            spec.resolve_params({name: text})
+        except InvalidParameter as error:
+            assert name in str(error), (
+                f"the error for {name}={text!r} does not name {name}: {error}"
+            )
+        else:
+            raise AssertionError(f"{layer} accepted the invalid parameter {name}={text!r}")
+
+
+def check_same_seed_same_output(layer: str) -> None:
+    """A forward pass works, gives the declared shapes, and the same seed gives the same result."""
+    from layerport.eager import random_inputs, run_eager
+
+    config = _config(layer)
+    first = run_eager(config, random_inputs(config))
+    again = run_eager(config, random_inputs(config))
+    other = run_eager(dataclasses.replace(config, seed=config.seed + 1), random_inputs(config))
+    for tensor in config.spec.outputs:
+        shape = config.shape(tensor)
+        assert first[tensor.name].shape == shape, (
+            f"output {tensor.name} has shape {first[tensor.name].shape}, the spec declares {shape}"
+        )
+        np.testing.assert_array_equal(first[tensor.name], again[tensor.name])
+    assert any(not np.array_equal(first[name], other[name]) for name in first), (
+        f"{layer}: a different seed gave identical outputs; does the builder ignore the seed?"
+    )
+
+
+def check_export_verifies(layer: str) -> None:
+    """The float32 export passes verification across the shape grid."""
+    _exported(layer, "float32")
+
+
+def check_float64_export_verifies(layer: str) -> None:
+    """The float64 export passes verification across the shape grid."""
+    _exported(layer, "float64")
+
+
+def check_export_interface(layer: str) -> None:
+    """The file's input and output names and symbolic dims are the spec's own."""
+    result = _exported(layer, "float32")
+    model = onnx.load_model_from_string(result.model_bytes)
+    spec = result.config.spec
+    values = {value.name: value for value in [*model.graph.input, *model.graph.output]}
+    assert [v.name for v in model.graph.input] == [t.name for t in spec.inputs]
+    assert [v.name for v in model.graph.output] == [t.name for t in spec.outputs]
+    for tensor in spec.inputs + spec.outputs:
+        dims = values[tensor.name].type.tensor_type.shape.dim
+        for axis, name in spec.dynamic_axes(tensor).items():
+            assert dims[axis].dim_param == name, (
+                f"{tensor.name} axis {axis} should be the symbolic dim {name!r}, "
+                f"the file has {dims[axis].dim_param or dims[axis].dim_value!r}"
+            )
+
+
+CHECKS: tuple[Callable[[str], None], ...] = (
+    check_spec_registered,
+    check_defaults_build,
+    check_invalid_params_refused,
+    check_same_seed_same_output,
+    check_export_verifies,
+    check_float64_export_verifies,
+    check_export_interface,
+)
+
+
+def check_layer(layer: str) -> None:
+    """Run every check in ``CHECKS`` against ``layer``."""
+    for check in CHECKS:
+        check(layer)
+
+
+def _spec(layer: str) -> LayerSpec:
+    return get_registry().resolve(layer).spec
+
+
+def _config(layer: str, dtype: str = "float32") -> LayerConfig:
+    return resolve_config(get_registry(), layer, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _exported(layer: str, dtype: str):  # type: ignore[no-untyped-def]
+    """One export per layer and dtype per test session: exporting takes seconds."""
+    from layerport.export import export_layer
+
+    try:
+        return export_layer(_config(layer, dtype))
+    except LayerportError as error:
+        raise AssertionError(f"{layer} ({dtype}) does not export and verify: {error}") from error
+
+
+def _parameter_variants(spec: LayerSpec) -> Iterator[dict[str, object]]:
+    yield {}
+    for param in spec.params:
+        if param.choices is not None:
+            yield from ({param.name: choice} for choice in param.choices if choice != param.default)
+        elif param.type is bool:
+            yield {param.name: not param.default}
+
+
+def _invalid_texts(param: Param) -> list[str]:
+    if param.choices is not None:
+        return ["not-one-of-the-choices"]
+    if param.type is bool:
+        return ["maybe"]
+    texts = [] if param.type is str else ["not-a-number"]
+    if param.minimum is not None:
+        texts.append(str(param.minimum - 1))
+    if param.maximum is not None:
+        texts.append(str(param.maximum + 1))
+    return texts
