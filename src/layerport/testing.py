@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -33,7 +34,10 @@ import onnx
 from layerport.config import LayerConfig, resolve_config
 from layerport.errors import InvalidParameter, LayerportError
 from layerport.plugins import get_registry
-from layerport.spec import LayerSpec, Param
+from layerport.spec import LayerSpec, Param, ParamValue
+
+if TYPE_CHECKING:
+    from layerport.export import ExportResult
 
 __all__ = [
     "CHECKS",
@@ -167,7 +171,7 @@ def _config(layer: str, dtype: str = "float32") -> LayerConfig:
 
 
 @functools.lru_cache(maxsize=16)
-def _exported(layer: str, dtype: str):  # type: ignore[no-untyped-def]
+def _exported(layer: str, dtype: str) -> ExportResult:
     """One export per layer and dtype per test session: exporting takes seconds."""
     from layerport.export import export_layer
 
@@ -177,7 +181,7 @@ def _exported(layer: str, dtype: str):  # type: ignore[no-untyped-def]
         raise AssertionError(f"{layer} ({dtype}) does not export and verify: {error}") from error
 
 
-def _parameter_variants(spec: LayerSpec) -> Iterator[dict[str, object]]:
+def _parameter_variants(spec: LayerSpec) -> Iterator[dict[str, ParamValue]]:
     yield {}
     for param in spec.params:
         if param.choices is not None:
