@@ -89,5 +89,5 @@ def compare_arrays(
         worst_actual=float(wide_actual[worst]),
         worst_expected=float(wide_expected[worst]),
         needed_atol=float(max(0.0, excess.max())),
-        needed_rtol=float(np.nan_to_num(needed_rtol, nan=np.inf).max()),
+        needed_rtol=float(np.where(np.isnan(needed_rtol), np.inf, needed_rtol).max()),
     )

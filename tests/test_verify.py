@@ -1,0 +1,219 @@
+"""Verification: the comparison, the grid, streaming, and re-checking files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from layerport import Dim, LayerSpec, Streaming, Tensor, Tolerance
+from layerport.compare import compare_arrays
+from layerport.config import resolve_config
+from layerport.plugins import get_registry
+
+from conftest import SpecPlugin, run_process
+
+TOLERANCE = Tolerance(atol=1e-5, rtol=1e-4)
+
+
+def test_compare_passes_within_tolerance() -> None:
+    expected = np.array([1.0, -2.0, 0.0], np.float32)
+    result = compare_arrays("y", "case", expected + np.float32(5e-6), expected, TOLERANCE)
+    assert result.passed
+    assert result.max_abs_error == pytest.approx(5e-6, rel=1e-2)
+
+
+def test_compare_reports_where_and_what_would_pass() -> None:
+    expected = np.zeros((2, 3), np.float64)
+    actual = expected.copy()
+    actual[1, 2] = 0.5
+    actual[0, 0] = 1e-6
+    result = compare_arrays("y", "batch=2", actual, expected, TOLERANCE)
+    assert not result.passed
+    assert result.worst_index == (1, 2)
+    assert result.worst_actual == 0.5 and result.worst_expected == 0.0
+    assert result.needed_atol == pytest.approx(0.5)
+    assert result.needed_rtol == float("inf")  # expected is 0 there: no rtol can pass
+    assert "max abs error 0.5 at [1, 2]" in result.describe()
+
+
+def test_needed_tolerances_are_the_smallest_that_pass() -> None:
+    expected = np.array([1.0, 10.0])
+    actual = np.array([1.001, 10.0])
+    result = compare_arrays("y", "c", actual, expected, Tolerance(atol=0.0, rtol=0.0))
+    assert compare_arrays("y", "c", actual, expected, Tolerance(result.needed_atol, 0.0)).passed
+    assert compare_arrays("y", "c", actual, expected, Tolerance(0.0, result.needed_rtol)).passed
+    assert not compare_arrays(
+        "y", "c", actual, expected, Tolerance(result.needed_atol * 0.99, 0)
+    ).passed
+
+
+@pytest.mark.parametrize(
+    ("actual", "expected", "problem"),
+    [
+        (
+            np.zeros(3, np.float32),
+            np.zeros(4, np.float32),
+            "shape [3] from onnxruntime, [4] from eager",
+        ),
+        (np.zeros(3, np.float64), np.zeros(3, np.float32), "dtype float64 from onnxruntime"),
+        (
+            np.array([0.0, np.nan], np.float32),
+            np.zeros(2, np.float32),
+            "onnxruntime output holds 1 NaN",
+        ),
+        (
+            np.zeros(2, np.float32),
+            np.array([np.inf, 0], np.float32),
+            "eager output holds 1 NaN or Inf",
+        ),
+    ],
+)
+def test_compare_fails_on_shape_dtype_and_non_finite(actual, expected, problem) -> None:
+    result = compare_arrays("y", "c", actual, expected, TOLERANCE)
+    assert not result.passed
+    assert problem in str(result.problem)
+
+
+@pytest.fixture(scope="module")
+def rnn_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("verify") / "rnn.onnx"
+    assert run_process("export", "rnn", "-o", str(path)).exit_code == 0
+    return path
+
+
+def test_verify_file_rebuilds_the_layer_and_passes(cli, rnn_file: Path, tmp_path: Path) -> None:
+    report = tmp_path / "report.md"
+    result = cli("verify", str(rnn_file), "--report", str(report), "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["passed"] is True
+    assert summary["grid"] == {"batch": [1, 8, 37], "seq": [1, 32, 301]}
+    assert summary["cases"] == 28  # 9 grid points x 3 draws + streaming
+    assert set(summary["worst"]) == {"y", "h_n"}
+    text = report.read_text()
+    assert (
+        "result: **passed**" in text and "| streaming seq=301 in chunks 1+32+268 | y | pass" in text
+    )
+
+
+def test_verify_layer_by_name(cli) -> None:
+    result = cli("verify", "rnn", "--dim", "seq=7", "--trials", "1")
+    assert result.exit_code == 0, result.stderr
+    assert "seq [1, 7, 302]" in result.stdout  # 301 = 43 x 7, so the grid moves on
+
+
+def test_tampered_weights_fail_verification(cli, rnn_file: Path, tmp_path: Path) -> None:
+    model = onnx.load(rnn_file)
+    tensor = next(t for t in model.graph.initializer if t.raw_data and len(t.raw_data) > 1000)
+    values = np.frombuffer(tensor.raw_data, np.float32).copy()
+    values[7] += 0.01
+    tensor.raw_data = values.tobytes()
+    tampered = tmp_path / "tampered.onnx"
+    onnx.save(model, tampered)
+    report = tmp_path / "tampered.md"
+    result = cli("verify", str(tampered), "--report", str(report))
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: verification failed in ")
+    assert "would pass with atol >=" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "result: **FAILED**" in report.read_text()
+
+
+def test_a_pinned_dim_in_the_file_fails_verification(cli, rnn_file: Path, tmp_path: Path) -> None:
+    model = onnx.load(rnn_file)
+    seq = model.graph.input[0].type.tensor_type.shape.dim[1]
+    seq.ClearField("dim_param")
+    seq.dim_value = 32
+    pinned = tmp_path / "pinned.onnx"
+    onnx.save(model, pinned)
+    result = cli("verify", str(pinned))
+    assert result.exit_code == 1
+    assert "declared-dynamic dim seq of x is pinned to 32 in the file" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-p", "hidden_size=3"], "Error: -p does not apply to a file"),
+        (["--dtype", "float64"], "Error: --dtype does not apply to a file"),
+        (["--weights", "w.safetensors"], "Error: this file was exported from seed 0"),
+        (["--dim", "nosuch=3"], "Error: unknown dim 'nosuch' for layer 'rnn'"),
+    ],
+)
+def test_verify_file_bad_options_exit_2(cli, rnn_file: Path, args, message) -> None:
+    result = cli("verify", str(rnn_file), *args)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(message), result.stderr
+
+
+class _DriftsWhenExported(torch.nn.Module):
+    """Eager computes x @ W; the exported graph adds 0.01: verification must catch it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.linear(x)
+        return y + 0.01 if torch.compiler.is_exporting() else y
+
+
+class _IgnoresState(torch.nn.Module):
+    """A recurrence that forgets h0: each chunk restarts, so streaming must fail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None):
+        y = torch.cumsum(x, dim=1) * self.scale
+        return y, y[:, -1]
+
+
+def _spec(name: str, build, **extra) -> LayerSpec:
+    return LayerSpec(name=name, description="A test layer.", build=build, **extra)
+
+
+DRIFTS = _spec(
+    "drifts",
+    lambda params: _DriftsWhenExported(),
+    weights=lambda params: {"linear.weight": (2, 4), "linear.bias": (2,)},
+    dims=(Dim("batch", 4),),
+    inputs=(Tensor("x", ("batch", "4")),),
+    outputs=(Tensor("y", ("batch", "2")),),
+)
+FORGETS = _spec(
+    "forgets",
+    lambda params: _IgnoresState(),
+    weights=lambda params: {"scale": ()},
+    dims=(Dim("batch", 2), Dim("seq", 5, check_size=13)),
+    inputs=(Tensor("x", ("batch", "seq", "3")), Tensor("h0", ("batch", "3"), optional=True)),
+    outputs=(Tensor("y", ("batch", "seq", "3")), Tensor("h_n", ("batch", "3"))),
+    streaming=Streaming("seq", (("h0", "h_n"),)),
+)
+
+
+def test_a_wrong_export_exits_1_and_keeps_the_old_file(cli, register_plugin, tmp_path) -> None:
+    register_plugin(SpecPlugin(DRIFTS), "drifting")
+    target = tmp_path / "drifts.onnx"
+    target.write_bytes(b"the previous good file")
+    result = cli("export", "drifts", "-o", str(target))
+    assert result.exit_code == 1
+    assert "verification failed in 9 of 9 comparisons" in result.stderr
+    assert "would pass with atol >= 0.01" in result.stderr
+    assert target.read_bytes() == b"the previous good file"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_streaming_catches_a_layer_that_drops_its_state(register_plugin) -> None:
+    from layerport.export import export_layer
+
+    register_plugin(SpecPlugin(FORGETS), "forgetful")
+    config = resolve_config(get_registry(), "forgets")
+    with pytest.raises(Exception, match="streaming seq=13 in chunks 1\\+5\\+7"):
+        export_layer(config, trials=1)
