@@ -336,24 +336,21 @@ def plugins_(json_: bool) -> None:
     """
     _State.warned = True  # the failures are this command's output, not a warning
     registry = get_registry()
+    errors = {failure.plugin: failure.message for failure in registry.failures}
     rows: list[dict[str, Any]] = [
         {
             "name": info.name,
             "version": info.version,
-            "status": "ok",
+            "status": "failed" if info.name in errors else "ok",
+            "error": errors.pop(info.name, None),
             "layers": [layer.name for layer in registry if layer.plugin.name == info.name],
         }
         for info in plugins.loaded_plugins()
     ]
+    # What is left failed before it could register with pluggy at all.
     rows += [
-        {
-            "name": failure.plugin,
-            "version": None,
-            "status": "failed",
-            "error": failure.message,
-            "layers": [],
-        }
-        for failure in registry.failures
+        {"name": name, "version": None, "status": "failed", "error": message, "layers": []}
+        for name, message in errors.items()
     ]
     if json_:
         print_json({"plugins": rows, "warnings": plugins.warnings()})

@@ -22,6 +22,7 @@ from typing import Any
 import pluggy
 
 from layerport import __version__, hookspecs
+from layerport.errors import one_line
 from layerport.registry import PluginFailure, PluginInfo, Registry
 
 DEFAULT_PLUGINS = (
@@ -107,7 +108,7 @@ def _normalize(name: str) -> str:
 
 
 def _failure(plugin: str, what: str, error: BaseException) -> PluginFailure:
-    detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    detail = one_line(error)
     message = f"{what}: {type(error).__name__}" + (f": {detail}" if detail else "")
     return PluginFailure(plugin=plugin, message=message, error=error)
 

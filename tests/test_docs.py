@@ -1,0 +1,120 @@
+"""The README is the user's manual, so its examples run under test.
+
+- every ``$ layerport ...`` line in a ``console`` block runs and exits 0;
+- the Python API example runs;
+- the plugin tutorial's files, extracted as they stand, install with pip, load
+  through their entry point, export, and pass their own tests;
+- the CLI reference is each command's current ``--help``.
+
+Run ``python tests/test_docs.py --update`` to regenerate the CLI reference.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import run_process
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+START, END = "<!-- cli-reference:start -->", "<!-- cli-reference:end -->"
+
+
+def code_blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README.read_text(), flags=re.DOTALL)
+
+
+def cli_reference() -> str:
+    from layerport.cli import cli
+
+    sections = []
+    for name in cli.list_commands(None):  # type: ignore[arg-type]
+        result = CliRunner().invoke(cli, [name, "--help"], terminal_width=88, prog_name="layerport")
+        sections.append(f"### layerport {name}\n\n```text\n{result.output.rstrip()}\n```\n")
+    return "\n".join(sections)
+
+
+def test_cli_reference_is_current() -> None:
+    text = README.read_text()
+    current = text[text.index(START) + len(START) : text.index(END)].strip()
+    assert current == cli_reference().strip(), "run: python tests/test_docs.py --update"
+
+
+def test_console_examples_run(tmp_path: Path) -> None:
+    commands = [
+        line.removeprefix("$ layerport ").strip()
+        for block in code_blocks("console")
+        for line in block.splitlines()
+        if line.startswith("$ layerport ")
+    ]
+    assert len(commands) >= 8
+    for command in commands:
+        result = run_process(*shlex.split(command), cwd=tmp_path)
+        assert result.exit_code == 0, f"layerport {command}: {result.stderr}"
+        assert "Traceback" not in result.stderr
+
+
+def test_python_api_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    example = next(block for block in code_blocks("python") if "load_model" in block)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example, "README.md", "exec"), {"__name__": "readme_example"})
+    assert (tmp_path / "rnn32.onnx").is_file()
+
+
+def test_plugin_tutorial_works_as_written(tmp_path: Path) -> None:
+    files = {}
+    for language in ("toml", "python"):
+        for block in code_blocks(language):
+            first, _, body = block.partition("\n")
+            if first.startswith("# file: "):
+                files[first.removeprefix("# file: ").strip()] = body
+    assert set(files) == {
+        "layerport-rmsnorm/pyproject.toml",
+        "layerport-rmsnorm/layerport_rmsnorm/__init__.py",
+        "layerport-rmsnorm/layerport_rmsnorm/module.py",
+        "layerport-rmsnorm/tests/test_rmsnorm.py",
+    }
+    for name, body in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(body)
+    site = tmp_path / "site"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--disable-pip-version-check", "--target", str(site), str(tmp_path / "layerport-rmsnorm")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stderr
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    plugins = run_process("plugins", env=env)
+    assert "layerport-rmsnorm" in plugins.stdout and "rmsnorm" in plugins.stdout, plugins
+    assert run_process("show", "rmsnorm", env=env).exit_code == 0
+    exported = run_process("export", "rmsnorm", "-o", str(tmp_path / "r.onnx"), env=env)
+    assert exported.exit_code == 0, exported.stderr
+    tests = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=tmp_path / "layerport-rmsnorm", capture_output=True, text=True,
+        env={**os.environ, **env},
+    )  # fmt: skip
+    assert tests.returncode == 0, tests.stdout[-3000:]
+    assert "8 passed" in tests.stdout  # seven conformance checks and the oracle
+
+
+def update_readme() -> None:
+    text = README.read_text()
+    before, rest = text.split(START)
+    _, after = rest.split(END)
+    README.write_text(f"{before}{START}\n{cli_reference()}\n{END}{after}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--update"]:
+        update_readme()
+    else:
+        print(__doc__)
