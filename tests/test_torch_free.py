@@ -1,0 +1,124 @@
+"""The deployment side never needs torch.
+
+Commands that do not build or export a layer must not import it (start-up time,
+and deployments without torch), and a second virtual environment where torch is
+not installed at all must run ``layerport infer`` on a file the first exported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_process
+
+REPO = Path(__file__).resolve().parent.parent
+
+PROBE = """
+import sys
+from layerport.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exit_:
+    code = exit_.code
+else:
+    code = 0
+heavy = sorted(name for name in ("torch", "onnxscript", "safetensors") if name in sys.modules)
+print("MODULES", ",".join(heavy), "EXIT", code, file=sys.stderr)
+"""
+
+
+@pytest.fixture(scope="module")
+def rnn_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("torch_free") / "rnn.onnx"
+    assert run_process("export", "rnn", "-o", str(path)).exit_code == 0
+    return path
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["list"],
+        ["list", "--json"],
+        ["show", "rnn"],
+        ["plugins"],
+        ["inspect", "{file}"],
+        ["infer", "{file}"],
+        ["run", "--help"],
+        ["export", "--help"],
+    ],
+)
+def test_command_does_not_import_torch(args: list[str], rnn_file: Path) -> None:
+    argv = [arg.format(file=rnn_file) for arg in args]
+    completed = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, timeout=120
+    )
+    last = completed.stderr.strip().splitlines()[-1]
+    assert last == "MODULES  EXIT 0", completed.stderr
+
+
+def test_run_does_import_torch() -> None:
+    # The probe can tell: without this, the test above could never fail.
+    completed = subprocess.run(
+        [sys.executable, "-c", PROBE, "run", "linear"], capture_output=True, text=True
+    )
+    assert "torch" in completed.stderr.strip().splitlines()[-1]
+
+
+def test_infer_matches_run(rnn_file: Path, tmp_path: Path) -> None:
+    run = run_process("run", "rnn", "--output", str(tmp_path / "run.npz"))
+    infer = run_process("infer", str(rnn_file), "--output", str(tmp_path / "infer.npz"))
+    assert run.exit_code == 0 and infer.exit_code == 0, infer.stderr
+    with np.load(tmp_path / "run.npz") as eager, np.load(tmp_path / "infer.npz") as exported:
+        for name in ("y", "h_n"):
+            np.testing.assert_allclose(exported[name], eager[name], rtol=1e-4, atol=1e-5)
+
+
+def test_infer_leaves_optional_inputs_out_and_checks_the_rest(
+    rnn_file: Path, tmp_path: Path
+) -> None:
+    x = np.random.default_rng(5).standard_normal((3, 11, 128)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    result = run_process("infer", str(rnn_file), "--input", f"x={tmp_path / 'x.npy'}", "--json")
+    assert result.exit_code == 0, result.stderr
+    outputs = json.loads(result.stdout)["outputs"]
+    assert outputs["y"]["shape"] == [3, 11, 16] and outputs["h_n"]["shape"] == [3, 64]
+    np.save(tmp_path / "bad.npy", x[:, :, :100])
+    bad = run_process("infer", str(rnn_file), "--input", f"x={tmp_path / 'bad.npy'}")
+    assert bad.exit_code == 2
+    assert bad.stderr == "Error: input x axis 2 must be 128, got 100\n"
+
+
+@pytest.mark.slow
+def test_a_torch_free_environment_runs_infer(rnn_file: Path, tmp_path: Path) -> None:
+    """The README's deployment install, in a fresh venv: no torch, the same outputs."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         "-c", str(REPO / "constraints.txt"), str(REPO)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stderr[-3000:]
+    no_torch = subprocess.run([str(python), "-c", "import torch"], capture_output=True)
+    assert no_torch.returncode != 0, "torch is installed in the deployment environment"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    deployed = subprocess.run(
+        [str(venv / "bin" / "layerport"), "infer", str(rnn_file), "--output", str(tmp_path / "d.npz")],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert deployed.returncode == 0, deployed.stderr
+    assert deployed.stderr.startswith("saved y, h_n to "), deployed.stderr  # and nothing else
+    assert deployed.stderr.count("\n") == 1
+    here = run_process("infer", str(rnn_file), "--output", str(tmp_path / "here.npz"))
+    assert here.exit_code == 0
+    with np.load(tmp_path / "d.npz") as a, np.load(tmp_path / "here.npz") as b:
+        for name in ("y", "h_n"):
+            np.testing.assert_array_equal(a[name], b[name])
