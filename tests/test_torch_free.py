@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from conftest import run_process
 
 REPO = Path(__file__).resolve().parent.parent
