@@ -26,7 +26,7 @@ lint: $(VENV)/.installed
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 tests $(wildcard plugins/*/tests) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) exported/*.onnx

@@ -243,3 +243,12 @@ def test_a_silently_pinned_dim_fails_the_export(cli, register_plugin, tmp_path: 
     assert not target.exists()
     with pytest.raises(ExportFailed):
         export_layer(resolve_config(get_registry(), "unrolled"), verify=False)
+
+
+def test_dependencies_are_quiet_unless_verbose(tmp_path: Path) -> None:
+    quiet = run_process("export", "linear", "-o", str(tmp_path / "q.onnx"))
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+    assert "torch.onnx" not in quiet.stdout
+    loud = run_process("export", "linear", "-o", str(tmp_path / "l.onnx"), "--verbose")
+    assert loud.exit_code == 0
+    assert "[torch.onnx]" in loud.stdout + loud.stderr

@@ -155,7 +155,7 @@ def trace_to_onnx(module: torch.nn.Module, config: LayerConfig, opset: int) -> o
                 output_names=[tensor.name for tensor in spec.outputs],
                 opset_version=opset,
                 optimize=True,
-                verbose=False,
+                verbose=noise.is_verbose(),
                 report=False,
             )
             if program is None:
