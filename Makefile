@@ -26,7 +26,8 @@ lint: $(VENV)/.installed
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/python -m pytest -n 2 tests $(wildcard plugins/*/tests) $(PYTEST_ARGS)
+	# One thread per xdist worker: two workers on two cores must not each start two.
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 tests $(wildcard plugins/*/tests) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) exported/*.onnx

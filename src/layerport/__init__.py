@@ -17,16 +17,29 @@ from layerport.errors import (
     WorkFailed,
 )
 from layerport.hookspecs import hookimpl
-from layerport.spec import Dim, LayerSpec, Param, Streaming, Tensor, Tolerance
+from layerport.spec import (
+    Dim,
+    Dims,
+    LayerSpec,
+    Param,
+    Params,
+    ParamValue,
+    Streaming,
+    Tensor,
+    Tolerance,
+)
 
 __all__ = [
     "BadFile",
     "Dim",
+    "Dims",
     "InvalidParameter",
     "InvalidSpec",
     "LayerSpec",
     "LayerportError",
     "Param",
+    "ParamValue",
+    "Params",
     "Streaming",
     "Tensor",
     "Tolerance",

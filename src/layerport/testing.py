@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -37,10 +37,13 @@ from layerport.plugins import get_registry
 from layerport.spec import LayerSpec, Param, ParamValue
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from layerport.export import ExportResult
 
 __all__ = [
     "CHECKS",
+    "build_layer",
     "check_defaults_build",
     "check_export_interface",
     "check_export_verifies",
@@ -143,6 +146,17 @@ def check_export_interface(layer: str) -> None:
                 f"{tensor.name} axis {axis} should be the symbolic dim {name!r}, "
                 f"the file has {dims[axis].dim_param or dims[axis].dim_value!r}"
             )
+
+
+def build_layer(
+    layer: str, params: Mapping[str, object] | None = None, *, dtype: str = "float32", seed: int = 0
+) -> nn.Module:
+    """Build a layer exactly as layerport does (seeded, cast, eval mode), for oracle tests."""
+    from layerport.build import build_module
+
+    return build_module(
+        resolve_config(get_registry(), layer, params=params, dtype=dtype, seed=seed)
+    )
 
 
 CHECKS: tuple[Callable[[str], None], ...] = (
