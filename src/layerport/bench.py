@@ -165,6 +165,7 @@ class BenchResult:
         onnxruntime = self.engines["onnxruntime"]
         return {
             "layer": self.config.layer.qualified_name,
+            "name": self.config.spec.name,
             "params": dict(self.config.params),
             "dims": dict(self.config.dims),
             "dtype": self.config.dtype,

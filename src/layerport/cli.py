@@ -23,8 +23,8 @@ import click
 
 from layerport import __version__, noise, plugins
 from layerport.config import LayerConfig, parse_assignments, parse_dim_sizes, resolve_config
-from layerport.errors import LayerportError, one_line
-from layerport.registry import Registry
+from layerport.errors import BadFile, LayerportError, VerificationFailed, WorkFailed, one_line
+from layerport.registry import RegisteredLayer, Registry
 from layerport.render import print_fields, print_json, print_table, warn
 from layerport.spec import DEFAULT_DTYPE, DTYPES
 
@@ -109,54 +109,62 @@ def cli() -> None:
 # Shared options and helpers
 
 
+def option_group(description: str, *options: Callable[[F], F]) -> Callable[[F], F]:
+    """Bundle options into one decorator, so a set that commands share is defined once."""
+
+    def apply(function: F) -> F:
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    apply.__doc__ = description
+    return apply
+
+
 def json_option(function: F) -> F:
     return click.option("--json", "json_", is_flag=True, help="Print JSON instead of a table.")(
         function
     )
 
 
-def layer_options(function: F) -> F:
-    """-p, --dim, --dtype, --seed and --weights: how one layer is configured."""
-    options = (
-        click.option(
-            "-p",
-            "--param",
-            "params",
-            multiple=True,
-            metavar="KEY=VALUE",
-            help="Set a layer parameter (repeatable); see 'layerport show LAYER'.",
-        ),
-        click.option(
-            "--dim",
-            "dims",
-            multiple=True,
-            metavar="NAME=SIZE",
-            help="Size of a dynamic dim, such as batch or seq (repeatable).",
-        ),
-        click.option(
-            "--dtype",
-            type=click.Choice(DTYPES),
-            default=DEFAULT_DTYPE,
-            show_default=True,
-            help="Floating-point type of weights and inputs.",
-        ),
-        click.option(
-            "--seed",
-            type=click.IntRange(0, 2**63 - 1),
-            default=0,
-            show_default=True,
-            help="Seeds the weights and any generated inputs.",
-        ),
-        click.option(
-            "--weights",
-            type=click.Path(path_type=Path),
-            default=None,
-            help="Load weights from a .safetensors or .pt/.pth state dict.",
-        ),
-    )
-    for option in reversed(options):
-        function = option(function)
-    return function
+layer_options = option_group(
+    "-p, --dim, --dtype, --seed and --weights: how one layer is configured.",
+    click.option(
+        "-p",
+        "--param",
+        "params",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Set a layer parameter (repeatable); see 'layerport show LAYER'.",
+    ),
+    click.option(
+        "--dim",
+        "dims",
+        multiple=True,
+        metavar="NAME=SIZE",
+        help="Size of a dynamic dim, such as batch or seq (repeatable).",
+    ),
+    click.option(
+        "--dtype",
+        type=click.Choice(DTYPES),
+        default=DEFAULT_DTYPE,
+        show_default=True,
+        help="Floating-point type of weights and inputs.",
+    ),
+    click.option(
+        "--seed",
+        type=click.IntRange(0, 2**63 - 1),
+        default=0,
+        show_default=True,
+        help="Seeds the weights and any generated inputs.",
+    ),
+    click.option(
+        "--weights",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Load weights from a .safetensors or .pt/.pth state dict.",
+    ),
+)
 
 
 def get_registry() -> Registry:
@@ -460,45 +468,72 @@ def _report_outputs(
         click.echo(f"saved {', '.join(outputs)} to {output}", err=True)
 
 
+def _for_each_layer(
+    what: str, work: Callable[[RegisteredLayer], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Run ``work`` on every registered layer in one process, with progress on stderr.
+
+    One layer's failure does not stop the rest: it becomes a row with its error.
+    """
+    from layerport.progress import progress_steps
+
+    rows: list[dict[str, Any]] = []
+    for layer in progress_steps(list(get_registry()), label=lambda layer: layer.name, what=what):
+        try:
+            rows.append({**work(layer), "status": "ok"})
+        except LayerportError as error:
+            if _State.debug:
+                raise
+            rows.append(
+                {"layer": layer.qualified_name, "status": "failed", "error": one_line(str(error))}
+            )
+    return rows
+
+
+def _raise_if_any_failed(rows: list[dict[str, Any]]) -> None:
+    failed = [row for row in rows if row["status"] == "failed"]
+    if failed:
+        raise WorkFailed(
+            f"{len(failed)} of {len(rows)} layers failed: "
+            + "; ".join(f"{row['layer']}: {row['error']}" for row in failed)
+        )
+
+
 # ---------------------------------------------------------------------------
 # export, verify, inspect, infer
 
 DEFAULT_EXPORT_DIR = Path("exported")
 
 
-def verification_options(function: F) -> F:
-    """--atol, --rtol, --trials and --report: how verification judges and reports."""
-    options = (
-        click.option(
-            "--atol",
-            type=click.FloatRange(min=0),
-            default=None,
-            help="Absolute tolerance (default: the layer's, by dtype).",
-        ),
-        click.option(
-            "--rtol",
-            type=click.FloatRange(min=0),
-            default=None,
-            help="Relative tolerance (default: the layer's, by dtype).",
-        ),
-        click.option(
-            "--trials",
-            type=click.IntRange(1, 100),
-            default=3,
-            show_default=True,
-            help="Random input draws at each grid point.",
-        ),
-        click.option(
-            "--report",
-            "report_path",
-            type=click.Path(path_type=Path),
-            default=None,
-            help="Write a Markdown verification report to this file.",
-        ),
-    )
-    for option in reversed(options):
-        function = option(function)
-    return function
+verification_options = option_group(
+    "--atol, --rtol, --trials and --report: how verification judges and reports.",
+    click.option(
+        "--atol",
+        type=click.FloatRange(min=0),
+        default=None,
+        help="Absolute tolerance (default: the layer's, by dtype).",
+    ),
+    click.option(
+        "--rtol",
+        type=click.FloatRange(min=0),
+        default=None,
+        help="Relative tolerance (default: the layer's, by dtype).",
+    ),
+    click.option(
+        "--trials",
+        type=click.IntRange(1, 100),
+        default=3,
+        show_default=True,
+        help="Random input draws at each grid point.",
+    ),
+    click.option(
+        "--report",
+        "report_path",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Write a Markdown verification report to this file.",
+    ),
+)
 
 
 def opset_option(function: F) -> F:
@@ -532,6 +567,7 @@ def _export_summary(result: Any, path: Path | None) -> dict[str, Any]:
     report = result.report
     return {
         "layer": result.config.layer.qualified_name,
+        "name": result.config.spec.name,
         "path": str(path) if path else None,
         "size": result.size,
         "weight_bytes": result.config.weight_bytes(),
@@ -654,7 +690,6 @@ def export(
     if output is None:
         DEFAULT_EXPORT_DIR.mkdir(exist_ok=True)
         output = _default_export_path(config.layer, get_registry(), DEFAULT_EXPORT_DIR)
-    from layerport.errors import VerificationFailed
     from layerport.files import check_writable_target
 
     check_writable_target(output)
@@ -693,49 +728,28 @@ def _export_all(
 ) -> None:
     """Export every registered layer in one process; one failure does not stop the rest."""
     from layerport.config import format_bytes
-    from layerport.errors import WorkFailed
     from layerport.export import export_layer
-    from layerport.progress import progress_steps
 
     registry = get_registry()
     if not folder.exists():
         if folder == DEFAULT_EXPORT_DIR:
             folder.mkdir()
         else:
-            from layerport.errors import BadFile
-
             raise BadFile(f"output folder {folder} does not exist")
     if not folder.is_dir():
-        from layerport.errors import BadFile
-
         raise BadFile(f"{folder} is not a folder; --all writes one file per layer into a folder")
-    layers = list(registry)
-    rows: list[dict[str, Any]] = []
-    for layer in progress_steps(layers, label=lambda layer: layer.qualified_name, what="exporting"):
+
+    def export_one(layer: RegisteredLayer) -> dict[str, Any]:
         path = _default_export_path(layer, registry, folder)
-        try:
-            config = resolve_config(registry, layer.qualified_name, dtype=dtype, seed=seed)
-            result = export_layer(
-                config,
-                opset=opset,
-                verify=verify,
-                tolerance=_tolerance(config, atol, rtol),
-                trials=trials,
-            )
-            result.write(path)
-            rows.append({**_export_summary(result, path), "status": "ok"})
-        except LayerportError as error:
-            if _State.debug:
-                raise
-            rows.append(
-                {
-                    "layer": layer.qualified_name,
-                    "path": None,
-                    "status": "failed",
-                    "error": one_line(str(error)),
-                }
-            )
-    failed = [row for row in rows if row["status"] != "ok"]
+        config = resolve_config(registry, layer.qualified_name, dtype=dtype, seed=seed)
+        tolerance = _tolerance(config, atol, rtol)
+        result = export_layer(
+            config, opset=opset, verify=verify, tolerance=tolerance, trials=trials
+        )
+        result.write(path)
+        return _export_summary(result, path)
+
+    rows = _for_each_layer("exporting", export_one)
     if json_:
         print_json(rows)
     else:
@@ -743,8 +757,8 @@ def _export_all(
             ("layer", "file", "size", "nodes", "dynamic dims", "max abs error", "time", "status"),
             (
                 (
-                    row["layer"],
-                    row["path"],
+                    row["name"],
+                    row.get("path"),
                     format_bytes(row["size"]) if "size" in row else None,
                     row.get("nodes"),
                     ", ".join(row.get("dynamic_dims", {})) or None,
@@ -757,11 +771,7 @@ def _export_all(
                 for row in rows
             ),
         )
-    if failed:
-        raise WorkFailed(
-            f"{len(failed)} of {len(rows)} layers failed: "
-            + "; ".join(f"{row['layer']}: {row['error']}" for row in failed)
-        )
+    _raise_if_any_failed(rows)
 
 
 @cli.command()
@@ -798,7 +808,6 @@ def verify(
       layerport verify rnn --dim seq=64
       layerport verify exported/rnn.onnx --trials 5 --report report.md
     """
-    from layerport.errors import VerificationFailed
     from layerport.files import check_writable_target
 
     if report_path is not None:
@@ -841,7 +850,6 @@ def _verify_file(
 ) -> Any:
     from layerport.build import build_module
     from layerport.config import config_from_record
-    from layerport.errors import BadFile
     from layerport.runtime import load_model
     from layerport.verify import verify_export
 
@@ -1119,38 +1127,17 @@ def bench(
             print_json({"startup": startup_times})
     else:
         _print_bench(rows, startup_times, all_)
-    failed = [row for row in rows if row.get("status") == "failed"]
-    if failed:
-        from layerport.errors import WorkFailed
-
-        raise WorkFailed(
-            f"{len(failed)} of {len(rows)} layers failed: "
-            + "; ".join(f"{row['layer']}: {row['error']}" for row in failed)
-        )
+    _raise_if_any_failed(rows)
 
 
 def _bench_all(dtype: str, seed: int, threads: int, timing: Any) -> list[dict[str, Any]]:
-    """Benchmark every registered layer in one process; one failure does not stop the rest."""
     from layerport.bench import bench_layer
-    from layerport.progress import progress_steps
 
-    registry = get_registry()
-    rows: list[dict[str, Any]] = []
-    for layer in progress_steps(
-        list(registry), label=lambda layer: layer.qualified_name, what="benchmarking"
-    ):
-        try:
-            config = resolve_config(registry, layer.qualified_name, dtype=dtype, seed=seed)
-            rows.append(
-                {**bench_layer(config, threads=threads, timing=timing).to_dict(), "status": "ok"}
-            )
-        except LayerportError as error:
-            if _State.debug:
-                raise
-            rows.append(
-                {"layer": layer.qualified_name, "status": "failed", "error": one_line(str(error))}
-            )
-    return rows
+    def bench_one(layer: RegisteredLayer) -> dict[str, Any]:
+        config = resolve_config(get_registry(), layer.qualified_name, dtype=dtype, seed=seed)
+        return bench_layer(config, threads=threads, timing=timing).to_dict()
+
+    return _for_each_layer("benchmarking", bench_one)
 
 
 def _print_bench(rows: list[dict[str, Any]], startup: dict[str, Any] | None, all_: bool) -> None:
@@ -1178,7 +1165,7 @@ def _print_bench(rows: list[dict[str, Any]], startup: dict[str, Any] | None, all
     if rows:
         columns = ("engine", "median ms", "p10 ms", "p90 ms", "calls", "calls/s", "samples/s")
         print_table(
-            (*(("layer",) if all_ else ()), *columns, "GFLOP/s", "onnxruntime / engine"),
+            (*(("layer",) if all_ else ()), *columns, "GFLOP/s", "ort/engine"),
             _bench_table_rows(rows, all_),
         )
     if startup is not None:
@@ -1198,7 +1185,7 @@ def _bench_table_rows(rows: list[dict[str, Any]], all_: bool) -> list[tuple[obje
     """One row per layer and engine; the last column is onnxruntime's latency over the engine's."""
     table: list[tuple[object, ...]] = []
     for row in rows:
-        first = (row["layer"],) if all_ else ()
+        first = (row["name"],) if all_ else ()
         if row.get("status") == "failed":
             table.append((*first, *[None] * 8, f"failed: {row['error']}"))
             continue
