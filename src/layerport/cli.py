@@ -491,7 +491,7 @@ def _for_each_layer(
 
 
 def _raise_if_any_failed(rows: list[dict[str, Any]]) -> None:
-    failed = [row for row in rows if row["status"] == "failed"]
+    failed = [row for row in rows if row.get("status") == "failed"]
     if failed:
         raise WorkFailed(
             f"{len(failed)} of {len(rows)} layers failed: "
