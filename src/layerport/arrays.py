@@ -6,16 +6,23 @@ draw and read inputs the same way.
 
 from __future__ import annotations
 
+import functools
+import math
+import os
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, BinaryIO
 
 import numpy as np
 
-from layerport.errors import BadFile, UserInputError
+from layerport.config import check_allocation
+from layerport.errors import BadFile, UserInputError, one_line
 
 NUMPY_DTYPES = {"float32": np.float32, "float64": np.float64}
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # an archive with members, an empty one
 
 
 @dataclass(frozen=True)
@@ -31,7 +38,23 @@ class ArraySpec:
 def random_arrays(
     shapes: Mapping[str, tuple[int, ...]], dtype: str, seed: int
 ) -> dict[str, np.ndarray]:
-    """Standard-normal arrays, the same for the same seed in any process."""
+    """Standard-normal arrays, the same for the same seed in any process.
+
+    Refused before drawing if they would not fit in the memory limit: the shapes
+    may come from a file's metadata or a ``--dim`` option.
+    """
+    if dtype not in NUMPY_DTYPES:
+        raise UserInputError(f"only float32 and float64 inputs can be generated, not {dtype}")
+    for name, shape in shapes.items():
+        if not all(isinstance(size, int) and not isinstance(size, bool) for size in shape) or any(
+            size < 0 for size in shape
+        ):
+            raise UserInputError(f"cannot generate input {name} with shape {shape!r}")
+    # numpy draws float64 and then converts: both copies exist at once.
+    itemsize = 8 + np.dtype(NUMPY_DTYPES[dtype]).itemsize
+    check_allocation(
+        sum(math.prod(shape) for shape in shapes.values()) * itemsize, "generating the inputs"
+    )
     generator = np.random.default_rng(seed)
     return {
         name: generator.standard_normal(shape).astype(NUMPY_DTYPES[dtype])
@@ -42,16 +65,19 @@ def random_arrays(
 def read_input_files(options: Iterable[str]) -> dict[str, np.ndarray]:
     """Read ``NAME=FILE.npy`` and ``FILE.npz`` options into named arrays.
 
-    Files are read with ``allow_pickle=False``: an array of Python objects would
-    otherwise run code from the file.
+    layerport parses each array's header itself before numpy reads the data: an
+    array of Python objects is refused (unpickling it would run code from the
+    file), and so is one whose header promises more bytes than the file holds or
+    than ``LAYERPORT_MAX_MEMORY`` allows, before anything is allocated.
     """
     arrays: dict[str, np.ndarray] = {}
+    budget = _Budget()
     for option in options:
         name, separator, filename = option.partition("=")
         if separator:
-            loaded = {name.strip(): _load(Path(filename), expect_npz=False)[""]}
+            loaded = {name.strip(): _load(Path(filename), budget, expect_npz=False)[""]}
         else:
-            loaded = _load(Path(option), expect_npz=True)
+            loaded = _load(Path(option), budget, expect_npz=True)
         for key, array in loaded.items():
             if key in arrays:
                 raise UserInputError(f"input {key} is given twice")
@@ -59,37 +85,94 @@ def read_input_files(options: Iterable[str]) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _load(path: Path, *, expect_npz: bool) -> dict[str, np.ndarray]:
+class _Budget:
+    """The bytes every array read so far will take, checked against the memory limit."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def reserve(self, size: int, what: str) -> None:
+        self.total += size
+        check_allocation(self.total, what)
+
+
+def _load(path: Path, budget: _Budget, *, expect_npz: bool) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise BadFile(
             f"input file {path} does not exist" if not path.exists() else f"{path} is not a file"
         )
     try:
-        loaded = np.load(path, allow_pickle=False)
-    except ValueError as error:
-        if "pickle" in str(error).lower():
+        with path.open("rb") as handle:
+            magic = handle.read(len(NPY_MAGIC))
+            handle.seek(0)
+            if magic == NPY_MAGIC:
+                if expect_npz:
+                    raise BadFile(f"{path} is a single array; pass it as --input NAME={path}")
+                size = os.fstat(handle.fileno()).st_size
+                return {"": _read_array(lambda: path.open("rb"), size, str(path), budget)}
+            if magic[:4] in ZIP_MAGICS:
+                if not expect_npz:
+                    raise BadFile(
+                        f"{path} is an .npz archive; pass it as --input {path} without NAME="
+                    )
+                return _read_npz(handle, path, budget)
+    except OSError as error:
+        raise BadFile(f"cannot read {path}: {error.strerror or error}") from error
+    raise BadFile(
+        f"{path} is not an .npy or .npz file"
+        + (" (it is empty)" if not magic else " (save arrays with numpy.save or numpy.savez)")
+    )
+
+
+def _read_npz(handle: BinaryIO, path: Path, budget: _Budget) -> dict[str, np.ndarray]:
+    try:
+        with zipfile.ZipFile(handle) as archive:
+            members = [info for info in archive.infolist() if not info.is_dir()]
+            arrays = {}
+            for info in members:
+                if not info.filename.endswith(".npy"):
+                    raise BadFile(f"{path} holds {info.filename!r}, which is not an .npy array")
+                key = info.filename.removesuffix(".npy")
+                arrays[key] = _read_array(
+                    functools.partial(archive.open, info),
+                    info.file_size,
+                    f"{path} (array {key})",
+                    budget,
+                )
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as error:
+        raise BadFile(f"{path} is a damaged .npz file: {one_line(error)}") from error
+    if not arrays:
+        raise BadFile(f"{path} holds no arrays")
+    return arrays
+
+
+def _read_array(
+    open_array: Callable[[], IO[bytes]], size: int, what: str, budget: _Budget
+) -> np.ndarray:
+    """Check an .npy header (dtype, size against the file and the limit), then read it."""
+    try:
+        with open_array() as header:
+            version = np.lib.format.read_magic(header)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(header)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(header)
+            data_start = header.tell()
+        if dtype.hasobject:
             raise BadFile(
-                f"{path} holds Python objects (a pickle); layerport reads only numeric arrays"
-            ) from error
-        raise BadFile(f"{path} is not a valid .npy or .npz file: {error}") from error
-    except (OSError, EOFError, zipfile.BadZipFile) as error:
-        raise BadFile(f"{path} is not a valid .npy or .npz file") from error
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            try:
-                arrays = {key: loaded[key] for key in loaded.files}
-            except ValueError as error:
-                raise BadFile(
-                    f"{path} holds Python objects (a pickle); layerport reads only numeric arrays"
-                ) from error
-            except Exception as error:
-                raise BadFile(f"{path} is a damaged .npz file: {error}") from error
-        if not expect_npz:
-            raise BadFile(f"{path} is an .npz archive; pass it as --input {path} without NAME=")
-        return arrays
-    if expect_npz:
-        raise BadFile(f"{path} is a single array; pass it as --input NAME={path}")
-    return {"": loaded}
+                f"{what} holds Python objects (a pickle); layerport reads only numeric arrays"
+            )
+        needed = math.prod(shape) * dtype.itemsize
+        if data_start + needed > size:
+            raise BadFile(
+                f"{what} is truncated: its header promises {needed} bytes of data, "
+                f"the file holds {max(size - data_start, 0)}"
+            )
+        budget.reserve(needed, f"reading {what}")
+        with open_array() as handle:
+            return np.lib.format.read_array(handle, allow_pickle=False)
+    except (ValueError, EOFError, KeyError, SyntaxError) as error:
+        raise BadFile(f"{what} is not a valid .npy array: {one_line(error)}") from error
 
 
 def check_arrays(

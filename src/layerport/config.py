@@ -72,6 +72,8 @@ def parse_dim_sizes(pairs: Iterable[str]) -> dict[str, int]:
             sizes[name] = int(text)
         except ValueError:
             raise InvalidDim(f"dim {name} must be an integer >= 1, got {text!r}") from None
+        if sizes[name] < 1:
+            raise InvalidDim(f"dim {name} must be an integer >= 1, got {sizes[name]}")
     return sizes
 
 
@@ -120,7 +122,7 @@ def parse_bytes(text: str) -> int:
     text = text.strip().upper().removesuffix("B").removesuffix("I")
     number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "")
     value = float(number) * units[unit]
-    if not math.isfinite(value) or value <= 0:
+    if not math.isfinite(value) or value < 1:
         raise ValueError(text)
     return int(value)
 
@@ -140,16 +142,24 @@ def estimate_bytes(config: LayerConfig, dims: Mapping[str, int] | None = None) -
 
 def check_memory(config: LayerConfig, dims: Mapping[str, int] | None = None) -> None:
     """Refuse a configuration that would exhaust memory, before allocating anything."""
-    needed, limit = estimate_bytes(config, dims), memory_limit()
+    check_allocation(estimate_bytes(config, dims), f"layer {config.spec.name} with these sizes")
+
+
+def check_allocation(needed: int, what: str) -> None:
+    """Refuse ``what``, which needs ``needed`` bytes, when that is over the memory limit."""
+    limit = memory_limit()
     if needed > limit:
         raise ResourceLimit(
-            f"layer {config.spec.name} with these sizes needs about {format_bytes(needed)}, "
-            f"over the {format_bytes(limit)} limit; raise it with {MEMORY_LIMIT_VARIABLE}=SIZE "
-            "(for example 16G) if this machine has the memory"
+            f"{what} needs about {format_bytes(needed)}, over the {format_bytes(limit)} limit; "
+            f"raise it with {MEMORY_LIMIT_VARIABLE}=SIZE (for example 16G) if this machine has "
+            "the memory"
         )
 
 
 def format_bytes(size: float) -> str:
+    if size >= 2**50:
+        # Absurd sizes (a parameter of 400 digits) would overflow a float below.
+        return f"10^{len(str(int(size))) - 1} B"
     for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
@@ -176,11 +186,17 @@ def config_from_record(
             raise UserInputError(
                 "this file was exported from a weights file; pass the same file with --weights"
             )
-        digest = sha256_file(weights) if weights.is_file() else None
+        if not weights.is_file():
+            raise BadFile(
+                f"weights file {weights} does not exist"
+                if not weights.exists()
+                else f"{weights} is not a file"
+            )
+        digest = sha256_file(weights)
         if digest != record.weights_sha256:
             raise BadFile(
                 f"weights file {weights} does not match the one this file was exported from "
-                f"(sha256 {str(digest)[:12]}..., recorded {record.weights_sha256[:12]}...)"
+                f"(sha256 {digest[:12]}..., recorded {record.weights_sha256[:12]}...)"
             )
     elif weights is not None:
         raise UserInputError(

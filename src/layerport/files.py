@@ -17,7 +17,12 @@ from layerport.errors import BadFile
 
 
 def check_writable_target(path: Path) -> None:
-    """Refuse, before any work is done, a target that cannot be written."""
+    """Refuse, before any work is done, a target that cannot be written.
+
+    Writability is tested by creating (and removing) the temporary file the
+    write itself would create: ``os.access`` answers yes to root for a read-only
+    folder, and knows nothing of read-only mounts or immutable folders.
+    """
     parent = path.parent
     if path.is_dir():
         raise BadFile(f"{path} is a folder; give a file path")
@@ -25,17 +30,29 @@ def check_writable_target(path: Path) -> None:
         raise BadFile(f"cannot write {path}: folder {parent} does not exist")
     if not parent.is_dir():
         raise BadFile(f"cannot write {path}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise BadFile(f"cannot write {path}: folder {parent} is not writable")
+    if path.exists() and not path.is_file():
+        # Replacing it would swap a device or a pipe (even /dev/null) for a plain file.
+        raise BadFile(f"cannot write {path}: it exists and is not a regular file")
+    try:
+        descriptor, probe = _temporary_file(path)
+    except OSError as error:
+        raise BadFile(
+            f"cannot write {path}: folder {parent} is not writable ({error.strerror})"
+        ) from error
+    os.close(descriptor)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+
+
+def _temporary_file(path: Path) -> tuple[int, str]:
+    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically, keeping any existing file on failure."""
     check_writable_target(path)
     try:
-        descriptor, temporary = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-        )
+        descriptor, temporary = _temporary_file(path)
     except OSError as error:
         raise BadFile(f"cannot write {path}: {error.strerror}") from error
     try:

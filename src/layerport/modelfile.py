@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 from onnx import TensorProto
 
@@ -62,6 +63,7 @@ def read_model(path: Path) -> onnx.ModelProto:
         elif len(tensor.external_data):
             raise BadFile(f"{path}: tensor {tensor.name!r} lists external data but is not external")
         _check_raw_data_size(tensor, str(path))
+    _check_values_defined(model.graph, set(), str(path))
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as error:
@@ -80,6 +82,8 @@ def parse_model(data: bytes, name: str) -> onnx.ModelProto:
         ) from error
     if not model.HasField("graph") or not model.graph.node or not model.graph.output:
         raise BadFile(f"{name} is not an ONNX model (it holds no graph)")
+    if not _text_is_valid(model):
+        raise BadFile(f"{name} is not a valid ONNX model (a name or text field is not UTF-8)")
     if not MIN_IR_VERSION <= model.ir_version <= onnx.IR_VERSION:
         raise BadFile(
             f"{name} has IR version {model.ir_version}; this installation reads "
@@ -106,22 +110,31 @@ def parse_model(data: bytes, name: str) -> onnx.ModelProto:
 
 
 def _read_bytes(path: Path) -> bytes:
+    # O_NONBLOCK: opening a named pipe would otherwise wait for a writer forever.
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        with path.open("rb") as handle:
-            info = os.fstat(handle.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise BadFile(f"{path} is not a regular file")
-            if info.st_size == 0:
-                raise BadFile(f"{path} is empty")
-            if info.st_size > MAX_MODEL_BYTES:
-                raise BadFile(f"{path} is larger than 2 GiB")
-            return handle.read()
+        descriptor = os.open(path, flags)
     except FileNotFoundError:
         raise BadFile(f"{path} does not exist") from None
-    except IsADirectoryError:
-        raise BadFile(f"{path} is a folder, not an ONNX file") from None
     except OSError as error:
         raise BadFile(f"cannot read {path}: {error.strerror}") from error
+    info = os.fstat(descriptor)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(descriptor)
+        raise BadFile(
+            f"{path} is a folder, not an ONNX file"
+            if stat.S_ISDIR(info.st_mode)
+            else f"{path} is not a regular file"
+        )
+    with os.fdopen(descriptor, "rb") as handle:
+        if info.st_size == 0:
+            raise BadFile(f"{path} is empty")
+        if info.st_size > MAX_MODEL_BYTES:
+            raise BadFile(f"{path} is larger than 2 GiB")
+        try:
+            return handle.read()
+        except OSError as error:
+            raise BadFile(f"cannot read {path}: {error.strerror}") from error
 
 
 def iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
@@ -133,6 +146,51 @@ def iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
                 yield from iter_graphs(attribute.g)
             for subgraph in attribute.graphs:
                 yield from iter_graphs(subgraph)
+
+
+def _text_is_valid(message: Message) -> bool:
+    """False if any string field holds bytes that are not UTF-8.
+
+    ONNX is proto2, where protobuf parses such a field and hands Python ``bytes``
+    instead of ``str``; every reader of names and metadata would then fail.
+    """
+    stack = [message]
+    while stack:
+        current = stack.pop()
+        for descriptor, value in current.ListFields():
+            if descriptor.type == FieldDescriptor.TYPE_STRING:
+                values = [value] if isinstance(value, (str, bytes)) else value
+                if not all(isinstance(item, str) for item in values):
+                    return False
+            elif isinstance(value, Message):
+                stack.append(value)
+            elif descriptor.message_type is not None:
+                stack.extend(value)
+    return True
+
+
+def _check_values_defined(graph: onnx.GraphProto, outer: set[str], name: str) -> None:
+    """Every node input must be a graph input, an initializer or an earlier node's output.
+
+    onnx.checker reports the same problem as a graph that is "not topologically
+    sorted", which hides the usual cause: an initializer missing from the file.
+    """
+    known = set(outer)
+    known.update(value.name for value in graph.input)
+    known.update(tensor.name for tensor in graph.initializer)
+    known.update(sparse.values.name for sparse in graph.sparse_initializer)
+    for node in graph.node:
+        for value in node.input:
+            if value and value not in known:
+                raise BadFile(
+                    f"{name}: node {node.name or node.op_type!r} reads {value!r}, which no "
+                    "initializer, graph input or earlier node provides (a missing initializer?)"
+                )
+        for attribute in node.attribute:
+            subgraphs = [attribute.g] if attribute.HasField("g") else []
+            for subgraph in [*subgraphs, *attribute.graphs]:
+                _check_values_defined(subgraph, known, name)
+        known.update(value for value in node.output if value)
 
 
 def _all_tensors(message: Message) -> Iterator[TensorProto]:

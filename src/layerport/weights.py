@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from layerport.config import check_allocation
 from layerport.errors import BadFile
+from layerport.spec import DTYPES
 
 if TYPE_CHECKING:
     import torch
@@ -44,6 +47,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise BadFile(
             f"weights file {path} does not exist" if not path.exists() else f"{path} is not a file"
         )
+    check_allocation(path.stat().st_size, f"reading weights file {path}")
     suffix = path.suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES:
         tensors = _read_safetensors(path)
@@ -69,12 +73,21 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     import torch
 
+    with path.open("rb") as handle:
+        head = handle.read(2)
+    # torch.save writes a zip archive; before PyTorch 1.6, a pickle (protocol 2+).
+    if not head:
+        raise BadFile(f"weights file {path} is empty")
+    if head != b"PK" and head[:1] != b"\x80":
+        raise BadFile(f"{path} is not a PyTorch weights file (neither a zip archive nor a pickle)")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        wanted = re.search(r"GLOBAL (\S+)", str(error))
+        reason = f"it would import {wanted.group(1)}" if wanted else "objects other than tensors"
         raise BadFile(
-            f"{path} holds objects other than tensors; layerport loads only plain state dicts "
-            "(weights_only=True), and never runs code from a weights file"
+            f"{path} was refused ({reason}): layerport loads only plain state dicts of "
+            "tensors (weights_only=True) and never runs code from a weights file"
         ) from error
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as error:
         raise BadFile(
@@ -82,10 +95,14 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         ) from error
     if not isinstance(loaded, Mapping):
         raise BadFile(f"{path} holds a {type(loaded).__name__}, not a state dict of name -> tensor")
-    not_tensors = [str(key) for key, value in loaded.items() if not isinstance(value, torch.Tensor)]
-    if not_tensors or not all(isinstance(key, str) for key in loaded):
+    not_named_tensors = [
+        repr(key)
+        for key, value in loaded.items()
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor)
+    ]
+    if not_named_tensors:
         raise BadFile(
-            f"{path} holds entries that are not named tensors: {', '.join(not_tensors[:5])}"
+            f"{path} holds entries that are not named tensors: {', '.join(not_named_tensors[:5])}"
         )
     return dict(loaded)
 
@@ -106,6 +123,7 @@ def check_weights(
         problems.append(f"missing {', '.join(missing)}")
     if unexpected:
         problems.append(f"unexpected {', '.join(unexpected)}")
+    wrong_dtype: dict[str, str] = {}
     for name in sorted(set(expected) & set(tensors)):
         tensor = tensors[name]
         if tuple(tensor.shape) != tuple(expected[name]):
@@ -113,16 +131,25 @@ def check_weights(
                 f"{name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name])}"
             )
         elif str(tensor.dtype).removeprefix("torch.") != dtype:
-            problems.append(
-                f"{name} is {str(tensor.dtype).removeprefix('torch.')}, the layer is {dtype} "
-                "(layerport does not cast weights: convert the file or choose --dtype)"
-            )
+            wrong_dtype[name] = str(tensor.dtype).removeprefix("torch.")
         elif not bool(torch.isfinite(tensor).all()):
             problems.append(f"{name} holds NaN or Inf")
+    if wrong_dtype:
+        problems.append(_dtype_problem(wrong_dtype, dtype))
     if problems:
         raise BadFile(f"weights in {path} do not fit the layer: " + "; ".join(problems))
 
 
+def _dtype_problem(wrong_dtype: Mapping[str, str], dtype: str) -> str:
+    listed = ", ".join(f"{name} is {found}" for name, found in wrong_dtype.items())
+    found = set(wrong_dtype.values())
+    fix = f"convert the file to {dtype}"
+    if len(found) == 1 and found <= set(DTYPES):
+        fix += f" or pass --dtype {found.pop()}"
+    return f"{listed}, the layer is {dtype}; layerport never casts weights ({fix})"
+
+
 def _first_line(error: BaseException) -> str:
+    """The first sentence of a dependency's error, which is often a page long."""
     text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    return text.splitlines()[0].split(". ")[0] if text else type(error).__name__

@@ -1,0 +1,218 @@
+"""Hostile ``--weights`` files: never executed, never cast, refused with exit 2 and one line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import random
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from hostile import BUILTINS_ONLY, assert_refused, assert_succeeded
+
+from conftest import run_process
+
+# The linear layer at its defaults: 8 -> 2 with a bias.
+SHAPES = {"weight": (2, 8), "bias": (2,)}
+
+
+def good_weights(dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(5)
+    return {
+        name: torch.randn(shape, generator=generator).to(dtype) for name, shape in SHAPES.items()
+    }
+
+
+class _TouchOnUnpickle:
+    """Unpickling this runs os.system, which creates a marker file."""
+
+    def __init__(self, marker) -> None:  # type: ignore[no-untyped-def]
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("container", ["torch.save", "raw pickle"])
+def test_malicious_pickle_never_runs_even_when_torch_is_told_to(tmp_path, container) -> None:
+    marker = tmp_path / "pwned"
+    payload = {"weight": _TouchOnUnpickle(marker), "bias": torch.zeros(2)}
+    path = tmp_path / "evil.pt"
+    if container == "torch.save":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload, protocol=4))
+    result = run_process(
+        "run",
+        "linear",
+        "--weights",
+        str(path),
+        env={**BUILTINS_ONLY, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"},
+    )
+    assert not marker.exists(), "the weights file ran code"
+    assert_refused(result, 2, f"{path} was refused", "never runs code from a weights file")
+    if container == "torch.save":
+        assert "(it would import posix.system)" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "words"),
+    [
+        pytest.param("w.pt", lambda good: b"", ["weights file", "is empty"], id="empty-pt"),
+        pytest.param(
+            "w.pt",
+            lambda good: good[: len(good) // 2],
+            ["is not a valid PyTorch weights file", "failed finding central directory"],
+            id="truncated-pt",
+        ),
+        pytest.param(
+            "w.pt",
+            lambda good: b"\x00" + random.Random(1).randbytes(999),
+            ["is not a PyTorch weights file (neither a zip archive nor a pickle)"],
+            id="random-pt",
+        ),
+        pytest.param(
+            "w.safetensors",
+            lambda good: b"",
+            ["is not a valid safetensors file"],
+            id="empty-safetensors",
+        ),
+        pytest.param(
+            "w.safetensors",
+            lambda good: random.Random(2).randbytes(1000),
+            ["is not a valid safetensors file"],
+            id="random-safetensors",
+        ),
+        pytest.param(
+            "w.bin.txt",
+            lambda good: b"weights",
+            ["must end in .safetensors, .pt or .pth", "'.txt'"],
+            id="unknown-suffix",
+        ),
+    ],
+)
+def test_damaged_weights_file(cli, tmp_path, name, content, words) -> None:
+    torch.save(good_weights(), tmp_path / "good.pt")
+    path = tmp_path / name
+    path.write_bytes(content((tmp_path / "good.pt").read_bytes()))
+    assert_refused(cli("run", "linear", "--weights", str(path)), 2, str(path), *words)
+
+
+def test_damaged_safetensors_header(cli, tmp_path) -> None:
+    save_file(good_weights(), tmp_path / "good.safetensors")
+    data = (tmp_path / "good.safetensors").read_bytes()
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(data[:8] + b"{not json" + data[17:])
+    assert_refused(
+        cli("run", "linear", "--weights", str(path)),
+        2,
+        "is not a valid safetensors file",
+        "Error while deserializing header",
+    )
+    path.write_bytes(data[:-7])
+    assert_refused(cli("run", "linear", "--weights", str(path)), 2, "is not a valid safetensors")
+
+
+def test_missing_weights_file(cli, tmp_path) -> None:
+    path = tmp_path / "nosuch.safetensors"
+    assert_refused(cli("run", "linear", "--weights", str(path)), 2, f"{path} does not exist")
+
+
+def test_pickled_list_instead_of_a_dict(cli, tmp_path) -> None:
+    torch.save(list(good_weights().values()), tmp_path / "list.pt")
+    result = cli("run", "linear", "--weights", str(tmp_path / "list.pt"))
+    assert_refused(result, 2, "holds a list, not a state dict of name -> tensor")
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        pytest.param(lambda w: w.pop("bias"), ["do not fit the layer: missing bias"], id="missing"),
+        pytest.param(
+            lambda w: w.update(extra=torch.zeros(1)), ["unexpected extra"], id="extra-key"
+        ),
+        pytest.param(
+            lambda w: w.update(weight=torch.zeros(3, 8)),
+            ["weight has shape (3, 8), expected (2, 8)"],
+            id="wrong-shape",
+        ),
+        pytest.param(
+            lambda w: w["weight"].__setitem__((0, 0), float("nan")),
+            ["weight holds NaN or Inf"],
+            id="nan",
+        ),
+    ],
+)
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_weights_that_do_not_fit_the_layer(cli, tmp_path, change, words, suffix) -> None:
+    weights = good_weights()
+    change(weights)
+    path = tmp_path / f"w{suffix}"
+    torch.save(weights, path) if suffix == ".pt" else save_file(weights, path)
+    result = cli("run", "linear", "--weights", str(path))
+    assert_refused(result, 2, f"weights in {path} do not fit the layer", *words)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "fix"),
+    [
+        (torch.float64, "(convert the file to float32 or pass --dtype float64)"),
+        (torch.int64, "(convert the file to float32)"),
+        (torch.float16, "(convert the file to float32)"),
+    ],
+)
+def test_weights_of_another_dtype_are_never_cast(cli, tmp_path, dtype, fix) -> None:
+    path = tmp_path / "w.pt"
+    torch.save(good_weights(dtype), path)
+    name = str(dtype).removeprefix("torch.")
+    result = cli("run", "linear", "--weights", str(path))
+    assert_refused(
+        result,
+        2,
+        f"bias is {name}, weight is {name}, the layer is float32",
+        "layerport never casts weights",
+        fix,
+    )
+
+
+def test_float64_weights_work_with_dtype_float64(cli, tmp_path) -> None:
+    save_file(good_weights(torch.float64), tmp_path / "w.safetensors")
+    result = cli(
+        "run", "linear", "--dtype", "float64", "--weights", str(tmp_path / "w.safetensors")
+    )
+    assert_succeeded(result)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_good_weights_run_export_and_verify_only_with_the_same_file(cli, tmp_path, suffix) -> None:
+    path = tmp_path / f"w{suffix}"
+    torch.save(good_weights(), path) if suffix == ".pt" else save_file(good_weights(), path)
+    ran = cli("run", "linear", "--weights", str(path), "--json")
+    assert_succeeded(ran)
+    model = tmp_path / "linear.onnx"
+    assert_succeeded(cli("export", "linear", "--weights", str(path), "-o", str(model)))
+    described = json.loads(cli("inspect", str(model), "--json").stdout)
+    recorded = described["layerport"]["layerport.weights_sha256"]
+    assert recorded == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert "layerport.seed" not in described["layerport"]
+
+    assert_succeeded(cli("verify", str(model), "--weights", str(path)))
+    other = tmp_path / f"other{suffix}"
+    changed = good_weights()
+    changed["bias"] += 1
+    torch.save(changed, other) if suffix == ".pt" else save_file(changed, other)
+    assert_refused(
+        cli("verify", str(model), "--weights", str(other)),
+        2,
+        f"weights file {other} does not match the one this file was exported from",
+        f"recorded {recorded[:12]}...",
+    )
+    assert_refused(cli("verify", str(model)), 2, "exported from a weights file; pass the same file")
+    missing = tmp_path / f"nosuch{suffix}"
+    assert_refused(
+        cli("verify", str(model), "--weights", str(missing)), 2, f"{missing} does not exist"
+    )
