@@ -268,9 +268,6 @@ def test_external_data_length_past_the_end_is_refused(cli, model_folder) -> None
 # Metadata a stranger wrote
 
 
-@pytest.mark.xfail(
-    reason="metadata.ExportRecord.from_props does not check field types yet", strict=True
-)
 @pytest.mark.parametrize(
     ("key", "value"),
     [

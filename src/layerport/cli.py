@@ -1221,6 +1221,14 @@ def _fail(message: str, exit_code: int) -> NoReturn:
     sys.exit(exit_code)
 
 
+def _caused_by_interrupt(error: BaseException | None) -> bool:
+    while error is not None:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the CLI, turning every error into one line and an exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -1232,7 +1240,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         plugins.load_plugin_commands(cli, strict=_State.debug)
-        cli.main(args=args, prog_name="layerport", standalone_mode=False)
+        # Not cli.main(): on Ctrl-C it prints a blank line of its own before raising.
+        with cli.make_context("layerport", args) as context:
+            cli.invoke(context)
     except click.exceptions.Exit as exit_:
         sys.exit(exit_.exit_code)
     except (KeyboardInterrupt, click.exceptions.Abort):
@@ -1249,12 +1259,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     except LayerportError as error:
         if _State.debug:
             raise
-        _fail(one_line(str(error)), error.exit_code)
+        if _caused_by_interrupt(error):
+            # Ctrl-C inside torch.export comes back wrapped in its own error.
+            _fail("interrupted", 130)
+        _fail(one_line(str(error), limit=2000), error.exit_code)
     except BrokenPipeError:
         sys.exit(1)
     except Exception as error:
         if _State.debug:
             raise
+        if _caused_by_interrupt(error):
+            # Ctrl-C inside a C extension's import surfaces as an ImportError.
+            _fail("interrupted", 130)
         _fail(
             f"internal error: {type(error).__name__}: {one_line(str(error))} "
             "(run with --debug for the traceback, and please report it)",

@@ -65,9 +65,49 @@ class ExportRecord:
                 for key, text in ours.items()
                 if key in _FIELDS
             }
-            return cls(**values)
+            record = cls(**values)
         except (TypeError, ValueError) as error:
             raise BadFile(f"the file's layerport metadata is damaged: {error}") from error
+        problem = record._type_problem()
+        if problem:
+            raise BadFile(f"the file's layerport metadata is damaged: {problem}")
+        return record
+
+    def _type_problem(self) -> str | None:
+        """What is of the wrong type, for metadata written by someone else."""
+        scalar = (int, float, bool, str)
+        checks = {
+            "layer, qualified_name, plugin, plugin_version and dtype must be strings": all(
+                isinstance(value, str)
+                for value in (
+                    self.layer,
+                    self.qualified_name,
+                    self.plugin,
+                    self.plugin_version,
+                    self.dtype,
+                )
+            ),
+            "params must map names to numbers, flags or strings": isinstance(self.params, dict)
+            and all(isinstance(k, str) and isinstance(v, scalar) for k, v in self.params.items()),
+            "dynamic_dims must map names to sizes >= 1": isinstance(self.dynamic_dims, dict)
+            and all(
+                isinstance(k, str) and _is_int(v) and v >= 1 for k, v in self.dynamic_dims.items()
+            ),
+            "optional_inputs must be a list of names": isinstance(self.optional_inputs, list)
+            and all(isinstance(name, str) for name in self.optional_inputs),
+            "opset and format must be integers": _is_int(self.opset) and _is_int(self.format),
+            "seed must be an integer >= 0": self.seed is None
+            or (_is_int(self.seed) and self.seed >= 0),
+            "weights_sha256 must be a string": self.weights_sha256 is None
+            or isinstance(self.weights_sha256, str),
+            "versions and verification must be objects": isinstance(self.versions, dict)
+            and isinstance(self.verification, dict),
+        }
+        return next((message for message, ok in checks.items() if not ok), None)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # Plain strings are stored as they are, so they read well in any ONNX viewer.

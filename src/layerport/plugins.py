@@ -39,6 +39,7 @@ _plugin_info: dict[int, PluginInfo] = {}
 _load_failures: list[PluginFailure] = []
 _warnings: list[str] = []
 _loaded = False
+_commands_loaded = False
 
 
 def load_plugins(*, strict: bool = False) -> None:
@@ -195,7 +196,11 @@ def get_registry(*, strict: bool = False) -> Registry:
 
 
 def load_plugin_commands(cli: Any, *, strict: bool = False) -> None:
-    """Let plugins add subcommands to ``cli`` through the ``register_commands`` hook."""
+    """Let plugins add subcommands to ``cli`` through the ``register_commands`` hook, once."""
+    global _commands_loaded
+    if _commands_loaded:
+        return
+    _commands_loaded = True
     load_plugins(strict=strict)
     call_hook_per_plugin(
         "register_commands", lambda plugin: {"cli": cli}, _load_failures, strict=strict
