@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -88,9 +89,9 @@ class SpecPlugin:
             register(spec)
 
 
-@pytest.fixture
-def register_plugin() -> Iterator[Callable[..., object]]:
-    """Register plugin objects under a name for one test, and always unregister them."""
+@contextlib.contextmanager
+def registered_plugins() -> Iterator[Callable[..., object]]:
+    """Register plugin objects under a name inside the block, and always unregister them."""
     registered: list[object] = []
 
     def register(plugin: object, name: str) -> object:
@@ -103,3 +104,10 @@ def register_plugin() -> Iterator[Callable[..., object]]:
     finally:
         for plugin in registered:
             pm.unregister(plugin)
+
+
+@pytest.fixture
+def register_plugin() -> Iterator[Callable[..., object]]:
+    """Register plugin objects under a name for one test, and always unregister them."""
+    with registered_plugins() as register:
+        yield register

@@ -193,3 +193,78 @@ def test_console_script_and_module_agree() -> None:
     completed = subprocess.run([str(script), "--version"], capture_output=True, text=True)
     assert completed.stdout == run_process("--version").stdout
     assert "layerport" in completed.stdout
+
+
+def test_bare_layerport_prints_help_and_exits_0(cli) -> None:
+    result = cli()
+    assert result.exit_code == 0
+    assert result.stdout.startswith("Usage: layerport")
+    assert "Commands:" in result.stdout
+
+
+def _broken_builder(params):  # type: ignore[no-untyped-def]
+    raise ValueError("the builder is broken")
+
+
+def test_a_layers_own_exception_fails_that_layer_only(cli, register_plugin, tmp_path) -> None:
+    from dataclasses import replace
+
+    register_plugin(SpecPlugin(replace(tiny_spec("shaky"), build=_broken_builder)), "shaky-plugin")
+    single = cli("run", "shaky")
+    assert single.exit_code == 1
+    assert single.stderr == (
+        "Error: layer shaky (plugin shaky-plugin): build() raised ValueError: the builder is broken\n"
+    )
+    every = cli("export", "--all", "-o", str(tmp_path), "--trials", "1")
+    assert every.exit_code == 1
+    assert "1 of" in every.stderr and "shaky-plugin:shaky: layer shaky" in every.stderr
+    assert "failed: layer shaky" in every.stdout  # the table still shows every layer
+    assert (tmp_path / "rnn.onnx").is_file() and (tmp_path / "linear.onnx").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--report", "r.md"], "Error: --report applies to verification; drop it or --no-verify"),
+        (["--atol", "0.1"], "Error: --atol applies to verification"),
+        (["--trials", "2"], "Error: --trials applies to verification"),
+    ],
+)
+def test_no_verify_refuses_verification_options(cli, args, message) -> None:
+    result = cli("export", "linear", "--no-verify", *args)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(message)
+
+
+def test_exported_being_a_file_is_a_clean_error(cli, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "exported").write_text("not a folder")
+    result = cli("export", "linear")
+    assert result.exit_code == 2
+    assert result.stderr == "Error: exported is not a folder; exports are written into a folder\n"
+
+
+def test_verify_treats_a_bare_name_as_a_layer_even_beside_a_file(
+    cli, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "linear").write_text("a stray file")
+    assert cli("verify", "linear", "--trials", "1").exit_code == 0
+
+
+def test_inspect_shows_the_file(cli, tmp_path) -> None:
+    target = tmp_path / "linear.onnx"
+    assert cli("export", "linear", "-o", str(target)).exit_code == 0
+    text = cli("inspect", str(target)).stdout
+    for expected in (
+        "opsets:     ai.onnx 18",
+        "nodes:      1: Gemm 1",
+        "x",
+        "batch* x 8",
+        "qualified_name",
+    ):
+        assert expected in text, expected
+    described = json.loads(cli("inspect", str(target), "--json").stdout)
+    assert described["layerport"]["layer"] == "linear"
+    assert described["layerport"]["dynamic_dims"] == {"batch": 16}
+    assert described["inputs"][0]["dims"][0] == {"name": "batch", "symbolic": True}

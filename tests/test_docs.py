@@ -118,3 +118,17 @@ if __name__ == "__main__":
         update_readme()
     else:
         print(__doc__)
+
+
+def test_every_reliability_row_is_tested() -> None:
+    """Each message the reliability table promises appears, word for word, in a test."""
+    text = README.read_text()
+    table = text[text.index("<!-- reliability:start -->") : text.index("<!-- reliability:end -->")]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) >= 50
+    sources = "\n".join(path.read_text() for path in Path(__file__).parent.glob("test_*.py"))
+    sources += Path(__file__).with_name("hostile.py").read_text()
+    for row in rows:
+        promised = row.rstrip(" |").rsplit(" | ", 1)[-1]
+        for fragment in re.findall(r"`([^`]+)`", promised):
+            assert fragment in sources, f"no test checks {fragment!r} ({row.split(' | ')[0]})"

@@ -155,3 +155,20 @@ def _header(shape: tuple[int, ...]) -> bytes:
         buffer, {"descr": "<f4", "fortran_order": False, "shape": shape}
     )
     return buffer.getvalue()
+
+
+def test_input_file_conflicting_with_an_explicit_dim_is_refused(tmp_path) -> None:
+    from layerport.config import resolve_config
+    from layerport.eager import prepare_inputs
+    from layerport.errors import UserInputError
+    from layerport.plugins import get_registry
+
+    config = resolve_config(get_registry(), "linear", dims={"batch": 4})
+    np.save(tmp_path / "x.npy", np.zeros((8, 8), np.float32))
+    option = [f"x={tmp_path / 'x.npy'}"]
+    with pytest.raises(UserInputError, match=r"^dim batch is 4 from --dim but 8 in input x$"):
+        prepare_inputs(config, option, explicit_dims={"batch": 4})
+    # A --dim that agrees with the file, and no --dim at all, both run at the file's size.
+    agreeing = resolve_config(get_registry(), "linear", dims={"batch": 8})
+    assert prepare_inputs(agreeing, option, explicit_dims={"batch": 8})[0].dims["batch"] == 8
+    assert prepare_inputs(resolve_config(get_registry(), "linear"), option)[0].dims["batch"] == 8

@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from hostile import BUILTINS_ONLY, assert_refused, assert_succeeded, save_gemm_model
-from layerport import Dim, LayerSpec, Tensor
+from layerport import Dim, LayerSpec, Tensor, files
 from layerport.files import atomic_write_bytes
 
 from conftest import SpecPlugin
@@ -239,3 +240,22 @@ def test_export_into_an_existing_file_replaces_it_whole(cli, tmp_path) -> None:
     assert target.read_bytes() != OLD_BYTES
     assert_succeeded(cli("inspect", str(target)))
     assert [path.name for path in tmp_path.iterdir()] == ["linear.onnx"]
+
+
+def test_overwriting_a_private_file_keeps_it_private(cli, tmp_path) -> None:
+    target = tmp_path / "linear.onnx"
+    target.write_bytes(OLD_BYTES)
+    target.chmod(0o600)
+    assert_succeeded(cli("export", "linear", "-o", str(target)))
+    assert target.read_bytes() != OLD_BYTES
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+def test_a_new_file_gets_the_umask_mode(tmp_path, monkeypatch) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    atomic_write_bytes(tmp_path / "new.bin", b"data")
+    assert stat.S_IMODE((tmp_path / "new.bin").stat().st_mode) == 0o666 & ~umask
+    monkeypatch.setattr(files, "_UMASK", 0o027)
+    atomic_write_bytes(tmp_path / "other.bin", b"data")
+    assert stat.S_IMODE((tmp_path / "other.bin").stat().st_mode) == 0o640

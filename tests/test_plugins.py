@@ -13,9 +13,11 @@ import os
 import textwrap
 from pathlib import Path
 
+import pluggy
 import pytest
 
-from layerport import hookspecs
+from layerport import hookimpl, hookspecs, plugins
+from layerport.registry import PluginInfo
 
 from conftest import Result, run_process
 
@@ -227,3 +229,37 @@ def test_every_hook_is_documented_in_the_readme() -> None:
 
 def _hook_names() -> list[str]:
     return [name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), "layerport_spec")]
+
+
+class _MisspelledHook:
+    @hookimpl
+    def register_layer(self, register):  # type: ignore[no-untyped-def]
+        pass
+
+
+class _NoLayers:
+    @hookimpl
+    def register_layers(self, register):  # type: ignore[no-untyped-def]
+        pass
+
+
+def test_a_misspelled_hook_lists_every_hook_and_leaves_no_plugin_info() -> None:
+    info = PluginInfo("layerport-misspelled", "1.0")
+    with pytest.raises(pluggy.PluginValidationError) as error:
+        plugins._register(_MisspelledHook(), "layerport-misspelled:main", info)
+    assert str(error.value).endswith("; hooks: register_layers, register_commands")
+    assert sorted(plugins.HOOK_NAMES) == _hook_names()
+    assert plugins.pm.get_plugin("layerport-misspelled:main") is None
+    assert "layerport-misspelled:main" not in plugins._plugin_info
+
+
+def test_plugin_info_is_kept_by_registration_name() -> None:
+    plugin = _NoLayers()
+    info = PluginInfo("layerport-quiet", "2.0")
+    plugins._register(plugin, "layerport-quiet:main", info)
+    try:
+        assert plugins.plugin_info(plugin) == info
+    finally:
+        plugins.pm.unregister(plugin)
+        plugins._plugin_info.pop("layerport-quiet:main")
+    assert plugins.plugin_info(_NoLayers()).version == "unknown"

@@ -6,9 +6,9 @@ import pytest
 
 from layerport.errors import AmbiguousLayer, InvalidSpec, UnknownLayer
 from layerport.plugins import get_registry
-from layerport.registry import PluginInfo, Registry
+from layerport.registry import PluginFailure, PluginInfo, Registry
 
-from conftest import SpecPlugin, tiny_spec
+from conftest import SpecPlugin, registered_plugins, tiny_spec
 
 
 def test_builtins_register_through_the_hook() -> None:
@@ -24,6 +24,11 @@ def test_test_plugin_registers_and_unregisters(register_plugin) -> None:
 
 
 def test_test_plugin_is_gone_after_the_fixture() -> None:
+    # The fixture's own cleanup, driven inside one test: it must not depend on
+    # which tests ran before in this worker.
+    with registered_plugins() as register:
+        register(SpecPlugin(tiny_spec()), "test-plugin")
+        assert get_registry().resolve("tiny").plugin.name == "test-plugin"
     with pytest.raises(UnknownLayer):
         get_registry().resolve("tiny")
 
@@ -79,3 +84,29 @@ def test_unknown_layer_suggests_a_close_name() -> None:
         get_registry().resolve("lnear")
     with pytest.raises(UnknownLayer, match="unknown layer 'nosuch:linear'"):
         get_registry().resolve("nosuch:linear")
+
+
+def _registry_with_failure(plugin: str) -> Registry:
+    registry = Registry()
+    registry.register(tiny_spec(name="gru"), PluginInfo("layerport", "1"))
+    registry.failures = [PluginFailure(plugin, "cannot load it: ImportError", ImportError())]
+    return registry
+
+
+@pytest.mark.parametrize(
+    "name", ["grumpy", "layerport-grumpy:grumpy", "Layerport_Grumpy:thing", "GRUMPY"]
+)
+def test_a_failed_plugin_is_blamed_when_its_name_matches(name: str) -> None:
+    with pytest.raises(UnknownLayer, match="plugin layerport-grumpy, which may provide it, failed"):
+        _registry_with_failure("layerport-grumpy").resolve(name)
+
+
+@pytest.mark.parametrize("name", ["gr", "r", "grump", "port", "other:grumpy-extra"])
+def test_a_failed_plugin_is_not_blamed_for_a_part_of_its_name(name: str) -> None:
+    with pytest.raises(UnknownLayer) as error:
+        _registry_with_failure("layerport-grumpy").resolve(name)
+    message = str(error.value)
+    assert "which may provide it" not in message
+    assert "some plugins failed to load (layerport-grumpy)" in message
+    if name == "gr":
+        assert "did you mean 'gru'?" in message

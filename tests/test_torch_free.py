@@ -72,6 +72,15 @@ def test_run_does_import_torch() -> None:
     assert "torch" in completed.stderr.strip().splitlines()[-1]
 
 
+def test_the_runtime_imports_neither_the_registry_nor_the_configuration() -> None:
+    # Data flows one way: reading arrays and checking sizes needs only layerport.limits.
+    code = "import sys, layerport.runtime; print(' '.join(sys.modules))"
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    loaded = set(completed.stdout.split())
+    assert "layerport.limits" in loaded, completed.stderr
+    assert not loaded & {"layerport.registry", "layerport.config", "layerport.weights"}
+
+
 def test_infer_matches_run(rnn_file: Path, tmp_path: Path) -> None:
     run = run_process("run", "rnn", "--output", str(tmp_path / "run.npz"))
     infer = run_process("infer", str(rnn_file), "--output", str(tmp_path / "infer.npz"))
@@ -118,6 +127,12 @@ def test_a_torch_free_environment_runs_infer(rnn_file: Path, tmp_path: Path) -> 
     assert deployed.returncode == 0, deployed.stderr
     assert deployed.stderr.startswith("saved y, h_n to "), deployed.stderr  # and nothing else
     assert deployed.stderr.count("\n") == 1
+    needs_torch = subprocess.run(
+        [str(venv / "bin" / "layerport"), "run", "linear"], capture_output=True, text=True, env=env
+    )
+    assert needs_torch.returncode == 1
+    assert needs_torch.stderr.startswith("Error: this command needs torch and onnxscript")
+    assert "pip install -c constraints.txt 'layerport[export]'" in needs_torch.stderr
     here = run_process("infer", str(rnn_file), "--output", str(tmp_path / "here.npz"))
     assert here.exit_code == 0
     with np.load(tmp_path / "d.npz") as a, np.load(tmp_path / "here.npz") as b:

@@ -38,7 +38,7 @@ def test_compare_reports_where_and_what_would_pass() -> None:
     assert result.worst_actual == 0.5 and result.worst_expected == 0.0
     assert result.needed_atol == pytest.approx(0.5)
     assert result.needed_rtol == float("inf")  # expected is 0 there: no rtol can pass
-    assert "max abs error 0.5 at [1, 2]" in result.describe()
+    assert "max abs error 0.5; worst element [1, 2] (onnxruntime 0.5, eager 0)" in result.describe()
 
 
 def test_needed_tolerances_are_the_smallest_that_pass() -> None:

@@ -17,8 +17,8 @@ from typing import IO, BinaryIO
 
 import numpy as np
 
-from layerport.config import check_allocation
 from layerport.errors import BadFile, UserInputError, one_line
+from layerport.limits import check_allocation
 
 NUMPY_DTYPES = {"float32": np.float32, "float64": np.float64}
 NPY_MAGIC = b"\x93NUMPY"
@@ -36,28 +36,34 @@ class ArraySpec:
 
 
 def random_arrays(
-    shapes: Mapping[str, tuple[int, ...]], dtype: str, seed: int
+    shapes: Mapping[str, tuple[int, ...]], dtype: str | Mapping[str, str], seed: int
 ) -> dict[str, np.ndarray]:
     """Standard-normal arrays, the same for the same seed in any process.
 
+    ``dtype`` is one dtype for every array, or each array's dtype by name. One
+    generator draws every array in turn, so the values do not depend on dtypes.
     Refused before drawing if they would not fit in the memory limit: the shapes
     may come from a file's metadata or a ``--dim`` option.
     """
-    if dtype not in NUMPY_DTYPES:
-        raise UserInputError(f"only float32 and float64 inputs can be generated, not {dtype}")
+    dtypes = {name: dtype if isinstance(dtype, str) else dtype[name] for name in shapes}
     for name, shape in shapes.items():
+        if dtypes[name] not in NUMPY_DTYPES:
+            raise UserInputError(
+                f"only float32 and float64 inputs can be generated, not {dtypes[name]}"
+            )
         if not all(isinstance(size, int) and not isinstance(size, bool) for size in shape) or any(
             size < 0 for size in shape
         ):
             raise UserInputError(f"cannot generate input {name} with shape {shape!r}")
     # numpy draws float64 and then converts: both copies exist at once.
-    itemsize = 8 + np.dtype(NUMPY_DTYPES[dtype]).itemsize
-    check_allocation(
-        sum(math.prod(shape) for shape in shapes.values()) * itemsize, "generating the inputs"
+    needed = sum(
+        math.prod(shape) * (8 + np.dtype(NUMPY_DTYPES[dtypes[name]]).itemsize)
+        for name, shape in shapes.items()
     )
+    check_allocation(needed, "generating the inputs")
     generator = np.random.default_rng(seed)
     return {
-        name: generator.standard_normal(shape).astype(NUMPY_DTYPES[dtype])
+        name: generator.standard_normal(shape).astype(NUMPY_DTYPES[dtypes[name]])
         for name, shape in shapes.items()
     }
 

@@ -54,10 +54,10 @@ from typing import Any
 import numpy as np
 
 from layerport.config import LayerConfig
+from layerport.defaults import DEFAULT_BENCH_THREADS
 from layerport.errors import UserInputError, VerificationFailed, WorkFailed, one_line
 
 ENGINES = ("eager", "reference", "onnxruntime")
-DEFAULT_THREADS = 2
 BATCH_DIM = "batch"
 
 
@@ -187,7 +187,7 @@ class BenchResult:
 def bench_layer(
     config: LayerConfig,
     *,
-    threads: int = DEFAULT_THREADS,
+    threads: int = DEFAULT_BENCH_THREADS,
     timing: TimingSettings | None = None,
 ) -> BenchResult:
     """Export ``config``'s layer and time eager, reference and onnxruntime on the same inputs.

@@ -8,14 +8,15 @@ float32 draws widened.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
 from layerport.config import LayerConfig
-from layerport.errors import InvalidSpec
+from layerport.errors import InvalidSpec, LayerFailed, LayerportError, one_line
 from layerport.weights import check_weights, read_weights
 
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -23,7 +24,7 @@ TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 def build_module(config: LayerConfig) -> nn.Module:
     """Build the layer in eval mode, with seeded weights or the weights file's."""
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _plugin_code(config, "build()"):
         torch.manual_seed(config.seed)
         module = config.spec.build(config.params)
     if not isinstance(module, nn.Module):
@@ -45,6 +46,24 @@ def build_module(config: LayerConfig) -> nn.Module:
     return module
 
 
+@contextlib.contextmanager
+def _plugin_code(config: LayerConfig, what: str) -> Iterator[None]:
+    """Report an exception from a layer's own code as that layer's failure, not layerport's.
+
+    A broken layer then fails its own command (exit 1) and does not stop
+    ``export --all`` for the others.
+    """
+    try:
+        yield
+    except LayerportError:
+        raise
+    except Exception as error:
+        raise LayerFailed(
+            f"layer {config.spec.name} (plugin {config.layer.plugin.name}): {what} raised "
+            f"{type(error).__name__}: {one_line(error)}"
+        ) from error
+
+
 def run_module(
     module: nn.Module, config: LayerConfig, inputs: Mapping[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
@@ -56,7 +75,7 @@ def run_module(
         for tensor in config.spec.inputs
     ]
     # no_grad, not inference_mode: torch's scan and compiled paths recompile under it.
-    with torch.no_grad():
+    with torch.no_grad(), _plugin_code(config, "forward()"):
         result = module(*arguments)
     outputs = (result,) if isinstance(result, torch.Tensor) else tuple(result)
     names = [tensor.name for tensor in config.spec.outputs]

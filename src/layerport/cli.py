@@ -12,6 +12,7 @@ inside the commands that use them.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -23,7 +24,21 @@ import click
 
 from layerport import __version__, noise, plugins
 from layerport.config import LayerConfig, parse_assignments, parse_dim_sizes, resolve_config
-from layerport.errors import BadFile, LayerportError, VerificationFailed, WorkFailed, one_line
+from layerport.defaults import (
+    DEFAULT_BENCH_THREADS,
+    DEFAULT_OPSET,
+    DEFAULT_TRIALS,
+    OPTIMIZATION_LEVELS,
+    SUPPORTED_OPSETS,
+)
+from layerport.errors import (
+    BadFile,
+    LayerportError,
+    MissingDependency,
+    VerificationFailed,
+    WorkFailed,
+    one_line,
+)
 from layerport.registry import RegisteredLayer, Registry
 from layerport.render import print_fields, print_json, print_table, warn
 from layerport.spec import DEFAULT_DTYPE, DTYPES
@@ -71,29 +86,18 @@ class LayerportGroup(click.Group):
     """A group whose every command, plugin commands included, accepts --debug and --verbose."""
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        name = name or cmd.name
+        if name in self.commands:
+            # A plugin must not silently replace a built-in command, or another plugin's.
+            raise click.ClickException(f"a command named {name!r} already exists")
         cmd.params.extend(flag for flag in _GLOBAL_FLAGS if flag not in cmd.params)
         super().add_command(cmd, name)
 
 
-@click.group(cls=LayerportGroup, context_settings=CONTEXT_SETTINGS)
+@click.group(cls=LayerportGroup, context_settings=CONTEXT_SETTINGS, invoke_without_command=True)
 @click.version_option(__version__, "-V", "--version", prog_name="layerport")
-@click.option(
-    "--debug",
-    is_flag=True,
-    expose_value=False,
-    is_eager=True,
-    callback=_set_debug,
-    help="Show tracebacks on errors (also LAYERPORT_DEBUG=1).",
-)
-@click.option(
-    "--verbose",
-    is_flag=True,
-    expose_value=False,
-    is_eager=True,
-    callback=_set_verbose,
-    help="Let dependencies' warnings and progress output through.",
-)
-def cli() -> None:
+@click.pass_context
+def cli(context: click.Context) -> None:
     """A registry of neural-network layer types, exported to ONNX and proven.
 
     \b
@@ -103,6 +107,11 @@ def cli() -> None:
       layerport export --all
       layerport verify exported/rnn.onnx
     """
+    if context.invoked_subcommand is None:
+        click.echo(context.get_help())
+
+
+cli.params.extend(_GLOBAL_FLAGS)
 
 
 # ---------------------------------------------------------------------------
@@ -162,9 +171,25 @@ layer_options = option_group(
         "--weights",
         type=click.Path(path_type=Path),
         default=None,
-        help="Load weights from a .safetensors or .pt/.pth state dict.",
+        help="Load weights from a .safetensors file or a .pt/.pth/.bin state dict.",
     ),
 )
+
+
+def require_export_dependencies() -> None:
+    """Fail with install advice, not an import error, where torch is not installed.
+
+    ``find_spec`` looks for the packages without importing them.
+    """
+    import importlib.util
+
+    missing = [name for name in ("torch", "onnxscript") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MissingDependency(
+            f"this command needs {' and '.join(missing)}, which this installation lacks "
+            "(a runtime-only install runs infer, inspect, list, show and plugins); "
+            "install the export extra: pip install -c constraints.txt 'layerport[export]'"
+        )
 
 
 def get_registry() -> Registry:
@@ -344,21 +369,32 @@ def plugins_(json_: bool) -> None:
     """
     _State.warned = True  # the failures are this command's output, not a warning
     registry = get_registry()
-    errors = {failure.plugin: failure.message for failure in registry.failures}
+    errors: dict[str, list[str]] = {}
+    for failure in registry.failures:
+        errors.setdefault(failure.plugin, []).append(failure.message)
+    loaded = plugins.loaded_plugins()
     rows: list[dict[str, Any]] = [
         {
             "name": info.name,
             "version": info.version,
             "status": "failed" if info.name in errors else "ok",
-            "error": errors.pop(info.name, None),
+            "error": "; ".join(errors.get(info.name, [])) or None,
             "layers": [layer.name for layer in registry if layer.plugin.name == info.name],
         }
-        for info in plugins.loaded_plugins()
+        for info in loaded
     ]
-    # What is left failed before it could register with pluggy at all.
+    # Plugins that failed before they could register with pluggy at all.
+    loaded_names = {info.name for info in loaded}
     rows += [
-        {"name": name, "version": None, "status": "failed", "error": message, "layers": []}
-        for name, message in errors.items()
+        {
+            "name": name,
+            "version": None,
+            "status": "failed",
+            "error": "; ".join(messages),
+            "layers": [],
+        }
+        for name, messages in errors.items()
+        if name not in loaded_names
     ]
     if json_:
         print_json({"plugins": rows, "warnings": plugins.warnings()})
@@ -421,13 +457,14 @@ def run(
       layerport run linear -p activation=sigmoid
       layerport run rnn --dim batch=2 --dim seq=100 --output out.npz
     """
+    require_export_dependencies()
     from layerport.eager import prepare_inputs, run_eager
     from layerport.files import check_writable_target
 
     config = config_from_options(layer, params, dims, dtype, seed, weights)
     if output is not None:
         check_writable_target(output)
-    config, arrays, notes = prepare_inputs(config, inputs)
+    config, arrays, notes = prepare_inputs(config, inputs, explicit_dims=parse_dim_sizes(dims))
     for note in notes:
         warn(note)
     outputs = run_eager(config, arrays)
@@ -485,7 +522,12 @@ def _for_each_layer(
             if _State.debug:
                 raise
             rows.append(
-                {"layer": layer.qualified_name, "status": "failed", "error": one_line(str(error))}
+                {
+                    "layer": layer.qualified_name,
+                    "name": layer.name,
+                    "status": "failed",
+                    "error": one_line(str(error)),
+                }
             )
     return rows
 
@@ -522,7 +564,7 @@ verification_options = option_group(
     click.option(
         "--trials",
         type=click.IntRange(1, 100),
-        default=3,
+        default=DEFAULT_TRIALS,
         show_default=True,
         help="Random input draws at each grid point.",
     ),
@@ -537,11 +579,11 @@ verification_options = option_group(
 
 
 def opset_option(function: F) -> F:
-    from_opset, to_opset = 18, 23
+    from_opset, to_opset = SUPPORTED_OPSETS.start, SUPPORTED_OPSETS.stop - 1
     return click.option(
         "--opset",
         type=click.IntRange(from_opset, to_opset),
-        default=from_opset,
+        default=DEFAULT_OPSET,
         show_default=True,
         help="ONNX opset to export to.",
     )(function)
@@ -584,7 +626,7 @@ def _export_summary(result: Any, path: Path | None) -> dict[str, Any]:
 
 
 def _print_export_summary(summary: dict[str, Any]) -> None:
-    from layerport.config import format_bytes
+    from layerport.limits import format_bytes
 
     verification = summary["verification"]
     if verification is None:
@@ -636,7 +678,9 @@ def _default_export_path(layer: Any, registry: Registry, folder: Path) -> Path:
 @click.option("--no-verify", is_flag=True, help="Skip verification against eager PyTorch.")
 @verification_options
 @json_option
+@click.pass_context
 def export(
+    ctx: click.Context,
     layer: str | None,
     all_: bool,
     params: Sequence[str],
@@ -665,8 +709,14 @@ def export(
       layerport export linear -p activation=sigmoid -o classifier.onnx
       layerport export --all -o exported/
     """
+    require_export_dependencies()
     from layerport.export import export_layer
 
+    if no_verify:
+        for name in ("atol", "rtol", "trials", "report_path"):
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
+                option = "--report" if name == "report_path" else f"--{name}"
+                raise click.UsageError(f"{option} applies to verification; drop it or --no-verify")
     if all_:
         if layer or params or dims or weights or report_path:
             raise click.UsageError(
@@ -688,7 +738,7 @@ def export(
         raise click.UsageError("give a LAYER to export, or --all")
     config = config_from_options(layer, params, dims, dtype, seed, weights)
     if output is None:
-        DEFAULT_EXPORT_DIR.mkdir(exist_ok=True)
+        _check_export_folder(DEFAULT_EXPORT_DIR)
         output = _default_export_path(config.layer, get_registry(), DEFAULT_EXPORT_DIR)
     from layerport.files import check_writable_target
 
@@ -715,6 +765,16 @@ def export(
         _print_export_summary(summary)
 
 
+def _check_export_folder(folder: Path) -> None:
+    """An output folder must exist; only the default ``exported/`` is created on demand."""
+    if folder.exists() and not folder.is_dir():
+        raise BadFile(f"{folder} is not a folder; exports are written into a folder")
+    if not folder.exists():
+        if folder != DEFAULT_EXPORT_DIR:
+            raise BadFile(f"output folder {folder} does not exist")
+        folder.mkdir()
+
+
 def _export_all(
     folder: Path,
     dtype: str,
@@ -727,17 +787,11 @@ def _export_all(
     json_: bool,
 ) -> None:
     """Export every registered layer in one process; one failure does not stop the rest."""
-    from layerport.config import format_bytes
     from layerport.export import export_layer
+    from layerport.limits import format_bytes
 
     registry = get_registry()
-    if not folder.exists():
-        if folder == DEFAULT_EXPORT_DIR:
-            folder.mkdir()
-        else:
-            raise BadFile(f"output folder {folder} does not exist")
-    if not folder.is_dir():
-        raise BadFile(f"{folder} is not a folder; --all writes one file per layer into a folder")
+    _check_export_folder(folder)
 
     def export_one(layer: RegisteredLayer) -> dict[str, Any]:
         path = _default_export_path(layer, registry, folder)
@@ -812,7 +866,8 @@ def verify(
 
     if report_path is not None:
         check_writable_target(report_path)
-    if target.endswith(".onnx") or Path(target).is_file():
+    # A path, not a layer name: a stray file named like a layer must not hijack it.
+    if target.endswith(".onnx") or "/" in target or os.sep in target:
         for name in ("params", "dtype", "seed", "opset"):
             if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
                 option = {"params": "-p", "dtype": "--dtype", "seed": "--seed", "opset": "--opset"}[
@@ -823,6 +878,7 @@ def verify(
                 )
         report, path = _verify_file(Path(target), weights, dims, atol, rtol, trials), target
     else:
+        require_export_dependencies()
         from layerport.export import export_layer
 
         config = config_from_options(target, params, dims, dtype, seed, weights)
@@ -848,6 +904,7 @@ def _verify_file(
     rtol: float | None,
     trials: int,
 ) -> Any:
+    require_export_dependencies()
     from layerport.build import build_module
     from layerport.config import config_from_record
     from layerport.runtime import load_model
@@ -903,8 +960,8 @@ def inspect(file: Path, json_: bool) -> None:
     Example:
       layerport inspect exported/rnn.onnx
     """
-    from layerport.config import format_bytes
     from layerport.inspection import describe_model
+    from layerport.limits import format_bytes
 
     description = describe_model(file)
     if json_:
@@ -945,7 +1002,11 @@ def inspect(file: Path, json_: bool) -> None:
     )
     metadata = description["layerport"] or {}
     if metadata:
-        print_table(("layerport metadata", "value"), sorted(metadata.items()))
+        rows = (
+            (key, v if isinstance(v, str) else json.dumps(v, sort_keys=True))
+            for key, v in metadata.items()
+        )
+        print_table(("layerport metadata", "value"), sorted(rows))
     else:
         click.echo("not exported by layerport (no layerport metadata)")
 
@@ -988,7 +1049,7 @@ def inspect(file: Path, json_: bool) -> None:
 )
 @click.option(
     "--optimization",
-    type=click.Choice(["disable", "basic", "extended", "all"]),
+    type=click.Choice(OPTIMIZATION_LEVELS),
     default="all",
     show_default=True,
     help="onnxruntime graph optimization level.",
@@ -1029,9 +1090,7 @@ def infer(
         arrays = read_input_files(inputs)
     else:
         arrays = generated_inputs(model, parse_dim_sizes(dims), seed)
-    from layerport.arrays import check_arrays
-
-    complete, notes = check_arrays(arrays, model.inputs)
+    complete, notes = model.check_inputs(arrays)
     for note in notes:
         warn(note)
     outputs = model.run_checked(complete)
@@ -1053,7 +1112,7 @@ def infer(
 @click.option(
     "--threads",
     type=click.IntRange(min=1),
-    default=2,
+    default=DEFAULT_BENCH_THREADS,
     show_default=True,
     help="Intra-op threads for torch and onnxruntime alike.",
 )
@@ -1100,6 +1159,7 @@ def bench(
       layerport bench linear -p in_features=4096 -p out_features=4096 --dim batch=64
       layerport bench --all --startup --json
     """
+    require_export_dependencies()
     from layerport.bench import TimingSettings, bench_layer, measure_startup
 
     if all_ and (layer or params or dims or weights):
@@ -1141,7 +1201,7 @@ def _bench_all(dtype: str, seed: int, threads: int, timing: Any) -> list[dict[st
 
 
 def _print_bench(rows: list[dict[str, Any]], startup: dict[str, Any] | None, all_: bool) -> None:
-    from layerport.config import format_bytes
+    from layerport.limits import format_bytes
 
     if len(rows) == 1 and not all_:
         row = rows[0]

@@ -42,9 +42,11 @@ class Comparison:
         """One line for a failure message."""
         if self.problem:
             return f"{self.output} at {self.case}: {self.problem}"
+        # The worst element is the one furthest over the tolerance, which need not
+        # be the one with the largest absolute error.
         return (
-            f"{self.output} at {self.case}: max abs error {self.max_abs_error:.3g} at "
-            f"{list(self.worst_index)} (onnxruntime {self.worst_actual:.6g}, eager "
+            f"{self.output} at {self.case}: max abs error {self.max_abs_error:.3g}; worst "
+            f"element {list(self.worst_index)} (onnxruntime {self.worst_actual:.6g}, eager "
             f"{self.worst_expected:.6g}); would pass with atol >= {self.needed_atol:.3g} "
             f"or rtol >= {self.needed_rtol:.3g}"
         )

@@ -7,19 +7,20 @@ here imports torch.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from layerport.errors import BadFile, InvalidDim, InvalidParameter, ResourceLimit, UserInputError
+from layerport.errors import BadFile, InvalidDim, InvalidParameter, UserInputError
+from layerport.limits import (
+    check_allocation,
+)
 from layerport.metadata import ExportRecord
 from layerport.registry import RegisteredLayer, Registry
 from layerport.spec import DEFAULT_DTYPE, DTYPES, LayerSpec, ParamValue, Tensor
+from layerport.weights import sha256_file
 
 DTYPE_BYTES = {"float32": 4, "float64": 8}
-DEFAULT_MEMORY_LIMIT = 4 * 2**30
-MEMORY_LIMIT_VARIABLE = "LAYERPORT_MAX_MEMORY"
 
 
 @dataclass(frozen=True)
@@ -104,29 +105,6 @@ def resolve_config(
     return config
 
 
-def memory_limit() -> int:
-    """Bytes a single run or export may need, from ``LAYERPORT_MAX_MEMORY`` or the default."""
-    text = os.environ.get(MEMORY_LIMIT_VARIABLE)
-    if text is None:
-        return DEFAULT_MEMORY_LIMIT
-    try:
-        return parse_bytes(text)
-    except ValueError:
-        raise UserInputError(
-            f"{MEMORY_LIMIT_VARIABLE} must be a size such as 8G or 512M, got {text!r}"
-        ) from None
-
-
-def parse_bytes(text: str) -> int:
-    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-    text = text.strip().upper().removesuffix("B").removesuffix("I")
-    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "")
-    value = float(number) * units[unit]
-    if not math.isfinite(value) or value < 1:
-        raise ValueError(text)
-    return int(value)
-
-
 def estimate_bytes(config: LayerConfig, dims: Mapping[str, int] | None = None) -> int:
     """A generous estimate of the memory one forward pass needs.
 
@@ -145,28 +123,6 @@ def check_memory(config: LayerConfig, dims: Mapping[str, int] | None = None) -> 
     check_allocation(estimate_bytes(config, dims), f"layer {config.spec.name} with these sizes")
 
 
-def check_allocation(needed: int, what: str) -> None:
-    """Refuse ``what``, which needs ``needed`` bytes, when that is over the memory limit."""
-    limit = memory_limit()
-    if needed > limit:
-        raise ResourceLimit(
-            f"{what} needs about {format_bytes(needed)}, over the {format_bytes(limit)} limit; "
-            f"raise it with {MEMORY_LIMIT_VARIABLE}=SIZE (for example 16G) if this machine has "
-            "the memory"
-        )
-
-
-def format_bytes(size: float) -> str:
-    if size >= 2**50:
-        # Absurd sizes (a parameter of 400 digits) would overflow a float below.
-        return f"10^{len(str(int(size))) - 1} B"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
-
-
 def config_from_record(
     registry: Registry,
     record: ExportRecord,
@@ -179,8 +135,6 @@ def config_from_record(
     A file exported from a weights file needs that file again, and its hash must
     match the one recorded: otherwise the check would compare against other weights.
     """
-    from layerport.weights import sha256_file
-
     if record.weights_sha256 is not None:
         if weights is None:
             raise UserInputError(

@@ -41,20 +41,31 @@ def random_inputs(
 
 
 def prepare_inputs(
-    config: LayerConfig, input_options: Sequence[str]
+    config: LayerConfig,
+    input_options: Sequence[str],
+    *,
+    explicit_dims: Mapping[str, int] | None = None,
 ) -> tuple[LayerConfig, dict[str, np.ndarray], list[str]]:
     """The inputs for a run: read from ``--input`` files, or drawn from the seed.
 
-    Inputs read from files set the dynamic dims; returns the configuration at
-    those dims, the arrays, and notes for the user (such as non-finite values).
+    Inputs read from files set the dynamic dims; a dim the user gave explicitly
+    (``explicit_dims``, from ``--dim``) must agree with them. Returns the
+    configuration at those dims, the arrays, and notes for the user (such as
+    non-finite values).
     """
     if not input_options:
         return config, random_inputs(config), []
     arrays, notes = check_arrays(read_input_files(input_options), input_array_specs(config))
+    explicit_dims = explicit_dims or {}
     dims = dict(config.dims)
     for tensor in config.spec.inputs:
         for axis, name in config.spec.dynamic_axes(tensor).items():
-            dims[name] = int(arrays[tensor.name].shape[axis])
+            size = int(arrays[tensor.name].shape[axis])
+            if name in explicit_dims and explicit_dims[name] != size:
+                raise UserInputError(
+                    f"dim {name} is {explicit_dims[name]} from --dim but {size} in input {tensor.name}"
+                )
+            dims[name] = size
     config = config.with_dims(dims)
     check_memory(config)
     return config, arrays, notes

@@ -54,6 +54,10 @@ class WorkFailed(LayerportError):
     """The work was attempted and did not succeed."""
 
 
+class LayerFailed(WorkFailed):
+    """A layer's own code (its builder or forward) raised an exception."""
+
+
 class ExportFailed(WorkFailed):
     """torch.onnx could not export the layer, or the file it made is unusable."""
 

@@ -29,6 +29,7 @@ import torch
 from layerport import __version__, noise
 from layerport.build import build_module
 from layerport.config import LayerConfig
+from layerport.defaults import DEFAULT_OPSET, DEFAULT_TRIALS, SUPPORTED_OPSETS
 from layerport.eager import random_inputs
 from layerport.errors import ExportFailed, InvalidDim, UserInputError, VerificationFailed, one_line
 from layerport.files import atomic_write_bytes
@@ -36,13 +37,8 @@ from layerport.metadata import ExportRecord
 from layerport.modelfile import iter_graphs
 from layerport.runtime import Model, SessionSettings
 from layerport.spec import Tolerance
-from layerport.verify import DEFAULT_TRIALS, VerificationReport, verify_export
+from layerport.verify import VerificationReport, verify_export
 from layerport.weights import sha256_file
-
-DEFAULT_OPSET = (
-    18  # the oldest opset torch.onnx's dynamo exporter emits: the widest runtime support
-)
-SUPPORTED_OPSETS = range(18, 24)
 
 
 @dataclass(frozen=True)

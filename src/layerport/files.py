@@ -10,10 +10,22 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 from layerport.errors import BadFile
+
+
+def _read_umask() -> int:
+    # The only portable way to read the umask is to set it; done once, at import,
+    # so no other thread can create a file while it is 0.
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _read_umask()
 
 
 def check_writable_target(path: Path) -> None:
@@ -60,7 +72,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(temporary, 0o644)
+        # mkstemp creates the file 0600: give it the mode of the file it replaces,
+        # or the mode an ordinary new file would get.
+        os.chmod(temporary, _mode_for(path))
         os.replace(temporary, path)
     except BaseException as error:  # KeyboardInterrupt and SIGTERM included
         with contextlib.suppress(FileNotFoundError):
@@ -68,6 +82,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if isinstance(error, OSError):
             raise BadFile(f"cannot write {path}: {error.strerror}") from error
         raise
+
+
+def _mode_for(path: Path) -> int:
+    """The existing target's permission bits, else 0o666 less the umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode) & 0o777
+    except OSError:
+        return 0o666 & ~_UMASK
 
 
 def atomic_save_npz(path: Path, arrays: dict[str, object]) -> None:

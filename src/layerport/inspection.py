@@ -5,6 +5,7 @@ Torch-free, and it works on files layerport did not export.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ def describe_model(path: Path) -> dict[str, Any]:
         "ops": dict(sorted(ops.items())),
         "initializers": len(model.graph.initializer),
         "weight_bytes": sum(_tensor_bytes(tensor) for tensor in model.graph.initializer),
-        "layerport": None if record is None else record.to_props(),
+        "layerport": None if record is None else dataclasses.asdict(record),
         "metadata": {
             prop.key: prop.value
             for prop in model.metadata_props

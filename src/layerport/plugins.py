@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 from collections.abc import Callable
 from importlib import metadata
 from typing import Any
@@ -23,7 +22,7 @@ import pluggy
 
 from layerport import __version__, hookspecs
 from layerport.errors import one_line
-from layerport.registry import PluginFailure, PluginInfo, Registry
+from layerport.registry import PluginFailure, PluginInfo, Registry, normalize_name
 
 DEFAULT_PLUGINS = (
     "layerport.default_plugins.linear",
@@ -35,7 +34,12 @@ BUILTIN = PluginInfo(name="layerport", version=__version__)
 pm = pluggy.PluginManager("layerport")
 pm.add_hookspecs(hookspecs)
 
-_plugin_info: dict[int, PluginInfo] = {}
+HOOK_NAMES = tuple(
+    name for name, value in vars(hookspecs).items() if hasattr(value, "layerport_spec")
+)
+
+# The distribution behind each plugin that registered, by its pluggy name.
+_plugin_info: dict[str, PluginInfo] = {}
 _load_failures: list[PluginFailure] = []
 _warnings: list[str] = []
 _loaded = False
@@ -72,13 +76,13 @@ def _register(plugin: Any, name: str, info: PluginInfo) -> None:
     # pluggy validates hook arguments on register; a hook with no spec only
     # surfaces in check_pending(), which names no distribution, so check here.
     pm.register(plugin, name=name)
-    _plugin_info[id(plugin)] = info
     unknown = [caller.name for caller in pm.get_hookcallers(plugin) or [] if caller.spec is None]
     if unknown:
         pm.unregister(plugin)
         raise pluggy.PluginValidationError(
-            plugin, f"unknown hook {unknown[0]!r}; hooks: register_layers, register_commands"
+            plugin, f"unknown hook {unknown[0]!r}; hooks: {', '.join(HOOK_NAMES)}"
         )
+    _plugin_info[name] = info
 
 
 def _selected_entry_points() -> list[metadata.EntryPoint]:
@@ -86,11 +90,11 @@ def _selected_entry_points() -> list[metadata.EntryPoint]:
     selection = os.environ.get("LAYERPORT_LOAD_PLUGINS")
     if selection is None:
         return entry_points
-    wanted = {_normalize(name) for name in selection.split(",") if name.strip()}
-    installed = {_normalize(_distribution_name(entry_point)) for entry_point in entry_points}
+    wanted = {normalize_name(name) for name in selection.split(",") if name.strip()}
+    installed = {normalize_name(_distribution_name(entry_point)) for entry_point in entry_points}
     for name in sorted(wanted - installed):
         _warnings.append(f"LAYERPORT_LOAD_PLUGINS names {name!r}, which is not an installed plugin")
-    return [ep for ep in entry_points if _normalize(_distribution_name(ep)) in wanted]
+    return [ep for ep in entry_points if normalize_name(_distribution_name(ep)) in wanted]
 
 
 def _plugin_info_for(entry_point: metadata.EntryPoint) -> PluginInfo:
@@ -102,10 +106,6 @@ def _plugin_info_for(entry_point: metadata.EntryPoint) -> PluginInfo:
 
 def _distribution_name(entry_point: metadata.EntryPoint) -> str:
     return entry_point.dist.metadata["Name"] if entry_point.dist else entry_point.name
-
-
-def _normalize(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower().strip()
 
 
 def _failure(plugin: str, what: str, error: BaseException) -> PluginFailure:
@@ -120,9 +120,10 @@ def plugin_info(plugin: Any) -> PluginInfo:
     A plugin registered directly with ``pm.register`` (as tests do) is known by
     its pluggy name.
     """
-    if id(plugin) in _plugin_info:
-        return _plugin_info[id(plugin)]
-    return PluginInfo(name=pm.get_name(plugin) or repr(plugin), version="unknown")
+    name = pm.get_name(plugin)
+    if name in _plugin_info:
+        return _plugin_info[name]
+    return PluginInfo(name=name or repr(plugin), version="unknown")
 
 
 def warnings() -> list[str]:

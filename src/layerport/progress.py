@@ -27,7 +27,7 @@ def progress_steps(items: Sequence[T], *, label: Callable[[T], str], what: str) 
         click.echo(f"[{index}/{total}] {what} {label(item)}", err=True)
         yield item
         click.echo(
-            f"[{index}/{total}] {label(item)} done in {time.perf_counter() - started:.1f} s",
+            f"[{index}/{total}] {label(item)} finished in {time.perf_counter() - started:.1f} s",
             err=True,
         )
 

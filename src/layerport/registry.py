@@ -8,6 +8,7 @@ wins: both are listed, and the bare name asks the user to qualify it.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -98,12 +99,22 @@ class Registry:
         close = difflib.get_close_matches(name, names, n=1)
         if close:
             message += f" (did you mean {close[0]!r}?)"
-        bare = name.rsplit(QUALIFIER, 1)[-1]
-        plugin_asked = name.split(QUALIFIER, 1)[0] if QUALIFIER in name else None
+        bare = normalize_name(name.rsplit(QUALIFIER, 1)[-1])
+        # The plugins that may provide the name: the one asked for, or one named
+        # after the layer (gru, layerport-gru). A looser match blames an unrelated
+        # failure for a typo.
+        suspects = {bare, f"layerport-{bare}"}
+        if QUALIFIER in name:
+            suspects.add(normalize_name(name.split(QUALIFIER, 1)[0]))
         for failure in self.failures:
-            if failure.plugin == plugin_asked or bare in failure.plugin:
+            if normalize_name(failure.plugin) in suspects:
                 return f"{message}; plugin {failure.plugin}, which may provide it, failed: {failure.message}"
         if self.failures:
             failed = ", ".join(failure.plugin for failure in self.failures)
             message += f"; some plugins failed to load ({failed}): see 'layerport plugins'"
         return f"{message}; run 'layerport list' to see the layers"
+
+
+def normalize_name(name: str) -> str:
+    """A distribution name as packaging compares them: lowercase, runs of -_. as one -."""
+    return re.sub(r"[-_.]+", "-", name).lower().strip()

@@ -19,11 +19,11 @@ import onnx
 
 from layerport import noise
 from layerport.arrays import ArraySpec, check_arrays, random_arrays
+from layerport.defaults import OPTIMIZATION_LEVELS
 from layerport.errors import BadFile, UserInputError, WorkFailed, one_line
 from layerport.metadata import ExportRecord
 from layerport.modelfile import read_model
 
-OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 _ONNX_DTYPES: dict[int, str] = {
     onnx.TensorProto.FLOAT: "float32",
     onnx.TensorProto.DOUBLE: "float64",
@@ -60,13 +60,23 @@ class Model:
         self.outputs = [array_spec_of(value, set()) for value in model.graph.output]
         self._session = open_session(model.SerializeToString(), name, settings or SessionSettings())
 
+    def check_inputs(
+        self, arrays: Mapping[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], list[str]]:
+        """Check named arrays against the file's inputs and fill omitted optional ones.
+
+        Returns the complete arrays for ``run_checked``, and notes worth telling
+        the user (such as non-finite values).
+        """
+        return check_arrays(arrays, self.inputs)
+
     def run(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model on named arrays and return its outputs by name."""
-        complete, _ = check_arrays(arrays, self.inputs)
+        complete, _ = self.check_inputs(arrays)
         return self.run_checked(complete)
 
     def run_checked(self, complete: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run on inputs already checked and completed by ``check_arrays``."""
+        """Run on inputs already checked and completed by ``check_inputs``."""
         try:
             results = self._session.run(None, dict(complete))
         except Exception as error:
@@ -140,7 +150,8 @@ def generated_inputs(
     """Inputs drawn as ``layerport run`` draws them: standard normal, from the seed.
 
     Symbolic dims take their size from ``dims``, else from the sizes the file
-    records it was traced at. Optional inputs are left out (zeros).
+    records it was traced at. Each input has its own dtype. Optional inputs are
+    left out (zeros); a file with no inputs gets none.
     """
     record = model.record
     sizes = dict(record.dynamic_dims) if record else {}
@@ -151,6 +162,7 @@ def generated_inputs(
         raise UserInputError(f"the file has no symbolic dim {unknown[0]!r}")
     sizes.update(dims)
     shapes = {}
+    dtypes = {}
     for spec in model.inputs:
         if spec.optional:
             continue
@@ -164,5 +176,6 @@ def generated_inputs(
                 f"input {spec.name} is {spec.dtype}; only float inputs can be generated, pass --input"
             )
         shapes[spec.name] = tuple(sizes[dim] if isinstance(dim, str) else dim for dim in spec.dims)
+        dtypes[spec.name] = spec.dtype
     default_seed = record.seed if record and record.seed is not None else 0
-    return random_arrays(shapes, model.inputs[0].dtype, default_seed if seed is None else seed)
+    return random_arrays(shapes, dtypes, default_seed if seed is None else seed)

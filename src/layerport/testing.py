@@ -184,15 +184,31 @@ def _config(layer: str, dtype: str = "float32") -> LayerConfig:
     return resolve_config(get_registry(), layer, dtype=dtype)
 
 
-@functools.lru_cache(maxsize=16)
 def _exported(layer: str, dtype: str) -> ExportResult:
-    """One export per layer and dtype per test session: exporting takes seconds."""
+    """One export per layer type and dtype per test session: exporting takes seconds.
+
+    The cache is keyed on the spec object too, so a fixture that registers
+    another spec under the same name gets an export of that spec.
+    """
+    try:
+        registered = get_registry().resolve(layer)
+    except LayerportError as error:
+        raise AssertionError(f"{layer} ({dtype}) does not export and verify: {error}") from error
+    return _export_once(registered.qualified_name, dtype, id(registered.spec))
+
+
+@functools.lru_cache(maxsize=16)
+def _export_once(qualified_name: str, dtype: str, spec_id: int) -> ExportResult:
+    # spec_id only keys the cache. The cached result holds its spec (through its
+    # config), so no other spec can take that id while the entry lives.
     from layerport.export import export_layer
 
     try:
-        return export_layer(_config(layer, dtype))
+        return export_layer(_config(qualified_name, dtype))
     except LayerportError as error:
-        raise AssertionError(f"{layer} ({dtype}) does not export and verify: {error}") from error
+        raise AssertionError(
+            f"{qualified_name} ({dtype}) does not export and verify: {error}"
+        ) from error
 
 
 def _parameter_variants(spec: LayerSpec) -> Iterator[dict[str, ParamValue]]:

@@ -26,6 +26,7 @@ import numpy as np
 
 from layerport.compare import Comparison, compare_arrays
 from layerport.config import LayerConfig, check_memory
+from layerport.defaults import DEFAULT_TRIALS
 from layerport.eager import random_inputs
 from layerport.spec import Tolerance
 
@@ -33,8 +34,6 @@ if TYPE_CHECKING:
     from torch import nn
 
     from layerport.runtime import Model
-
-DEFAULT_TRIALS = 3
 
 
 @dataclass
@@ -122,7 +121,7 @@ class VerificationReport:
         lines += [
             "## Worst error per output",
             "",
-            "| output | max abs error | max rel error | case | index |",
+            "| output | max abs error | max rel error | case | worst element |",
             "| --- | --- | --- | --- | --- |",
         ]
         for name, worst in self.worst().items():

@@ -1,7 +1,7 @@
 """Reading weights files safely and checking them against a layer's declared weights.
 
 Two formats: ``.safetensors`` (no code can run from it by design) and PyTorch
-state-dict files (``.pt``/``.pth``), read with ``weights_only=True`` passed
+state-dict files (``.pt``/``.pth``/``.bin``), read with ``weights_only=True`` passed
 explicitly: the environment variable ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` turns
 a bare ``torch.load`` back into a full unpickler that runs the file's code, but
 an explicit argument wins over it.
@@ -22,8 +22,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from layerport.config import check_allocation
 from layerport.errors import BadFile
+from layerport.limits import check_allocation
 from layerport.spec import DTYPES
 
 if TYPE_CHECKING:
@@ -55,7 +55,8 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         tensors = _read_state_dict(path)
     else:
         raise BadFile(
-            f"weights file {path} must end in .safetensors, .pt or .pth, got {suffix or 'no suffix'!r}"
+            f"weights file {path} must end in .safetensors, .pt, .pth or .bin, "
+            f"got {suffix or 'no suffix'!r}"
         )
     return tensors
 
