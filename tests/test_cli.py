@@ -268,3 +268,21 @@ def test_inspect_shows_the_file(cli, tmp_path) -> None:
     assert described["layerport"]["layer"] == "linear"
     assert described["layerport"]["dynamic_dims"] == {"batch": 16}
     assert described["inputs"][0]["dims"][0] == {"name": "batch", "symbolic": True}
+
+
+@pytest.mark.parametrize(
+    ("args", "exit_code"),
+    [(["run", "linear", "-p", "in_features=0"], 2), (["run", "linear", "--bogus"], 2)],
+)
+def test_debug_keeps_the_exit_code(args: list[str], exit_code: int) -> None:
+    result = run_process(*args, "--debug")
+    assert result.exit_code == exit_code
+    assert "Traceback" in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("Error: ")
+
+
+def test_verify_a_file_that_is_not_onnx(cli, tmp_path) -> None:
+    np.savez(tmp_path / "outputs.npz", y=np.zeros(2))
+    result = cli("verify", str(tmp_path / "outputs.npz"))
+    assert result.exit_code == 2
+    assert "is not an ONNX model" in result.stderr

@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -866,8 +867,9 @@ def verify(
 
     if report_path is not None:
         check_writable_target(report_path)
-    # A path, not a layer name: a stray file named like a layer must not hijack it.
-    if target.endswith(".onnx") or "/" in target or os.sep in target:
+    # Layer names never contain "." or "/", so anything that does is a file; a
+    # stray file named like a layer must not hijack the layer.
+    if any(character in target for character in (".", "/", os.sep)):
         for name in ("params", "dtype", "seed", "opset"):
             if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
                 option = {"params": "-p", "dtype": "--dtype", "seed": "--seed", "opset": "--opset"}[
@@ -1305,34 +1307,32 @@ def main(argv: Sequence[str] | None = None) -> None:
             cli.invoke(context)
     except click.exceptions.Exit as exit_:
         sys.exit(exit_.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except BrokenPipeError:
+        sys.exit(1)
+    except (Exception, KeyboardInterrupt) as error:
+        message, exit_code = _describe_failure(error)
         if _State.debug:
-            raise
-        _fail("interrupted", 130)
-    except click.ClickException as error:
-        if _State.debug:
-            raise
+            # The traceback for bug reports, and the same exit code for scripts.
+            traceback.print_exc()
+        _fail(message, exit_code)
+
+
+def _describe_failure(error: BaseException) -> tuple[str, int]:
+    """The one-line message and exit code for any error that reaches the top."""
+    if isinstance(error, (KeyboardInterrupt, click.exceptions.Abort)) or _caused_by_interrupt(
+        error
+    ):
+        # Ctrl-C inside torch.export or a C extension's import comes back wrapped.
+        return "interrupted", 130
+    if isinstance(error, click.ClickException):
         hint = ""
         if isinstance(error, click.UsageError) and error.ctx is not None:
             hint = f" (see '{error.ctx.command_path} --help')"
-        _fail(one_line(error.format_message()) + hint, error.exit_code)
-    except LayerportError as error:
-        if _State.debug:
-            raise
-        if _caused_by_interrupt(error):
-            # Ctrl-C inside torch.export comes back wrapped in its own error.
-            _fail("interrupted", 130)
-        _fail(one_line(str(error), limit=2000), error.exit_code)
-    except BrokenPipeError:
-        sys.exit(1)
-    except Exception as error:
-        if _State.debug:
-            raise
-        if _caused_by_interrupt(error):
-            # Ctrl-C inside a C extension's import surfaces as an ImportError.
-            _fail("interrupted", 130)
-        _fail(
-            f"internal error: {type(error).__name__}: {one_line(str(error))} "
-            "(run with --debug for the traceback, and please report it)",
-            1,
-        )
+        return one_line(error.format_message()) + hint, error.exit_code
+    if isinstance(error, LayerportError):
+        return one_line(str(error), limit=2000), error.exit_code
+    return (
+        f"internal error: {type(error).__name__}: {one_line(str(error))} "
+        "(run with --debug for the traceback, and please report it)",
+        1,
+    )

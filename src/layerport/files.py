@@ -8,6 +8,7 @@ reader sees either the old file, untouched, or the complete new one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import stat
@@ -48,9 +49,11 @@ def check_writable_target(path: Path) -> None:
     try:
         descriptor, probe = _temporary_file(path)
     except OSError as error:
-        raise BadFile(
-            f"cannot write {path}: folder {parent} is not writable ({error.strerror})"
-        ) from error
+        refused = error.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+        reason = (
+            f"folder {parent} is not writable ({error.strerror})" if refused else error.strerror
+        )
+        raise BadFile(f"cannot write {path}: {reason}") from error
     os.close(descriptor)
     with contextlib.suppress(OSError):
         os.unlink(probe)
