@@ -121,6 +121,14 @@ def option_group(description: str, *options: Callable[[F], F]) -> Callable[[F], 
     return apply
 
 
+output_option = click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Save every output, under its own name, to an .npz file.",
+)
+
+
 def json_option(function: F) -> F:
     return click.option("--json", "json_", is_flag=True, help="Print JSON instead of a table.")(
         function

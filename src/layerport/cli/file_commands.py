@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from layerport.cli.app import cli, json_option, report_outputs
+from layerport.cli.app import cli, json_option, output_option, report_outputs
 from layerport.config import parse_dim_sizes
 from layerport.defaults import OPTIMIZATION_LEVELS
 from layerport.render import print_fields, print_json, print_table, warn
@@ -98,12 +98,7 @@ def inspect(file: Path, json_: bool) -> None:
     default=None,
     help="With generated inputs: their seed (default: the file's).",
 )
-@click.option(
-    "--output",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Save every output, under its own name, to an .npz file.",
-)
+@output_option
 @click.option(
     "--threads",
     type=click.IntRange(min=0),

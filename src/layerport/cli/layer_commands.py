@@ -16,6 +16,7 @@ from layerport.cli.app import (
     get_registry,
     json_option,
     layer_options,
+    output_option,
     report_outputs,
     require_export_dependencies,
 )
@@ -229,12 +230,7 @@ def plugins_(json_: bool) -> None:
     metavar="NAME=FILE.npy | FILE.npz",
     help="Read inputs from files instead of drawing them from the seed (repeatable).",
 )
-@click.option(
-    "--output",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Save every output, under its own name, to an .npz file.",
-)
+@output_option
 @json_option
 def run(
     layer: str,
