@@ -2,8 +2,8 @@
 
 Errors are mapped to exit codes here and nowhere else: ``UserInputError`` and
 Click's usage errors exit 2, every other failure exits 1, and each prints one
-``Error: ...`` line on stderr. ``--debug`` (or ``LAYERPORT_DEBUG=1``) shows the
-traceback instead.
+``Error: ...`` line on stderr; an interrupt exits 130. ``--debug`` (or
+``LAYERPORT_DEBUG=1``) prints the traceback first and keeps the exit code.
 
 Commands that do not need torch (``list``, ``show``, ``plugins``, ``inspect``,
 ``infer`` and ``--help``) never import it: torch-dependent modules are imported
