@@ -7,20 +7,19 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch._higher_order_ops.scan import scan
 from torch.nn import functional
+
+from layerport.recurrence import run_over_time
 
 
 class GRU(nn.Module):
     """``torch.nn.GRU`` (one layer, ``batch_first``) written out step by step.
 
     ``nn.GRU`` cannot be exported with a dynamic sequence length: torch.onnx
-    unrolls its recurrence to the traced length. When exporting, the recurrence
-    runs through ``torch._higher_order_ops.scan`` instead, which exports as one
-    ONNX ``Scan`` node whose body is a single step, so every length works. In
-    eager mode the same step runs in a plain loop, which is faster than eager
-    ``scan``; verification proves the two paths agree. The input projection does
-    not depend on the recurrence, so it is one large matmul outside the loop.
+    unrolls its recurrence to the traced length. ``layerport.recurrence``'s
+    ``run_over_time`` exports as one ONNX ``Scan`` instead, so every length works.
+    The input projection does not depend on the recurrence, so it is one large
+    matmul outside the loop.
     """
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool) -> None:
@@ -41,17 +40,8 @@ class GRU(nn.Module):
         if h0 is None:
             h0 = x.new_zeros(x.shape[0], self.hidden_size)
         projected = functional.linear(x, self.weight_ih, self.bias_ih)
-        if torch.compiler.is_exporting():
-            h_n, y = scan(self._step, h0, projected, dim=1)
-        else:
-            h_n, y = self._loop(h0, projected)
+        h_n, y = run_over_time(self._cell, h0, projected)
         return y, h_n
-
-    def _step(
-        self, h: torch.Tensor, projected_t: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        h_next = self._cell(h, projected_t)
-        return h_next, h_next.clone()  # scan forbids a carry that aliases an output
 
     def _cell(self, h: torch.Tensor, projected_t: torch.Tensor) -> torch.Tensor:
         """One step, with nn.GRU's gate order (reset, update, new) in each 3H block."""
@@ -64,10 +54,3 @@ class GRU(nn.Module):
         new = torch.tanh(input_n + reset * hidden_n)
         # (1 - update) * new + update * h, in the form ATen's GRU cell computes it.
         return new + update * (h - new)
-
-    def _loop(self, h: torch.Tensor, projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        states = []
-        for t in range(projected.shape[1]):
-            h = self._cell(h, projected[:, t])
-            states.append(h)
-        return h, torch.stack(states, dim=1)
