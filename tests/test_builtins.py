@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from layerport.build import build_module, run_module
 from layerport.config import resolve_config
+from layerport.eager.build import build_module, run_module
 from layerport.plugins import get_registry
 
 from conftest import run_process

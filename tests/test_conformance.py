@@ -24,10 +24,10 @@ def test_an_export_is_not_reused_for_another_spec_of_the_same_name() -> None:
     first_spec, second_spec = tiny_spec(), tiny_spec(description="Another.")
     with registered_plugins() as register:
         register(SpecPlugin(first_spec), "test-plugin")
-        first = testing._exported("tiny", "float32")
-        assert testing._exported("test-plugin:tiny", "float32") is first
+        first = testing.exported_layer("tiny", "float32")
+        assert testing.exported_layer("test-plugin:tiny", "float32") is first
     with registered_plugins() as register:
         register(SpecPlugin(second_spec), "test-plugin")
-        second = testing._exported("tiny", "float32")
+        second = testing.exported_layer("tiny", "float32")
     assert first.config.spec is first_spec
     assert second.config.spec is second_spec

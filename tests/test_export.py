@@ -21,12 +21,12 @@ import pytest
 import torch
 
 from layerport import Dim, LayerSpec, Param, Tensor
-from layerport.build import build_module, run_module
 from layerport.config import resolve_config
+from layerport.eager.build import build_module, run_module
 from layerport.errors import ExportFailed
-from layerport.export import export_layer
+from layerport.pipeline import export_layer
 from layerport.plugins import get_registry
-from layerport.runtime import load_model
+from layerport.runtime.session import load_model
 
 from conftest import SpecPlugin, run_process
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 
 import numpy as np
@@ -158,17 +159,21 @@ def _header(shape: tuple[int, ...]) -> bytes:
 
 
 def test_input_file_conflicting_with_an_explicit_dim_is_refused(tmp_path) -> None:
-    from layerport.config import resolve_config
-    from layerport.eager import prepare_inputs
+    from layerport.cli.app import render_error
+    from layerport.config import bind_inputs, resolve_config
     from layerport.errors import UserInputError
     from layerport.plugins import get_registry
+    from layerport.runtime.npy import read_arrays
 
     config = resolve_config(get_registry(), "linear", dims={"batch": 4})
     np.save(tmp_path / "x.npy", np.zeros((8, 8), np.float32))
-    option = [f"x={tmp_path / 'x.npy'}"]
-    with pytest.raises(UserInputError, match=r"^dim batch is 4 from --dim but 8 in input x$"):
-        prepare_inputs(config, option, explicit_dims={"batch": 4})
+    arrays = read_arrays([("x", tmp_path / "x.npy")])
+    with pytest.raises(UserInputError) as refused:
+        bind_inputs(config, arrays, explicit_dims={"batch": 4})
+    # The library names the dims argument; the CLI words it as its flag.
+    assert re.match(r"^dim batch is 4 from --dim but 8 in input x$", render_error(refused.value))
+    assert str(refused.value) == "dim batch is 4 from the dims argument but 8 in input x"
     # A --dim that agrees with the file, and no --dim at all, both run at the file's size.
     agreeing = resolve_config(get_registry(), "linear", dims={"batch": 8})
-    assert prepare_inputs(agreeing, option, explicit_dims={"batch": 8})[0].dims["batch"] == 8
-    assert prepare_inputs(resolve_config(get_registry(), "linear"), option)[0].dims["batch"] == 8
+    assert bind_inputs(agreeing, arrays, explicit_dims={"batch": 8})[0].dims["batch"] == 8
+    assert bind_inputs(resolve_config(get_registry(), "linear"), arrays)[0].dims["batch"] == 8

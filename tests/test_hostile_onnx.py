@@ -14,7 +14,7 @@ from onnx import TensorProto
 
 from fuzz_onnx import SMALL_RNN, fuzz
 from hostile import BUILTINS_ONLY, assert_refused, assert_succeeded, gemm_model, save_gemm_model
-from layerport.metadata import ExportRecord
+from layerport.runtime.metadata import ExportRecord
 
 from conftest import run_process
 

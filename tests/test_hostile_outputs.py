@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from hostile import BUILTINS_ONLY, assert_refused, assert_succeeded, save_gemm_model
-from layerport import Dim, LayerSpec, Tensor, files
-from layerport.files import atomic_write_bytes
+from layerport import Dim, LayerSpec, Tensor
+from layerport.runtime import files
+from layerport.runtime.files import atomic_write_bytes
 
 from conftest import SpecPlugin
 
@@ -109,7 +110,7 @@ def test_os_refusing_the_final_rename_is_a_clean_error(cli, tmp_path, monkeypatc
     def refuse(source: str, destination: str) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("layerport.files.os.replace", refuse)
+    monkeypatch.setattr("layerport.runtime.files.os.replace", refuse)
     result = cli("run", "linear", "--output", str(target))
     assert_refused(result, 2, f"cannot write {target}: Permission denied")
     assert target.read_bytes() == OLD_BYTES
@@ -123,7 +124,7 @@ def test_atomic_write_leaves_nothing_when_interrupted(tmp_path, monkeypatch) -> 
     def interrupt(descriptor: int) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("layerport.files.os.fsync", interrupt)
+    monkeypatch.setattr("layerport.runtime.files.os.fsync", interrupt)
     with pytest.raises(KeyboardInterrupt):
         atomic_write_bytes(target, b"new bytes")
     assert target.read_bytes() == OLD_BYTES

@@ -211,10 +211,76 @@ def test_register_commands_adds_a_subcommand(site: Path) -> None:
 
 
 def test_every_hook_has_a_test_here() -> None:
-    # In the style of datasette's test_plugin_hooks_have_tests.
-    source = Path(__file__).read_text()
+    # In the style of datasette's test_plugin_hooks_have_tests: a test_hook_<name>
+    # function must exist, which a mention of the hook's name cannot fake.
+    tests = {name for name, value in globals().items() if callable(value)}
     for name in _hook_names():
-        assert name in source.replace("test_every_hook", ""), f"hook {name} has no test"
+        assert f"test_hook_{name}" in tests, f"hook {name} has no test_hook_{name}"
+
+
+def test_hook_register_layers(site: Path) -> None:
+    make_distribution(site, "layerport-hooked", GOOD_PLUGIN.format(layer="hooked"))
+    listed = layerport(site, "list", "--json")
+    assert listed.exit_code == 0, listed.stderr
+    assert {"name": "hooked", "plugin": "layerport-hooked"}.items() <= next(
+        row for row in json.loads(listed.stdout) if row["name"] == "hooked"
+    ).items()
+
+
+def test_hook_register_commands(site: Path) -> None:
+    make_distribution(
+        site,
+        "layerport-greeter",
+        "import click\nfrom layerport import hookimpl\n\n@hookimpl\ndef register_commands(cli):\n"
+        "    @cli.command()\n    def greet():\n        click.echo('greetings')\n",
+    )
+    assert layerport(site, "greet").stdout == "greetings\n"
+
+
+TARGET_PLUGIN = """
+from layerport import Param, hookimpl
+from layerport.runtime.files import atomic_write_bytes, check_writable_target
+from layerport.targets import ExportTarget
+
+
+def write(result, output, options):
+    atomic_write_bytes(output, result.model_bytes)
+    output.with_suffix(".txt").write_text(options["note"] + " " + result.record.layer)
+    return output
+
+
+@hookimpl
+def register_export_targets(register):
+    register(ExportTarget(
+        name="noted",
+        description="An .onnx file with a note.",
+        output_in=lambda folder, stem: folder / f"{stem}.onnx",
+        check=lambda output, options: check_writable_target(output),
+        write=write,
+        options=(Param("note", str, "hello", "the note"),),
+    ))
+"""
+
+
+def test_hook_register_export_targets(site: Path) -> None:
+    make_distribution(site, "layerport-noted", TARGET_PLUGIN)
+    targets = layerport(site, "targets", "--json")
+    assert targets.exit_code == 0, targets.stderr
+    assert sorted(row["name"] for row in json.loads(targets.stdout)) == ["noted", "onnx"]
+    out = site / "linear.onnx"
+    exported = layerport(
+        site, "export", "linear", "--target", "noted", "--target-option", "note=hi", "-o", str(out)
+    )
+    assert exported.exit_code == 0, exported.stderr
+    assert out.is_file() and out.with_suffix(".txt").read_text() == "hi linear"
+    unknown = layerport(site, "export", "linear", "--target", "nope", "-o", str(out))
+    assert unknown.exit_code == 2
+    assert unknown.stderr == "Error: unknown export target 'nope'; targets: noted, onnx\n"
+    bad_option = layerport(
+        site, "export", "linear", "--target", "noted", "--target-option", "colour=red"
+    )
+    assert bad_option.exit_code == 2
+    assert "unknown option 'colour' for export target 'noted'; options: note" in bad_option.stderr
 
 
 def test_every_hook_is_documented_in_the_readme() -> None:
@@ -246,20 +312,21 @@ class _NoLayers:
 def test_a_misspelled_hook_lists_every_hook_and_leaves_no_plugin_info() -> None:
     info = PluginInfo("layerport-misspelled", "1.0")
     with pytest.raises(pluggy.PluginValidationError) as error:
-        plugins._register(_MisspelledHook(), "layerport-misspelled:main", info)
-    assert str(error.value).endswith("; hooks: register_layers, register_commands")
+        plugins.register_plugin(_MisspelledHook(), "layerport-misspelled:main", info)
+    assert str(error.value).endswith(
+        "; hooks: register_layers, register_commands, register_export_targets"
+    )
     assert sorted(plugins.HOOK_NAMES) == _hook_names()
     assert plugins.pm.get_plugin("layerport-misspelled:main") is None
-    assert "layerport-misspelled:main" not in plugins._plugin_info
+    assert "layerport-misspelled" not in {info.name for info in plugins.loaded_plugins()}
 
 
 def test_plugin_info_is_kept_by_registration_name() -> None:
     plugin = _NoLayers()
     info = PluginInfo("layerport-quiet", "2.0")
-    plugins._register(plugin, "layerport-quiet:main", info)
+    plugins.register_plugin(plugin, "layerport-quiet:main", info)
     try:
         assert plugins.plugin_info(plugin) == info
     finally:
-        plugins.pm.unregister(plugin)
-        plugins._plugin_info.pop("layerport-quiet:main")
+        plugins.unregister_plugin(plugin)
     assert plugins.plugin_info(_NoLayers()).version == "unknown"

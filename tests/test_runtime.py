@@ -9,7 +9,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from hostile import assert_succeeded, gemm_model
-from layerport.runtime import Model, generated_inputs
+from layerport.runtime.session import Session, generated_inputs
 
 
 def _checked(graph: onnx.GraphProto) -> onnx.ModelProto:
@@ -54,7 +54,7 @@ def constant_model() -> onnx.ModelProto:
 
 
 def test_generated_inputs_take_each_inputs_own_dtype() -> None:
-    model = Model(mixed_dtype_model(), "mixed")
+    model = Session(mixed_dtype_model(), "mixed")
     arrays = generated_inputs(model, {"n": 4}, seed=7)
     assert arrays["x"].dtype == np.float32 and arrays["x"].shape == (4, 2)
     assert arrays["d"].dtype == np.float64 and arrays["d"].shape == (4, 3)
@@ -65,7 +65,7 @@ def test_generated_inputs_take_each_inputs_own_dtype() -> None:
 
 
 def test_a_model_without_inputs_gets_none_generated() -> None:
-    model = Model(constant_model(), "constant")
+    model = Session(constant_model(), "constant")
     assert generated_inputs(model, {}, seed=None) == {}
     np.testing.assert_array_equal(model.run({})["c"], np.arange(3, dtype=np.float32))
 
@@ -79,7 +79,7 @@ def test_infer_runs_a_model_without_inputs(cli, tmp_path) -> None:
 
 
 def test_check_inputs_completes_and_notes_non_finite_values() -> None:
-    model = Model(gemm_model(), "gemm")
+    model = Session(gemm_model(), "gemm")
     x = np.ones((2, 4), np.float32)
     x[1, 1] = np.nan
     complete, notes = model.check_inputs({"x": x})

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from layerport import Dim, LayerSpec, Streaming, Tensor, Tolerance
-from layerport.compare import compare_arrays
 from layerport.config import resolve_config
+from layerport.errors import VerificationFailed
 from layerport.plugins import get_registry
+from layerport.verify.compare import compare_arrays
 
 from conftest import SpecPlugin, run_process
 
@@ -211,9 +212,9 @@ def test_a_wrong_export_exits_1_and_keeps_the_old_file(cli, register_plugin, tmp
 
 
 def test_streaming_catches_a_layer_that_drops_its_state(register_plugin) -> None:
-    from layerport.export import export_layer
+    from layerport.pipeline import export_layer
 
     register_plugin(SpecPlugin(FORGETS), "forgetful")
     config = resolve_config(get_registry(), "forgets")
-    with pytest.raises(Exception, match="streaming seq=13 in chunks 1\\+5\\+7"):
+    with pytest.raises(VerificationFailed, match="streaming seq=13 in chunks 1\\+5\\+7"):
         export_layer(config, trials=1)

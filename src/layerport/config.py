@@ -7,20 +7,23 @@ here imports torch.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from layerport.errors import BadFile, InvalidDim, InvalidParameter, UserInputError
-from layerport.limits import (
-    check_allocation,
-)
-from layerport.metadata import ExportRecord
+from layerport.dtypes import DEFAULT_DTYPE, DTYPES, Tolerance, precision
+from layerport.eager.weights import sha256_file
+from layerport.errors import BadFile, InvalidParameter, Setting, UserInputError
 from layerport.registry import RegisteredLayer, Registry
-from layerport.spec import DEFAULT_DTYPE, DTYPES, LayerSpec, ParamValue, Tensor
-from layerport.weights import sha256_file
+from layerport.runtime.limits import check_allocation
+from layerport.runtime.metadata import ExportRecord
+from layerport.spec import LayerSpec, ParamValue, Tensor
 
-DTYPE_BYTES = {"float32": 4, "float64": 8}
+if TYPE_CHECKING:
+    import numpy as np
+
+    from layerport.runtime.arrays import ArraySpec
 
 
 @dataclass(frozen=True)
@@ -46,36 +49,52 @@ class LayerConfig:
         return dict(self.spec.weights(self.params))
 
     def weight_bytes(self) -> int:
-        itemsize = DTYPE_BYTES[self.dtype]
+        itemsize = precision(self.dtype).itemsize
         return sum(math.prod(shape) * itemsize for shape in self.weight_shapes().values())
 
     def with_dims(self, dims: Mapping[str, int]) -> LayerConfig:
         return LayerConfig(self.layer, self.params, dict(dims), self.dtype, self.seed, self.weights)
 
+    def tolerance(self, atol: float | None = None, rtol: float | None = None) -> Tolerance:
+        """The layer's tolerance for this dtype, with ``atol`` or ``rtol`` overridden if given."""
+        default = self.spec.tolerance(self.dtype)
+        return Tolerance(
+            atol=default.atol if atol is None else atol, rtol=default.rtol if rtol is None else rtol
+        )
 
-def parse_assignments(pairs: Iterable[str], what: str) -> dict[str, str]:
-    """Split ``KEY=VALUE`` strings; ``what`` names the option in errors."""
-    parsed: dict[str, str] = {}
-    for pair in pairs:
-        key, separator, value = pair.partition("=")
-        if not separator or not key.strip():
-            raise UserInputError(f"{what} expects KEY=VALUE, got {pair!r}")
-        if key.strip() in parsed:
-            raise UserInputError(f"{what} {key.strip()} is given twice")
-        parsed[key.strip()] = value.strip()
-    return parsed
+    def input_specs(self) -> list[ArraySpec]:
+        """What each input must look like: dynamic dims by name, fixed dims by size."""
+        from layerport.runtime.arrays import ArraySpec
 
+        dynamic = {dim.name for dim in self.spec.dims}
+        return [
+            ArraySpec(
+                name=tensor.name,
+                dims=tuple(
+                    dim if dim in dynamic else size
+                    for dim, size in zip(tensor.dims, self.shape(tensor), strict=True)
+                ),
+                dtype=self.dtype,
+                optional=tensor.optional,
+            )
+            for tensor in self.spec.inputs
+        ]
 
-def parse_dim_sizes(pairs: Iterable[str]) -> dict[str, int]:
-    sizes: dict[str, int] = {}
-    for name, text in parse_assignments(pairs, "--dim").items():
-        try:
-            sizes[name] = int(text)
-        except ValueError:
-            raise InvalidDim(f"dim {name} must be an integer >= 1, got {text!r}") from None
-        if sizes[name] < 1:
-            raise InvalidDim(f"dim {name} must be an integer >= 1, got {sizes[name]}")
-    return sizes
+    def random_inputs(
+        self, seed: int | None = None, *, include_optional: bool = False
+    ) -> dict[str, np.ndarray]:
+        """Standard-normal values for every required input (and optional ones if asked).
+
+        Drawn from ``seed``, else from this configuration's seed, at its dims.
+        """
+        from layerport.runtime.arrays import random_inputs
+
+        shapes = {
+            tensor.name: self.shape(tensor)
+            for tensor in self.spec.inputs
+            if include_optional or not tensor.optional
+        }
+        return random_inputs(shapes, self.dtype, self.seed if seed is None else seed)
 
 
 def resolve_config(
@@ -105,6 +124,38 @@ def resolve_config(
     return config
 
 
+def bind_inputs(
+    config: LayerConfig,
+    arrays: Mapping[str, np.ndarray],
+    *,
+    explicit_dims: Mapping[str, int] | None = None,
+) -> tuple[LayerConfig, dict[str, np.ndarray], list[str]]:
+    """Check arrays the user gave against the layer's inputs, and take their dims.
+
+    The arrays set the dynamic dims; a dim the user also gave explicitly
+    (``explicit_dims``) must agree with them. Returns the configuration at those
+    dims, the arrays, and notes for the user (such as non-finite values).
+    """
+    from layerport.runtime.arrays import check_arrays
+
+    checked, notes = check_arrays(arrays, config.input_specs())
+    explicit_dims = explicit_dims or {}
+    dims = dict(config.dims)
+    for tensor in config.spec.inputs:
+        for axis, name in config.spec.dynamic_axes(tensor).items():
+            size = int(checked[tensor.name].shape[axis])
+            if name in explicit_dims and explicit_dims[name] != size:
+                raise UserInputError(
+                    f"dim {name} is {explicit_dims[name]} from ",
+                    Setting("dims"),
+                    f" but {size} in input {tensor.name}",
+                )
+            dims[name] = size
+    config = config.with_dims(dims)
+    check_memory(config)
+    return config, checked, notes
+
+
 def estimate_bytes(config: LayerConfig, dims: Mapping[str, int] | None = None) -> int:
     """A generous estimate of the memory one forward pass needs.
 
@@ -112,7 +163,7 @@ def estimate_bytes(config: LayerConfig, dims: Mapping[str, int] | None = None) -
     keeps every hidden state), then doubled for the eager and onnxruntime copies
     a verification holds at once.
     """
-    itemsize = DTYPE_BYTES[config.dtype]
+    itemsize = precision(config.dtype).itemsize
     tensors = config.spec.inputs + config.spec.outputs
     activations = sum(math.prod(config.shape(tensor, dims)) for tensor in tensors) * itemsize
     return 2 * (config.weight_bytes() + 2 * activations)
@@ -138,7 +189,8 @@ def config_from_record(
     if record.weights_sha256 is not None:
         if weights is None:
             raise UserInputError(
-                "this file was exported from a weights file; pass the same file with --weights"
+                "this file was exported from a weights file; pass the same file with ",
+                Setting("weights"),
             )
         if not weights.is_file():
             raise BadFile(
@@ -154,7 +206,8 @@ def config_from_record(
             )
     elif weights is not None:
         raise UserInputError(
-            f"this file was exported from seed {record.seed}, not from a weights file; drop --weights"
+            f"this file was exported from seed {record.seed}, not from a weights file; drop ",
+            Setting("weights"),
         )
     export_dims = dict(record.dynamic_dims)
     export_dims.update(dims or {})

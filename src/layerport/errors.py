@@ -7,13 +7,43 @@ not succeed (exit 1).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 
+@dataclass(frozen=True)
+class Setting:
+    """A setting that would fix an error, named as the Python API names it.
+
+    Library code never names a CLI flag: an error's advice holds a ``Setting``
+    (``Setting("params", "input_size=SIZE")``), which ``str(error)`` words for the
+    Python API ("the params argument (input_size=SIZE)") and the CLI words as its
+    flag ("-p input_size=SIZE").
+    """
+
+    name: str  # a keyword of the Python API: params, dims, dtype, weights, inputs, threads
+    example: str = ""
+
+    def api_words(self) -> str:
+        return f"the {self.name} argument" + (f" ({self.example})" if self.example else "")
+
+
 class LayerportError(Exception):
-    """Base class of every error layerport raises on purpose."""
+    """Base class of every error layerport raises on purpose.
+
+    The message is given in parts: text, and ``Setting``s that ``render`` words.
+    """
 
     exit_code = 1
+
+    def __init__(self, *parts: str | Setting) -> None:
+        self.parts = parts
+        super().__init__(self.render(Setting.api_words))
+
+    def render(self, words: Callable[[Setting], str]) -> str:
+        """The message, with each ``Setting`` put in ``words``."""
+        return "".join(part if isinstance(part, str) else words(part) for part in self.parts)
 
 
 class UserInputError(LayerportError):
@@ -65,8 +95,8 @@ class ExportFailed(WorkFailed):
 class VerificationFailed(WorkFailed):
     """The export does not compute what eager PyTorch computes. ``report`` says where."""
 
-    def __init__(self, message: str, report: Any = None) -> None:
-        super().__init__(message)
+    def __init__(self, *parts: str | Setting, report: Any = None) -> None:
+        super().__init__(*parts)
         self.report = report
 
 

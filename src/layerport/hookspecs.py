@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import click
 
     from layerport.spec import LayerSpec
+    from layerport.targets import ExportTarget
 
 hookspec = HookspecMarker("layerport")
 hookimpl = HookimplMarker("layerport")
@@ -32,3 +33,14 @@ def register_layers(register: Callable[[LayerSpec], None]) -> None:
 @hookspec
 def register_commands(cli: click.Group) -> None:
     """Add subcommands to the ``layerport`` command group, with ``@cli.command()``."""
+
+
+@hookspec
+def register_export_targets(register: Callable[[ExportTarget], None]) -> None:
+    """Register export targets: call ``register(target)`` once for each ``ExportTarget``.
+
+    A target decides where and how a verified export is written: the built-in
+    ``onnx`` target writes one ``.onnx`` file; another could write a serving
+    repository. ``layerport export --target NAME`` selects one. Keep this hook
+    cheap and free of torch imports.
+    """

@@ -16,17 +16,22 @@ import importlib
 import os
 from collections.abc import Callable
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from layerport import __version__, hookspecs
-from layerport.errors import one_line
+from layerport.errors import InvalidSpec, one_line
 from layerport.registry import PluginFailure, PluginInfo, Registry, normalize_name
+
+if TYPE_CHECKING:
+    from layerport.targets import ExportTarget
 
 DEFAULT_PLUGINS = (
     "layerport.default_plugins.linear",
     "layerport.default_plugins.rnn",
+    "layerport.default_plugins.onnx_file",
+    "layerport.default_plugins.commands",
 )
 ENTRY_POINT_GROUP = "layerport"
 BUILTIN = PluginInfo(name="layerport", version=__version__)
@@ -57,12 +62,12 @@ def load_plugins(*, strict: bool = False) -> None:
         return
     _loaded = True
     for module_name in DEFAULT_PLUGINS:
-        _register(importlib.import_module(module_name), module_name, BUILTIN)
+        register_plugin(importlib.import_module(module_name), module_name, BUILTIN)
     for entry_point in _selected_entry_points():
         info = _plugin_info_for(entry_point)
         try:
             plugin = entry_point.load()
-            _register(plugin, f"{info.name}:{entry_point.name}", info)
+            register_plugin(plugin, f"{info.name}:{entry_point.name}", info)
         except Exception as error:
             if strict:
                 raise
@@ -72,7 +77,12 @@ def load_plugins(*, strict: bool = False) -> None:
     pm.check_pending()
 
 
-def _register(plugin: Any, name: str, info: PluginInfo) -> None:
+def register_plugin(plugin: Any, name: str, info: PluginInfo) -> None:
+    """Register ``plugin`` under ``name``, as provided by the distribution ``info``.
+
+    Raises ``pluggy.PluginValidationError`` for a hook with no hookspec (a
+    misspelling), naming every hook; the plugin is then not registered.
+    """
     # pluggy validates hook arguments on register; a hook with no spec only
     # surfaces in check_pending(), which names no distribution, so check here.
     pm.register(plugin, name=name)
@@ -102,6 +112,13 @@ def _plugin_info_for(entry_point: metadata.EntryPoint) -> PluginInfo:
     if dist is None:
         return PluginInfo(name=entry_point.name, version="unknown")
     return PluginInfo(name=dist.metadata["Name"], version=dist.version)
+
+
+def unregister_plugin(plugin: Any) -> None:
+    """Undo ``register_plugin``: the plugin and what is known of its distribution go."""
+    name = pm.get_name(plugin)
+    pm.unregister(plugin)
+    _plugin_info.pop(name or "", None)
 
 
 def _distribution_name(entry_point: metadata.EntryPoint) -> str:
@@ -194,6 +211,49 @@ def get_registry(*, strict: bool = False) -> Registry:
             registry.register(layer.spec, layer.plugin)
     registry.failures = _load_failures + hook_failures
     return registry
+
+
+def get_export_targets(*, strict: bool = False) -> dict[str, ExportTarget]:
+    """Every export target the loaded plugins provide, by name.
+
+    A plugin whose hook raises, or which registers a name already taken, is
+    recorded among the registry's failures and provides no target.
+    """
+    from layerport.targets import ExportTarget
+
+    load_plugins(strict=strict)
+    targets: dict[str, ExportTarget] = {}
+    registered: dict[int, list[Any]] = {}
+
+    def register_argument(plugin: Any) -> dict[str, Any]:
+        registered[id(plugin)] = []
+        return {"register": registered[id(plugin)].append}
+
+    failures: list[PluginFailure] = []
+    for plugin in call_hook_per_plugin(
+        "register_export_targets", register_argument, failures, strict=strict
+    ):
+        info = plugin_info(plugin)
+        for target in registered[id(plugin)]:
+            if not isinstance(target, ExportTarget) or target.name in targets:
+                problem = (
+                    f"register() takes an ExportTarget, got {type(target).__name__}"
+                    if not isinstance(target, ExportTarget)
+                    else f"export target {target.name!r} is registered twice"
+                )
+                if strict:
+                    raise InvalidSpec(problem)
+                _warn_once(f"plugin {info.name}: {problem}")
+                continue
+            targets[target.name] = target
+    for failure in failures:
+        _warn_once(f"plugin {failure.plugin} is disabled: {failure.message}")
+    return targets
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warnings:
+        _warnings.append(message)
 
 
 def load_plugin_commands(cli: Any, *, strict: bool = False) -> None:

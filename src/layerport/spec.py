@@ -17,7 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from layerport.errors import InvalidDim, InvalidParameter, InvalidSpec
+from layerport.dtypes import DEFAULT_TOLERANCES, DTYPES, Tolerance
+from layerport.errors import InvalidDim, InvalidParameter, InvalidSpec, Setting
 
 if TYPE_CHECKING:
     from torch import nn
@@ -25,9 +26,6 @@ if TYPE_CHECKING:
 ParamValue = int | float | bool | str
 Params = Mapping[str, ParamValue]
 Dims = Mapping[str, int]
-
-DTYPES = ("float32", "float64")
-DEFAULT_DTYPE = "float32"
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _LAYER_NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
@@ -142,20 +140,6 @@ class Tensor:
 
 
 @dataclass(frozen=True)
-class Tolerance:
-    """Values pass when ``|actual - expected| <= atol + rtol * |expected|``."""
-
-    atol: float
-    rtol: float
-
-
-DEFAULT_TOLERANCES: Mapping[str, Tolerance] = {
-    "float32": Tolerance(atol=1e-5, rtol=1e-4),
-    "float64": Tolerance(atol=1e-10, rtol=1e-8),
-}
-
-
-@dataclass(frozen=True)
 class Streaming:
     """How a layer processes a long sequence in chunks.
 
@@ -179,6 +163,9 @@ class LayerSpec:
     ``reference(module)``, if given, returns an independent, fastest-known eager
     implementation holding the module's weights, used by ``bench`` and the tests.
     ``flops(params, dims)``, if given, counts floating-point operations per call.
+    ``batch_dim`` names the dynamic dim that counts independent samples, if the
+    layer has one: bench reports samples per second by it, and serving with
+    dynamic batching stacks requests along it.
     """
 
     name: str
@@ -193,6 +180,7 @@ class LayerSpec:
     streaming: Streaming | None = None
     reference: Callable[[nn.Module], Callable[..., Any]] | None = None
     flops: Callable[[Params, Dims], int] | None = None
+    batch_dim: str | None = None
 
     def __post_init__(self) -> None:
         _validate_spec(self)
@@ -217,38 +205,31 @@ class LayerSpec:
 
     def resolve_params(self, given: Mapping[str, object] | None = None) -> dict[str, ParamValue]:
         """Defaults overlaid with ``given``; strings are parsed, every value is checked."""
-        known = {param.name: param for param in self.params}
-        resolved = {param.name: param.default for param in self.params}
-        for name, value in (given or {}).items():
-            if name not in known:
-                raise InvalidParameter(
-                    f"unknown parameter {name!r} for layer {self.name!r}{_suggest(name, known)}; "
-                    f"parameters: {', '.join(known) or '(none)'}"
-                )
-            param = known[name]
-            resolved[name] = param.parse(value) if isinstance(value, str) else param.check(value)
-        return resolved
+        return resolve_values(self.params, given, "parameter", f"for layer {self.name!r}")
 
     def resolve_dims(self, given: Mapping[str, int] | None = None) -> dict[str, int]:
         """Default dynamic-dim sizes overlaid with ``given``, each checked."""
         resolved = {dim.name: dim.default for dim in self.dims}
         for name, size in (given or {}).items():
             if name not in resolved:
-                raise InvalidDim(self._unknown_dim_message(name))
+                raise self._unknown_dim(name)
             if isinstance(size, bool) or not isinstance(size, int) or size < 1:
                 raise InvalidDim(f"dim {name} must be an integer >= 1, got {size!r}")
             resolved[name] = size
         return resolved
 
-    def _unknown_dim_message(self, name: str) -> str:
+    def _unknown_dim(self, name: str) -> InvalidDim:
         dynamic = ", ".join(dim.name for dim in self.dims) or "(none)"
         if any(param.name == name for param in self.params):
-            return (
-                f"dim {name!r} of layer {self.name!r} is fixed by a parameter; "
-                f"set it with -p {name}=SIZE (dynamic dims: {dynamic})"
+            return InvalidDim(
+                f"dim {name!r} of layer {self.name!r} is fixed by a parameter; set it with ",
+                Setting("params", f"{name}=SIZE"),
+                f" (dynamic dims: {dynamic})",
             )
         known = [dim.name for dim in self.dims]
-        return f"unknown dim {name!r} for layer {self.name!r}{_suggest(name, known)}; dynamic dims: {dynamic}"
+        return InvalidDim(
+            f"unknown dim {name!r} for layer {self.name!r}{_suggest(name, known)}; dynamic dims: {dynamic}"
+        )
 
     def shape(self, tensor: Tensor, params: Params, dims: Dims) -> tuple[int, ...]:
         """The concrete shape of ``tensor`` for these parameters and dim sizes."""
@@ -261,6 +242,26 @@ class LayerSpec:
         """Axis index -> dim name, for the axes of ``tensor`` that are dynamic."""
         dynamic = {dim.name for dim in self.dims}
         return {axis: name for axis, name in enumerate(tensor.dims) if name in dynamic}
+
+
+def resolve_values(
+    params: tuple[Param, ...], given: Mapping[str, object] | None, kind: str, owner: str
+) -> dict[str, ParamValue]:
+    """``params``' defaults overlaid with ``given``; strings are parsed, every value checked.
+
+    ``kind`` and ``owner`` word an undeclared name: "unknown parameter 'x' for layer 'rnn'".
+    """
+    known = {param.name: param for param in params}
+    resolved = {param.name: param.default for param in params}
+    for name, value in (given or {}).items():
+        if name not in known:
+            raise InvalidParameter(
+                f"unknown {kind} {name!r} {owner}{_suggest(name, known)}; "
+                f"{kind}s: {', '.join(known) or '(none)'}"
+            )
+        param = known[name]
+        resolved[name] = param.parse(value) if isinstance(value, str) else param.check(value)
+    return resolved
 
 
 def _dim_size(dim: str, params: Params, dims: Dims) -> int:
@@ -343,6 +344,8 @@ def _validate_spec(spec: LayerSpec) -> None:
     for dtype in spec.tolerances:
         if dtype not in DTYPES:
             fail(f"tolerances: unknown dtype {dtype!r}; dtypes: {', '.join(DTYPES)}")
+    if spec.batch_dim is not None and spec.batch_dim not in dim_names:
+        fail(f"batch_dim {spec.batch_dim!r} is not a dynamic dim; dims: {', '.join(dim_names)}")
     if spec.streaming is not None:
         _validate_streaming(spec, fail)
 

@@ -39,7 +39,7 @@ from layerport.spec import LayerSpec, Param, ParamValue
 if TYPE_CHECKING:
     from torch import nn
 
-    from layerport.export import ExportResult
+    from layerport.pipeline import ExportResult
 
 __all__ = [
     "CHECKS",
@@ -52,6 +52,7 @@ __all__ = [
     "check_layer",
     "check_same_seed_same_output",
     "check_spec_registered",
+    "exported_layer",
 ]
 
 
@@ -72,7 +73,7 @@ def check_defaults_build(layer: str) -> None:
 
     Each build's weights must match what ``spec.weights`` declares.
     """
-    from layerport.build import build_module
+    from layerport.eager.build import build_module
 
     spec = _spec(layer)
     for params in _parameter_variants(spec):
@@ -104,12 +105,12 @@ def check_invalid_params_refused(layer: str) -> None:
 
 def check_same_seed_same_output(layer: str) -> None:
     """A forward pass works, gives the declared shapes, and the same seed gives the same result."""
-    from layerport.eager import random_inputs, run_eager
+    from layerport.eager.build import run_layer
 
     config = _config(layer)
-    first = run_eager(config, random_inputs(config))
-    again = run_eager(config, random_inputs(config))
-    other = run_eager(dataclasses.replace(config, seed=config.seed + 1), random_inputs(config))
+    first = run_layer(config, config.random_inputs())
+    again = run_layer(config, config.random_inputs())
+    other = run_layer(dataclasses.replace(config, seed=config.seed + 1), config.random_inputs())
     for tensor in config.spec.outputs:
         shape = config.shape(tensor)
         assert first[tensor.name].shape == shape, (
@@ -123,17 +124,17 @@ def check_same_seed_same_output(layer: str) -> None:
 
 def check_export_verifies(layer: str) -> None:
     """The float32 export passes verification across the shape grid."""
-    _exported(layer, "float32")
+    exported_layer(layer, "float32")
 
 
 def check_float64_export_verifies(layer: str) -> None:
     """The float64 export passes verification across the shape grid."""
-    _exported(layer, "float64")
+    exported_layer(layer, "float64")
 
 
 def check_export_interface(layer: str) -> None:
     """The file's input and output names and symbolic dims are the spec's own."""
-    result = _exported(layer, "float32")
+    result = exported_layer(layer, "float32")
     model = onnx.load_model_from_string(result.model_bytes)
     spec = result.config.spec
     values = {value.name: value for value in [*model.graph.input, *model.graph.output]}
@@ -152,7 +153,7 @@ def build_layer(
     layer: str, params: Mapping[str, object] | None = None, *, dtype: str = "float32", seed: int = 0
 ) -> nn.Module:
     """Build a layer exactly as layerport does (seeded, cast, eval mode), for oracle tests."""
-    from layerport.build import build_module
+    from layerport.eager.build import build_module
 
     return build_module(
         resolve_config(get_registry(), layer, params=params, dtype=dtype, seed=seed)
@@ -184,8 +185,12 @@ def _config(layer: str, dtype: str = "float32") -> LayerConfig:
     return resolve_config(get_registry(), layer, dtype=dtype)
 
 
-def _exported(layer: str, dtype: str) -> ExportResult:
-    """One export per layer type and dtype per test session: exporting takes seconds.
+def exported_layer(layer: str, dtype: str = "float32") -> ExportResult:
+    """The layer's verified export at its defaults, made once per layer type and dtype.
+
+    The kit's checks share it (exporting takes seconds), and so can an author's
+    own tests of the file. Raises ``AssertionError`` when it does not export and
+    verify.
 
     The cache is keyed on the spec object too, so a fixture that registers
     another spec under the same name gets an export of that spec.
@@ -201,7 +206,7 @@ def _exported(layer: str, dtype: str) -> ExportResult:
 def _export_once(qualified_name: str, dtype: str, spec_id: int) -> ExportResult:
     # spec_id only keys the cache. The cached result holds its spec (through its
     # config), so no other spec can take that id while the entry lives.
-    from layerport.export import export_layer
+    from layerport.pipeline import export_layer
 
     try:
         return export_layer(_config(qualified_name, dtype))

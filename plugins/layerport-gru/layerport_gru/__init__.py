@@ -95,6 +95,7 @@ GRU = LayerSpec(
     streaming=Streaming(dim="seq", carry=(("h0", "h_n"),)),
     reference=gru_reference,
     flops=gru_flops,
+    batch_dim="batch",
 )
 
 

@@ -9,14 +9,14 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from layerport.recurrence import run_over_time
+from layerport.eager.recurrence import run_over_time
 
 
 class GRU(nn.Module):
     """``torch.nn.GRU`` (one layer, ``batch_first``) written out step by step.
 
     ``nn.GRU`` cannot be exported with a dynamic sequence length: torch.onnx
-    unrolls its recurrence to the traced length. ``layerport.recurrence``'s
+    unrolls its recurrence to the traced length. ``layerport.eager.recurrence``'s
     ``run_over_time`` exports as one ONNX ``Scan`` instead, so every length works.
     The input projection does not depend on the recurrence, so it is one large
     matmul outside the loop.

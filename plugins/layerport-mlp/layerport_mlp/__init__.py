@@ -98,6 +98,7 @@ MLP = LayerSpec(
     outputs=(Tensor("y", ("batch", "tokens", "out_features"), "fc2(act(norm(fc1(x))))"),),
     reference=mlp_reference,
     flops=mlp_flops,
+    batch_dim="batch",
 )
 
 

@@ -1,9 +1,12 @@
-"""The ``layerport`` command group, its shared options, and the entry point.
+"""The ``layerport`` command group, what every command needs, and the entry point.
 
 Errors are mapped to exit codes here and nowhere else: ``UserInputError`` and
 Click's usage errors exit 2, every other failure exits 1, and each prints one
 ``Error: ...`` line on stderr; an interrupt exits 130. ``--debug`` (or
 ``LAYERPORT_DEBUG=1``) prints the traceback first and keeps the exit code.
+
+Library errors give their advice as ``Setting``s; ``flag_words`` names each
+one's flag here, so library code never names a CLI flag.
 
 Commands that do not need torch (``list``, ``show``, ``plugins``, ``inspect``,
 ``infer`` and ``--help``) never import it: torch-dependent modules are imported
@@ -17,24 +20,18 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import click
 
-from layerport import __version__, noise, plugins
-from layerport.config import LayerConfig, parse_assignments, parse_dim_sizes, resolve_config
-from layerport.errors import (
-    LayerportError,
-    MissingDependency,
-    WorkFailed,
-    one_line,
-)
+from layerport import __version__, plugins
+from layerport.cli.options import LayerOptions
+from layerport.cli.output import LayerOutcome, progress_steps, warn
+from layerport.config import LayerConfig, resolve_config
+from layerport.errors import LayerportError, MissingDependency, Setting, WorkFailed, one_line
 from layerport.registry import RegisteredLayer, Registry
-from layerport.render import print_json, print_table, warn
-from layerport.spec import DEFAULT_DTYPE, DTYPES
+from layerport.runtime import noise
 
-F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -53,28 +50,33 @@ def _set_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> Non
         noise.set_verbose(True)
 
 
-_GLOBAL_FLAGS = (
-    click.Option(
-        ["--debug"],
-        is_flag=True,
-        expose_value=False,
-        is_eager=True,
-        callback=_set_debug,
-        help="Show tracebacks, and re-raise plugin errors (also LAYERPORT_DEBUG=1).",
-    ),
-    click.Option(
-        ["--verbose"],
-        is_flag=True,
-        expose_value=False,
-        is_eager=True,
-        callback=_set_verbose,
-        help="Let dependencies' warnings and progress output through.",
-    ),
+_GLOBAL_FLAGS = tuple(
+    click.Option([flag], is_flag=True, expose_value=False, is_eager=True, callback=set_, help=help)
+    for flag, set_, help in (
+        (
+            "--debug",
+            _set_debug,
+            "Show tracebacks, and re-raise plugin errors (also LAYERPORT_DEBUG=1).",
+        ),
+        ("--verbose", _set_verbose, "Let dependencies' warnings and progress output through."),
+    )
 )
 
 
 class LayerportGroup(click.Group):
-    """A group whose every command, plugin commands included, accepts --debug and --verbose."""
+    """A group whose every command, plugin commands included, accepts --debug and --verbose.
+
+    Its commands, the built-in ones too, come from the ``register_commands`` hook,
+    loaded the first time a command is looked up.
+    """
+
+    def list_commands(self, ctx: click.Context | None) -> list[str]:
+        plugins.load_plugin_commands(self, strict=_State.debug)
+        return super().list_commands(ctx)  # type: ignore[arg-type]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        plugins.load_plugin_commands(self, strict=_State.debug)
+        return super().get_command(ctx, cmd_name)
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
         name = name or cmd.name
@@ -106,83 +108,17 @@ cli.params.extend(_GLOBAL_FLAGS)
 
 
 # ---------------------------------------------------------------------------
-# Shared options and helpers
+# What every command needs
 
 
-def option_group(description: str, *options: Callable[[F], F]) -> Callable[[F], F]:
-    """Bundle options into one decorator, so a set that commands share is defined once."""
-
-    def apply(function: F) -> F:
-        for option in reversed(options):
-            function = option(function)
-        return function
-
-    apply.__doc__ = description
-    return apply
-
-
-output_option = click.option(
-    "--output",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Save every output, under its own name, to an .npz file.",
-)
-
-
-def json_option(function: F) -> F:
-    return click.option("--json", "json_", is_flag=True, help="Print JSON instead of a table.")(
-        function
-    )
-
-
-layer_options = option_group(
-    "-p, --dim, --dtype, --seed and --weights: how one layer is configured.",
-    click.option(
-        "-p",
-        "--param",
-        "params",
-        multiple=True,
-        metavar="KEY=VALUE",
-        help="Set a layer parameter (repeatable); see 'layerport show LAYER'.",
-    ),
-    click.option(
-        "--dim",
-        "dims",
-        multiple=True,
-        metavar="NAME=SIZE",
-        help="Size of a dynamic dim, such as batch or seq (repeatable).",
-    ),
-    click.option(
-        "--dtype",
-        type=click.Choice(DTYPES),
-        default=DEFAULT_DTYPE,
-        show_default=True,
-        help="Floating-point type of weights and inputs.",
-    ),
-    click.option(
-        "--seed",
-        type=click.IntRange(0, 2**63 - 1),
-        default=0,
-        show_default=True,
-        help="Seeds the weights and any generated inputs.",
-    ),
-    click.option(
-        "--weights",
-        type=click.Path(path_type=Path),
-        default=None,
-        help="Load weights from a .safetensors file or a .pt/.pth/.bin state dict.",
-    ),
-)
-
-
-def require_export_dependencies() -> None:
-    """Fail with install advice, not an import error, where torch is not installed.
+def require_dependencies(*names: str) -> None:
+    """Fail with install advice, not an import error, where a package is not installed.
 
     ``find_spec`` looks for the packages without importing them.
     """
     import importlib.util
 
-    missing = [name for name in ("torch", "onnxscript") if importlib.util.find_spec(name) is None]
+    missing = [name for name in names if importlib.util.find_spec(name) is None]
     if missing:
         raise MissingDependency(
             f"this command needs {' and '.join(missing)}, which this installation lacks "
@@ -194,95 +130,78 @@ def require_export_dependencies() -> None:
 def get_registry() -> Registry:
     """The registry, with plugin problems reported once per process on stderr."""
     registry = plugins.get_registry(strict=_State.debug)
+    _report_plugin_problems(registry)
+    return registry
+
+
+def _report_plugin_problems(registry: Registry) -> None:
     if not _State.warned:
         _State.warned = True
         for message in plugins.warnings():
             warn(message)
         for failure in registry.failures:
             warn(f"plugin {failure.plugin} is disabled: {failure.message}")
-    return registry
 
 
-def config_from_options(
-    layer: str,
-    params: Sequence[str],
-    dims: Sequence[str],
-    dtype: str,
-    seed: int,
-    weights: Path | None,
-) -> LayerConfig:
+def resolve_layer(name: str, options: LayerOptions) -> LayerConfig:
+    """The configuration a command's LAYER argument and layer options ask for."""
     return resolve_config(
         get_registry(),
-        layer,
-        params=parse_assignments(params, "-p"),
-        dims=parse_dim_sizes(dims),
-        dtype=dtype,
-        seed=seed,
-        weights=weights,
+        name,
+        params=options.params,
+        dims=options.dims,
+        dtype=options.dtype,
+        seed=options.seed,
+        weights=options.weights,
     )
-
-
-def report_outputs(
-    outputs: dict[str, Any], output: Path | None, json_: bool, about: dict[str, Any]
-) -> None:
-    """Save outputs if asked, then summarise each; ``about`` says what produced them."""
-    from layerport.arrays import summarize
-    from layerport.files import atomic_save_npz
-
-    if output is not None:
-        atomic_save_npz(output, outputs)
-    summaries = {name: summarize(array) for name, array in outputs.items()}
-    for name, summary in summaries.items():
-        if summary["non_finite"]:
-            warn(f"output {name} holds {summary['non_finite']} NaN or Inf values")
-    if json_:
-        print_json({**about, "outputs": summaries, "saved_to": str(output) if output else None})
-        return
-    print_table(
-        ("output", "shape", "dtype", "mean", "std", "min", "max"),
-        (
-            (name, s["shape"], s["dtype"], s["mean"], s["std"], s["min"], s["max"])
-            for name, s in summaries.items()
-        ),
-    )
-    if output is not None:
-        click.echo(f"saved {', '.join(outputs)} to {output}", err=True)
 
 
 def for_each_layer(
-    what: str, work: Callable[[RegisteredLayer], dict[str, Any]]
-) -> list[dict[str, Any]]:
+    what: str, work: Callable[[RegisteredLayer], LayerOutcome]
+) -> list[LayerOutcome]:
     """Run ``work`` on every registered layer in one process, with progress on stderr.
 
-    One layer's failure does not stop the rest: it becomes a row with its error.
+    One layer's failure does not stop the rest: it becomes an outcome with its error.
     """
-    from layerport.progress import progress_steps
-
-    rows: list[dict[str, Any]] = []
+    outcomes: list[LayerOutcome] = []
     for layer in progress_steps(list(get_registry()), label=lambda layer: layer.name, what=what):
         try:
-            rows.append({**work(layer), "status": "ok"})
+            outcomes.append(work(layer))
         except LayerportError as error:
             if _State.debug:
                 raise
-            rows.append(
-                {
-                    "layer": layer.qualified_name,
-                    "name": layer.name,
-                    "status": "failed",
-                    "error": one_line(str(error)),
-                }
-            )
-    return rows
+            outcomes.append(LayerOutcome(layer, error=one_line(render_error(error))))
+    return outcomes
 
 
-def raise_if_any_failed(rows: list[dict[str, Any]]) -> None:
-    failed = [row for row in rows if row.get("status") == "failed"]
+def raise_if_any_failed(outcomes: list[LayerOutcome]) -> None:
+    failed = [outcome for outcome in outcomes if outcome.error is not None]
     if failed:
         raise WorkFailed(
-            f"{len(failed)} of {len(rows)} layers failed: "
-            + "; ".join(f"{row['layer']}: {row['error']}" for row in failed)
+            f"{len(failed)} of {len(outcomes)} layers failed: "
+            + "; ".join(f"{outcome.layer.qualified_name}: {outcome.error}" for outcome in failed)
         )
+
+
+# The flag that sets each Setting a library error may advise (see errors.Setting).
+FLAGS = {
+    "params": "-p",
+    "dims": "--dim",
+    "dtype": "--dtype",
+    "weights": "--weights",
+    "inputs": "--input",
+    "threads": "--threads",
+}
+
+
+def flag_words(setting: Setting) -> str:
+    """A library error's advice in command-line words: ``-p input_size=SIZE``."""
+    flag = FLAGS.get(setting.name, setting.name)
+    return f"{flag} {setting.example}".strip()
+
+
+def render_error(error: LayerportError) -> str:
+    return error.render(flag_words)
 
 
 # ---------------------------------------------------------------------------
@@ -346,7 +265,7 @@ def _describe_failure(error: BaseException) -> tuple[str, int]:
             hint = f" (see '{error.ctx.command_path} --help')"
         return one_line(error.format_message()) + hint, error.exit_code
     if isinstance(error, LayerportError):
-        return one_line(str(error), limit=2000), error.exit_code
+        return one_line(render_error(error), limit=2000), error.exit_code
     return (
         f"internal error: {type(error).__name__}: {one_line(str(error))} "
         "(run with --debug for the traceback, and please report it)",

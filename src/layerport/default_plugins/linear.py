@@ -73,6 +73,7 @@ LINEAR = LayerSpec(
     outputs=(Tensor("y", ("batch", "out_features"), "activation(x @ weight.T + bias)"),),
     reference=linear_reference,
     flops=linear_flops,
+    batch_dim="batch",
 )
 
 

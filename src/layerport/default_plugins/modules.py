@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from layerport.recurrence import run_over_time
+from layerport.eager.recurrence import run_over_time
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "none": nn.Identity,

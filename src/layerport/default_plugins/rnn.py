@@ -114,6 +114,7 @@ RNN = LayerSpec(
     streaming=Streaming(dim="seq", carry=(("h0", "h_n"),)),
     reference=rnn_reference,
     flops=rnn_flops,
+    batch_dim="batch",
 )
 
 

@@ -1,15 +1,17 @@
-"""Running exported files with onnxruntime and numpy alone: no torch.
+"""An onnxruntime session on an ONNX file, with layerport's checks around it: no torch.
 
 ``load_model`` reads a file through ``modelfile.read_model`` (validated, external
-data inlined) and opens a CPU session on its bytes. ``Model.run`` checks the
+data inlined) and opens a CPU session on its bytes. ``Session.run`` checks the
 inputs' names, ranks, sizes and dtypes against the file, so a mistake gives
-layerport's error instead of onnxruntime's, and fills optional inputs that the
-file's layerport metadata lists (such as an RNN's ``h0``) with zeros.
+layerport's error instead of onnxruntime's, and fills omitted optional inputs
+(such as an RNN's ``h0``) with zeros. Which inputs are optional is the caller's
+to say: a file's layerport metadata lists them, and a fresh export knows them
+from its spec.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,21 +19,12 @@ from typing import Any
 import numpy as np
 import onnx
 
-from layerport import noise
-from layerport.arrays import ArraySpec, check_arrays, random_arrays
-from layerport.defaults import OPTIMIZATION_LEVELS
-from layerport.errors import BadFile, UserInputError, WorkFailed, one_line
-from layerport.metadata import ExportRecord
-from layerport.modelfile import read_model
-
-_ONNX_DTYPES: dict[int, str] = {
-    onnx.TensorProto.FLOAT: "float32",
-    onnx.TensorProto.DOUBLE: "float64",
-    onnx.TensorProto.FLOAT16: "float16",
-    onnx.TensorProto.INT64: "int64",
-    onnx.TensorProto.INT32: "int32",
-    onnx.TensorProto.BOOL: "bool",
-}
+from layerport.dtypes import element_type_name
+from layerport.errors import BadFile, Setting, UserInputError, WorkFailed, one_line
+from layerport.runtime import OPTIMIZATION_LEVELS, noise
+from layerport.runtime.arrays import ArraySpec, check_arrays, random_inputs
+from layerport.runtime.metadata import ExportRecord
+from layerport.runtime.modelfile import read_model
 
 
 @dataclass(frozen=True)
@@ -42,22 +35,29 @@ class SessionSettings:
     optimization: str = "all"
 
 
-class Model:
-    """An ONNX model open in an onnxruntime CPU session."""
+class Session:
+    """An ONNX model open in an onnxruntime CPU session.
 
-    def __init__(self, model: onnx.ModelProto, name: str, settings: SessionSettings | None = None):
+    ``optional_inputs`` names the inputs that may be left out (filled with zeros).
+    """
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        name: str,
+        settings: SessionSettings | None = None,
+        *,
+        optional_inputs: Collection[str] = (),
+    ) -> None:
         self.name = name
         self.proto = model
-        self.metadata = {prop.key: prop.value for prop in model.metadata_props}
-        self.record = ExportRecord.from_props(self.metadata)
-        optional = set(self.record.optional_inputs) if self.record else set()
         initializers = {tensor.name for tensor in model.graph.initializer}
         self.inputs = [
-            array_spec_of(value, optional)
+            array_spec_of(value, optional_inputs)
             for value in model.graph.input
             if value.name not in initializers
         ]
-        self.outputs = [array_spec_of(value, set()) for value in model.graph.output]
+        self.outputs = [array_spec_of(value) for value in model.graph.output]
         self._session = open_session(model.SerializeToString(), name, settings or SessionSettings())
 
     def check_inputs(
@@ -86,10 +86,29 @@ class Model:
             for spec, result in zip(self.outputs, results, strict=True)
         }
 
+    def bind(self, arrays: Mapping[str, np.ndarray]) -> Callable[[], Any]:
+        """A call that runs the session on ``arrays``, with its feed prepared once.
 
-def load_model(path: Path, settings: SessionSettings | None = None) -> Model:
-    """Validate an ONNX file and open it for inference."""
-    return Model(read_model(path), str(path), settings)
+        For timing: the call does no checking and returns onnxruntime's raw list.
+        """
+        import onnxruntime
+
+        feed, _ = self.check_inputs(arrays)
+        names = [spec.name for spec in self.outputs]
+        run_options = onnxruntime.RunOptions()
+        session = self._session
+        return lambda: session.run(names, feed, run_options)
+
+
+def load_model(path: Path, settings: SessionSettings | None = None) -> Session:
+    """Validate an ONNX file and open it for inference.
+
+    The optional inputs are the ones the file's layerport metadata lists.
+    """
+    model = read_model(path)
+    record = ExportRecord.from_model(model)
+    optional = record.optional_inputs if record else []
+    return Session(model, str(path), settings, optional_inputs=optional)
 
 
 def open_session(model_bytes: bytes, name: str, settings: SessionSettings) -> Any:
@@ -127,7 +146,7 @@ def open_session(model_bytes: bytes, name: str, settings: SessionSettings) -> An
         raise BadFile(f"onnxruntime cannot load {name}: {one_line(error)}") from error
 
 
-def array_spec_of(value: onnx.ValueInfoProto, optional: set[str]) -> ArraySpec:
+def array_spec_of(value: onnx.ValueInfoProto, optional: Collection[str] = ()) -> ArraySpec:
     """A graph input's or output's name, dims (symbolic names or sizes) and dtype."""
     tensor_type = value.type.tensor_type
     dims: list[str | int] = []
@@ -136,16 +155,16 @@ def array_spec_of(value: onnx.ValueInfoProto, optional: set[str]) -> ArraySpec:
             dims.append(dim.dim_value)
         else:
             dims.append(dim.dim_param or f"{value.name}_axis{axis}")
-    dtype = _ONNX_DTYPES.get(
-        tensor_type.elem_type, onnx.TensorProto.DataType.Name(tensor_type.elem_type).lower()
-    )
     return ArraySpec(
-        name=value.name, dims=tuple(dims), dtype=dtype, optional=value.name in optional
+        name=value.name,
+        dims=tuple(dims),
+        dtype=element_type_name(tensor_type.elem_type),
+        optional=value.name in optional,
     )
 
 
 def generated_inputs(
-    model: Model, dims: Mapping[str, int], seed: int | None
+    session: Session, dims: Mapping[str, int], seed: int | None
 ) -> dict[str, np.ndarray]:
     """Inputs drawn as ``layerport run`` draws them: standard normal, from the seed.
 
@@ -153,29 +172,28 @@ def generated_inputs(
     records it was traced at. Each input has its own dtype. Optional inputs are
     left out (zeros); a file with no inputs gets none.
     """
-    record = model.record
+    record = ExportRecord.from_model(session.proto)
     sizes = dict(record.dynamic_dims) if record else {}
     unknown = sorted(
-        set(dims) - {d for spec in model.inputs for d in spec.dims if isinstance(d, str)}
+        set(dims) - {d for spec in session.inputs for d in spec.dims if isinstance(d, str)}
     )
     if unknown:
         raise UserInputError(f"the file has no symbolic dim {unknown[0]!r}")
     sizes.update(dims)
     shapes = {}
     dtypes = {}
-    for spec in model.inputs:
+    for spec in session.inputs:
         if spec.optional:
             continue
         missing = [dim for dim in spec.dims if isinstance(dim, str) and dim not in sizes]
         if missing:
             raise UserInputError(
-                f"give the size of dim {missing[0]} with --dim {missing[0]}=SIZE, or pass --input"
-            )
-        if spec.dtype not in ("float32", "float64"):
-            raise UserInputError(
-                f"input {spec.name} is {spec.dtype}; only float inputs can be generated, pass --input"
+                f"give the size of dim {missing[0]} with ",
+                Setting("dims", f"{missing[0]}=SIZE"),
+                ", or pass ",
+                Setting("inputs"),
             )
         shapes[spec.name] = tuple(sizes[dim] if isinstance(dim, str) else dim for dim in spec.dims)
         dtypes[spec.name] = spec.dtype
     default_seed = record.seed if record and record.seed is not None else 0
-    return random_arrays(shapes, dtypes, default_seed if seed is None else seed)
+    return random_inputs(shapes, dtypes, default_seed if seed is None else seed)

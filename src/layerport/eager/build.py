@@ -9,17 +9,17 @@ float32 draws widened.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from layerport.config import LayerConfig
-from layerport.errors import InvalidSpec, LayerFailed, LayerportError, one_line
-from layerport.weights import check_weights, read_weights
-
-TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+from layerport.dtypes import precision
+from layerport.eager.weights import check_weights, read_weights
+from layerport.errors import InvalidSpec, LayerFailed, LayerportError, UserInputError, one_line
 
 
 def build_module(config: LayerConfig) -> nn.Module:
@@ -31,7 +31,7 @@ def build_module(config: LayerConfig) -> nn.Module:
         raise InvalidSpec(
             f"layer {config.spec.name}: build() returned {type(module).__name__}, not an nn.Module"
         )
-    module = module.to(TORCH_DTYPES[config.dtype]).eval()
+    module = module.to(precision(config.dtype).torch_dtype).eval()
     module.requires_grad_(False)
     declared = config.weight_shapes()
     actual = {name: tuple(tensor.shape) for name, tensor in module.state_dict().items()}
@@ -64,24 +64,46 @@ def _plugin_code(config: LayerConfig, what: str) -> Iterator[None]:
         ) from error
 
 
-def run_module(
-    module: nn.Module, config: LayerConfig, inputs: Mapping[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-    """One eager forward pass; omitted optional inputs are passed as ``None``."""
-    arguments = [
+def torch_arguments(
+    config: LayerConfig, inputs: Mapping[str, np.ndarray]
+) -> list[torch.Tensor | None]:
+    """The forward call's arguments, in the declared order; omitted optional inputs are ``None``."""
+    return [
         torch.from_numpy(np.ascontiguousarray(inputs[tensor.name]))
         if tensor.name in inputs
         else None
         for tensor in config.spec.inputs
     ]
+
+
+def run_module(
+    module: Callable[..., Any],
+    config: LayerConfig,
+    inputs: Mapping[str, np.ndarray],
+    *,
+    who: str = "forward()",
+) -> dict[str, np.ndarray]:
+    """One eager forward pass of ``module`` (or of a reference callable), outputs by name.
+
+    ``who`` names the code in errors: a layer's failure is reported as its own.
+    """
+    arguments = torch_arguments(config, inputs)
     # no_grad, not inference_mode: torch's scan and compiled paths recompile under it.
-    with torch.no_grad(), _plugin_code(config, "forward()"):
+    with torch.no_grad(), _plugin_code(config, who):
         result = module(*arguments)
     outputs = (result,) if isinstance(result, torch.Tensor) else tuple(result)
     names = [tensor.name for tensor in config.spec.outputs]
     if len(outputs) != len(names):
         raise InvalidSpec(
-            f"layer {config.spec.name}: forward() returned {len(outputs)} outputs, "
+            f"layer {config.spec.name}: {who} returned {len(outputs)} outputs, "
             f"the spec declares {len(names)} ({', '.join(names)})"
         )
     return {name: output.detach().numpy() for name, output in zip(names, outputs, strict=True)}
+
+
+def run_layer(config: LayerConfig, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Build the layer and run one forward pass on ``inputs``."""
+    missing = [t.name for t in config.spec.inputs if not t.optional and t.name not in inputs]
+    if missing:
+        raise UserInputError(f"input {missing[0]} is required")
+    return run_module(build_module(config), config, inputs)

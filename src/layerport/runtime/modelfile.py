@@ -7,13 +7,17 @@ model, layerport:
 - refuses empty files (onnx parses zero bytes as an empty model), garbage, and
   IR or opset versions this onnx does not know (onnxruntime 1.32 accepts the same
   ranges as onnx 1.23: IR 3 to 14, ai.onnx opset up to 28);
-- reads every external-data tensor itself and inlines it. Each location must be a
-  relative path inside the model's folder, opened one component at a time with
-  ``O_NOFOLLOW`` (no symlink anywhere on the way), a regular file with a single
-  hard link, and its offset and length must lie inside the file and match the
-  tensor's shape. onnxruntime reads a hard link to any file the user can read
-  when handed the path, and resolves locations against the current directory
-  when handed bytes, so it is never given the chance;
+- inlines every external-data tensor through onnx's own loader
+  (``load_external_data_for_tensor``, onnx 1.23), which opens it in C++ and
+  refuses absolute paths, ``..``, symlinks (any, with ``openat2`` where the kernel
+  has it), FIFOs and other files that are not regular, hard links, and offsets or
+  lengths past the end of the file. onnxruntime reads a hard link to any file the
+  user can read when handed the path, and resolves locations against the current
+  directory when handed bytes, so it is never given the chance. layerport adds
+  what onnx leaves out: it refuses unknown or repeated keys (onnx warns, or lets
+  the last one win), a length that does not match the tensor's shape and type,
+  and more than 2 GiB in all, before onnx reads a byte; and it says in one line,
+  in its own words, why onnx refused a file;
 - checks every tensor's ``raw_data`` size against its shape, then runs
   ``onnx.checker`` with ``full_check`` for unknown ops, dangling inputs and types.
 
@@ -25,19 +29,19 @@ only cost every ``infer`` 0.4 s of start-up.
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import onnx
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 from onnx import TensorProto
+from onnx.external_data_helper import load_external_data_for_tensor
 
+from layerport.dtypes import element_bits
 from layerport.errors import BadFile, one_line
 
 MAX_MODEL_BYTES = 2**31 - 1  # protobuf cannot serialize a larger message
@@ -57,9 +61,7 @@ def read_model(path: Path) -> onnx.ModelProto:
     budget = MAX_MODEL_BYTES - model.ByteSize()
     for tensor in _all_tensors(model):
         if tensor.data_location == TensorProto.EXTERNAL:
-            budget -= _inline_external_data(tensor, folder, str(path))
-            if budget < 0:
-                raise BadFile(f"{path}: with its external data the model exceeds 2 GiB")
+            budget -= _inline_external_data(tensor, folder, str(path), budget)
         elif len(tensor.external_data):
             raise BadFile(f"{path}: tensor {tensor.name!r} lists external data but is not external")
         _check_raw_data_size(tensor, str(path))
@@ -210,14 +212,15 @@ def _all_tensors(message: Message) -> Iterator[TensorProto]:
                 stack.extend(item for item in value if isinstance(item, Message))
 
 
-def _inline_external_data(tensor: TensorProto, folder: Path, name: str) -> int:
-    """Read one external tensor's bytes from inside ``folder`` into ``raw_data``."""
+def _inline_external_data(tensor: TensorProto, folder: Path, name: str, budget: int) -> int:
+    """Have onnx read one external tensor from inside ``folder`` into ``raw_data``."""
 
     def refuse(reason: str) -> BadFile:
         return BadFile(f"{name}: external data of tensor {tensor.name!r} {reason}")
 
     entries: dict[str, str] = {}
     for entry in tensor.external_data:
+        # onnx would ignore an unknown key with a warning, and let a repeated one win.
         if entry.key not in EXTERNAL_DATA_KEYS or entry.key in entries:
             raise refuse(f"has an unknown or repeated key {entry.key!r}")
         entries[entry.key] = entry.value
@@ -228,37 +231,48 @@ def _inline_external_data(tensor: TensorProto, folder: Path, name: str) -> int:
         raise refuse("has an offset or length that is not a number") from None
     if offset < 0 or (length is not None and length < 0):
         raise refuse("has a negative offset or length")
-    descriptor = _open_inside(folder, entries.get("location", ""), refuse)
+    location = entries.get("location", "")
+    parts = _location_parts(location, refuse)
     try:
-        info = os.fstat(descriptor)
-        if not stat.S_ISREG(info.st_mode):
-            raise refuse("is not a regular file")
-        if info.st_nlink != 1:
-            raise refuse(
-                f"is a file with {info.st_nlink} hard links (it may be a link to a file elsewhere)"
-            )
-        if length is None:
-            length = info.st_size - offset
-        if offset + length > info.st_size:
-            raise refuse(
-                f"reaches byte {offset + length}, past the end of its {info.st_size}-byte file"
-            )
-        expected = _expected_bytes(tensor)
-        if expected is not None and length != expected:
-            raise refuse(f"is {length} bytes, but its shape and type need {expected}")
-        data = os.pread(descriptor, length, offset)
-        if len(data) != length:
-            raise refuse("is shorter than declared")
-    finally:
-        os.close(descriptor)
+        str(folder).encode()
+    except UnicodeEncodeError:  # onnx takes the folder as UTF-8 text
+        raise refuse(
+            "cannot be read: onnx reads external data only from folders named in UTF-8"
+        ) from None
+
+    def read(start: int, size: int) -> bytes:
+        try:
+            return _read_with_onnx(tensor.name, folder, location, start, size)
+        except Exception as error:  # onnx's ValidationError, ValueError, OSError...
+            raise refuse(_refusal(folder, parts, location, start + size, error)) from error
+
+    expected = _expected_bytes(tensor)
+    if expected is None:
+        raise refuse("has a type or shape that gives no size in bytes")
+    if length is not None and length != expected:
+        # Refused either way. onnx opens the file and checks where the data ends,
+        # reading nothing, so that a link or a short file is named first.
+        read(offset + length, 0)
+        raise refuse(f"is {length} bytes, but its shape and type need {expected}")
+    if expected > budget:
+        raise BadFile(f"{name}: with its external data the model exceeds 2 GiB")
+    data = read(offset, expected)  # never more than the shape needs
+    if length is None:  # then the data runs to the end of the file
+        try:
+            size = folder.joinpath(*parts).lstat().st_size
+        except OSError as error:
+            raise refuse(f"at {location!r} cannot be opened: {error.strerror}") from error
+        if size != offset + expected:
+            raise refuse(f"is {size - offset} bytes, but its shape and type need {expected}")
     tensor.raw_data = data
     tensor.data_location = TensorProto.DEFAULT
     del tensor.external_data[:]
-    return length
+    return expected
 
 
-def _open_inside(folder: Path, location: str, refuse: Any) -> int:
-    """Open ``folder/location`` read-only, refusing anything that leaves ``folder``."""
+def _location_parts(location: str, refuse: Callable[[str], BadFile]) -> list[str]:
+    """The folders and file of a location, refused in our words where onnx's are cryptic."""
+    # onnx would read "a.bin" for "a.bin\x00b"; a backslash separates folders on Windows.
     if not location or "\x00" in location or "\\" in location:
         raise refuse(f"has an invalid location {location!r}")
     if os.path.isabs(location) or location[1:2] == ":":
@@ -266,48 +280,50 @@ def _open_inside(folder: Path, location: str, refuse: Any) -> int:
             f"has an absolute location {location!r}; only paths inside the model's folder are read"
         )
     parts = [part for part in location.split("/") if part not in ("", ".")]
+    # Stricter than onnx, which reads "sub/../a.bin" as "a.bin".
     if not parts or ".." in parts:
         raise refuse(f"has location {location!r}, which leaves the model's folder")
-    directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for index, part in enumerate(parts):
-            last = index == len(parts) - 1
-            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-            flags |= os.O_NONBLOCK if last else os.O_DIRECTORY
-            try:
-                opened = os.open(part, flags, dir_fd=directory)
-            except OSError as error:
-                reason = (
-                    "is a symbolic link"
-                    if error.errno in (errno.ELOOP, errno.ENOTDIR)
-                    else error.strerror
-                )
-                raise refuse(f"at {location!r} cannot be opened: {reason}") from None
-            os.close(directory)
-            directory = opened
-            if last:
-                result, directory = directory, -1
-                return result
-    finally:
-        if directory >= 0:
-            os.close(directory)
-    raise AssertionError("unreachable")
+    return parts
 
 
-_ELEMENT_BITS: dict[int, int] = {
-    TensorProto.FLOAT: 32, TensorProto.UINT8: 8, TensorProto.INT8: 8, TensorProto.UINT16: 16,
-    TensorProto.INT16: 16, TensorProto.INT32: 32, TensorProto.INT64: 64, TensorProto.BOOL: 8,
-    TensorProto.FLOAT16: 16, TensorProto.DOUBLE: 64, TensorProto.UINT32: 32,
-    TensorProto.UINT64: 64, TensorProto.COMPLEX64: 64, TensorProto.COMPLEX128: 128,
-    TensorProto.BFLOAT16: 16,
-}  # fmt: skip
+def _read_with_onnx(name: str, folder: Path, location: str, offset: int, length: int) -> bytes:
+    # A scratch tensor holds only the keys onnx knows, so it has nothing to warn about.
+    scratch = TensorProto(name=name, data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", location), ("offset", offset), ("length", length)):
+        scratch.external_data.add(key=key, value=str(value))
+    load_external_data_for_tensor(scratch, str(folder))
+    return scratch.raw_data
+
+
+def _refusal(folder: Path, parts: list[str], location: str, end: int, error: Exception) -> str:
+    """Why onnx refused to read ``location`` up to byte ``end``, in layerport's words.
+
+    onnx has decided; the files are looked at again only to word its reason.
+    """
+    path = folder
+    for part in parts:
+        path = path / part
+        try:
+            info = path.lstat()
+        except OSError as lstat_error:
+            return f"at {location!r} cannot be opened: {lstat_error.strerror}"
+        if stat.S_ISLNK(info.st_mode):
+            return f"at {location!r} cannot be opened: is a symbolic link"
+    if not stat.S_ISREG(info.st_mode):
+        return "is not a regular file"
+    if info.st_nlink != 1:
+        return f"is a file with {info.st_nlink} hard links (it may be a link to a file elsewhere)"
+    if end > info.st_size:
+        return f"reaches byte {end}, past the end of its {info.st_size}-byte file"
+    return f"at {location!r} cannot be read: {one_line(error)}"
 
 
 def _expected_bytes(tensor: TensorProto) -> int | None:
-    bits = _ELEMENT_BITS.get(tensor.data_type)
+    """The ``raw_data`` size of a tensor's shape and type; None if they give none."""
+    bits = element_bits(tensor.data_type)
     if bits is None or any(dim < 0 for dim in tensor.dims):
         return None
-    return math.prod(tensor.dims) * bits // 8
+    return -(-math.prod(tensor.dims) * bits // 8)  # packed types round up to a whole byte
 
 
 def _check_raw_data_size(tensor: TensorProto, name: str) -> None:

@@ -1,7 +1,7 @@
-"""Comparing an export's outputs with eager PyTorch's, element by element.
+"""Comparing one engine's outputs with another's, element by element.
 
 A value passes when ``|actual - expected| <= atol + rtol * |expected|``, with the
-eager output as ``expected``. Every comparison reports enough to see why it
+trusted engine's output (eager PyTorch's, usually) as ``expected``. Every comparison reports enough to see why it
 failed and what it would take to pass: the largest errors, where the worst one
 is, and the smallest ``atol`` (at the given ``rtol``) and ``rtol`` (at the given
 ``atol``) that would have passed.
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from layerport.spec import Tolerance
+from layerport.dtypes import Tolerance
 
 
 @dataclass(frozen=True)
@@ -32,10 +32,12 @@ class Comparison:
     worst_expected: float = 0.0
     needed_atol: float = 0.0
     needed_rtol: float = 0.0
+    engines: tuple[str, str] = ("onnxruntime", "eager")  # (actual, expected)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["worst_index"] = list(self.worst_index)
+        data["engines"] = list(self.engines)
         return data
 
     def describe(self) -> str:
@@ -46,32 +48,45 @@ class Comparison:
         # be the one with the largest absolute error.
         return (
             f"{self.output} at {self.case}: max abs error {self.max_abs_error:.3g}; worst "
-            f"element {list(self.worst_index)} (onnxruntime {self.worst_actual:.6g}, eager "
-            f"{self.worst_expected:.6g}); would pass with atol >= {self.needed_atol:.3g} "
+            f"element {list(self.worst_index)} ({self.engines[0]} {self.worst_actual:.6g}, "
+            f"{self.engines[1]} {self.worst_expected:.6g}); would pass with atol >= {self.needed_atol:.3g} "
             f"or rtol >= {self.needed_rtol:.3g}"
         )
 
 
 def compare_arrays(
-    output: str, case: str, actual: np.ndarray, expected: np.ndarray, tolerance: Tolerance
+    output: str,
+    case: str,
+    actual: np.ndarray,
+    expected: np.ndarray,
+    tolerance: Tolerance,
+    engines: tuple[str, str] = ("onnxruntime", "eager"),
 ) -> Comparison:
-    """Compare shape, dtype and values of one output."""
+    """Compare shape, dtype and values of one output; ``engines`` names (actual, expected)."""
+    actual_engine, expected_engine = engines
     if actual.shape != expected.shape:
-        problem = f"shape {list(actual.shape)} from onnxruntime, {list(expected.shape)} from eager"
-        return Comparison(output, case, passed=False, problem=problem)
+        problem = (
+            f"shape {list(actual.shape)} from {actual_engine}, "
+            f"{list(expected.shape)} from {expected_engine}"
+        )
+        return Comparison(output, case, passed=False, problem=problem, engines=engines)
     if actual.dtype != expected.dtype:
-        problem = f"dtype {actual.dtype} from onnxruntime, {expected.dtype} from eager"
-        return Comparison(output, case, passed=False, problem=problem)
-    for engine, values in (("onnxruntime", actual), ("eager", expected)):
+        problem = (
+            f"dtype {actual.dtype} from {actual_engine}, {expected.dtype} from {expected_engine}"
+        )
+        return Comparison(output, case, passed=False, problem=problem, engines=engines)
+    for engine, values in ((actual_engine, actual), (expected_engine, expected)):
         bad = ~np.isfinite(values)
         if bad.any():
             index = tuple(int(i) for i in np.argwhere(bad)[0])
             problem = (
                 f"{engine} output holds {int(bad.sum())} NaN or Inf values, first at {list(index)}"
             )
-            return Comparison(output, case, passed=False, problem=problem, worst_index=index)
+            return Comparison(
+                output, case, passed=False, problem=problem, worst_index=index, engines=engines
+            )
     if actual.size == 0:
-        return Comparison(output, case, passed=True)
+        return Comparison(output, case, passed=True, engines=engines)
     # Compare in float64 so the error itself is not rounded away.
     wide_actual, wide_expected = actual.astype(np.float64), expected.astype(np.float64)
     error = np.abs(wide_actual - wide_expected)
@@ -92,4 +107,5 @@ def compare_arrays(
         worst_expected=float(wide_expected[worst]),
         needed_atol=float(max(0.0, excess.max())),
         needed_rtol=float(np.where(np.isnan(needed_rtol), np.inf, needed_rtol).max()),
+        engines=engines,
     )

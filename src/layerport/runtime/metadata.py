@@ -12,9 +12,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from layerport.errors import BadFile
+
+if TYPE_CHECKING:
+    import onnx
 
 PREFIX = "layerport."
 FORMAT_VERSION = 1
@@ -48,6 +51,17 @@ class ExportRecord:
                     value if key in _PLAIN_TEXT else json.dumps(value, sort_keys=True)
                 )
         return props
+
+    def write_to(self, model: onnx.ModelProto) -> None:
+        """Replace the model's ``metadata_props`` with this record."""
+        del model.metadata_props[:]
+        for key, value in self.to_props().items():
+            model.metadata_props.add(key=key, value=value)
+
+    @classmethod
+    def from_model(cls, model: onnx.ModelProto) -> ExportRecord | None:
+        """The record of a model; ``None`` for a file layerport did not export."""
+        return cls.from_props({prop.key: prop.value for prop in model.metadata_props})
 
     @classmethod
     def from_props(cls, props: Mapping[str, str]) -> ExportRecord | None:

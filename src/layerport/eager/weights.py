@@ -9,7 +9,7 @@ an explicit argument wins over it.
 Weights must already have the layer's dtype. ``load_state_dict`` would silently
 cast float64 or integer tensors into a float32 layer, so the layer would no
 longer compute what the file holds; layerport refuses instead, and says which
-``--dtype`` or conversion fixes it.
+dtype or conversion fixes it.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from layerport.errors import BadFile
-from layerport.limits import check_allocation
-from layerport.spec import DTYPES
+from layerport.dtypes import DTYPES
+from layerport.errors import BadFile, Setting
+from layerport.runtime.limits import check_allocation
 
 if TYPE_CHECKING:
     import torch
@@ -117,7 +117,7 @@ def check_weights(
     """Compare a file's tensors with the layer's declared names, shapes and dtype."""
     import torch
 
-    problems = []
+    problems: list[str] = []
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing:
@@ -135,19 +135,21 @@ def check_weights(
             wrong_dtype[name] = str(tensor.dtype).removeprefix("torch.")
         elif not bool(torch.isfinite(tensor).all()):
             problems.append(f"{name} holds NaN or Inf")
-    if wrong_dtype:
-        problems.append(_dtype_problem(wrong_dtype, dtype))
-    if problems:
-        raise BadFile(f"weights in {path} do not fit the layer: " + "; ".join(problems))
+    dtype_problem = _dtype_problem(wrong_dtype, dtype) if wrong_dtype else []
+    if problems or dtype_problem:
+        listed = "; ".join(problems) + ("; " if problems and dtype_problem else "")
+        raise BadFile(f"weights in {path} do not fit the layer: {listed}", *dtype_problem)
 
 
-def _dtype_problem(wrong_dtype: Mapping[str, str], dtype: str) -> str:
+def _dtype_problem(wrong_dtype: Mapping[str, str], dtype: str) -> list[str | Setting]:
     listed = ", ".join(f"{name} is {found}" for name, found in wrong_dtype.items())
     found = set(wrong_dtype.values())
-    fix = f"convert the file to {dtype}"
+    problem: list[str | Setting] = [
+        f"{listed}, the layer is {dtype}; layerport never casts weights (convert the file to {dtype}"
+    ]
     if len(found) == 1 and found <= set(DTYPES):
-        fix += f" or pass --dtype {found.pop()}"
-    return f"{listed}, the layer is {dtype}; layerport never casts weights ({fix})"
+        problem += [" or pass ", Setting("dtype", found.pop())]
+    return [*problem, ")"]
 
 
 def _first_line(error: BaseException) -> str:

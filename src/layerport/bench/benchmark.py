@@ -1,0 +1,206 @@
+"""Benchmarking a layer: the engines verification uses, timed on the same inputs.
+
+``bench_layer`` exports the layer, then times its engines on the same inputs
+and the same thread count: ``eager`` (the layer's module), ``torch-reference``
+(the spec's ``reference``, if it declares one: the fastest known eager way to
+compute the same function with the same weights) and ``onnxruntime`` (a CPU
+session on the exported model). Inputs are prepared once, outside the timing
+loop, by each engine's ``bind``.
+
+``BenchResult.to_dict()`` is the stable JSON schema::
+
+    layer            qualified layer name
+    params, dims     the configuration benchmarked; dtype, seed
+    threads          {"torch": N, "onnxruntime": N}: intra-op threads of each
+    export_seconds   torch.onnx export time (without verification)
+    file_bytes       size of the exported model; nodes: ONNX nodes, subgraphs included
+    flops            floating-point operations per call, or null
+    samples_per_call the size of the spec's batch dim, or null when it declares none
+    timing           the timing settings used
+    engines          {name: {median_ms, p10_ms, p90_ms, calls, seconds,
+                             calls_per_s, samples_per_s, gflops, max_abs_error}}
+    ratios           {"onnxruntime_over_eager": r, "onnxruntime_over_torch-reference": r}:
+                     median-latency ratios, below 1 when onnxruntime is faster
+    machine          cpu, cores, load_average, python/torch/onnxruntime/numpy versions
+    notes            what may make these figures less trustworthy
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from layerport.bench import DEFAULT_BENCH_THREADS
+from layerport.bench.machine import machine_info, reliability_notes
+from layerport.bench.timing import EngineTiming, TimingSettings, significant, time_engines
+from layerport.config import LayerConfig
+from layerport.errors import UserInputError, VerificationFailed
+from layerport.verify.verification import compare_outputs
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """One layer's benchmark: the export, each engine's timing, and their ratios."""
+
+    config: LayerConfig
+    threads: dict[str, int]
+    export_seconds: float
+    file_bytes: int
+    nodes: int
+    timing: TimingSettings
+    engines: dict[str, EngineTiming]
+    machine: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    def ratios(self) -> dict[str, float]:
+        """onnxruntime's median latency over each eager engine's."""
+        onnxruntime = self.engines["onnxruntime"].median_ms
+        return {
+            f"onnxruntime_over_{name}": significant(onnxruntime / engine.median_ms)
+            for name, engine in self.engines.items()
+            if name != "onnxruntime" and engine.median_ms > 0
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        onnxruntime = self.engines["onnxruntime"]
+        return {
+            "layer": self.config.layer.qualified_name,
+            "name": self.config.spec.name,
+            "params": dict(self.config.params),
+            "dims": dict(self.config.dims),
+            "dtype": self.config.dtype,
+            "seed": self.config.seed,
+            "threads": dict(self.threads),
+            "export_seconds": round(self.export_seconds, 3),
+            "file_bytes": self.file_bytes,
+            "nodes": self.nodes,
+            "flops": onnxruntime.flops,
+            "samples_per_call": onnxruntime.samples_per_call,
+            "timing": self.timing.to_dict(),
+            "engines": {name: engine.to_dict() for name, engine in self.engines.items()},
+            "ratios": self.ratios(),
+            "machine": dict(self.machine),
+            "notes": list(self.notes),
+        }
+
+
+def bench_layer(
+    config: LayerConfig,
+    *,
+    threads: int = DEFAULT_BENCH_THREADS,
+    timing: TimingSettings | None = None,
+) -> BenchResult:
+    """Export ``config``'s layer and time its engines on the same inputs.
+
+    Raises ``VerificationFailed`` if an engine's outputs differ from eager's beyond
+    the layer's tolerance: timing engines that compute different things is pointless.
+    """
+    import torch
+
+    from layerport.eager.build import build_module
+    from layerport.export import DEFAULT_OPSET
+    from layerport.export.torch_onnx import count_nodes, export_onnx
+    from layerport.runtime.session import Session, SessionSettings
+    from layerport.verify.engines import (
+        EagerEngine,
+        Engine,
+        OnnxRuntimeEngine,
+        TorchReferenceEngine,
+    )
+
+    timing = timing or TimingSettings()
+    timing.check()
+    check_threads(threads)
+    # The file is not verified here: for the rnn, verification's grid of sizes
+    # takes 5-8x as long as the export itself, and bench would mostly wait for it.
+    # Instead every engine's outputs on the benchmark's own inputs are checked
+    # against eager's below, which is what keeps the timings honest.
+    export_config = _export_config(config)
+    started = time.perf_counter()
+    model = export_onnx(build_module(export_config), export_config, DEFAULT_OPSET)
+    export_seconds = time.perf_counter() - started
+    session = Session(
+        model,
+        f"the export of {config.spec.name}",
+        SessionSettings(threads=threads),
+        optional_inputs=[tensor.name for tensor in config.spec.inputs if tensor.optional],
+    )
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        module = build_module(config)
+        engines: list[Engine] = [EagerEngine(module, config)]
+        if config.spec.reference is not None:
+            engines.append(TorchReferenceEngine(module, config))
+        engines.append(OnnxRuntimeEngine(session))
+        arrays = config.random_inputs()
+        # no_grad, not inference_mode, as in run_module; entered once, so its own
+        # cost is not timed.
+        with torch.no_grad():
+            errors = _check_agreement(config, engines, arrays)
+            samples = time_engines({engine.name: engine.bind(arrays) for engine in engines}, timing)
+        torch_threads = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous_threads)
+
+    flops = config.spec.flops(config.params, config.dims) if config.spec.flops else None
+    batch = config.dims.get(config.spec.batch_dim) if config.spec.batch_dim else None
+    timings = {
+        name: EngineTiming(name, tuple(durations), batch, flops, errors[name])
+        for name, durations in samples.items()
+    }
+    machine = machine_info()
+    return BenchResult(
+        config=config,
+        threads={"torch": torch_threads, "onnxruntime": threads},
+        export_seconds=export_seconds,
+        file_bytes=model.ByteSize(),
+        nodes=count_nodes(model.graph),
+        timing=timing,
+        engines=timings,
+        machine=machine,
+        notes=reliability_notes(threads, machine, timings),
+    )
+
+
+def check_threads(threads: int) -> None:
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise UserInputError(f"threads must be an integer >= 1, got {threads!r}")
+
+
+def _export_config(config: LayerConfig) -> LayerConfig:
+    """The configuration to export at: the file's dims stay symbolic, so any size is
+    benchmarked on the same file; only sizes below 2 (which the exporter would pin)
+    are traced at the layer's default instead."""
+    dims = {
+        name: size if size >= 2 else config.spec.dim(name).default
+        for name, size in config.dims.items()
+    }
+    return config.with_dims(dims)
+
+
+def _check_agreement(config: LayerConfig, engines: list[Any], arrays: Any) -> dict[str, float]:
+    """Each engine's largest absolute difference from the first (eager), refusing any
+    beyond the layer's tolerance."""
+    eager, *others = engines
+    expected = eager.run(arrays)
+    errors = {eager.name: 0.0}
+    tolerance = config.spec.tolerance(config.dtype)
+    for engine in others:
+        comparisons = compare_outputs(
+            f"bench inputs, {engine.name}",
+            expected,
+            engine.run(arrays),
+            tolerance,
+            (engine.name, eager.name),
+        )
+        failed = [comparison for comparison in comparisons if not comparison.passed]
+        if failed:
+            raise VerificationFailed(
+                f"{engine.name} does not compute what the eager layer computes, so timing it "
+                f"means nothing: {failed[0].describe()}"
+            )
+        errors[engine.name] = max(comparison.max_abs_error for comparison in comparisons)
+    return errors

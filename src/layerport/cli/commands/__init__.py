@@ -1,0 +1,1 @@
+"""One module per ``layerport`` command, each named after its command."""

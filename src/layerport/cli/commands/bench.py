@@ -1,0 +1,93 @@
+"""``layerport bench``: a layer's engines timed side by side (needs torch)."""
+
+from __future__ import annotations
+
+import click
+
+from layerport.bench import DEFAULT_BENCH_THREADS
+from layerport.cli.app import (
+    for_each_layer,
+    get_registry,
+    raise_if_any_failed,
+    require_dependencies,
+    resolve_layer,
+)
+from layerport.cli.options import LayerOptions, json_option, layer_options, threads_option
+from layerport.cli.output import LayerOutcome, print_bench
+from layerport.config import resolve_config
+from layerport.registry import RegisteredLayer
+
+
+@click.command()
+@click.argument("layer", required=False)
+@click.option(
+    "--all", "all_", is_flag=True, help="Benchmark every registered layer at its defaults."
+)
+@layer_options
+@threads_option(DEFAULT_BENCH_THREADS, 1, "Intra-op threads for torch and onnxruntime alike.")
+@click.option(
+    "--min-time",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Time each engine at least this long (and at least 30 calls).",
+)
+@json_option
+def bench(
+    layer: str | None,
+    all_: bool,
+    layer_options: LayerOptions,
+    threads: int,
+    min_time: float,
+    json_: bool,
+) -> None:
+    """Time eager PyTorch against the exported model in onnxruntime.
+
+    Exports the layer (without verification; the engines' outputs on the
+    benchmark inputs are checked against eager instead), then times the layer's
+    eager module, the layer's torch reference if it declares one (for the rnn:
+    torch.nn.RNN + nn.Linear with the same weights) and onnxruntime, on the same
+    inputs and thread count. Engines take turns in short blocks, so a busy
+    machine slows them alike; the ratio column is onnxruntime's median latency
+    over each engine's (below 1: onnxruntime is faster).
+
+    \b
+    Examples:
+      layerport bench rnn --dim batch=64 --dim seq=256
+      layerport bench linear -p in_features=4096 -p out_features=4096 --dim batch=64
+      layerport bench --all --json
+    """
+    require_dependencies("torch", "onnxscript")
+    from layerport.bench.benchmark import bench_layer
+    from layerport.bench.timing import TimingSettings
+
+    if all_ and (layer or layer_options.given()):
+        raise click.UsageError(
+            "--all benchmarks every layer at its defaults; drop LAYER, -p, --dim and --weights"
+        )
+    if not (layer or all_):
+        raise click.UsageError("give a LAYER to benchmark, or --all")
+    timing = TimingSettings(min_seconds=min_time)
+    if all_:
+
+        def bench_one(registered: RegisteredLayer) -> LayerOutcome:
+            config = resolve_config(
+                get_registry(),
+                registered.qualified_name,
+                dtype=layer_options.dtype,
+                seed=layer_options.seed,
+            )
+            return LayerOutcome(
+                registered, bench=bench_layer(config, threads=threads, timing=timing)
+            )
+
+        outcomes = for_each_layer("benchmarking", bench_one)
+    else:
+        assert layer is not None
+        config = resolve_layer(layer, layer_options)
+        outcomes = [
+            LayerOutcome(config.layer, bench=bench_layer(config, threads=threads, timing=timing))
+        ]
+    print_bench(outcomes, all_, json_)
+    raise_if_any_failed(outcomes)

@@ -1,0 +1,159 @@
+"""``layerport export``: a layer to a verified ONNX file, through an export target (needs torch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from layerport.cli.app import (
+    for_each_layer,
+    get_registry,
+    raise_if_any_failed,
+    require_dependencies,
+    resolve_layer,
+)
+from layerport.cli.options import (
+    LayerOptions,
+    VerificationOptions,
+    export_options,
+    given_explicitly,
+    json_option,
+    target_options,
+)
+from layerport.cli.output import LayerOutcome, print_export, print_export_all, write_report
+from layerport.config import LayerConfig, resolve_config
+from layerport.errors import BadFile, VerificationFailed
+from layerport.registry import RegisteredLayer, Registry
+from layerport.runtime.files import check_writable_target
+from layerport.targets import resolve_target
+
+if TYPE_CHECKING:
+    from layerport.pipeline import ExportResult
+
+DEFAULT_EXPORT_DIR = Path("exported")
+
+
+@click.command()
+@click.argument("layer", required=False)
+@click.option("--all", "all_", is_flag=True, help="Export every registered layer at its defaults.")
+@export_options
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="File to write (default exported/LAYER.onnx); with --all, the folder (created if missing).",
+)
+@target_options
+@click.option("--no-verify", is_flag=True, help="Skip verification against eager PyTorch.")
+@json_option
+@click.pass_context
+def export(
+    ctx: click.Context,
+    layer: str | None,
+    all_: bool,
+    layer_options: LayerOptions,
+    opset: int,
+    verification: VerificationOptions,
+    output: Path | None,
+    target: str,
+    target_settings: dict[str, str],
+    no_verify: bool,
+    json_: bool,
+) -> None:
+    """Export a layer to ONNX, then verify it against eager PyTorch.
+
+    Every dynamic dim stays symbolic in the file. Verification runs onnxruntime and
+    eager PyTorch over a grid of sizes (1, the traced size, and a larger one per
+    dynamic dim) and exits 1 on any mismatch; a file that fails is not written.
+
+    \b
+    Examples:
+      layerport export rnn
+      layerport export linear -p activation=sigmoid -o classifier.onnx
+      layerport export --all -o exported/
+    """
+    require_dependencies("torch", "onnxscript")
+    from layerport.plugins import get_export_targets
+
+    if no_verify:
+        for name in given_explicitly(ctx, "atol", "rtol", "trials", "report_path"):
+            option = "--report" if name == "report_path" else f"--{name}"
+            raise click.UsageError(f"{option} applies to verification; drop it or --no-verify")
+    export_target = resolve_target(get_export_targets(), target)
+    settings = export_target.resolve_options(target_settings)
+    if all_:
+        if layer or layer_options.given() or verification.report_path:
+            raise click.UsageError(
+                "--all exports every layer at its defaults; drop LAYER, -p, --dim, --weights and --report"
+            )
+        folder = output or DEFAULT_EXPORT_DIR
+        _make_folder(folder)
+        registry = get_registry()
+
+        def export_one(layer: RegisteredLayer) -> LayerOutcome:
+            config = resolve_config(
+                registry, layer.qualified_name, dtype=layer_options.dtype, seed=layer_options.seed
+            )
+            path = export_target.output_in(folder, _file_stem(layer, registry))
+            export_target.check(path, settings)
+            result = _export(config, opset, not no_verify, verification)
+            return LayerOutcome(
+                layer, path=export_target.write(result, path, settings), export=result
+            )
+
+        outcomes = for_each_layer("exporting", export_one)
+        print_export_all(outcomes, json_)
+        raise_if_any_failed(outcomes)
+        return
+    if not layer:
+        raise click.UsageError("give a LAYER to export, or --all")
+    config = resolve_layer(layer, layer_options)
+    if output is None:
+        _make_folder(DEFAULT_EXPORT_DIR)
+        output = export_target.output_in(
+            DEFAULT_EXPORT_DIR, _file_stem(config.layer, get_registry())
+        )
+    export_target.check(output, settings)
+    if verification.report_path is not None:
+        check_writable_target(verification.report_path)
+    try:
+        result = _export(config, opset, not no_verify, verification)
+    except VerificationFailed as failure:
+        write_report(failure.report, verification.report_path)
+        raise
+    written = export_target.write(result, output, settings)
+    write_report(result.report, verification.report_path)
+    print_export(result, written, json_)
+
+
+def _export(
+    config: LayerConfig, opset: int, verify: bool, verification: VerificationOptions
+) -> ExportResult:
+    from layerport.pipeline import export_layer
+
+    return export_layer(
+        config,
+        opset=opset,
+        verify=verify,
+        tolerance=config.tolerance(verification.atol, verification.rtol),
+        trials=verification.trials,
+    )
+
+
+def _file_stem(layer: RegisteredLayer, registry: Registry) -> str:
+    """The layer's name, qualified by its plugin when two plugins share the name."""
+    clash = len(registry.providers(layer.name)) > 1
+    return f"{layer.plugin.name}.{layer.name}" if clash else layer.name
+
+
+def _make_folder(folder: Path) -> None:
+    """Create an output folder (and its parents) if missing, as optimum-cli does."""
+    if folder.exists() and not folder.is_dir():
+        raise BadFile(f"{folder} is not a folder; exports are written into a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise BadFile(f"cannot create folder {folder}: {error.strerror}") from error

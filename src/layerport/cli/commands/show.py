@@ -1,0 +1,100 @@
+"""``layerport show``: a layer type's parameters, inputs, outputs and weights (torch-free)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from layerport.cli.app import get_registry
+from layerport.cli.options import json_option, params_option
+from layerport.cli.output import print_fields, print_json, print_table
+from layerport.config import LayerConfig, resolve_config
+from layerport.dtypes import DTYPES
+
+
+@click.command()
+@click.argument("layer")
+@params_option
+@json_option
+def show(layer: str, params: dict[str, str], json_: bool) -> None:
+    """Show a layer type's parameters, inputs, outputs and weights.
+
+    \b
+    Example:
+      layerport show rnn -p hidden_size=32
+    """
+    config = resolve_config(get_registry(), layer, params=params)
+    spec = config.spec
+    dynamic = {dim.name: dim for dim in spec.dims}
+    description: dict[str, Any] = {
+        "name": spec.name,
+        "qualified_name": config.layer.qualified_name,
+        "description": spec.description,
+        "plugin": {"name": config.layer.plugin.name, "version": config.layer.plugin.version},
+        "params": [
+            {
+                "name": param.name,
+                "type": param.type.__name__,
+                "default": param.default,
+                "value": config.params[param.name],
+                "allowed": param.allowed(),
+                "help": param.help,
+            }
+            for param in spec.params
+        ],
+        "dims": [{"name": dim.name, "default": dim.default, "help": dim.help} for dim in spec.dims],
+        "inputs": [_describe_tensor(config, tensor, dynamic) for tensor in spec.inputs],
+        "outputs": [_describe_tensor(config, tensor, dynamic) for tensor in spec.outputs],
+        "weights": [
+            {"name": name, "shape": list(shape)} for name, shape in config.weight_shapes().items()
+        ],
+        "tolerances": {
+            dtype: {"atol": tol.atol, "rtol": tol.rtol}
+            for dtype in DTYPES
+            for tol in [spec.tolerance(dtype)]
+        },
+    }
+    if json_:
+        print_json(description)
+        return
+    print_fields(
+        [
+            ("layer", f"{spec.name} - {spec.description}"),
+            ("plugin", f"{config.layer.plugin.name} {config.layer.plugin.version}"),
+        ]
+    )
+    print_table(
+        ("parameter", "type", "value", "default", "allowed", "help"),
+        (
+            (p["name"], p["type"], p["value"], p["default"], p["allowed"], p["help"])
+            for p in description["params"]
+        ),
+        title="Parameters",
+    )
+    print_table(
+        ("tensor", "kind", "dims (* dynamic)", "shape at defaults", "help"),
+        (
+            (t["name"], kind, t["dims_text"], t["shape"], t["help"])
+            for kind in ("input", "output")
+            for t in description[kind + "s"]
+        ),
+        title="Inputs and outputs",
+    )
+    print_table(
+        ("weight", "shape"),
+        ((w["name"], w["shape"]) for w in description["weights"]),
+        title="Weights",
+    )
+
+
+def _describe_tensor(config: LayerConfig, tensor: Any, dynamic: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": tensor.name,
+        "dims": [{"name": dim, "dynamic": dim in dynamic} for dim in tensor.dims],
+        "dims_text": " x ".join(f"{dim}*" if dim in dynamic else dim for dim in tensor.dims)
+        + (" (optional: zeros)" if tensor.optional else ""),
+        "shape": list(config.shape(tensor)),
+        "optional": tensor.optional,
+        "help": tensor.help,
+    }

@@ -1,0 +1,86 @@
+"""``layerport verify``: check a layer's export, or an exported file, at every size (needs torch)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from layerport.cli.app import get_registry, require_dependencies, resolve_layer
+from layerport.cli.options import (
+    LayerOptions,
+    VerificationOptions,
+    export_options,
+    given_explicitly,
+    json_option,
+)
+from layerport.cli.output import print_verification, write_report
+from layerport.errors import VerificationFailed
+from layerport.runtime.files import check_writable_target
+
+# What each option that only applies to a layer name is called on the command line.
+_LAYER_ONLY = {"params": "-p", "dtype": "--dtype", "seed": "--seed", "opset": "--opset"}
+
+
+@click.command()
+@click.argument("target")
+@export_options
+@json_option
+@click.pass_context
+def verify(
+    ctx: click.Context,
+    target: str,
+    layer_options: LayerOptions,
+    opset: int,
+    verification: VerificationOptions,
+    json_: bool,
+) -> None:
+    """Check that an export computes what eager PyTorch computes, at every size.
+
+    TARGET is a layer name (exported in memory, then checked) or an .onnx file,
+    whose recorded configuration rebuilds the eager layer (add --weights if it was
+    exported from a weights file). Exits 1 on any mismatch, NaN, pinned dim, or
+    shape or dtype difference.
+
+    \b
+    Examples:
+      layerport verify rnn --dim seq=64
+      layerport verify exported/rnn.onnx --trials 5 --report report.md
+    """
+    require_dependencies("torch", "onnxscript")
+    from layerport.pipeline import verify_file, verify_layer
+
+    report_path = verification.report_path
+    if report_path is not None:
+        check_writable_target(report_path)
+    # Layer names never contain "." or "/", so anything that does is a file; a
+    # stray file named like a layer must not hijack the layer.
+    if any(character in target for character in (".", "/", os.sep)):
+        for name in given_explicitly(ctx, *_LAYER_ONLY):
+            raise click.UsageError(
+                f"{_LAYER_ONLY[name]} does not apply to a file: it records its own configuration"
+            )
+        config, report = verify_file(
+            get_registry(),
+            Path(target),
+            weights=layer_options.weights,
+            dims=layer_options.dims,
+            atol=verification.atol,
+            rtol=verification.rtol,
+            trials=verification.trials,
+        )
+        shown = target
+    else:
+        config = resolve_layer(target, layer_options)
+        report = verify_layer(
+            config,
+            opset=opset,
+            tolerance=config.tolerance(verification.atol, verification.rtol),
+            trials=verification.trials,
+        )
+        shown = report.layer
+    write_report(report, report_path)
+    if not report.passed:
+        raise VerificationFailed(report.failure_message(), report=report)
+    print_verification(report, shown, json_)

@@ -1,0 +1,477 @@
+"""Printing results for people (rich tables, Markdown) and for scripts (JSON).
+
+Tables go to stdout; warnings, progress and errors go to stderr, so that
+``layerport ... --json | jq`` always sees clean JSON. Commands hand this module
+typed results (an ``ExportResult``, a ``VerificationReport``, a ``BenchResult``);
+it decides how each looks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from layerport.registry import RegisteredLayer
+from layerport.runtime.limits import format_bytes
+
+if TYPE_CHECKING:
+    from layerport.bench.benchmark import BenchResult
+    from layerport.pipeline import ExportResult
+    from layerport.runtime.inspection import ModelDescription
+    from layerport.verify.report import VerificationReport
+
+T = TypeVar("T")
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(_json_safe(data), indent=2, sort_keys=False))
+
+
+def _json_safe(data: Any) -> Any:
+    # JSON has no NaN or Infinity; write them as strings rather than emit invalid JSON.
+    if isinstance(data, float) and not math.isfinite(data):
+        return str(data)
+    if isinstance(data, dict):
+        return {str(key): _json_safe(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_json_safe(value) for value in data]
+    return data
+
+
+def print_table(
+    columns: Sequence[str], rows: Iterable[Sequence[object]], title: str | None = None
+) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        *columns, title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD
+    )
+    for row in rows:
+        table.add_row(*(format_cell(cell) for cell in row))
+    # Off a terminal (a pipe, a log), rich would wrap at 80 columns; logs can be wider.
+    width = None if sys.stdout.isatty() else 120
+    Console(file=sys.stdout, soft_wrap=False, width=width).print(table)
+
+
+def print_fields(fields: Iterable[tuple[str, object]]) -> None:
+    """``name: value`` lines, aligned."""
+    pairs = [(name, format_cell(value)) for name, value in fields]
+    width = max((len(name) for name, _ in pairs), default=0)
+    for name, value in pairs:
+        click.echo(f"{name + ':':<{width + 1}} {value}")
+
+
+def format_cell(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return format_number(value)
+    if isinstance(value, (list, tuple)):
+        return " x ".join(str(item) for item in value) if value else "()"
+    if value is None:
+        return "-"
+    return str(value)
+
+
+def format_number(value: float) -> str:
+    if not math.isfinite(value):
+        return str(value)
+    if value == 0 or 1e-3 <= abs(value) < 1e5:
+        return f"{value:.4g}"
+    return f"{value:.3e}"
+
+
+def warn(message: str) -> None:
+    click.echo(f"Warning: {message}", err=True)
+
+
+# ---------------------------------------------------------------------------
+# Progress, for long work such as ``export --all``
+
+
+def progress_steps(items: Sequence[T], *, label: Callable[[T], str], what: str) -> Iterator[T]:
+    """Yield each item while showing which one is being worked on, on stderr.
+
+    On a terminal it is a live rich progress bar; in a log or CI, one line per
+    step, so the log shows where time went without escape codes.
+    """
+    if sys.stderr.isatty():
+        yield from _bar(items, label, what)
+        return
+    total = len(items)
+    for index, item in enumerate(items, start=1):
+        started = time.perf_counter()
+        click.echo(f"[{index}/{total}] {what} {label(item)}", err=True)
+        yield item
+        click.echo(
+            f"[{index}/{total}] {label(item)} finished in {time.perf_counter() - started:.1f} s",
+            err=True,
+        )
+
+
+def _bar(items: Sequence[T], label: Callable[[T], str], what: str) -> Iterator[T]:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(what, total=len(items))
+        for item in items:
+            progress.update(task, description=f"{what} {label(item)}")
+            yield item
+            progress.advance(task)
+
+
+# ---------------------------------------------------------------------------
+# Outputs of one forward pass (run, infer)
+
+
+def print_outputs(
+    outputs: dict[str, Any], output: Path | None, json_: bool, about: dict[str, Any]
+) -> None:
+    """Save outputs if asked, then summarise each; ``about`` says what produced them."""
+    from layerport.runtime.arrays import summarize
+    from layerport.runtime.files import atomic_save_npz
+
+    if output is not None:
+        atomic_save_npz(output, outputs)
+    summaries = {name: summarize(array) for name, array in outputs.items()}
+    for name, summary in summaries.items():
+        if summary["non_finite"]:
+            warn(f"output {name} holds {summary['non_finite']} NaN or Inf values")
+    if json_:
+        print_json({**about, "outputs": summaries, "saved_to": str(output) if output else None})
+        return
+    print_table(
+        ("output", "shape", "dtype", "mean", "std", "min", "max"),
+        (
+            (name, s["shape"], s["dtype"], s["mean"], s["std"], s["min"], s["max"])
+            for name, s in summaries.items()
+        ),
+    )
+    if output is not None:
+        click.echo(f"saved {', '.join(outputs)} to {output}", err=True)
+
+
+# ---------------------------------------------------------------------------
+# Exports and verification
+
+
+def export_summary(result: ExportResult, path: Path | None) -> dict[str, Any]:
+    """The JSON form of one export."""
+    report = result.report
+    return {
+        "layer": result.config.layer.qualified_name,
+        "name": result.config.spec.name,
+        "path": str(path) if path else None,
+        "size": result.size,
+        "weight_bytes": result.config.weight_bytes(),
+        "nodes": result.node_count,
+        "opset": result.record.opset,
+        "dtype": result.config.dtype,
+        "dynamic_dims": dict(result.config.dims),
+        "verified": report is not None,
+        "max_abs_error": report.max_abs_error() if report else None,
+        "verification": report.summary() if report else None,
+        "export_seconds": round(result.export_seconds, 3),
+        "verify_seconds": round(result.verify_seconds, 3),
+    }
+
+
+def print_export(result: ExportResult, path: Path | None, json_: bool) -> None:
+    if json_:
+        print_json(export_summary(result, path))
+        return
+    report = result.report
+    print_fields(
+        [
+            ("exported", path or "(not written)"),
+            ("layer", result.config.layer.qualified_name),
+            (
+                "size",
+                f"{format_bytes(result.size)} ({format_bytes(result.config.weight_bytes())} of weights)",
+            ),
+            ("nodes", result.node_count),
+            ("opset", result.record.opset),
+            (
+                "dynamic dims",
+                ", ".join(f"{n} (traced at {s})" for n, s in result.config.dims.items()) or "none",
+            ),
+            ("verification", "not verified (--no-verify)" if report is None else _passed(report)),
+        ]
+    )
+
+
+def _passed(report: VerificationReport) -> str:
+    summary = report.summary()
+    grid = ", ".join(f"{name} {sizes}" for name, sizes in report.grid.items())
+    streaming = f"; streaming {report.streaming}" if report.streaming else ""
+    return (
+        f"passed: max abs error {report.max_abs_error():.3g} over "
+        f"{summary['cases']} cases ({grid}{streaming})"
+    )
+
+
+@dataclass(frozen=True)
+class LayerOutcome:
+    """What happened to one layer of ``export --all`` or ``bench --all``."""
+
+    layer: RegisteredLayer
+    path: Path | None = None
+    export: ExportResult | None = None
+    bench: BenchResult | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {
+                "layer": self.layer.qualified_name,
+                "name": self.layer.name,
+                "status": "failed",
+                "error": self.error,
+            }
+        data = export_summary(self.export, self.path) if self.export else {}
+        data |= self.bench.to_dict() if self.bench else {}
+        return {**data, "status": "ok"}
+
+
+def print_export_all(outcomes: Sequence[LayerOutcome], json_: bool) -> None:
+    if json_:
+        print_json([outcome.to_dict() for outcome in outcomes])
+        return
+    rows: list[tuple[object, ...]] = []
+    for outcome in outcomes:
+        result = outcome.export
+        if result is None:
+            rows.append((outcome.layer.name, *[None] * 6, f"failed: {outcome.error}"))
+            continue
+        rows.append(
+            (
+                outcome.layer.name,
+                outcome.path,
+                format_bytes(result.size),
+                result.node_count,
+                ", ".join(result.config.dims) or None,
+                result.report.max_abs_error() if result.report else None,
+                f"{result.export_seconds + result.verify_seconds:.1f} s",
+                "ok",
+            )
+        )
+    print_table(
+        ("layer", "file", "size", "nodes", "dynamic dims", "max abs error", "time", "status"), rows
+    )
+
+
+def print_verification(report: VerificationReport, target: str, json_: bool) -> None:
+    if json_:
+        print_json({"target": target, **report.summary(), "worst": report.worst()})
+        return
+    print_fields(
+        [
+            ("verified", target),
+            (
+                "result",
+                f"passed: {report.summary()['cases']} cases, {report.tolerance.describe()}",
+            ),
+            ("grid", ", ".join(f"{n} {s}" for n, s in report.grid.items()) or "fixed shape"),
+            ("streaming", report.streaming or "not applicable"),
+        ]
+    )
+    print_table(
+        ("output", "max abs error", "max rel error", "worst case"),
+        (
+            (name, worst["max_abs_error"], worst["max_rel_error"], worst["case"])
+            for name, worst in report.worst().items()
+        ),
+    )
+
+
+def write_report(report: VerificationReport | None, path: Path | None) -> None:
+    """Write ``report`` as Markdown to ``path``, atomically, when both are given."""
+    from layerport.runtime.files import atomic_write_bytes
+
+    if report is not None and path is not None:
+        atomic_write_bytes(path, report_markdown(report).encode())
+
+
+def report_markdown(report: VerificationReport) -> str:
+    """A verification report a person can read, or attach to a bug report."""
+    from layerport.verify.report import format_dims
+
+    actual, expected = report.engines
+    lines = [
+        f"# Verification of {report.layer} ({report.dtype})",
+        "",
+        f"- result: **{'passed' if report.passed else 'FAILED'}**",
+        f"- engines: {actual} against {expected}",
+        f"- tolerance: {report.tolerance.describe()} "
+        f"(pass when |{actual} - {expected}| <= atol + rtol * |{expected}|)",
+        f"- traced at: {format_dims(report.export_dims)}",
+        f"- grid: {', '.join(f'{name} in {sizes}' for name, sizes in report.grid.items()) or 'none'},"
+        f" {report.trials} random draws each",
+        f"- streaming: {report.streaming or 'not applicable'}",
+        "",
+    ]
+    if report.structure_problems:
+        lines += (
+            ["## Structure problems", ""] + [f"- {p}" for p in report.structure_problems] + [""]
+        )
+    lines += [
+        "## Worst error per output",
+        "",
+        "| output | max abs error | max rel error | case | worst element |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, worst in report.worst().items():
+        lines.append(
+            f"| {name} | {worst['max_abs_error']:.3g} | {worst['max_rel_error']:.3g} "
+            f"| {worst['case']} | {worst['index']} |"
+        )
+    lines += [
+        "",
+        "## Every comparison",
+        "",
+        "| case | output | result | max abs | max rel | needed atol | needed rtol |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in report.comparisons:
+        result = "pass" if c.passed else f"FAIL{': ' + c.problem if c.problem else ''}"
+        lines.append(
+            f"| {c.case} | {c.output} | {result} | {c.max_abs_error:.3g} | {c.max_rel_error:.3g} "
+            f"| {c.needed_atol:.3g} | {c.needed_rtol:.3g} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------
+# Inspect
+
+
+def print_inspection(description: ModelDescription, json_: bool) -> None:
+    if json_:
+        print_json(description.to_dict())
+        return
+    print_fields(
+        [
+            ("file", description.path),
+            (
+                "size",
+                f"{format_bytes(description.size)} ({format_bytes(description.weight_bytes)} "
+                f"in {description.initializers} initializers)",
+            ),
+            ("ir version", description.ir_version),
+            ("opsets", ", ".join(f"{d} {v}" for d, v in description.opsets.items())),
+            ("producer", description.producer or "-"),
+            (
+                "nodes",
+                f"{description.nodes}: "
+                + ", ".join(f"{op} {n}" for op, n in description.ops.items()),
+            ),
+        ]
+    )
+    print_table(
+        ("tensor", "kind", "dtype", "dims (* symbolic)"),
+        (
+            (
+                spec.name + (" (optional)" if spec.optional else ""),
+                kind,
+                spec.dtype,
+                " x ".join(f"{dim}*" if isinstance(dim, str) else str(dim) for dim in spec.dims),
+            )
+            for kind, specs in (("input", description.inputs), ("output", description.outputs))
+            for spec in specs
+        ),
+    )
+    if description.record is not None:
+        rows = (
+            (key.removeprefix("layerport."), value)
+            for key, value in description.record.to_props().items()
+        )
+        print_table(("layerport metadata", "value"), sorted(rows))
+    else:
+        click.echo("not exported by layerport (no layerport metadata)")
+
+
+# ---------------------------------------------------------------------------
+# Bench
+
+
+def print_bench(results: Sequence[LayerOutcome], all_: bool, json_: bool) -> None:
+    for note in dict.fromkeys(
+        note for outcome in results if outcome.bench for note in outcome.bench.notes
+    ):
+        warn(note)
+    if json_:
+        if all_:
+            print_json({"layers": [outcome.to_dict() for outcome in results]})
+        else:
+            print_json(results[0].to_dict())
+        return
+    if len(results) == 1 and not all_ and results[0].bench:
+        result = results[0].bench
+        config = result.config
+        print_fields(
+            [
+                ("layer", config.layer.qualified_name),
+                ("params", ", ".join(f"{k}={v}" for k, v in config.params.items()) or "-"),
+                ("dims", ", ".join(f"{k}={v}" for k, v in config.dims.items()) or "-"),
+                ("dtype", config.dtype),
+                (
+                    "threads",
+                    f"torch {result.threads['torch']}, onnxruntime {result.threads['onnxruntime']}",
+                ),
+                (
+                    "export",
+                    f"{result.export_seconds:.2f} s, {format_bytes(result.file_bytes)}, "
+                    f"{result.nodes} nodes",
+                ),
+            ]
+        )
+    columns = ("engine", "median ms", "p10 ms", "p90 ms", "calls", "calls/s", "samples/s")
+    print_table(
+        (*(("layer",) if all_ else ()), *columns, "GFLOP/s", "ort/engine"),
+        _bench_rows(results, all_),
+    )
+
+
+def _bench_rows(results: Sequence[LayerOutcome], all_: bool) -> list[tuple[object, ...]]:
+    """One row per layer and engine; the last column is onnxruntime's latency over the engine's."""
+    table: list[tuple[object, ...]] = []
+    for outcome in results:
+        first = (outcome.layer.name,) if all_ else ()
+        if outcome.bench is None:
+            table.append((*first, *[None] * 8, f"failed: {outcome.error}"))
+            continue
+        ratios = outcome.bench.ratios()
+        for name, engine in outcome.bench.engines.items():
+            timing = engine.to_dict()
+            table.append(
+                (
+                    *first,
+                    name,
+                    timing["median_ms"],
+                    timing["p10_ms"],
+                    timing["p90_ms"],
+                    timing["calls"],
+                    timing["calls_per_s"],
+                    timing["samples_per_s"],
+                    timing["gflops"],
+                    ratios.get(f"onnxruntime_over_{name}"),
+                )
+            )
+    return table

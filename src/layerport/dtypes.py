@@ -1,0 +1,121 @@
+"""Every fact about a precision layerport exports, in one table.
+
+A precision is known by its name (``float32``), which is also its numpy dtype's
+and torch dtype's name. For each, the table gives its ONNX element type, its
+item size and its default verification tolerance. Adding a precision is one
+entry in ``PRECISIONS`` plus its tests.
+
+This module is imported at start-up (the CLI's ``--dtype`` choices), so it
+imports neither numpy, onnx nor torch: the ONNX element types are the
+``onnx.TensorProto.DataType`` numbers (from ``onnx/onnx.proto``), and torch and
+numpy dtypes are looked up when asked for.
+
+Element types that are not precisions (integer inputs, booleans) are described
+through onnx's own mapping, ``onnx.helper.tensor_dtype_to_np_dtype``, in
+``element_type_name`` and ``element_size``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Values pass when ``|actual - expected| <= atol + rtol * |expected|``."""
+
+    atol: float
+    rtol: float
+
+    def describe(self) -> str:
+        """``atol 1e-05, rtol 0.0001``, as reports and messages give it."""
+        return f"atol {self.atol:g}, rtol {self.rtol:g}"
+
+
+@dataclass(frozen=True)
+class Precision:
+    """One floating-point precision: its names in numpy, ONNX and torch, and its tolerance."""
+
+    name: str
+    onnx_element_type: int  # onnx.TensorProto.DataType
+    itemsize: int  # bytes per element
+    tolerance: Tolerance
+
+    @property
+    def numpy_dtype(self) -> np.dtype[Any]:
+        import numpy as np
+
+        return np.dtype(self.name)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        import torch
+
+        dtype = getattr(torch, self.name)
+        assert isinstance(dtype, torch.dtype)
+        return dtype
+
+
+PRECISIONS: dict[str, Precision] = {
+    precision.name: precision
+    for precision in (
+        Precision("float32", onnx_element_type=1, itemsize=4, tolerance=Tolerance(1e-5, 1e-4)),
+        Precision("float64", onnx_element_type=11, itemsize=8, tolerance=Tolerance(1e-10, 1e-8)),
+    )
+}
+DTYPES = tuple(PRECISIONS)
+DEFAULT_DTYPE = "float32"
+DEFAULT_TOLERANCES: dict[str, Tolerance] = {
+    name: precision.tolerance for name, precision in PRECISIONS.items()
+}
+
+
+def precision(name: str) -> Precision:
+    """The precision called ``name``; ``KeyError`` for any other name."""
+    return PRECISIONS[name]
+
+
+def element_type_name(element_type: int) -> str:
+    """A name for an ONNX element type: ``float32``, ``int64``, ``bool``, ``bfloat16``.
+
+    The numpy name where numpy has one (through onnx's own mapping), else the
+    ONNX name in lower case.
+    """
+    import onnx
+
+    for candidate in PRECISIONS.values():
+        if candidate.onnx_element_type == element_type:
+            return candidate.name
+    try:
+        return str(onnx.helper.tensor_dtype_to_np_dtype(element_type).name)
+    except (KeyError, ValueError, TypeError):
+        return str(onnx.TensorProto.DataType.Name(element_type)).lower()
+
+
+def element_bits(element_type: int) -> int | None:
+    """Bits per element of an ONNX element type, or ``None`` for strings and unknown types.
+
+    onnx maps each element type to a numpy dtype; the sub-byte types (int2,
+    int4, float4, float6) are packed in ONNX, as ``onnx.helper.make_tensor``
+    packs them, though their numpy dtypes take a byte each.
+    """
+    import onnx
+
+    kind = onnx.TensorProto
+    packed: dict[int, int] = {
+        kind.INT4: 4, kind.UINT4: 4, kind.FLOAT4E2M1: 4, kind.INT2: 2, kind.UINT2: 2,
+        kind.FLOAT6E2M3: 6, kind.FLOAT6E3M2: 6,
+    }  # fmt: skip
+    if element_type in packed:
+        return packed[element_type]
+    if element_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return None
+    try:
+        return int(onnx.helper.tensor_dtype_to_np_dtype(element_type).itemsize) * 8
+    except (KeyError, ValueError, TypeError):
+        return None

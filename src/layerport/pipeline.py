@@ -1,0 +1,232 @@
+"""Where export, verification and the file's record meet.
+
+Each stage does one job and knows nothing of the others: ``eager.build`` makes
+the module, ``export.torch_onnx`` turns it into a clean ``ModelProto``,
+``verify`` runs two engines over the grid, and ``runtime.metadata`` is the record
+the file carries. This module calls them in order:
+
+- ``export_layer``: build, export, verify (unless told not to), then build the
+  record once and write it into the model once;
+- ``verify_layer``: the same without keeping the file, for ``verify LAYER``;
+- ``verify_file``: rebuild an exported file's layer from its record, and verify
+  the file against it.
+
+A file that fails verification is never returned, so it is never written.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import onnx
+
+from layerport import __version__
+from layerport.config import LayerConfig, config_from_record
+from layerport.dtypes import Tolerance
+from layerport.errors import BadFile, VerificationFailed
+from layerport.export import DEFAULT_OPSET
+from layerport.registry import Registry
+from layerport.runtime.files import atomic_write_bytes
+from layerport.runtime.metadata import ExportRecord
+from layerport.runtime.modelfile import read_model
+from layerport.runtime.session import Session, SessionSettings
+from layerport.verify import DEFAULT_TRIALS
+from layerport.verify.report import VerificationReport
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """An exported model with its record, in memory until a target writes it.
+
+    ``report`` is ``None`` when the export was not verified.
+    """
+
+    config: LayerConfig
+    model_bytes: bytes
+    record: ExportRecord
+    node_count: int
+    report: VerificationReport | None
+    export_seconds: float
+    verify_seconds: float
+
+    @property
+    def size(self) -> int:
+        return len(self.model_bytes)
+
+    def write(self, path: Path) -> None:
+        """Write the model to ``path`` atomically: a failure keeps any existing file."""
+        atomic_write_bytes(path, self.model_bytes)
+
+
+def export_layer(
+    config: LayerConfig,
+    *,
+    opset: int = DEFAULT_OPSET,
+    verify: bool = True,
+    tolerance: Tolerance | None = None,
+    trials: int = DEFAULT_TRIALS,
+) -> ExportResult:
+    """Export ``config``'s layer to ONNX and, unless ``verify`` is false, verify it.
+
+    Raises ``VerificationFailed`` (with ``.report`` attached) when the export does
+    not compute what eager PyTorch computes, ``ExportFailed`` when torch.onnx
+    cannot export the layer or pins a dynamic dim.
+    """
+    from layerport.eager.build import build_module
+    from layerport.export.torch_onnx import check_exportable, count_nodes, export_onnx
+
+    check_exportable(config, opset)
+    started = time.perf_counter()
+    module = build_module(config)
+    model = export_onnx(module, config, opset)
+    export_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    report = None
+    if verify:
+        report = verify_model(config, module, model, tolerance=tolerance, trials=trials)
+        if not report.passed:
+            raise VerificationFailed(report.failure_message(), report=report)
+    record = export_record(config, opset, report)
+    record.write_to(model)
+    return ExportResult(
+        config=config,
+        model_bytes=model.SerializeToString(deterministic=True),
+        record=record,
+        node_count=count_nodes(model.graph),
+        report=report,
+        export_seconds=export_seconds,
+        verify_seconds=time.perf_counter() - started,
+    )
+
+
+def verify_layer(
+    config: LayerConfig,
+    *,
+    opset: int = DEFAULT_OPSET,
+    tolerance: Tolerance | None = None,
+    trials: int = DEFAULT_TRIALS,
+) -> VerificationReport:
+    """Export ``config``'s layer in memory and verify it; the report says whether it passed."""
+    from layerport.eager.build import build_module
+    from layerport.export.torch_onnx import check_exportable, export_onnx
+
+    check_exportable(config, opset)
+    module = build_module(config)
+    model = export_onnx(module, config, opset)
+    return verify_model(config, module, model, tolerance=tolerance, trials=trials)
+
+
+def verify_file(
+    registry: Registry,
+    path: Path,
+    *,
+    weights: Path | None = None,
+    dims: dict[str, int] | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+    trials: int = DEFAULT_TRIALS,
+) -> tuple[LayerConfig, VerificationReport]:
+    """Rebuild the layer an exported file records, and verify the file against it.
+
+    ``weights`` must be the weights file the export was made from, if any;
+    ``dims`` overrides the traced sizes the grid is built around; ``atol`` and
+    ``rtol`` override the layer's tolerance for the file's dtype. Returns the
+    rebuilt configuration and the report.
+    """
+    from layerport.eager.build import build_module
+
+    model = read_model(path)
+    record = ExportRecord.from_model(model)
+    if record is None:
+        raise BadFile(
+            f"{path} was not exported by layerport (it has no layerport metadata), so "
+            "verify cannot rebuild its layer; 'layerport inspect' and 'infer' still work on it"
+        )
+    config = config_from_record(registry, record, weights=weights, dims=dims)
+    module = build_module(config)
+    report = verify_model(
+        config,
+        module,
+        model,
+        name=str(path),
+        optional_inputs=record.optional_inputs,
+        tolerance=config.tolerance(atol, rtol),
+        trials=trials,
+    )
+    return config, report
+
+
+def verify_model(
+    config: LayerConfig,
+    module: nn.Module,
+    model: onnx.ModelProto,
+    *,
+    name: str | None = None,
+    optional_inputs: list[str] | None = None,
+    tolerance: Tolerance | None = None,
+    trials: int = DEFAULT_TRIALS,
+) -> VerificationReport:
+    """Verify ``model`` in onnxruntime against ``module`` in eager PyTorch.
+
+    ``optional_inputs`` are the inputs the model may be run without (default:
+    the spec's optional inputs).
+    """
+    from layerport.verify.engines import EagerEngine, OnnxRuntimeEngine
+    from layerport.verify.structure import structure_problems
+    from layerport.verify.verification import verify_engines
+
+    if optional_inputs is None:
+        optional_inputs = [tensor.name for tensor in config.spec.inputs if tensor.optional]
+    session = Session(
+        model,
+        name or f"the export of {config.spec.name}",
+        SessionSettings(),
+        optional_inputs=optional_inputs,
+    )
+    return verify_engines(
+        config,
+        OnnxRuntimeEngine(session),
+        EagerEngine(module, config),
+        config.dims,
+        tolerance=tolerance,
+        trials=trials,
+        structure_problems=structure_problems(config, session.inputs, session.outputs),
+    )
+
+
+def export_record(
+    config: LayerConfig, opset: int, report: VerificationReport | None
+) -> ExportRecord:
+    """The metadata an export of ``config`` carries; ``report`` is its verification, if any."""
+    import torch
+
+    return ExportRecord(
+        layer=config.spec.name,
+        qualified_name=config.layer.qualified_name,
+        params=dict(config.params),
+        plugin=config.layer.plugin.name,
+        plugin_version=config.layer.plugin.version,
+        dtype=config.dtype,
+        dynamic_dims=dict(config.dims),
+        optional_inputs=[tensor.name for tensor in config.spec.inputs if tensor.optional],
+        opset=opset,
+        versions={"layerport": __version__, "torch": torch.__version__, "onnx": onnx.__version__},
+        seed=None if config.weights else config.seed,
+        weights_sha256=_weights_sha256(config),
+        verification={"passed": None, "note": "not verified at export"}
+        if report is None
+        else report.summary(),
+    )
+
+
+def _weights_sha256(config: LayerConfig) -> str | None:
+    from layerport.eager.weights import sha256_file
+
+    return sha256_file(config.weights) if config.weights else None

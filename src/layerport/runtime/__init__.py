@@ -1,0 +1,22 @@
+"""The torch-free runtime: reading ONNX files safely and running them in onnxruntime.
+
+Everything in this folder needs onnxruntime, onnx and numpy, never torch: a
+deployment installs layerport without its ``export`` extra and still runs
+``infer`` and ``inspect``. A test imports each module here and proves it. Code
+in this folder imports only from this folder and from the torch-free leaf
+modules ``layerport.errors`` and ``layerport.dtypes``.
+
+- ``modelfile``: reading and validating an untrusted ``.onnx`` file;
+- ``session``: an onnxruntime session on it, with checked inputs;
+- ``arrays``: what an input must look like, checking arrays, the one input generator;
+- ``npy``: reading ``.npy``/``.npz`` files without unpickling;
+- ``metadata``: the ``layerport.*`` record an exported file carries;
+- ``inspection``: describing any ONNX file;
+- ``files``: atomic writes; ``limits``: the memory limit; ``noise``: dependencies' chatter.
+
+Importing this package imports nothing heavy (the CLI imports ``noise`` at
+start-up); ``layerport.runtime.session.load_model`` opens a file.
+"""
+
+# onnxruntime's graph optimization levels, by the names the CLI accepts.
+OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")

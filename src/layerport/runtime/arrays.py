@@ -1,0 +1,138 @@
+"""Input and output arrays: what an input must look like, checking arrays, generating them.
+
+numpy only, no torch: ``run``, ``verify`` and the torch-free ``infer`` draw and
+check inputs with the same code. ``random_inputs`` is the one input generator.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from layerport.dtypes import PRECISIONS
+from layerport.errors import Setting, UserInputError
+from layerport.runtime.limits import check_allocation
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """What an input must look like: its name, its dims (symbolic or sized) and dtype."""
+
+    name: str
+    dims: tuple[str | int, ...]
+    dtype: str
+    optional: bool = False
+
+
+def random_inputs(
+    shapes: Mapping[str, tuple[int, ...]], dtype: str | Mapping[str, str], seed: int
+) -> dict[str, np.ndarray]:
+    """Standard-normal arrays, the same for the same seed in any process.
+
+    ``dtype`` is one dtype for every array, or each array's dtype by name. One
+    generator draws every array in turn, so the values do not depend on dtypes.
+    Refused before drawing if they would not fit in the memory limit: the shapes
+    may come from a file's metadata or from sizes the user chose.
+    """
+    dtypes = {name: dtype if isinstance(dtype, str) else dtype[name] for name in shapes}
+    for name, shape in shapes.items():
+        if dtypes[name] not in PRECISIONS:
+            raise UserInputError(
+                f"input {name} is {dtypes[name]}; inputs can be generated as "
+                f"{' or '.join(PRECISIONS)} only, so pass ",
+                Setting("inputs"),
+            )
+        if not all(isinstance(size, int) and not isinstance(size, bool) for size in shape) or any(
+            size < 0 for size in shape
+        ):
+            raise UserInputError(f"cannot generate input {name} with shape {shape!r}")
+    # numpy draws float64 and then converts: both copies exist at once.
+    needed = sum(
+        math.prod(shape) * (8 + PRECISIONS[dtypes[name]].itemsize) for name, shape in shapes.items()
+    )
+    check_allocation(needed, "generating the inputs")
+    generator = np.random.default_rng(seed)
+    return {
+        name: generator.standard_normal(shape).astype(PRECISIONS[dtypes[name]].numpy_dtype)
+        for name, shape in shapes.items()
+    }
+
+
+def check_arrays(
+    arrays: Mapping[str, np.ndarray], specs: Iterable[ArraySpec]
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Check names, ranks, sizes and dtypes against ``specs``; fill omitted optional inputs with zeros.
+
+    Symbolic dims must agree across inputs (both ``batch`` axes the same size).
+    Returns the complete arrays and notes worth telling the user (non-finite values).
+    """
+    specs = list(specs)
+    known = {spec.name for spec in specs}
+    unknown = sorted(set(arrays) - known)
+    if unknown:
+        raise UserInputError(f"unknown input {unknown[0]!r}; inputs: {', '.join(sorted(known))}")
+    bound: dict[str, tuple[int, str]] = {}
+    complete: dict[str, np.ndarray] = {}
+    notes = []
+    for spec in specs:
+        if spec.name not in arrays:
+            continue
+        array = arrays[spec.name]
+        expected = np.dtype(spec.dtype)
+        if array.dtype != expected:
+            raise UserInputError(f"input {spec.name} must be {spec.dtype}, got {array.dtype}")
+        if array.ndim != len(spec.dims):
+            raise UserInputError(
+                f"input {spec.name} must have {len(spec.dims)} dims ({_describe(spec.dims)}), "
+                f"got shape {tuple(array.shape)}"
+            )
+        for axis, (dim, size) in enumerate(zip(spec.dims, array.shape, strict=True)):
+            if isinstance(dim, int):
+                if size != dim:
+                    raise UserInputError(f"input {spec.name} axis {axis} must be {dim}, got {size}")
+            elif dim in bound and bound[dim][0] != size:
+                raise UserInputError(
+                    f"dim {dim} is {bound[dim][0]} in input {bound[dim][1]} but {size} in input {spec.name}"
+                )
+            else:
+                bound.setdefault(dim, (size, spec.name))
+            if size == 0:
+                raise UserInputError(f"input {spec.name} axis {axis} is empty")
+        if not np.isfinite(array).all():
+            notes.append(f"input {spec.name} holds NaN or Inf values")
+        complete[spec.name] = array
+    for spec in specs:
+        if spec.name in complete:
+            continue
+        if not spec.optional:
+            raise UserInputError(f"input {spec.name} is required ({_describe(spec.dims)})")
+        unbound = [dim for dim in spec.dims if isinstance(dim, str) and dim not in bound]
+        if unbound:
+            raise UserInputError(
+                f"cannot fill optional input {spec.name}: dim {unbound[0]} is unknown"
+            )
+        shape = tuple(dim if isinstance(dim, int) else bound[dim][0] for dim in spec.dims)
+        complete[spec.name] = np.zeros(shape, dtype=spec.dtype)
+    return complete, notes
+
+
+def _describe(dims: tuple[str | int, ...]) -> str:
+    return " x ".join(str(dim) for dim in dims)
+
+
+def summarize(array: np.ndarray) -> dict[str, object]:
+    """Shape, dtype and summary statistics of an output, for printing."""
+    finite = array[np.isfinite(array)]
+    stats = {
+        "shape": list(array.shape),
+        "dtype": str(array.dtype),
+        "mean": float(finite.mean()) if finite.size else float("nan"),
+        "std": float(finite.std()) if finite.size else float("nan"),
+        "min": float(finite.min()) if finite.size else float("nan"),
+        "max": float(finite.max()) if finite.size else float("nan"),
+        "non_finite": int(array.size - finite.size),
+    }
+    return stats

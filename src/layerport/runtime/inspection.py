@@ -1,0 +1,128 @@
+"""Describing any ONNX file: opset, inputs and outputs, op counts, size, layerport metadata.
+
+Torch-free, and it works on files layerport did not export.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from layerport.dtypes import element_bits
+from layerport.runtime.arrays import ArraySpec
+from layerport.runtime.metadata import ExportRecord
+from layerport.runtime.modelfile import iter_graphs, read_model
+from layerport.runtime.session import array_spec_of
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What ``layerport inspect`` shows about one ONNX file.
+
+    ``inputs`` and ``outputs`` give each tensor's name, dims (a symbolic name or
+    a size) and dtype; ``record`` is the layerport metadata, ``None`` for a file
+    layerport did not export; ``metadata`` holds every other ``metadata_props`` key.
+    """
+
+    path: Path
+    size: int  # bytes on disk
+    ir_version: int
+    opsets: dict[str, int]
+    producer: str
+    inputs: list[ArraySpec]
+    outputs: list[ArraySpec]
+    ops: dict[str, int]  # op type -> count, subgraphs included
+    initializers: int
+    weight_bytes: int  # bytes of every initializer's data
+    record: ExportRecord | None
+    metadata: dict[str, str]
+
+    @property
+    def nodes(self) -> int:
+        return sum(self.ops.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stable ``inspect --json`` schema."""
+        return {
+            "path": str(self.path),
+            "size": self.size,
+            "ir_version": self.ir_version,
+            "opsets": dict(self.opsets),
+            "producer": self.producer,
+            "inputs": [_value_dict(spec) for spec in self.inputs],
+            "outputs": [_value_dict(spec) for spec in self.outputs],
+            "nodes": self.nodes,
+            "ops": dict(self.ops),
+            "initializers": self.initializers,
+            "weight_bytes": self.weight_bytes,
+            "layerport": None if self.record is None else dataclasses.asdict(self.record),
+            "metadata": dict(self.metadata),
+        }
+
+
+def describe_model(path: Path) -> ModelDescription:
+    """Read and validate ``path``, and describe it; ``BadFile`` if it is not a valid model."""
+    model = read_model(path)
+    record = ExportRecord.from_model(model)
+    optional = record.optional_inputs if record else []
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    ops: Counter[str] = Counter()
+    for graph in iter_graphs(model.graph):
+        ops.update(
+            node.op_type if not node.domain else f"{node.domain}.{node.op_type}"
+            for node in graph.node
+        )
+    return ModelDescription(
+        path=path,
+        size=path.stat().st_size,
+        ir_version=model.ir_version,
+        opsets={opset.domain or "ai.onnx": opset.version for opset in model.opset_import},
+        producer=f"{model.producer_name} {model.producer_version}".strip(),
+        inputs=[
+            array_spec_of(value, optional)
+            for value in model.graph.input
+            if value.name not in initializers
+        ],
+        outputs=[array_spec_of(value) for value in model.graph.output],
+        ops=dict(sorted(ops.items())),
+        initializers=len(model.graph.initializer),
+        weight_bytes=initializer_bytes(model),
+        record=record,
+        metadata={
+            prop.key: prop.value
+            for prop in model.metadata_props
+            if not prop.key.startswith("layerport.")
+        },
+    )
+
+
+def initializer_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of data in the model's initializers: its weights, as the file holds them."""
+    return sum(_tensor_bytes(tensor) for tensor in model.graph.initializer)
+
+
+def _value_dict(spec: ArraySpec) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "dtype": spec.dtype,
+        "dims": [
+            {"name": dim, "symbolic": True}
+            if isinstance(dim, str)
+            else {"size": dim, "symbolic": False}
+            for dim in spec.dims
+        ],
+        "optional": spec.optional,
+    }
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> int:
+    if tensor.HasField("raw_data"):
+        return len(tensor.raw_data)
+    bits = element_bits(tensor.data_type) or 0
+    return math.prod(tensor.dims) * bits // 8

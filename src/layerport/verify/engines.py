@@ -1,0 +1,102 @@
+"""Engines: what runs a layer, or an exported file, on named input arrays.
+
+Verification compares any two engines on the same inputs, and bench times any
+set of them, so a new way to compute a layer (another runtime, another
+reference) is one new engine here, not edits across verification and bench.
+
+- ``eager``: the layer's own module, as layerport builds it;
+- ``torch-reference``: the layer's declared independent torch implementation,
+  ``LayerSpec.reference`` (for the rnn, ``nn.RNN`` + ``nn.Linear``);
+- ``onnxruntime``: a CPU session on the exported model.
+
+Each engine takes numpy arrays by input name (an optional input may be left out)
+and returns numpy arrays by output name. ``bind`` prepares a call on fixed
+inputs for timing, with the conversion done once, outside the call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from layerport.config import LayerConfig
+from layerport.errors import InvalidSpec
+from layerport.runtime.session import Session
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+class Engine(Protocol):
+    """Runs a layer or a file on named arrays."""
+
+    name: str
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs by name; omitted optional inputs are zeros (or ``None`` to torch)."""
+        ...
+
+    def bind(self, inputs: Mapping[str, np.ndarray]) -> Callable[[], Any]:
+        """A call on ``inputs``, prepared once, for timing; it returns the raw result."""
+        ...
+
+
+class EagerEngine:
+    """The layer's own ``nn.Module``, in eager PyTorch."""
+
+    name = "eager"
+
+    def __init__(self, module: nn.Module, config: LayerConfig) -> None:
+        self.module = module
+        self.config = config
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from layerport.eager.build import run_module
+
+        return run_module(self.module, self.config, inputs)
+
+    def bind(self, inputs: Mapping[str, np.ndarray]) -> Callable[[], Any]:
+        from layerport.eager.build import torch_arguments
+
+        module, arguments = self.module, torch_arguments(self.config, inputs)
+        return lambda: module(*arguments)
+
+
+class TorchReferenceEngine:
+    """The layer's declared reference: an independent torch implementation, same weights."""
+
+    name = "torch-reference"
+
+    def __init__(self, module: nn.Module, config: LayerConfig) -> None:
+        if config.spec.reference is None:
+            raise InvalidSpec(f"layer {config.spec.name} declares no reference")
+        self.reference = config.spec.reference(module)
+        self.config = config
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from layerport.eager.build import run_module
+
+        return run_module(self.reference, self.config, inputs, who="reference")
+
+    def bind(self, inputs: Mapping[str, np.ndarray]) -> Callable[[], Any]:
+        from layerport.eager.build import torch_arguments
+
+        reference, arguments = self.reference, torch_arguments(self.config, inputs)
+        return lambda: reference(*arguments)
+
+
+class OnnxRuntimeEngine:
+    """An onnxruntime session on the exported model."""
+
+    name = "onnxruntime"
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.session.run(inputs)
+
+    def bind(self, inputs: Mapping[str, np.ndarray]) -> Callable[[], Any]:
+        return self.session.bind(inputs)

@@ -1,0 +1,90 @@
+"""What a verification found, as data: the CLI renders it, the file's metadata records it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from layerport.dtypes import Tolerance
+from layerport.verify.compare import Comparison
+
+
+@dataclass
+class VerificationReport:
+    """Everything a verification checked, and how close each output came.
+
+    ``engines`` is (actual, expected): the engine under test and the one trusted.
+    """
+
+    layer: str
+    dtype: str
+    tolerance: Tolerance
+    export_dims: dict[str, int]
+    grid: dict[str, list[int]]
+    trials: int
+    engines: tuple[str, str] = ("onnxruntime", "eager")
+    structure_problems: list[str] = field(default_factory=list)
+    comparisons: list[Comparison] = field(default_factory=list)
+    streaming: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return not self.structure_problems and all(c.passed for c in self.comparisons)
+
+    @property
+    def failures(self) -> list[Comparison]:
+        return [comparison for comparison in self.comparisons if not comparison.passed]
+
+    def worst(self) -> dict[str, dict[str, Any]]:
+        """Per output: the largest absolute error over every case, where it occurred, and
+        the largest relative error (which may occur elsewhere)."""
+        worst: dict[str, dict[str, Any]] = {}
+        for comparison in self.comparisons:
+            current = worst.setdefault(
+                comparison.output, {"max_abs_error": -1.0, "max_rel_error": 0.0}
+            )
+            if comparison.max_abs_error > current["max_abs_error"]:
+                current["max_abs_error"] = comparison.max_abs_error
+                current["case"] = comparison.case
+                current["index"] = list(comparison.worst_index)
+            current["max_rel_error"] = max(current["max_rel_error"], comparison.max_rel_error)
+        return worst
+
+    def max_abs_error(self) -> float:
+        return max((c.max_abs_error for c in self.comparisons), default=0.0)
+
+    def summary(self) -> dict[str, Any]:
+        """A compact, deterministic record for the file's metadata and for JSON output."""
+        return {
+            "passed": self.passed,
+            "engines": list(self.engines),
+            "cases": len({comparison.case for comparison in self.comparisons}),
+            "grid": self.grid,
+            "trials": self.trials,
+            "streaming": self.streaming,
+            "atol": self.tolerance.atol,
+            "rtol": self.tolerance.rtol,
+            "max_abs_error": {name: _round(w["max_abs_error"]) for name, w in self.worst().items()},
+        }
+
+    def failure_message(self) -> str:
+        """One line that says why verification failed, for the error contract."""
+        if self.structure_problems:
+            return "verification failed: " + "; ".join(self.structure_problems)
+        failures = self.failures
+        worst = max(failures, key=lambda c: (c.problem is not None, c.needed_atol))
+        return (
+            f"verification failed in {len(failures)} of {len(self.comparisons)} comparisons "
+            f"({self.tolerance.describe()}); worst: {worst.describe()}"
+        )
+
+
+def format_dims(dims: Mapping[str, int]) -> str:
+    """``batch=8 seq=32``, or ``fixed shape`` for a layer without dynamic dims."""
+    return " ".join(f"{name}={size}" for name, size in dims.items()) or "fixed shape"
+
+
+def _round(value: float) -> float:
+    # Three significant digits keep the metadata byte-for-byte stable across runs.
+    return float(f"{value:.3g}")

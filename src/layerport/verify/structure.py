@@ -1,0 +1,52 @@
+"""The file's interface against the spec: names, dtypes, ranks, and above all pinned dims.
+
+A dim the exporter pinned agrees perfectly at the traced shape, so it is looked
+for in the file itself, before any number is compared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from layerport.config import LayerConfig
+from layerport.runtime.arrays import ArraySpec
+
+
+def structure_problems(
+    config: LayerConfig, inputs: Sequence[ArraySpec], outputs: Sequence[ArraySpec]
+) -> list[str]:
+    """What in the file's ``inputs`` and ``outputs`` contradicts the layer's spec."""
+    spec = config.spec
+    problems = []
+    for kind, declared, actual in (
+        ("inputs", spec.inputs, inputs),
+        ("outputs", spec.outputs, outputs),
+    ):
+        declared_names = [tensor.name for tensor in declared]
+        actual_names = [array.name for array in actual]
+        if declared_names != actual_names:
+            problems.append(
+                f"the file's {kind} are {actual_names}, the layer declares {declared_names}"
+            )
+            continue
+        for tensor, array in zip(declared, actual, strict=True):
+            if array.dtype != config.dtype:
+                problems.append(
+                    f"{tensor.name} is {array.dtype} in the file, expected {config.dtype}"
+                )
+            if len(array.dims) != len(tensor.dims):
+                problems.append(
+                    f"{tensor.name} has {len(array.dims)} dims in the file, expected {len(tensor.dims)}"
+                )
+                continue
+            dynamic = spec.dynamic_axes(tensor)
+            for axis, (dim, size) in enumerate(zip(array.dims, config.shape(tensor), strict=True)):
+                if axis in dynamic and isinstance(dim, int):
+                    problems.append(
+                        f"declared-dynamic dim {dynamic[axis]} of {tensor.name} is pinned to {dim} in the file"
+                    )
+                elif axis not in dynamic and dim != size:
+                    problems.append(
+                        f"{tensor.name} axis {axis} is {dim} in the file, expected {size}"
+                    )
+    return problems

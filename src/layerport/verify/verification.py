@@ -1,0 +1,138 @@
+"""Running the grid through two engines and comparing every output.
+
+``verify_engines`` runs the engine under test (onnxruntime on the export) and a
+trusted engine (eager PyTorch) on the same inputs over the grid of sizes, with
+several random draws per point: the first draw leaves optional inputs out, so
+their zero default is checked too. For layers that declare streaming, it also
+runs a long sequence through the engine under test in uneven chunks, carrying
+state from chunk to chunk, against one pass of the trusted engine over the whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from layerport.config import LayerConfig, check_memory
+from layerport.dtypes import Tolerance
+from layerport.verify import DEFAULT_TRIALS
+from layerport.verify.compare import Comparison, compare_arrays
+from layerport.verify.engines import Engine
+from layerport.verify.grid import grid_points, size_grid, streaming_chunks
+from layerport.verify.report import VerificationReport, format_dims
+
+
+def verify_engines(
+    config: LayerConfig,
+    actual: Engine,
+    expected: Engine,
+    export_dims: Mapping[str, int],
+    *,
+    tolerance: Tolerance | None = None,
+    trials: int = DEFAULT_TRIALS,
+    structure_problems: Sequence[str] = (),
+) -> VerificationReport:
+    """Compare ``actual`` with ``expected`` over the grid for a file traced at ``export_dims``.
+
+    ``structure_problems``, found in the file before any run, fail the report
+    without running anything.
+    """
+    spec = config.spec
+    grid = size_grid(spec, export_dims)
+    report = VerificationReport(
+        layer=config.layer.qualified_name,
+        dtype=config.dtype,
+        tolerance=tolerance or spec.tolerance(config.dtype),
+        export_dims=dict(export_dims),
+        grid=grid,
+        trials=trials,
+        engines=(actual.name, expected.name),
+        structure_problems=list(structure_problems),
+    )
+    if report.structure_problems:
+        return report
+    points = grid_points(grid)
+    for dims in points:
+        check_memory(config, dims)
+    draw = 0
+    for dims in points:
+        at_dims = config.with_dims(dims)
+        for trial in range(trials):
+            draw += 1
+            inputs = at_dims.random_inputs(config.seed + 7919 * draw, include_optional=trial > 0)
+            case = f"{format_dims(dims)} draw {trial}"
+            report.comparisons += compare_outputs(
+                case, expected.run(inputs), actual.run(inputs), report.tolerance, report.engines
+            )
+    if spec.streaming is not None:
+        _verify_streaming(report, config, actual, expected, export_dims)
+    return report
+
+
+def compare_outputs(
+    case: str,
+    expected: Mapping[str, np.ndarray],
+    actual: Mapping[str, np.ndarray],
+    tolerance: Tolerance,
+    engines: tuple[str, str],
+) -> list[Comparison]:
+    """Every output of one case; ``engines`` names (actual, expected)."""
+    return [
+        compare_arrays(name, case, actual[name], reference, tolerance, engines)
+        for name, reference in expected.items()
+    ]
+
+
+def _verify_streaming(
+    report: VerificationReport,
+    config: LayerConfig,
+    actual: Engine,
+    expected: Engine,
+    export_dims: Mapping[str, int],
+) -> None:
+    """A long sequence in uneven chunks through ``actual``, against one pass of ``expected``."""
+    streaming = config.spec.streaming
+    assert streaming is not None
+    length = report.grid[streaming.dim][-1]
+    chunks = streaming_chunks(length, export_dims[streaming.dim])
+    whole = config.with_dims({**export_dims, streaming.dim: length})
+    inputs = whole.random_inputs(config.seed + 104729, include_optional=True)
+    reference = expected.run(inputs)
+    carried = dict(inputs)
+    pieces: dict[str, list[np.ndarray]] = {}
+    start = 0
+    for size in chunks:
+        chunk = {
+            name: _slice(array, _axis_of(config, name, streaming.dim, inputs=True), start, size)
+            for name, array in carried.items()
+        }
+        outputs = actual.run(chunk)
+        for name, array in outputs.items():
+            pieces.setdefault(name, []).append(array)
+        for input_name, output_name in streaming.carry:
+            carried[input_name] = outputs[output_name]
+        start += size
+    report.streaming = f"{streaming.dim}={length} in chunks {'+'.join(map(str, chunks))}"
+    streamed = {}
+    for tensor in config.spec.outputs:
+        axis = _axis_of(config, tensor.name, streaming.dim, inputs=False)
+        parts = pieces[tensor.name]
+        streamed[tensor.name] = parts[-1] if axis is None else np.concatenate(parts, axis=axis)
+    report.comparisons += compare_outputs(
+        f"streaming {report.streaming}", reference, streamed, report.tolerance, report.engines
+    )
+
+
+def _axis_of(config: LayerConfig, name: str, dim: str, *, inputs: bool) -> int | None:
+    tensors = config.spec.inputs if inputs else config.spec.outputs
+    tensor = next(tensor for tensor in tensors if tensor.name == name)
+    return tensor.dims.index(dim) if dim in tensor.dims else None
+
+
+def _slice(array: np.ndarray, axis: int | None, start: int, size: int) -> np.ndarray:
+    if axis is None:
+        return array
+    index: list[slice] = [slice(None)] * array.ndim
+    index[axis] = slice(start, start + size)
+    return np.ascontiguousarray(array[tuple(index)])

@@ -1,0 +1,97 @@
+"""The layout is the architecture: these tests fail when it drifts.
+
+- the top level stays small; the rest lives in stage folders;
+- ``layerport/runtime`` never imports torch, module by module;
+- library code (everything outside ``cli/``) never names a CLI flag in a message;
+- every command module is registered, so no command can silently vanish.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import layerport
+
+PACKAGE = Path(layerport.__file__).parent
+FLAG = re.compile(r"(?<![\w./-])(--[a-z][a-z0-9-]+|-p [a-z])")
+
+
+def test_the_top_level_holds_at_most_twelve_modules() -> None:
+    modules = sorted(path.name for path in PACKAGE.glob("*.py"))
+    assert len(modules) <= 12, modules
+
+
+def test_the_runtime_imports_no_torch_import_by_import() -> None:
+    names = sorted(f"layerport.runtime.{path.stem}" for path in (PACKAGE / "runtime").glob("*.py"))
+    assert "layerport.runtime.session" in names and len(names) >= 9
+    probe = (
+        "import importlib, sys\n"
+        f"for name in {names!r}:\n"
+        "    importlib.import_module(name)\n"
+        "    heavy = [m for m in ('torch', 'onnxscript', 'safetensors') if m in sys.modules]\n"
+        "    if heavy:\n"
+        "        print(name, 'imported', heavy[0]); break\n"
+        "else:\n"
+        "    print('clean')\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert completed.stdout.strip() == "clean", completed.stdout + completed.stderr
+
+
+def test_the_probe_sees_torch() -> None:
+    # Without this, the test above could never fail.
+    completed = subprocess.run(
+        [sys.executable, "-c", "import sys, layerport.eager.build; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+    )
+    assert completed.stdout.strip() == "True", completed.stderr
+
+
+def library_messages() -> list[tuple[str, int, str]]:
+    """Every string literal outside ``cli/`` that is not a docstring: (file, line, text)."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if "cli" in path.relative_to(PACKAGE).parts:
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        found += [
+            (str(path.relative_to(PACKAGE)), node.lineno, node.value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and id(node) not in docstrings
+        ]
+    return found
+
+
+def test_no_library_message_names_a_cli_flag() -> None:
+    flagged = [
+        f"{path}:{line}: {text!r}" for path, line, text in library_messages() if FLAG.search(text)
+    ]
+    assert not flagged, "library code must advise with errors.Setting:\n" + "\n".join(flagged)
+
+
+def test_the_flag_check_can_fail() -> None:
+    assert FLAG.search("pass the same file with --weights")
+    assert FLAG.search("set it with -p input_size=SIZE")
+    assert not FLAG.search("the params argument (input_size=SIZE)")
+
+
+def test_every_command_module_is_registered() -> None:
+    from layerport.cli import cli
+
+    modules = {path.stem for path in (PACKAGE / "cli" / "commands").glob("*.py")} - {"__init__"}
+    assert modules <= set(cli.list_commands(None)), modules - set(cli.list_commands(None))
