@@ -286,3 +286,44 @@ def test_verify_a_file_that_is_not_onnx(cli, tmp_path) -> None:
     result = cli("verify", str(tmp_path / "outputs.npz"))
     assert result.exit_code == 2
     assert "is not an ONNX model" in result.stderr
+
+
+def _squeezing_builder(params):  # type: ignore[no-untyped-def]
+    from torch import nn
+
+    class Squeezes(nn.Linear):
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return super().forward(x)[:1]  # one row, whatever the batch
+
+    return Squeezes(int(params["width"]), 3)
+
+
+def test_outputs_that_contradict_the_spec_fail_run_and_export(
+    cli, register_plugin, tmp_path
+) -> None:
+    from dataclasses import replace
+
+    register_plugin(SpecPlugin(replace(tiny_spec("squeezy"), build=_squeezing_builder)), "squeezy")
+    message = (
+        "Error: layer squeezy: forward() returned y of shape (1, 3), but the spec declares "
+        "(batch, 3) = (4, 3)\n"
+    )
+    ran = cli("run", "squeezy", "--dim", "batch=4")
+    assert ran.exit_code == 1 and ran.stderr == message
+    exported = cli("export", "squeezy", "--dim", "batch=4", "-o", str(tmp_path / "s.onnx"))
+    assert exported.exit_code == 1 and exported.stderr == message  # not "torch.onnx pinned"
+
+
+def test_export_all_says_which_layers_failed_in_progress_and_one_short_line(
+    cli, register_plugin, tmp_path
+) -> None:
+    from dataclasses import replace
+
+    register_plugin(SpecPlugin(replace(tiny_spec("shaky"), build=_broken_builder)), "shaky-plugin")
+    every = cli("export", "--all", "-o", str(tmp_path / "new" / "folder"), "--trials", "1")
+    assert every.exit_code == 1
+    assert "shaky failed after" in every.stderr and "shaky finished" not in every.stderr
+    assert "rnn finished in" in every.stderr
+    error = every.stderr.splitlines()[-1]
+    assert error.endswith("(the table above has each error)") and len(error) < 300
+    assert (tmp_path / "new" / "folder" / "rnn.onnx").is_file()  # -o DIR is created

@@ -145,3 +145,12 @@ def _string_literals(path: Path) -> list[str]:
         for node in ast.walk(tree)
         if isinstance(node, ast.Constant) and isinstance(node.value, str)
     ]
+
+
+def test_plugin_readmes_work_from_any_clone() -> None:
+    for readme in (README.parent / "plugins").glob("*/README.md"):
+        text = readme.read_text()
+        assert "/work/" not in text, f"{readme} names a local checkout"
+        for line in text.splitlines():
+            if "pip install" in line:
+                assert "-c constraints.txt" in line, f"{readme}: {line.strip()}"

@@ -252,3 +252,9 @@ def test_dependencies_are_quiet_unless_verbose(tmp_path: Path) -> None:
     loud = run_process("export", "linear", "-o", str(tmp_path / "l.onnx"), "--verbose")
     assert loud.exit_code == 0
     assert "[torch.onnx]" in loud.stdout + loud.stderr
+
+
+def test_export_and_inspect_give_one_weight_size(cli, rnn_file: Path) -> None:
+    inspected = json.loads(cli("inspect", str(rnn_file), "--json").stdout)
+    exported = cli("export", "rnn", "-o", str(rnn_file.with_name("again.onnx")), "--json")
+    assert json.loads(exported.stdout)["weight_bytes"] == inspected["weight_bytes"]

@@ -7,12 +7,14 @@ import json
 import os
 import pickle
 import random
+import warnings
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from hostile import BUILTINS_ONLY, assert_refused, assert_succeeded
+from layerport.eager.weights import tensors_sha256
 
 from conftest import run_process
 
@@ -197,7 +199,9 @@ def test_good_weights_run_export_and_verify_only_with_the_same_file(cli, tmp_pat
     assert_succeeded(cli("export", "linear", "--weights", str(path), "-o", str(model)))
     described = json.loads(cli("inspect", str(model), "--json").stdout)
     recorded = described["layerport"]["weights_sha256"]
-    assert recorded == hashlib.sha256(path.read_bytes()).hexdigest()
+    # The file records the tensors' content, not the weights file's bytes (issue 10).
+    assert recorded == tensors_sha256(good_weights())
+    assert recorded != hashlib.sha256(path.read_bytes()).hexdigest()
     assert described["layerport"]["seed"] is None
 
     assert_succeeded(cli("verify", str(model), "--weights", str(path)))
@@ -212,7 +216,51 @@ def test_good_weights_run_export_and_verify_only_with_the_same_file(cli, tmp_pat
         f"recorded {recorded[:12]}...",
     )
     assert_refused(cli("verify", str(model)), 2, "exported from a weights file; pass the same file")
+    # The same tensors in the other container, keys in another order: the same weights.
+    same = dict(reversed(list(good_weights().items())))
+    twin = tmp_path / ("twin.pt" if suffix == ".safetensors" else "twin.safetensors")
+    torch.save(same, twin) if twin.suffix == ".pt" else save_file(same, twin)
+    assert_succeeded(cli("verify", str(model), "--weights", str(twin)))
     missing = tmp_path / f"nosuch{suffix}"
     assert_refused(
         cli("verify", str(model), "--weights", str(missing)), 2, f"{missing} does not exist"
     )
+
+
+def _meta() -> dict[str, torch.Tensor]:
+    return {name: torch.empty_like(t, device="meta") for name, t in good_weights().items()}
+
+
+def _sparse() -> dict[str, torch.Tensor]:
+    return {**good_weights(), "weight": good_weights()["weight"].to_sparse()}
+
+
+def _quantized() -> dict[str, torch.Tensor]:
+    with warnings.catch_warnings():  # torch deprecates quantized tensors; users still have them
+        warnings.simplefilter("ignore")
+        weight = torch.quantize_per_tensor(good_weights()["weight"], 0.1, 0, torch.qint8)
+    return {**good_weights(), "weight": weight}
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        pytest.param(
+            _meta,
+            "bias holds no data: it is a meta tensor (saved from a module built on device='meta')",
+            id="meta",
+        ),
+        pytest.param(
+            _sparse, "weight is a sparse_coo tensor; save it dense (tensor.to_dense())", id="sparse"
+        ),
+        pytest.param(
+            _quantized,
+            "weight is a quantized tensor; save it dequantized (tensor.dequantize())",
+            id="quantized",
+        ),
+    ],
+)
+def test_weights_that_are_not_plain_dense_tensors_are_refused(cli, tmp_path, make, message) -> None:
+    path = tmp_path / "w.pt"
+    torch.save(make(), path)
+    assert_refused(cli("run", "linear", "--weights", str(path)), 2, "do not fit the layer", message)

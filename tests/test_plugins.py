@@ -66,6 +66,16 @@ BROKEN = {
     "misspelled-hook": (
         "from layerport import hookimpl\n\n@hookimpl\ndef register_layer(register):\n    pass\n"
     ),
+    "exits-at-import": "import sys\nsys.exit('layerport-exits needs a GPU driver')\n",
+    "exits-in-hook": (
+        "import sys\nfrom layerport import hookimpl\n\n@hookimpl\n"
+        "def register_layers(register):\n    sys.exit(3)\n"
+    ),
+    "unmarked-hook": "def register_layers(register):\n    pass\n",
+    "returns-specs": (
+        "from layerport import hookimpl\n\n@hookimpl\ndef register_layers(register):\n"
+        "    return []\n"
+    ),
 }
 BROKEN_MESSAGES = {
     "import-error": "No module named 'layerport_no_such_module_anywhere'",
@@ -73,17 +83,25 @@ BROKEN_MESSAGES = {
     "invalid-spec": "name must be lowercase letters",
     "wrong-arguments": "registrar",
     "misspelled-hook": "unknown hook 'register_layer'",
+    "exits-at-import": "SystemExit: layerport-exits needs a GPU driver",
+    "exits-in-hook": "its register_layers hook raised: SystemExit: 3",
+    "unmarked-hook": "defines register_layers but does not mark it @hookimpl",
+    "returns-specs": "its register_layers hook returned a list; hooks return nothing",
 }
 
 
-def make_distribution(site: Path, name: str, source: str, entry_name: str | None = None) -> None:
-    """Install a fake distribution ``name`` whose ``layerport`` entry point is a module."""
+def make_distribution(
+    site: Path, name: str, source: str, entry_name: str | None = None, attribute: str = ""
+) -> None:
+    """Install a fake distribution ``name`` whose ``layerport`` entry point is a module
+    (or, with ``attribute``, an object in it)."""
     module = name.replace("-", "_")
     (site / f"{module}.py").write_text(textwrap.dedent(source))
     info = site / f"{module}-1.2.3.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.2.3\n")
-    (info / "entry_points.txt").write_text(f"[layerport]\n{entry_name or module} = {module}\n")
+    value = f"{module}:{attribute}" if attribute else module
+    (info / "entry_points.txt").write_text(f"[layerport]\n{entry_name or module} = {value}\n")
 
 
 def layerport(site: Path, *args: str, **env: str) -> Result:
@@ -130,12 +148,77 @@ def test_a_broken_plugin_is_reported_once_and_isolated(site: Path, case: str) ->
     assert failed["status"] == "failed" and BROKEN_MESSAGES[case] in failed["error"]
 
 
-@pytest.mark.parametrize("case", ["import-error", "hook-raises"])
+@pytest.mark.parametrize("case", ["import-error", "hook-raises", "exits-in-hook"])
 def test_debug_reraises_a_broken_plugins_error(site: Path, case: str) -> None:
     make_distribution(site, f"layerport-{case}", BROKEN[case])
     result = layerport(site, "list", "--debug")
-    assert result.exit_code != 0
+    assert result.exit_code == 1  # never the plugin's own exit code
     assert "Traceback" in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("Error: ")
+
+
+def test_an_entry_point_naming_a_spec_is_reported_with_the_fix(site: Path) -> None:
+    # attrep = acme_layers:SPEC names the LayerSpec itself, not a module with a hook.
+    make_distribution(
+        site,
+        "acme-layers",
+        GOOD_PLUGIN.format(layer="attrep"),
+        entry_name="attrep",
+        attribute="SPEC",
+    )
+    plugins = layerport(site, "plugins", "--json")
+    assert plugins.exit_code == 0, plugins.stderr
+    failed = next(
+        row for row in json.loads(plugins.stdout)["plugins"] if row["name"] == "acme-layers"
+    )
+    assert failed["status"] == "failed"
+    assert (
+        "entry point 'attrep = acme_layers:SPEC' names a LayerSpec, which implements no "
+        "layerport hook"
+    ) in failed["error"]
+    assert "register it from a register_layers hook" in failed["error"]
+    run = layerport(site, "run", "attrep")
+    assert run.exit_code == 2
+    assert run.stderr.splitlines()[-1].startswith(
+        "Error: unknown layer 'attrep'; plugin acme-layers, which may provide it, failed: "
+        "entry point 'attrep = acme_layers:SPEC' names a LayerSpec"
+    )
+
+
+QUITTER = GOOD_PLUGIN.replace(
+    "def build(params):\n", "def build(params):\n    import sys\n\n    sys.exit(4)\n"
+)
+
+
+def test_a_build_that_exits_fails_only_its_own_layer(site: Path, tmp_path: Path) -> None:
+    make_distribution(site, "layerport-quitter", QUITTER.format(layer="quitter"))
+    run = layerport(site, "run", "quitter")
+    assert run.exit_code == 1
+    assert run.stderr == (
+        "Error: layer quitter (plugin layerport-quitter): build() raised SystemExit: 4\n"
+    )
+    folder = tmp_path / "all"
+    exported = layerport(
+        site, "export", "--all", "-o", str(folder), LAYERPORT_LOAD_PLUGINS="layerport-quitter"
+    )
+    assert exported.exit_code == 1
+    assert sorted(path.name for path in folder.iterdir()) == ["linear.onnx", "rnn.onnx"]
+    assert exported.stderr.splitlines()[-1].startswith("Error: 1 of 3 layers failed")
+    assert "build() raised SystemExit: 4" in exported.stdout + exported.stderr
+    debug = layerport(site, "run", "quitter", "--debug")
+    assert debug.exit_code == 1 and "Traceback" in debug.stderr
+
+
+def test_an_interrupt_in_a_plugin_still_interrupts(site: Path) -> None:
+    make_distribution(
+        site,
+        "layerport-ctrl-c",
+        "from layerport import hookimpl\n\n@hookimpl\ndef register_layers(register):\n"
+        "    raise KeyboardInterrupt\n",
+    )
+    listed = layerport(site, "list")
+    assert listed.exit_code == 130
+    assert listed.stderr == "Error: interrupted\n"
 
 
 def test_asking_for_a_failed_plugins_layer_says_why(site: Path) -> None:

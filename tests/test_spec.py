@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
-from layerport import Dim, InvalidParameter, InvalidSpec, Param, Streaming, Tensor
+from layerport import Dim, InvalidParameter, InvalidSpec, LayerSpec, Param, Streaming, Tensor
 from layerport.default_plugins.linear import LINEAR
 from layerport.default_plugins.rnn import RNN
 from layerport.errors import InvalidDim
@@ -116,7 +117,9 @@ def test_grid_has_one_traced_and_a_larger_non_multiple() -> None:
     seq = RNN.dim("seq")
     assert seq.grid(32) == (1, 32, 301)
     assert seq.grid(43) == (1, 43, 302)  # 301 = 7 x 43, so the larger size moves on
-    assert seq.grid(400) == (1, 400, 401)
+    # At or past check_size the larger size doubles, so streaming still has three chunks.
+    assert seq.grid(400) == (1, 400, 805)
+    assert seq.grid(301) == (1, 301, 607)
     assert Dim("batch", 16).grid(16) == (1, 16, 37)
 
 
@@ -158,3 +161,46 @@ def test_inconsistent_specs_are_refused(change: dict, message: str) -> None:
     fields = {field.name: getattr(base, field.name) for field in dataclasses.fields(base)}
     with pytest.raises(InvalidSpec, match=message):
         type(base)(**{**fields, **change})
+
+
+def _stateful(*dims: str) -> LayerSpec:
+    return LayerSpec(
+        name="stateful",
+        description="A layer whose state follows torch's layout.",
+        build=print,
+        weights=dict,
+        params=(
+            Param("num_layers", int, 2, "layers", minimum=1),
+            Param("bidirectional", bool, True, "both ways"),
+            Param("hidden_size", int, 5, "hidden", minimum=1),
+        ),
+        dims=(Dim("batch", 4),),
+        inputs=(Tensor("x", ("batch", "hidden_size")),),
+        outputs=(Tensor("h", dims),),
+    )
+
+
+def test_a_dim_can_be_a_formula_over_parameters() -> None:
+    spec = _stateful("num_layers * (2 if bidirectional else 1)", "batch", "hidden_size")
+    shape = spec.shape(spec.outputs[0], spec.resolve_params(), {"batch": 4})
+    assert shape == (4, 4, 5)
+    one_way = spec.resolve_params({"bidirectional": False, "num_layers": 3})
+    assert spec.shape(spec.outputs[0], one_way, {"batch": 7}) == (3, 7, 5)
+
+
+@pytest.mark.parametrize(
+    ("formula", "problem"),
+    [
+        ('__import__("os").getcwd()', "uses Call; formulas take integers, names"),
+        ("num_layers ** 2", "uses Pow"),
+        ("num_layers * 2.5", "uses Constant"),
+        ("width * 2", "uses 'width', which is not an integer or boolean parameter"),
+        ("batch * 2", "uses 'batch', which is not an integer or boolean parameter"),
+        ("2 if hidden_size else 1", "tests 'hidden_size' with 'if', which is not a boolean"),
+        ("num_layers *", "is not a formula"),
+    ],
+)
+def test_formulas_outside_the_whitelist_are_refused(formula: str, problem: str) -> None:
+    # Parsed and evaluated node by node: no plugin string ever reaches eval.
+    with pytest.raises(InvalidSpec, match=re.escape(problem)):
+        _stateful(formula)

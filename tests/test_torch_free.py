@@ -138,3 +138,12 @@ def test_a_torch_free_environment_runs_infer(rnn_file: Path, tmp_path: Path) -> 
     with np.load(tmp_path / "d.npz") as a, np.load(tmp_path / "here.npz") as b:
         for name in ("y", "h_n"):
             np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_infer_dim_typo_suggests_the_files_dims(rnn_file: Path) -> None:
+    result = run_process("infer", str(rnn_file), "--dim", "bach=2")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "Error: the file has no symbolic dim 'bach' (did you mean 'batch'?); "
+        "its symbolic dims: batch, seq\n"
+    )

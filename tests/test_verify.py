@@ -218,3 +218,72 @@ def test_streaming_catches_a_layer_that_drops_its_state(register_plugin) -> None
     config = resolve_config(get_registry(), "forgets")
     with pytest.raises(VerificationFailed, match="streaming seq=13 in chunks 1\\+5\\+7"):
         export_layer(config, trials=1)
+
+
+def test_relative_error_is_max_error_over_max_reference_with_its_own_case() -> None:
+    # Element by element, 1e-6 against a reference of 1e-6 would be 100%; over the output it is not.
+    expected = np.array([1e-6, 2.0], np.float64)
+    result = compare_arrays("y", "case", expected + np.array([1e-6, 0.0]), expected, TOLERANCE)
+    assert result.max_rel_error == pytest.approx(1e-6 / 2.0)
+    from layerport.verify.compare import relative_error
+
+    assert relative_error(0.0, 0.0) == 0.0 and relative_error(1.0, 0.0) == float("inf")
+
+
+def test_worst_reports_each_figure_with_its_own_case() -> None:
+    from layerport.verify.report import VerificationReport
+
+    report = VerificationReport("l", "float64", TOLERANCE, {}, {}, 1)
+    small = np.array([1e-3, 1e-3])
+    large = np.array([100.0, 100.0])
+    report.comparisons += [
+        compare_arrays("y", "small values", small + 1e-4, small, TOLERANCE),
+        compare_arrays("y", "large values", large + 1e-3, large, TOLERANCE),
+    ]
+    worst = report.worst()["y"]
+    assert worst["case"] == "large values" and worst["max_abs_error"] == pytest.approx(1e-3)
+    assert worst["rel_case"] == "small values" and worst["max_rel_error"] == pytest.approx(0.1)
+
+
+def test_a_large_traced_length_keeps_three_streaming_chunks(cli) -> None:
+    small = ["-p", "input_size=3", "-p", "hidden_size=4", "-p", "output_size=2"]
+    result = cli("verify", "rnn", *small, "--dim", "batch=2", "--dim", "seq=301", "--trials", "1")
+    assert result.exit_code == 0, result.stderr
+    assert "seq [1, 301, 607]" in result.stdout
+    assert "seq=607 in chunks 1+301+305" in result.stdout
+
+
+def test_verify_file_says_first_that_the_plugin_changed(
+    cli, rnn_file: Path, tmp_path: Path
+) -> None:
+    model = onnx.load(rnn_file)
+    props = {prop.key: prop for prop in model.metadata_props}
+    props["layerport.plugin_version"].value = "0.0.1"
+    props["layerport.seed"].value = "5"  # other weights: the file no longer matches eager
+    changed = tmp_path / "old.onnx"
+    onnx.save(model, changed)
+    result = cli("verify", str(changed), "--trials", "1")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        "Error: the file was exported by layerport 0.0.1 and 0.1.0 is installed, so the "
+        "layer's code may have changed; verification failed in"
+    )
+
+
+def test_verify_file_of_a_plugin_not_installed_names_it(
+    cli, rnn_file: Path, tmp_path: Path
+) -> None:
+    model = onnx.load(rnn_file)
+    props = {prop.key: prop for prop in model.metadata_props}
+    props["layerport.plugin"].value = "layerport-lstm"
+    props["layerport.plugin_version"].value = "0.3.0"
+    props["layerport.qualified_name"].value = "layerport-lstm:lstm"
+    props["layerport.layer"].value = "lstm"
+    foreign = tmp_path / "lstm.onnx"
+    onnx.save(model, foreign)
+    result = cli("verify", str(foreign))
+    assert result.exit_code == 2
+    assert result.stderr.startswith(
+        "Error: this file was exported by layerport-lstm 0.3.0 (layer lstm), which is not "
+        "installed; install it to rebuild the layer (unknown layer 'layerport-lstm:lstm'"
+    )

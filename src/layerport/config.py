@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from layerport.dtypes import DEFAULT_DTYPE, DTYPES, Tolerance, precision
-from layerport.eager.weights import sha256_file
-from layerport.errors import BadFile, InvalidParameter, Setting, UserInputError
+from layerport.errors import InvalidParameter, Setting, UnknownLayer, UserInputError
 from layerport.registry import RegisteredLayer, Registry
 from layerport.runtime.limits import check_allocation
 from layerport.runtime.metadata import ExportRecord
@@ -46,7 +45,8 @@ class LayerConfig:
         return self.spec.shape(tensor, self.params, self.dims if dims is None else dims)
 
     def weight_shapes(self) -> dict[str, tuple[int, ...]]:
-        return dict(self.spec.weights(self.params))
+        with self.layer.plugin_code("weights()"):
+            return dict(self.spec.weights(self.params))
 
     def weight_bytes(self) -> int:
         itemsize = precision(self.dtype).itemsize
@@ -54,6 +54,15 @@ class LayerConfig:
 
     def with_dims(self, dims: Mapping[str, int]) -> LayerConfig:
         return LayerConfig(self.layer, self.params, dict(dims), self.dtype, self.seed, self.weights)
+
+    def dims_of(self, arrays: Mapping[str, np.ndarray]) -> dict[str, int]:
+        """This configuration's dims, with the sizes that ``arrays`` (inputs by name) have."""
+        dims = dict(self.dims)
+        for tensor in self.spec.inputs:
+            if tensor.name in arrays:
+                for axis, name in self.spec.dynamic_axes(tensor).items():
+                    dims[name] = int(arrays[tensor.name].shape[axis])
+        return dims
 
     def tolerance(self, atol: float | None = None, rtol: float | None = None) -> Tolerance:
         """The layer's tolerance for this dtype, with ``atol`` or ``rtol`` overridden if given."""
@@ -183,26 +192,15 @@ def config_from_record(
 ) -> LayerConfig:
     """Rebuild the configuration an exported file records, to check the file against it.
 
-    A file exported from a weights file needs that file again, and its hash must
-    match the one recorded: otherwise the check would compare against other weights.
+    A file exported from a weights file needs that file again; the pipeline
+    checks that its tensors are the ones recorded, or the check would compare
+    against other weights.
     """
     if record.weights_sha256 is not None:
         if weights is None:
             raise UserInputError(
                 "this file was exported from a weights file; pass the same file with ",
                 Setting("weights"),
-            )
-        if not weights.is_file():
-            raise BadFile(
-                f"weights file {weights} does not exist"
-                if not weights.exists()
-                else f"{weights} is not a file"
-            )
-        digest = sha256_file(weights)
-        if digest != record.weights_sha256:
-            raise BadFile(
-                f"weights file {weights} does not match the one this file was exported from "
-                f"(sha256 {digest[:12]}..., recorded {record.weights_sha256[:12]}...)"
             )
     elif weights is not None:
         raise UserInputError(
@@ -211,6 +209,13 @@ def config_from_record(
         )
     export_dims = dict(record.dynamic_dims)
     export_dims.update(dims or {})
+    try:
+        registry.resolve(record.qualified_name)
+    except UnknownLayer as error:
+        raise UnknownLayer(
+            f"this file was exported by {record.plugin} {record.plugin_version} (layer "
+            f"{record.layer}), which is not installed; install it to rebuild the layer ({error})"
+        ) from error
     return resolve_config(
         registry,
         record.qualified_name,

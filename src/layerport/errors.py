@@ -104,6 +104,19 @@ class MissingDependency(LayerportError):
     """The command needs a package that this installation does not have."""
 
 
+class PluginFailed(WorkFailed):
+    """A plugin's own code raised something that is not an ``Exception`` (``SystemExit``)."""
+
+
+def is_interrupt(error: BaseException) -> bool:
+    """Whether ``error`` is the user stopping layerport (Ctrl-C, or SIGTERM turned into it).
+
+    Plugin code may raise anything; only an interrupt is let through to end the
+    process. ``SystemExit`` and the like become the plugin's own failure.
+    """
+    return isinstance(error, KeyboardInterrupt)
+
+
 def one_line(message: object, limit: int = 300) -> str:
     """Fold a message (often a dependency's multi-line error) into one bounded line."""
     text = " ".join(str(message).split())

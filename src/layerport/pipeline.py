@@ -26,10 +26,11 @@ import onnx
 from layerport import __version__
 from layerport.config import LayerConfig, config_from_record
 from layerport.dtypes import Tolerance
-from layerport.errors import BadFile, VerificationFailed
+from layerport.errors import BadFile, ExportFailed, VerificationFailed
 from layerport.export import DEFAULT_OPSET
 from layerport.registry import Registry
 from layerport.runtime.files import atomic_write_bytes
+from layerport.runtime.inspection import initializer_bytes
 from layerport.runtime.metadata import ExportRecord
 from layerport.runtime.modelfile import read_model
 from layerport.runtime.session import Session, SessionSettings
@@ -51,6 +52,7 @@ class ExportResult:
     model_bytes: bytes
     record: ExportRecord
     node_count: int
+    weight_bytes: int  # the initializers' data, as ``inspect`` counts it
     report: VerificationReport | None
     export_seconds: float
     verify_seconds: float
@@ -79,12 +81,12 @@ def export_layer(
     cannot export the layer or pins a dynamic dim.
     """
     from layerport.eager.build import build_module
-    from layerport.export.torch_onnx import check_exportable, count_nodes, export_onnx
+    from layerport.export.torch_onnx import check_exportable, count_nodes
 
     check_exportable(config, opset)
     started = time.perf_counter()
     module = build_module(config)
-    model = export_onnx(module, config, opset)
+    model = _export(module, config, opset)
     export_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -93,13 +95,14 @@ def export_layer(
         report = verify_model(config, module, model, tolerance=tolerance, trials=trials)
         if not report.passed:
             raise VerificationFailed(report.failure_message(), report=report)
-    record = export_record(config, opset, report)
+    record = export_record(config, module, opset, report)
     record.write_to(model)
     return ExportResult(
         config=config,
         model_bytes=model.SerializeToString(deterministic=True),
         record=record,
         node_count=count_nodes(model.graph),
+        weight_bytes=initializer_bytes(model),
         report=report,
         export_seconds=export_seconds,
         verify_seconds=time.perf_counter() - started,
@@ -115,12 +118,28 @@ def verify_layer(
 ) -> VerificationReport:
     """Export ``config``'s layer in memory and verify it; the report says whether it passed."""
     from layerport.eager.build import build_module
-    from layerport.export.torch_onnx import check_exportable, export_onnx
+    from layerport.export.torch_onnx import check_exportable
 
     check_exportable(config, opset)
     module = build_module(config)
-    model = export_onnx(module, config, opset)
+    model = _export(module, config, opset)
     return verify_model(config, module, model, tolerance=tolerance, trials=trials)
+
+
+def _export(module: nn.Module, config: LayerConfig, opset: int) -> onnx.ModelProto:
+    """``export_onnx``, but a layer whose outputs contradict its spec is blamed first.
+
+    torch.onnx reports such a layer as a pinned dim; one eager pass says what is
+    really wrong (``run_module`` checks every output's shape against the spec).
+    """
+    from layerport.eager.build import run_module
+    from layerport.export.torch_onnx import export_onnx
+
+    try:
+        return export_onnx(module, config, opset)
+    except ExportFailed:
+        run_module(module, config, config.random_inputs(include_optional=True))
+        raise
 
 
 def verify_file(
@@ -141,6 +160,7 @@ def verify_file(
     rebuilt configuration and the report.
     """
     from layerport.eager.build import build_module
+    from layerport.eager.weights import read_weights, tensors_sha256
 
     model = read_model(path)
     record = ExportRecord.from_model(model)
@@ -150,7 +170,17 @@ def verify_file(
             "verify cannot rebuild its layer; 'layerport inspect' and 'infer' still work on it"
         )
     config = config_from_record(registry, record, weights=weights, dims=dims)
-    module = build_module(config)
+    tensors = None
+    if config.weights is not None and record.weights_sha256 is not None:
+        tensors = read_weights(config.weights)
+        digest = tensors_sha256(tensors)
+        if digest != record.weights_sha256:
+            raise BadFile(
+                f"weights file {config.weights} does not match the one this file was exported "
+                f"from (its tensors' sha256 is {digest[:12]}..., "
+                f"recorded {record.weights_sha256[:12]}...)"
+            )
+    module = build_module(config, tensors)
     report = verify_model(
         config,
         module,
@@ -160,6 +190,12 @@ def verify_file(
         tolerance=config.tolerance(atol, rtol),
         trials=trials,
     )
+    installed = config.layer.plugin.version
+    if record.plugin_version != installed:
+        report.notes.append(
+            f"the file was exported by {record.plugin} {record.plugin_version} and "
+            f"{installed} is installed, so the layer's code may have changed"
+        )
     return config, report
 
 
@@ -176,7 +212,9 @@ def verify_model(
     """Verify ``model`` in onnxruntime against ``module`` in eager PyTorch.
 
     ``optional_inputs`` are the inputs the model may be run without (default:
-    the spec's optional inputs).
+    the spec's optional inputs). A ``name`` says the model came from that file,
+    whose session is then created in a child process first (see
+    ``runtime.isolation``).
     """
     from layerport.verify.engines import EagerEngine, OnnxRuntimeEngine
     from layerport.verify.structure import structure_problems
@@ -189,6 +227,7 @@ def verify_model(
         name or f"the export of {config.spec.name}",
         SessionSettings(),
         optional_inputs=optional_inputs,
+        isolate=name is not None,  # a file from disk may crash onnxruntime; our exports are guarded
     )
     return verify_engines(
         config,
@@ -202,10 +241,18 @@ def verify_model(
 
 
 def export_record(
-    config: LayerConfig, opset: int, report: VerificationReport | None
+    config: LayerConfig, module: nn.Module, opset: int, report: VerificationReport | None
 ) -> ExportRecord:
-    """The metadata an export of ``config`` carries; ``report`` is its verification, if any."""
+    """The metadata an export of ``module``, built for ``config``, carries.
+
+    ``report`` is its verification, if any. Weights loaded from a file are
+    recorded by their content (``tensors_sha256`` of the module's state dict,
+    which holds exactly the file's tensors), so the same tensors saved in
+    another container or key order verify the file too.
+    """
     import torch
+
+    from layerport.eager.weights import tensors_sha256
 
     return ExportRecord(
         layer=config.spec.name,
@@ -219,14 +266,8 @@ def export_record(
         opset=opset,
         versions={"layerport": __version__, "torch": torch.__version__, "onnx": onnx.__version__},
         seed=None if config.weights else config.seed,
-        weights_sha256=_weights_sha256(config),
+        weights_sha256=tensors_sha256(module.state_dict()) if config.weights else None,
         verification={"passed": None, "note": "not verified at export"}
         if report is None
         else report.summary(),
     )
-
-
-def _weights_sha256(config: LayerConfig) -> str | None:
-    from layerport.eager.weights import sha256_file
-
-    return sha256_file(config.weights) if config.weights else None

@@ -15,13 +15,14 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from layerport import __version__, hookspecs
-from layerport.errors import InvalidSpec, one_line
+from layerport.errors import InvalidSpec, PluginFailed, is_interrupt, one_line
 from layerport.registry import PluginFailure, PluginInfo, Registry, normalize_name
 
 if TYPE_CHECKING:
@@ -67,14 +68,71 @@ def load_plugins(*, strict: bool = False) -> None:
         info = _plugin_info_for(entry_point)
         try:
             plugin = entry_point.load()
-            register_plugin(plugin, f"{info.name}:{entry_point.name}", info)
-        except Exception as error:
+        except BaseException as error:
+            _contain(error, strict)
+            failure = _failure(info.name, f"cannot load entry point {entry_point.value!r}", error)
+            _load_failures.append(replace(failure, entry_point=entry_point.name))
+            continue
+        problem = _not_a_plugin(plugin)
+        if problem:
+            message = f"entry point '{entry_point.name} = {entry_point.value}' {problem}"
             if strict:
-                raise
+                raise InvalidSpec(message)
             _load_failures.append(
-                _failure(info.name, f"cannot load entry point {entry_point.value!r}", error)
+                PluginFailure(info.name, message, InvalidSpec(message), entry_point.name)
             )
+            continue
+        try:
+            register_plugin(plugin, f"{info.name}:{entry_point.name}", info)
+        except BaseException as error:
+            _contain(error, strict)
+            failure = _failure(
+                info.name, f"cannot register entry point {entry_point.value!r}", error
+            )
+            _load_failures.append(replace(failure, entry_point=entry_point.name))
     pm.check_pending()
+
+
+def _contain(error: BaseException, strict: bool) -> None:
+    """Let an interrupt through; with ``strict``, raise the plugin's error; else return.
+
+    ``SystemExit`` from a plugin is its failure, never layerport's exit: under
+    ``strict`` it is raised as ``PluginFailed``, so ``--debug`` shows its traceback
+    and layerport still reports it in one line.
+    """
+    if is_interrupt(error):
+        raise error
+    if strict:
+        if isinstance(error, Exception):
+            raise error
+        raise PluginFailed(f"a plugin raised {type(error).__name__}: {one_line(error)}") from error
+
+
+def _not_a_plugin(plugin: Any) -> str | None:
+    """Why an entry point's object cannot be a layerport plugin, or ``None`` if it can.
+
+    pluggy registers any object and quietly finds no hooks on one that has none
+    (or fails to hash it, for a dataclass holding a dict), so this is checked
+    first, in words a plugin author can act on.
+    """
+    marked = [
+        name for name in dir(plugin) if hasattr(getattr(plugin, name, None), "layerport_impl")
+    ]
+    if marked:
+        return None
+    unmarked = [name for name in HOOK_NAMES if callable(getattr(plugin, name, None))]
+    if unmarked:
+        return (
+            f"defines {unmarked[0]} but does not mark it @hookimpl (from layerport import hookimpl)"
+        )
+    kind = type(plugin).__name__
+    hint = (
+        "; register it from a register_layers hook in that module, and point the entry "
+        "point at the module"
+        if kind in ("LayerSpec", "ExportTarget")
+        else "; point the entry point at a module or class whose hooks are marked @hookimpl"
+    )
+    return f"names a {kind}, which implements no layerport hook ({', '.join(HOOK_NAMES)}){hint}"
 
 
 def register_plugin(plugin: Any, name: str, info: PluginInfo) -> None:
@@ -165,15 +223,25 @@ def call_hook_per_plugin(
     succeeded = []
     for implementation in reversed(getattr(pm.hook, hook_name).get_hookimpls()):
         kwargs = kwargs_for(implementation.plugin)
+        info = plugin_info(implementation.plugin)
         try:
-            implementation.function(*(kwargs[name] for name in implementation.argnames))
-        except Exception as error:
-            if strict:
-                raise
-            info = plugin_info(implementation.plugin)
+            returned = implementation.function(*(kwargs[name] for name in implementation.argnames))
+        except BaseException as error:
+            _contain(error, strict)
             failures.append(_failure(info.name, f"its {hook_name} hook raised", error))
-        else:
-            succeeded.append(implementation.plugin)
+            continue
+        if returned is not None:
+            # register_layers(register) that returns its specs instead of calling
+            # register(spec) would otherwise provide nothing, and pass as "ok".
+            message = (
+                f"its {hook_name} hook returned a {type(returned).__name__}; "
+                "hooks return nothing, they call the function they are given"
+            )
+            if strict:
+                raise InvalidSpec(message)
+            failures.append(PluginFailure(info.name, message, InvalidSpec(message)))
+            continue
+        succeeded.append(implementation.plugin)
     return succeeded
 
 
@@ -202,9 +270,8 @@ def get_registry(*, strict: bool = False) -> Registry:
         try:
             for spec in specs_by_plugin[id(plugin)]:
                 staged.register(spec, info)
-        except Exception as error:
-            if strict:
-                raise
+        except BaseException as error:
+            _contain(error, strict)
             hook_failures.append(_failure(info.name, "it registered an invalid layer", error))
             continue
         for layer in staged:

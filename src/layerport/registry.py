@@ -7,12 +7,21 @@ wins: both are listed, and the bare name asks the user to qualify it.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from layerport.errors import AmbiguousLayer, InvalidSpec, UnknownLayer
+from layerport.errors import (
+    AmbiguousLayer,
+    InvalidSpec,
+    LayerFailed,
+    LayerportError,
+    UnknownLayer,
+    is_interrupt,
+    one_line,
+)
 from layerport.spec import LayerSpec
 
 QUALIFIER = ":"
@@ -33,6 +42,7 @@ class PluginFailure:
     plugin: str
     message: str
     error: BaseException
+    entry_point: str = ""  # the entry point's name, when loading it failed
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,27 @@ class RegisteredLayer:
     @property
     def qualified_name(self) -> str:
         return f"{self.plugin.name}{QUALIFIER}{self.spec.name}"
+
+    @contextlib.contextmanager
+    def plugin_code(self, what: str) -> Iterator[None]:
+        """Report anything the layer's own code raises as that layer's failure, not layerport's.
+
+        ``what`` names the code (``build()``, ``weights()``). A broken layer then
+        fails its own command (exit 1) and does not stop ``export --all`` for the
+        others; ``SystemExit`` included, since a plugin must never end layerport.
+        Only an interrupt goes through.
+        """
+        try:
+            yield
+        except LayerportError:
+            raise
+        except BaseException as error:
+            if is_interrupt(error):
+                raise
+            raise LayerFailed(
+                f"layer {self.spec.name} (plugin {self.plugin.name}): {what} raised "
+                f"{type(error).__name__}: {one_line(error)}"
+            ) from error
 
 
 class Registry:
@@ -104,10 +135,11 @@ class Registry:
         # after the layer (gru, layerport-gru). A looser match blames an unrelated
         # failure for a typo.
         suspects = {bare, f"layerport-{bare}"}
+        suspects |= {normalize_name(f.entry_point) for f in self.failures if f.entry_point == bare}
         if QUALIFIER in name:
             suspects.add(normalize_name(name.split(QUALIFIER, 1)[0]))
         for failure in self.failures:
-            if normalize_name(failure.plugin) in suspects:
+            if normalize_name(failure.plugin) in suspects or failure.entry_point in suspects:
                 return f"{message}; plugin {failure.plugin}, which may provide it, failed: {failure.message}"
         if self.failures:
             failed = ", ".join(failure.plugin for failure in self.failures)

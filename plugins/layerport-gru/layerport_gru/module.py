@@ -40,11 +40,14 @@ class GRU(nn.Module):
         if h0 is None:
             h0 = x.new_zeros(x.shape[0], self.hidden_size)
         projected = functional.linear(x, self.weight_ih, self.bias_ih)
-        h_n, y = run_over_time(self._cell, h0, projected)
+        (h_n,), y = run_over_time(self._cell, (h0,), projected)
         return y, h_n
 
-    def _cell(self, h: torch.Tensor, projected_t: torch.Tensor) -> torch.Tensor:
+    def _cell(
+        self, state: tuple[torch.Tensor, ...], projected_t: torch.Tensor
+    ) -> tuple[torch.Tensor]:
         """One step, with nn.GRU's gate order (reset, update, new) in each 3H block."""
+        (h,) = state
         input_r, input_z, input_n = projected_t.chunk(3, dim=-1)
         hidden_r, hidden_z, hidden_n = functional.linear(h, self.weight_hh, self.bias_hh).chunk(
             3, dim=-1
@@ -53,4 +56,4 @@ class GRU(nn.Module):
         update = torch.sigmoid(input_z + hidden_z)
         new = torch.tanh(input_n + reset * hidden_n)
         # (1 - update) * new + update * h, in the form ATen's GRU cell computes it.
-        return new + update * (h - new)
+        return (new + update * (h - new),)

@@ -145,7 +145,10 @@ def bench_layer(
     finally:
         torch.set_num_threads(previous_threads)
 
-    flops = config.spec.flops(config.params, config.dims) if config.spec.flops else None
+    flops = None
+    if config.spec.flops is not None:
+        with config.layer.plugin_code("flops()"):
+            flops = config.spec.flops(config.params, config.dims)
     batch = config.dims.get(config.spec.batch_dim) if config.spec.batch_dim else None
     timings = {
         name: EngineTiming(name, tuple(durations), batch, flops, errors[name])

@@ -26,7 +26,7 @@ import click
 
 from layerport import __version__, plugins
 from layerport.cli.options import LayerOptions
-from layerport.cli.output import LayerOutcome, progress_steps, warn
+from layerport.cli.output import LayerOutcome, Progress, warn
 from layerport.config import LayerConfig, resolve_config
 from layerport.errors import LayerportError, MissingDependency, Setting, WorkFailed, one_line
 from layerport.registry import RegisteredLayer, Registry
@@ -164,23 +164,38 @@ def for_each_layer(
     One layer's failure does not stop the rest: it becomes an outcome with its error.
     """
     outcomes: list[LayerOutcome] = []
-    for layer in progress_steps(list(get_registry()), label=lambda layer: layer.name, what=what):
-        try:
-            outcomes.append(work(layer))
-        except LayerportError as error:
-            if _State.debug:
-                raise
-            outcomes.append(LayerOutcome(layer, error=one_line(render_error(error))))
+    layers = list(get_registry())
+    with Progress(len(layers), what) as progress:
+        for layer in layers:
+            progress.start(layer.name)
+            try:
+                outcomes.append(work(layer))
+            except LayerportError as error:
+                if _State.debug:
+                    raise
+                outcomes.append(LayerOutcome(layer, error=one_line(render_error(error))))
+            progress.finish(ok=outcomes[-1].error is None)
     return outcomes
 
 
-def raise_if_any_failed(outcomes: list[LayerOutcome]) -> None:
+def raise_if_any_failed(outcomes: list[LayerOutcome], json_: bool) -> None:
+    """Fail the command if any layer failed, in one bounded line.
+
+    The output above already holds every layer's whole error, so the line names
+    the first few failures briefly and points there for the rest.
+    """
     failed = [outcome for outcome in outcomes if outcome.error is not None]
-    if failed:
-        raise WorkFailed(
-            f"{len(failed)} of {len(outcomes)} layers failed: "
-            + "; ".join(f"{outcome.layer.qualified_name}: {outcome.error}" for outcome in failed)
-        )
+    if not failed:
+        return
+    shown = "; ".join(
+        f"{outcome.layer.qualified_name}: {one_line(outcome.error, limit=120)}"
+        for outcome in failed[:2]
+    )
+    more = f"; and {len(failed) - 2} more" if len(failed) > 2 else ""
+    where = "the JSON above" if json_ else "the table above"
+    raise WorkFailed(
+        f"{len(failed)} of {len(outcomes)} layers failed: {shown}{more} ({where} has each error)"
+    )
 
 
 # The flag that sets each Setting a library error may advise (see errors.Setting).
@@ -191,6 +206,7 @@ FLAGS = {
     "weights": "--weights",
     "inputs": "--input",
     "threads": "--threads",
+    "optimization": "--optimization",
 }
 
 

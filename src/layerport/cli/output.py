@@ -12,10 +12,10 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -27,8 +27,6 @@ if TYPE_CHECKING:
     from layerport.pipeline import ExportResult
     from layerport.runtime.inspection import ModelDescription
     from layerport.verify.report import VerificationReport
-
-T = TypeVar("T")
 
 
 def print_json(data: Any) -> None:
@@ -99,42 +97,62 @@ def warn(message: str) -> None:
 # Progress, for long work such as ``export --all``
 
 
-def progress_steps(items: Sequence[T], *, label: Callable[[T], str], what: str) -> Iterator[T]:
-    """Yield each item while showing which one is being worked on, on stderr.
+class Progress:
+    """Which step of long work is running, on stderr, and how each one ended.
 
-    On a terminal it is a live rich progress bar; in a log or CI, one line per
-    step, so the log shows where time went without escape codes.
+    On a terminal it is a live rich progress bar; in a log or CI, one line as
+    each step starts and one as it ends ("finished" or "failed"), so the log
+    shows where time went without escape codes.
     """
-    if sys.stderr.isatty():
-        yield from _bar(items, label, what)
-        return
-    total = len(items)
-    for index, item in enumerate(items, start=1):
-        started = time.perf_counter()
-        click.echo(f"[{index}/{total}] {what} {label(item)}", err=True)
-        yield item
-        click.echo(
-            f"[{index}/{total}] {label(item)} finished in {time.perf_counter() - started:.1f} s",
-            err=True,
-        )
 
+    def __init__(self, total: int, what: str) -> None:
+        self.total, self.what, self.index = total, what, 0
+        self._bar: Any = None
+        self._task: Any = None
+        self._label, self._started = "", 0.0
 
-def _bar(items: Sequence[T], label: Callable[[T], str], what: str) -> Iterator[T]:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    def __enter__(self) -> Progress:
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+            from rich.progress import Progress as Bar
 
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task(what, total=len(items))
-        for item in items:
-            progress.update(task, description=f"{what} {label(item)}")
-            yield item
-            progress.advance(task)
+            columns = (
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+            )
+            self._bar = Bar(*columns, console=Console(stderr=True), transient=True).__enter__()
+            self._task = self._bar.add_task(self.what, total=self.total)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+
+    def start(self, label: str) -> None:
+        self.index += 1
+        self._label, self._started = label, time.perf_counter()
+        if self._bar is not None:
+            self._bar.update(self._task, description=f"{self.what} {label}")
+        else:
+            click.echo(f"[{self.index}/{self.total}] {self.what} {label}", err=True)
+
+    def finish(self, ok: bool) -> None:
+        seconds = time.perf_counter() - self._started
+        if self._bar is not None:
+            self._bar.advance(self._task)
+        else:
+            ended = "finished in" if ok else "failed after"
+            click.echo(
+                f"[{self.index}/{self.total}] {self._label} {ended} {seconds:.1f} s", err=True
+            )
 
 
 # ---------------------------------------------------------------------------
@@ -180,7 +198,7 @@ def export_summary(result: ExportResult, path: Path | None) -> dict[str, Any]:
         "name": result.config.spec.name,
         "path": str(path) if path else None,
         "size": result.size,
-        "weight_bytes": result.config.weight_bytes(),
+        "weight_bytes": result.weight_bytes,
         "nodes": result.node_count,
         "opset": result.record.opset,
         "dtype": result.config.dtype,
@@ -204,7 +222,7 @@ def print_export(result: ExportResult, path: Path | None, json_: bool) -> None:
             ("layer", result.config.layer.qualified_name),
             (
                 "size",
-                f"{format_bytes(result.size)} ({format_bytes(result.config.weight_bytes())} of weights)",
+                f"{format_bytes(result.size)} ({format_bytes(result.weight_bytes)} of weights)",
             ),
             ("nodes", result.node_count),
             ("opset", result.record.opset),
@@ -293,9 +311,9 @@ def print_verification(report: VerificationReport, target: str, json_: bool) -> 
         ]
     )
     print_table(
-        ("output", "max abs error", "max rel error", "worst case"),
+        ("output", "max abs error", "at", "max rel error", "at"),
         (
-            (name, worst["max_abs_error"], worst["max_rel_error"], worst["case"])
+            (name, worst["max_abs_error"], worst["case"], worst["max_rel_error"], worst["rel_case"])
             for name, worst in report.worst().items()
         ),
     )
@@ -334,15 +352,17 @@ def report_markdown(report: VerificationReport) -> str:
     lines += [
         "## Worst error per output",
         "",
-        "| output | max abs error | max rel error | case | worst element |",
-        "| --- | --- | --- | --- | --- |",
+        "| output | max abs error | at | worst element | max rel error | at |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for name, worst in report.worst().items():
         lines.append(
-            f"| {name} | {worst['max_abs_error']:.3g} | {worst['max_rel_error']:.3g} "
-            f"| {worst['case']} | {worst['index']} |"
+            f"| {name} | {worst['max_abs_error']:.3g} | {worst['case']} | {worst['index']} "
+            f"| {worst['max_rel_error']:.3g} | {worst['rel_case']} |"
         )
     lines += [
+        "",
+        "Relative error: max |error| / max |expected| over each output.",
         "",
         "## Every comparison",
         "",

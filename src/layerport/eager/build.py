@@ -8,8 +8,7 @@ float32 draws widened.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -19,12 +18,17 @@ from torch import nn
 from layerport.config import LayerConfig
 from layerport.dtypes import precision
 from layerport.eager.weights import check_weights, read_weights
-from layerport.errors import InvalidSpec, LayerFailed, LayerportError, UserInputError, one_line
+from layerport.errors import InvalidSpec, UserInputError
 
 
-def build_module(config: LayerConfig) -> nn.Module:
-    """Build the layer in eval mode, with seeded weights or the weights file's."""
-    with torch.random.fork_rng(devices=[]), _plugin_code(config, "build()"):
+def build_module(
+    config: LayerConfig, tensors: Mapping[str, torch.Tensor] | None = None
+) -> nn.Module:
+    """Build the layer in eval mode, with seeded weights or the weights file's.
+
+    ``tensors`` are the weights file's, when the caller has read them already.
+    """
+    with torch.random.fork_rng(devices=[]), config.layer.plugin_code("build()"):
         torch.manual_seed(config.seed)
         module = config.spec.build(config.params)
     if not isinstance(module, nn.Module):
@@ -40,28 +44,10 @@ def build_module(config: LayerConfig) -> nn.Module:
             f"layer {config.spec.name}: weights() declares {declared}, but the module holds {actual}"
         )
     if config.weights is not None:
-        tensors = read_weights(config.weights)
+        tensors = read_weights(config.weights) if tensors is None else tensors
         check_weights(tensors, declared, config.dtype, config.weights)
         module.load_state_dict(tensors, strict=True)
     return module
-
-
-@contextlib.contextmanager
-def _plugin_code(config: LayerConfig, what: str) -> Iterator[None]:
-    """Report an exception from a layer's own code as that layer's failure, not layerport's.
-
-    A broken layer then fails its own command (exit 1) and does not stop
-    ``export --all`` for the others.
-    """
-    try:
-        yield
-    except LayerportError:
-        raise
-    except Exception as error:
-        raise LayerFailed(
-            f"layer {config.spec.name} (plugin {config.layer.plugin.name}): {what} raised "
-            f"{type(error).__name__}: {one_line(error)}"
-        ) from error
 
 
 def torch_arguments(
@@ -89,7 +75,7 @@ def run_module(
     """
     arguments = torch_arguments(config, inputs)
     # no_grad, not inference_mode: torch's scan and compiled paths recompile under it.
-    with torch.no_grad(), _plugin_code(config, who):
+    with torch.no_grad(), config.layer.plugin_code(who):
         result = module(*arguments)
     outputs = (result,) if isinstance(result, torch.Tensor) else tuple(result)
     names = [tensor.name for tensor in config.spec.outputs]
@@ -98,6 +84,14 @@ def run_module(
             f"layer {config.spec.name}: {who} returned {len(outputs)} outputs, "
             f"the spec declares {len(names)} ({', '.join(names)})"
         )
+    dims = config.dims_of(inputs)
+    for tensor, output in zip(config.spec.outputs, outputs, strict=True):
+        declared = config.shape(tensor, dims)
+        if tuple(output.shape) != declared:
+            raise InvalidSpec(
+                f"layer {config.spec.name}: {who} returned {tensor.name} of shape "
+                f"{tuple(output.shape)}, but the spec declares ({', '.join(tensor.dims)}) = {declared}"
+            )
     return {name: output.detach().numpy() for name, output in zip(names, outputs, strict=True)}
 
 

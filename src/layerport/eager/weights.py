@@ -33,14 +33,6 @@ SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """Read a weights file into a flat name -> tensor dict, without running code from it."""
     if not path.is_file():
@@ -127,7 +119,10 @@ def check_weights(
     wrong_dtype: dict[str, str] = {}
     for name in sorted(set(expected) & set(tensors)):
         tensor = tensors[name]
-        if tuple(tensor.shape) != tuple(expected[name]):
+        storage = _storage_problem(name, tensor)
+        if storage is not None:
+            problems.append(storage)
+        elif tuple(tensor.shape) != tuple(expected[name]):
             problems.append(
                 f"{name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name])}"
             )
@@ -139,6 +134,55 @@ def check_weights(
     if problems or dtype_problem:
         listed = "; ".join(problems) + ("; " if problems and dtype_problem else "")
         raise BadFile(f"weights in {path} do not fit the layer: {listed}", *dtype_problem)
+
+
+def _storage_problem(name: str, tensor: torch.Tensor) -> str | None:
+    """Why ``tensor`` is not a plain, dense CPU tensor holding its data, or ``None``.
+
+    ``torch.load`` hands back meta tensors (saved from a module built on
+    ``device="meta"``), sparse, quantized and nested tensors and tensor
+    subclasses as they were saved; ``load_state_dict`` would fail on them deep
+    inside torch, or copy nothing at all.
+    """
+    import torch
+
+    if type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+        return f"{name} is a {type(tensor).__name__}, not a plain tensor"
+    if tensor.is_meta:
+        return (
+            f"{name} holds no data: it is a meta tensor (saved from a module built on "
+            "device='meta'); save the weights after they are materialized"
+        )
+    if tensor.layout != torch.strided:
+        layout = str(tensor.layout).removeprefix("torch.")
+        return f"{name} is a {layout} tensor; save it dense (tensor.to_dense())"
+    if tensor.is_quantized:
+        return f"{name} is a quantized tensor; save it dequantized (tensor.dequantize())"
+    if tensor.is_nested:
+        return f"{name} is a nested tensor, which a layer's weights cannot be"
+    if tensor.device.type != "cpu":
+        return f"{name} is on {tensor.device}, not the CPU"
+    return None
+
+
+def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    """The sha256 of weights by content: each tensor's name, dtype, shape and bytes.
+
+    Tensors are taken in name order, so the same tensors give the same digest in
+    any container (``.safetensors`` or ``.pt``) and in any key order; a file's
+    own bytes would differ.
+    """
+    import json
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().contiguous()
+        header = [name, str(tensor.dtype).removeprefix("torch."), list(tensor.shape)]
+        digest.update(json.dumps(header).encode() + b"\n")
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _dtype_problem(wrong_dtype: Mapping[str, str], dtype: str) -> list[str | Setting]:

@@ -7,7 +7,10 @@ in this folder imports only from this folder and from the torch-free leaf
 modules ``layerport.errors`` and ``layerport.dtypes``.
 
 - ``modelfile``: reading and validating an untrusted ``.onnx`` file;
-- ``session``: an onnxruntime session on it, with checked inputs;
+- ``session``: an onnxruntime session on it, with checked inputs, guarded against
+  onnxruntime's known crashes;
+- ``isolation``: creating a session for a file in a child process first, so a
+  crash in onnxruntime becomes an error, not a signal;
 - ``arrays``: what an input must look like, checking arrays, the one input generator;
 - ``npy``: reading ``.npy``/``.npz`` files without unpickling;
 - ``metadata``: the ``layerport.*`` record an exported file carries;

@@ -21,10 +21,11 @@ model, layerport:
 - checks every tensor's ``raw_data`` size against its shape, then runs
   ``onnx.checker`` with ``full_check`` for unknown ops, dangling inputs and types.
 
-Untrusted models load in-process: 44,000 mutants of small models (bit flips,
-truncations, and edge values written into parsed fields) never crashed
-onnxruntime 1.32 once they had passed these checks, so a child process would
-only cost every ``infer`` 0.4 s of start-up.
+Models are read in-process: 44,000 mutants of small models (bit flips,
+truncations, and edge values written into parsed fields) never crashed onnx or
+onnxruntime once they had passed these checks. Valid files can still crash
+onnxruntime's session creation, which ``runtime.session`` guards against and
+``runtime.isolation`` contains.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
+import sys
 import warnings
 from collections.abc import Iterator
 
@@ -33,8 +35,38 @@ def is_verbose() -> bool:
 
 
 def onnxruntime_log_level() -> int:
-    """onnxruntime's severity threshold: 0 is verbose, 3 is errors only."""
-    return 1 if _verbose else 3
+    """onnxruntime's severity threshold: 1 (info) when verbose, else 4 (fatal only).
+
+    Not 3 (errors): onnxruntime logs each error in colour and then raises it,
+    and layerport reports what it raises, in one line of its own.
+    """
+    return 1 if _verbose else 4
+
+
+@contextlib.contextmanager
+def native_stderr_muted() -> Iterator[None]:
+    """Point file descriptor 2 at the null device for the block, unless verbose.
+
+    For C++ code that logs before it can be told its level (onnxruntime's import).
+    Python's ``sys.stderr`` is flushed first, so nothing of layerport's is lost.
+    """
+    if _verbose:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no fd 2 (pythonw), or a closed stderr
+        yield
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
 @contextlib.contextmanager

@@ -1,7 +1,12 @@
 """An onnxruntime session on an ONNX file, with layerport's checks around it: no torch.
 
 ``load_model`` reads a file through ``modelfile.read_model`` (validated, external
-data inlined) and opens a CPU session on its bytes. ``Session.run`` checks the
+data inlined) and opens a CPU session on its bytes, created first in a child
+process (``isolation``) so that an onnxruntime crash becomes an error, not a
+signal. A graph known to crash onnxruntime 1.32 is opened without the optimizer
+that crashes on it (``crashes_nchwc_transformer``). onnxruntime logs nothing
+unless verbose: what it would log as an error it also raises, and layerport
+reports that in one line. ``Session.run`` checks the
 inputs' names, ranks, sizes and dtypes against the file, so a mistake gives
 layerport's error instead of onnxruntime's, and fills omitted optional inputs
 (such as an RNN's ``h0``) with zeros. Which inputs are optional is the caller's
@@ -11,7 +16,11 @@ from its spec.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+import contextlib
+import difflib
+import re
+import sys
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +29,18 @@ import numpy as np
 import onnx
 
 from layerport.dtypes import element_type_name
-from layerport.errors import BadFile, Setting, UserInputError, WorkFailed, one_line
-from layerport.runtime import OPTIMIZATION_LEVELS, noise
+from layerport.errors import (
+    BadFile,
+    LayerportError,
+    Setting,
+    UserInputError,
+    WorkFailed,
+    one_line,
+)
+from layerport.runtime import OPTIMIZATION_LEVELS, isolation, noise
 from layerport.runtime.arrays import ArraySpec, check_arrays, random_inputs
 from layerport.runtime.metadata import ExportRecord
-from layerport.runtime.modelfile import read_model
+from layerport.runtime.modelfile import iter_graphs, read_model
 
 
 @dataclass(frozen=True)
@@ -39,6 +55,8 @@ class Session:
     """An ONNX model open in an onnxruntime CPU session.
 
     ``optional_inputs`` names the inputs that may be left out (filled with zeros).
+    ``isolate`` creates the session in a child process first, for files from
+    strangers (see ``open_session``); layerport's own exports do without.
     """
 
     def __init__(
@@ -48,6 +66,7 @@ class Session:
         settings: SessionSettings | None = None,
         *,
         optional_inputs: Collection[str] = (),
+        isolate: bool = False,
     ) -> None:
         self.name = name
         self.proto = model
@@ -58,7 +77,7 @@ class Session:
             if value.name not in initializers
         ]
         self.outputs = [array_spec_of(value) for value in model.graph.output]
-        self._session = open_session(model.SerializeToString(), name, settings or SessionSettings())
+        self._session = open_session(model, name, settings or SessionSettings(), isolate=isolate)
 
     def check_inputs(
         self, arrays: Mapping[str, np.ndarray]
@@ -78,9 +97,11 @@ class Session:
     def run_checked(self, complete: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run on inputs already checked and completed by ``check_inputs``."""
         try:
-            results = self._session.run(None, dict(complete))
+            results = self._session.run(None, dict(complete), run_options())
         except Exception as error:
-            raise WorkFailed(f"onnxruntime failed to run {self.name}: {one_line(error)}") from error
+            raise WorkFailed(
+                f"onnxruntime failed to run {self.name}: {one_line(_without_source(str(error)))}"
+            ) from error
         return {
             spec.name: np.asarray(result)
             for spec, result in zip(self.outputs, results, strict=True)
@@ -91,36 +112,57 @@ class Session:
 
         For timing: the call does no checking and returns onnxruntime's raw list.
         """
-        import onnxruntime
-
         feed, _ = self.check_inputs(arrays)
         names = [spec.name for spec in self.outputs]
-        run_options = onnxruntime.RunOptions()
+        options = run_options()
         session = self._session
-        return lambda: session.run(names, feed, run_options)
+        return lambda: session.run(names, feed, options)
+
+
+# onnxruntime's messages carry the C++ file, line and function that raised, which
+# would fill the one error line before the reason: "/onnxruntime_src/.../x.h:91
+# onnxruntime::ReshapeHelper::ReshapeHelper(...) size == size was false. The ...".
+_SOURCE_LOCATION = re.compile(r"\S*onnxruntime_src/\S+:\d+ (?:onnxruntime::)?\S*?\(.*?\) ")
+_ONNXRUNTIME_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+
+
+def _without_source(message: str) -> str:
+    """onnxruntime's message without its error-code prefix and C++ source locations."""
+    return _SOURCE_LOCATION.sub("", _ONNXRUNTIME_PREFIX.sub("", message))
 
 
 def load_model(path: Path, settings: SessionSettings | None = None) -> Session:
-    """Validate an ONNX file and open it for inference.
+    """Validate an ONNX file and open it for inference, the session isolated.
 
     The optional inputs are the ones the file's layerport metadata lists.
     """
     model = read_model(path)
     record = ExportRecord.from_model(model)
     optional = record.optional_inputs if record else []
-    return Session(model, str(path), settings, optional_inputs=optional)
+    return Session(model, str(path), settings, optional_inputs=optional, isolate=True)
 
 
-def open_session(model_bytes: bytes, name: str, settings: SessionSettings) -> Any:
-    import onnxruntime as ort
+def open_session(
+    model: onnx.ModelProto, name: str, settings: SessionSettings, *, isolate: bool = False
+) -> Any:
+    """An onnxruntime CPU session on ``model``; ``name`` names it in errors.
 
+    With ``isolate``, the session is first created in a forked child, with the
+    same options: if onnxruntime crashes there, this raises ``WorkFailed`` and
+    the process lives on. That costs a fork and one more session creation: for
+    ``infer`` of the float32 rnn, 22 to 36 ms on 670 ms (issue 10's figures).
+    Without fork there is no isolation.
+
+    Raises ``WorkFailed`` when onnxruntime crashes or has no kernel for one of
+    the model's ops in its types, ``BadFile`` when it refuses the model otherwise.
+    """
+    ort = onnxruntime_module()
     if settings.optimization not in OPTIMIZATION_LEVELS:
         raise UserInputError(
             f"optimization must be one of {', '.join(OPTIMIZATION_LEVELS)}, got {settings.optimization!r}"
         )
     if settings.threads < 0:
         raise UserInputError(f"threads must be 0 (all cores) or more, got {settings.threads}")
-    ort.set_default_logger_severity(noise.onnxruntime_log_level())
     options = ort.SessionOptions()
     options.log_severity_level = noise.onnxruntime_log_level()
     options.intra_op_num_threads = settings.threads
@@ -131,7 +173,10 @@ def open_session(model_bytes: bytes, name: str, settings: SessionSettings) -> An
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[settings.optimization]
-    try:
+    model_bytes = model.SerializeToString()
+    disabled = ["NchwcTransformer"] if crashes_nchwc_transformer(model) else None
+
+    def create() -> Any:
         # enable_fallback=0: on a load error the Python wrapper would otherwise print
         # to stdout and load the model again. read_config_from_model=0: the model's
         # own metadata must not set session options.
@@ -141,9 +186,166 @@ def open_session(model_bytes: bytes, name: str, settings: SessionSettings) -> An
             providers=["CPUExecutionProvider"],
             enable_fallback=0,
             read_config_from_model=0,
+            disabled_optimizers=disabled,
         )
+
+    if isolate:
+        crash = isolation.crash_in_child(create)
+        if crash is not None:
+            raise WorkFailed(
+                f"onnxruntime {ort.__version__} {crash.words()} while creating a session for "
+                f"{name}; this is an onnxruntime bug, which a lower graph optimization "
+                "level may avoid (",
+                Setting("optimization", "extended"),
+                ")",
+            )
+    try:
+        return create()
     except Exception as error:
-        raise BadFile(f"onnxruntime cannot load {name}: {one_line(error)}") from error
+        raise creation_error(error, model, name, ort.__version__) from error
+
+
+def onnxruntime_module() -> Any:
+    """onnxruntime, set to layerport's log level, and imported without a word.
+
+    Importing it creates its logging environment with warnings on, and it may
+    warn at once (device discovery on a machine whose DRM card has no PCI
+    attributes: microsoft/onnxruntime#26763), so the first import happens with
+    file descriptor 2 muted, unless verbose.
+    """
+    first = "onnxruntime" not in sys.modules
+    with noise.native_stderr_muted() if first else contextlib.nullcontext():
+        import onnxruntime as ort
+    ort.set_default_logger_severity(noise.onnxruntime_log_level())
+    return ort
+
+
+def run_options() -> Any:
+    """onnxruntime ``RunOptions`` at layerport's log level, for every run.
+
+    A run's log level is its own, not the session's: without it a failing node
+    logs a coloured ``[E:onnxruntime:...]`` line before the exception is raised.
+    """
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.log_severity_level = noise.onnxruntime_log_level()
+    return options
+
+
+# ---------------------------------------------------------------------------
+# Known onnxruntime failures
+
+
+def crashes_nchwc_transformer(model: onnx.ModelProto) -> bool:
+    """Whether onnxruntime 1.32's NCHWc transformer would crash on ``model``.
+
+    It dereferences a null pointer (SIGSEGV, while the session is created at
+    the ``all`` optimization level, on x86-64) on a graph that holds a
+    control-flow node (Scan, Loop, If: anything with a subgraph) and feeds a
+    Transpose into a MatMul's first input through a Cast: a Cast or CastLike in
+    the file, from any type, or the Cast onnxruntime inserts itself before a
+    float16 MatMul, which its CPU provider computes in float32. A float16 rnn
+    exported through Scan is one (issue 10; microsoft/onnxruntime#28392, closed
+    as stale, so re-check on every onnxruntime upgrade). The float32 rnn has the
+    same Scan -> Transpose -> MatMul with no Cast, and is safe. Disabling that
+    one transformer avoids the crash and keeps NCHWc for every other graph, such
+    as float32 Conv models. The check is one pass over the nodes and the types
+    the file declares; a MatMul whose types it does not declare counts as
+    float16, and any Transpose counts, though those that swap the last two
+    axes were not seen to crash.
+    """
+    types = declared_types(model)
+    return any(_holds_crashing_chain(graph, types) for graph in iter_graphs(model.graph))
+
+
+def _holds_crashing_chain(graph: onnx.GraphProto, types: Mapping[str, int]) -> bool:
+    if not any(_has_subgraph(node) for node in graph.node):
+        return False
+    producers = {output: node for node in graph.node for output in node.output}
+    for node in graph.node:
+        if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or not node.input:
+            continue
+        source = producers.get(node.input[0])
+        if source is None:
+            continue
+        if source.op_type in ("Cast", "CastLike") and source.input:
+            before = producers.get(source.input[0])
+            if before is not None and before.op_type == "Transpose":
+                return True
+        elif source.op_type == "Transpose":
+            known = [
+                types[name]
+                for name in (*source.input[:1], *node.input, *node.output)
+                if name in types
+            ]
+            if not known or onnx.TensorProto.FLOAT16 in known:
+                return True
+    return False
+
+
+def _has_subgraph(node: onnx.NodeProto) -> bool:
+    return any(attribute.HasField("g") or attribute.graphs for attribute in node.attribute)
+
+
+def declared_types(model: onnx.ModelProto) -> dict[str, int]:
+    """The element type of every value the file declares, in any graph, by name."""
+    types: dict[str, int] = {}
+    for graph in iter_graphs(model.graph):
+        for value in (*graph.input, *graph.output, *graph.value_info):
+            if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type:
+                types[value.name] = value.type.tensor_type.elem_type
+        for tensor in graph.initializer:
+            types[tensor.name] = tensor.data_type
+        for node in graph.node:
+            if node.op_type == "Cast" and node.output:
+                for attribute in node.attribute:
+                    if attribute.name == "to":
+                        types[node.output[0]] = attribute.i
+    return types
+
+
+# onnxruntime's words when its CPU provider has no kernel for a node's types.
+_NO_KERNEL = re.compile(
+    r"Could not find an implementation for (\S+?)\(\d+\) node with name '([^']*)'"
+)
+
+
+def creation_error(
+    error: Exception, model: onnx.ModelProto, name: str, version: str
+) -> LayerportError:
+    """The layerport error for onnxruntime's refusal to create a session on ``model``.
+
+    A missing kernel is ``WorkFailed``: the file is valid (it passed onnx's
+    checker), and this onnxruntime cannot run it. Anything else is ``BadFile``.
+    """
+    found = _NO_KERNEL.search(str(error))
+    if found is None:
+        return BadFile(f"onnxruntime cannot load {name}: {one_line(error)}")
+    op_type, node_name = found.groups()
+    dtypes = sorted(set(_input_types(model, op_type, node_name)))
+    kernel = f"{dtypes[0]} kernel" if len(dtypes) == 1 else "kernel in this file's types"
+    node = f"node {node_name!r}" if node_name else "an unnamed node"
+    return WorkFailed(
+        f"onnxruntime {version} cannot run {name}: it has no {kernel} for {op_type} ({node})"
+    )
+
+
+def _input_types(model: onnx.ModelProto, op_type: str, node_name: str) -> Iterator[str]:
+    """The type of the first typed input of each node ``op_type`` called ``node_name``.
+
+    The file's declarations, completed by onnx's shape inference where it can.
+    """
+    # A model onnx cannot infer still has the types it declares.
+    with contextlib.suppress(Exception):
+        model = onnx.shape_inference.infer_shapes(model)
+    types = declared_types(model)
+    for graph in iter_graphs(model.graph):
+        for node in graph.node:
+            if node.op_type == op_type and node.name == node_name:
+                typed = [types[value] for value in node.input if value in types]
+                if typed:
+                    yield element_type_name(typed[0])
 
 
 def array_spec_of(value: onnx.ValueInfoProto, optional: Collection[str] = ()) -> ArraySpec:
@@ -178,7 +380,13 @@ def generated_inputs(
         set(dims) - {d for spec in session.inputs for d in spec.dims if isinstance(d, str)}
     )
     if unknown:
-        raise UserInputError(f"the file has no symbolic dim {unknown[0]!r}")
+        known = sorted({d for spec in session.inputs for d in spec.dims if isinstance(d, str)})
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        suggestion = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserInputError(
+            f"the file has no symbolic dim {unknown[0]!r}{suggestion}; "
+            f"its symbolic dims: {', '.join(known) or '(none)'}"
+        )
     sizes.update(dims)
     shapes = {}
     dtypes = {}

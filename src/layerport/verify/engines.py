@@ -72,7 +72,8 @@ class TorchReferenceEngine:
     def __init__(self, module: nn.Module, config: LayerConfig) -> None:
         if config.spec.reference is None:
             raise InvalidSpec(f"layer {config.spec.name} declares no reference")
-        self.reference = config.spec.reference(module)
+        with config.layer.plugin_code("reference()"):
+            self.reference = config.spec.reference(module)
         self.config = config
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -27,6 +27,7 @@ class VerificationReport:
     structure_problems: list[str] = field(default_factory=list)
     comparisons: list[Comparison] = field(default_factory=list)
     streaming: str | None = None
+    notes: list[str] = field(default_factory=list)  # what may explain a failure, said first
 
     @property
     def passed(self) -> bool:
@@ -37,18 +38,20 @@ class VerificationReport:
         return [comparison for comparison in self.comparisons if not comparison.passed]
 
     def worst(self) -> dict[str, dict[str, Any]]:
-        """Per output: the largest absolute error over every case, where it occurred, and
-        the largest relative error (which may occur elsewhere)."""
+        """Per output: the largest absolute error over every case and where it occurred, and
+        the largest relative error and the case it occurred in, which may be another."""
         worst: dict[str, dict[str, Any]] = {}
         for comparison in self.comparisons:
             current = worst.setdefault(
-                comparison.output, {"max_abs_error": -1.0, "max_rel_error": 0.0}
+                comparison.output, {"max_abs_error": -1.0, "max_rel_error": -1.0}
             )
             if comparison.max_abs_error > current["max_abs_error"]:
                 current["max_abs_error"] = comparison.max_abs_error
                 current["case"] = comparison.case
                 current["index"] = list(comparison.worst_index)
-            current["max_rel_error"] = max(current["max_rel_error"], comparison.max_rel_error)
+            if comparison.max_rel_error > current["max_rel_error"]:
+                current["max_rel_error"] = comparison.max_rel_error
+                current["rel_case"] = comparison.case
         return worst
 
     def max_abs_error(self) -> float:
@@ -69,14 +72,18 @@ class VerificationReport:
         }
 
     def failure_message(self) -> str:
-        """One line that says why verification failed, for the error contract."""
+        """One line that says why verification failed, for the error contract.
+
+        The notes come first: a changed plugin explains a failure better than a tolerance.
+        """
+        notes = "".join(f"{note}; " for note in self.notes)
         if self.structure_problems:
-            return "verification failed: " + "; ".join(self.structure_problems)
+            return f"{notes}verification failed: " + "; ".join(self.structure_problems)
         failures = self.failures
         worst = max(failures, key=lambda c: (c.problem is not None, c.needed_atol))
         return (
-            f"verification failed in {len(failures)} of {len(self.comparisons)} comparisons "
-            f"({self.tolerance.describe()}); worst: {worst.describe()}"
+            f"{notes}verification failed in {len(failures)} of {len(self.comparisons)} "
+            f"comparisons ({self.tolerance.describe()}); worst: {worst.describe()}"
         )
 
 

@@ -65,8 +65,10 @@ def verify_engines(
             report.comparisons += compare_outputs(
                 case, expected.run(inputs), actual.run(inputs), report.tolerance, report.engines
             )
-    if spec.streaming is not None:
+    if spec.streaming is not None and spec.streaming.applies(config.params):
         _verify_streaming(report, config, actual, expected, export_dims)
+    elif spec.streaming is not None:
+        report.streaming = f"skipped: a layer with {spec.streaming.unless}=true cannot stream"
     return report
 
 

@@ -90,4 +90,4 @@ def bench(
             LayerOutcome(config.layer, bench=bench_layer(config, threads=threads, timing=timing))
         ]
     print_bench(outcomes, all_, json_)
-    raise_if_any_failed(outcomes)
+    raise_if_any_failed(outcomes, json_)

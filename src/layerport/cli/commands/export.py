@@ -106,7 +106,7 @@ def export(
 
         outcomes = for_each_layer("exporting", export_one)
         print_export_all(outcomes, json_)
-        raise_if_any_failed(outcomes)
+        raise_if_any_failed(outcomes, json_)
         return
     if not layer:
         raise click.UsageError("give a LAYER to export, or --all")

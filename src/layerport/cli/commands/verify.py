@@ -15,7 +15,7 @@ from layerport.cli.options import (
     given_explicitly,
     json_option,
 )
-from layerport.cli.output import print_verification, write_report
+from layerport.cli.output import print_verification, warn, write_report
 from layerport.errors import VerificationFailed
 from layerport.runtime.files import check_writable_target
 
@@ -83,4 +83,6 @@ def verify(
     write_report(report, report_path)
     if not report.passed:
         raise VerificationFailed(report.failure_message(), report=report)
+    for note in report.notes:
+        warn(note)
     print_verification(report, shown, json_)

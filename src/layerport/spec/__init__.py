@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from layerport.dtypes import DEFAULT_TOLERANCES, DTYPES, Tolerance
 from layerport.errors import InvalidDim, InvalidParameter, InvalidSpec, Setting
+from layerport.spec.expressions import FormulaError, evaluate, formula_names, parse_formula
 
 if TYPE_CHECKING:
     from torch import nn
@@ -116,10 +117,16 @@ class Dim:
     def grid(self, export_size: int) -> tuple[int, ...]:
         """The sizes verification runs at: 1, the traced size, and a larger one.
 
-        The larger size is never a multiple of the traced size, so an export that
-        silently repeats or truncates a traced block cannot pass by coincidence.
+        The larger size is ``check_size`` when that is at least two above the
+        traced size, else twice the traced size plus 5, so that a streamed
+        sequence always splits into three chunks (1, traced, rest). It is never
+        a multiple of the traced size, so an export that silently repeats or
+        truncates a traced block cannot pass by coincidence.
         """
-        larger = max(self.check_size or 2 * export_size + 5, export_size + 1)
+        if self.check_size is not None and self.check_size >= export_size + 2:
+            larger = self.check_size
+        else:
+            larger = 2 * export_size + 5
         while export_size > 1 and larger % export_size == 0:
             larger += 1
         return tuple(sorted({1, export_size, larger}))
@@ -130,7 +137,8 @@ class Tensor:
     """A named input or output, and its dims by name.
 
     Each dim is the name of a dynamic ``Dim``, the name of an integer parameter,
-    or a literal size written as digits.
+    a literal size written as digits, or a formula over the parameters, such as
+    ``"num_layers * (2 if bidirectional else 1)"`` (see ``layerport.spec.expressions``).
     """
 
     name: str
@@ -145,11 +153,19 @@ class Streaming:
 
     Outputs that have ``dim`` are concatenated along it; each ``(input, output)``
     pair in ``carry`` feeds one chunk's output into the next chunk's input, as an
-    RNN carries ``h_n`` into ``h0``.
+    RNN carries ``h_n`` into ``h0``. ``unless`` names a boolean parameter that,
+    when true, makes the layer unable to stream (``bidirectional``: the backward
+    direction needs the whole sequence); verification then says it skipped the
+    check.
     """
 
     dim: str
     carry: tuple[tuple[str, str], ...]
+    unless: str | None = None
+
+    def applies(self, params: Params) -> bool:
+        """Whether a layer with these parameters can stream."""
+        return self.unless is None or not params[self.unless]
 
 
 @dataclass(frozen=True)
@@ -269,7 +285,10 @@ def _dim_size(dim: str, params: Params, dims: Dims) -> int:
         return int(dim)
     if dim in dims:
         return dims[dim]
-    return int(params[dim])
+    if dim in params:
+        return int(params[dim])
+    values = {name: value for name, value in params.items() if isinstance(value, (int, bool))}
+    return evaluate(parse_formula(dim), values)
 
 
 def _has_type(value: object, expected: type) -> bool:
@@ -330,13 +349,14 @@ def _validate_spec(spec: LayerSpec) -> None:
     if not spec.inputs or not spec.outputs:
         fail("a layer needs at least one input and one output")
     int_params = {param.name for param in spec.params if param.type is int}
+    flag_params = {param.name for param in spec.params if param.type is bool}
     for tensor in spec.inputs + spec.outputs:
         for dim_name in tensor.dims:
-            if not (dim_name.isdigit() or dim_name in dim_names or dim_name in int_params):
-                fail(
-                    f"tensor {tensor.name}: dim {dim_name!r} is neither a dynamic dim, "
-                    "an integer parameter nor a literal size"
-                )
+            if dim_name.isdigit() or dim_name in dim_names or dim_name in int_params:
+                continue
+            problem = _formula_problem(dim_name, int_params, flag_params)
+            if problem:
+                fail(f"tensor {tensor.name}: dim {dim_name!r} {problem}")
     if any(output.optional for output in spec.outputs):
         fail("only inputs can be optional")
     if spec.inputs[0].optional:
@@ -350,10 +370,33 @@ def _validate_spec(spec: LayerSpec) -> None:
         _validate_streaming(spec, fail)
 
 
+def _formula_problem(text: str, numbers: set[str], flags: set[str]) -> str | None:
+    """Why ``text`` is not a dim formula over these parameters, or ``None``."""
+    if text.isidentifier():
+        return "is neither a dynamic dim, an integer parameter nor a literal size"
+    try:
+        names, used_as_flags = formula_names(parse_formula(text))
+    except FormulaError as error:
+        return f"is not a valid formula: {error}"
+    unknown = sorted(names - numbers - flags)
+    if unknown:
+        return (
+            f"uses {unknown[0]!r}, which is not an integer or boolean parameter "
+            "(a formula may use parameters only)"
+        )
+    not_flags = sorted(used_as_flags - flags)
+    if not_flags:
+        return f"tests {not_flags[0]!r} with 'if', which is not a boolean parameter"
+    return None
+
+
 def _validate_streaming(spec: LayerSpec, fail: Callable[[str], None]) -> None:
     assert spec.streaming is not None
     if spec.streaming.dim not in {dim.name for dim in spec.dims}:
         fail(f"streaming dim {spec.streaming.dim!r} is not a dynamic dim")
+    unless = spec.streaming.unless
+    if unless is not None and unless not in {p.name for p in spec.params if p.type is bool}:
+        fail(f"streaming unless={unless!r} is not a boolean parameter")
     inputs = {tensor.name: tensor for tensor in spec.inputs}
     outputs = {tensor.name: tensor for tensor in spec.outputs}
     for input_name, output_name in spec.streaming.carry:

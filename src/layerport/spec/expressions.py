@@ -1,0 +1,82 @@
+"""Dims derived from a layer's parameters, written as formulas and evaluated safely.
+
+torch's layouts need sizes such as ``num_layers x directions`` or
+``directions x hidden_size``: a ``Tensor`` dim may be a formula over the
+layer's parameters, such as ``"num_layers * (2 if bidirectional else 1)"``.
+
+A formula is parsed with Python's own parser (``ast.parse(..., mode="eval")``)
+and then evaluated here, node by node, over a small whitelist: integer
+literals, names, ``+``, ``-``, ``*``, ``//``, unary ``-``, parentheses, and
+``A if FLAG else B`` where ``FLAG`` names a boolean parameter. Nothing is
+passed to ``eval``: a plugin's string can only ever compute an integer. The
+formula's text is what ``show`` prints, without torch.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Mapping
+
+_OPERATORS = {
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
+    ast.FloorDiv: lambda a, b: a // b,
+}
+
+
+class FormulaError(ValueError):
+    """A formula uses something outside the whitelist, or a name it may not use."""
+
+
+def parse_formula(text: str) -> ast.expr:
+    """The formula's expression tree, checked against the whitelist; ``FormulaError`` if not."""
+    try:
+        tree = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError as error:
+        raise FormulaError(f"{text!r} is not a formula: {error.msg}") from None
+    for node in ast.walk(tree):
+        allowed = (
+            isinstance(node, (ast.BinOp, ast.Name, ast.Load, ast.USub))
+            or type(node) in _OPERATORS
+            or (isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub))
+            or (isinstance(node, ast.IfExp) and isinstance(node.test, ast.Name))
+            or (isinstance(node, ast.Constant) and type(node.value) is int)
+        )
+        if not allowed:
+            raise FormulaError(
+                f"{text!r} uses {type(node).__name__}; formulas take integers, names, "
+                "+ - * //, parentheses and 'A if FLAG else B'"
+            )
+    return tree
+
+
+def formula_names(tree: ast.expr) -> tuple[set[str], set[str]]:
+    """Every name a formula uses, and the names it uses as ``if`` flags."""
+    names = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    flags = {
+        node.test.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.IfExp) and isinstance(node.test, ast.Name)
+    }
+    return names, flags
+
+
+def evaluate(tree: ast.expr, values: Mapping[str, int | bool]) -> int:
+    """The formula's value for ``values`` (names to integers or flags)."""
+    if isinstance(tree, ast.Constant):
+        assert type(tree.value) is int  # parse_formula admits no other constant
+        return tree.value
+    if isinstance(tree, ast.Name):
+        return int(values[tree.id])
+    if isinstance(tree, ast.UnaryOp):
+        return -evaluate(tree.operand, values)
+    if isinstance(tree, ast.IfExp):
+        assert isinstance(tree.test, ast.Name)
+        branch = tree.body if values[tree.test.id] else tree.orelse
+        return evaluate(branch, values)
+    assert isinstance(tree, ast.BinOp)
+    left, right = evaluate(tree.left, values), evaluate(tree.right, values)
+    if isinstance(tree.op, ast.FloorDiv) and right == 0:
+        raise ZeroDivisionError("a formula divides by zero")
+    return int(_OPERATORS[type(tree.op)](left, right))
