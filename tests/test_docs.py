@@ -27,8 +27,13 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- cli-reference:start -->", "<!-- cli-reference:end -->"
 
 
-def code_blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README.read_text(), flags=re.DOTALL)
+WALKTHROUGH = re.compile(r"<!-- walkthrough:start -->(.*?)<!-- walkthrough:end -->", re.DOTALL)
+
+
+def code_blocks(language: str, text: str | None = None) -> list[str]:
+    """The README's blocks in ``language``; the walk-through's run in their own test."""
+    text = WALKTHROUGH.sub("", README.read_text()) if text is None else text
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.DOTALL)
 
 
 def cli_reference() -> str:
@@ -59,6 +64,33 @@ def test_console_examples_run(tmp_path: Path) -> None:
         result = run_process(*shlex.split(command), cwd=tmp_path)
         assert result.exit_code == 0, f"layerport {command}: {result.stderr}"
         assert "Traceback" not in result.stderr
+
+
+def test_export_a_trained_model_walkthrough_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its Python blocks and its commands, in order, in one folder, as a reader runs them."""
+    section = WALKTHROUGH.search(README.read_text())
+    assert section is not None
+    blocks = re.findall(r"```(python|console)\n(.*?)```", section.group(1), flags=re.DOTALL)
+    assert [language for language, _ in blocks] == ["python", "console", "python"]
+    monkeypatch.chdir(tmp_path)
+    # The blocks call `layerport` as a reader's shell would find it.
+    monkeypatch.setenv(
+        "PATH", os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+    )
+    namespace: dict[str, object] = {"__name__": "walkthrough"}
+    for language, body in blocks:
+        if language == "python":
+            exec(compile(body, "README.md", "exec"), namespace)
+            continue
+        for line in body.splitlines():
+            if line.startswith("$ layerport "):
+                result = run_process(*shlex.split(line.removeprefix("$ layerport ")), cwd=tmp_path)
+                assert result.exit_code == 0, f"{line}: {result.stderr}"
+                assert "verification: passed" in result.stdout
+                assert "using its 'model_state_dict' entry" in result.stderr
+    assert (tmp_path / "out.npz").is_file()
 
 
 def test_python_api_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,6 +6,7 @@ here imports torch.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ class LayerConfig:
     dtype: str = DEFAULT_DTYPE
     seed: int = 0
     weights: Path | None = None
+    weights_prefix: str | None = None  # the submodule of a whole-model checkpoint
+    notes: tuple[str, ...] = ()  # how the weights were found, for the user
 
     @property
     def spec(self) -> LayerSpec:
@@ -53,7 +56,7 @@ class LayerConfig:
         return sum(math.prod(shape) * itemsize for shape in self.weight_shapes().values())
 
     def with_dims(self, dims: Mapping[str, int]) -> LayerConfig:
-        return LayerConfig(self.layer, self.params, dict(dims), self.dtype, self.seed, self.weights)
+        return dataclasses.replace(self, dims=dict(dims))
 
     def dims_of(self, arrays: Mapping[str, np.ndarray]) -> dict[str, int]:
         """This configuration's dims, with the sizes that ``arrays`` (inputs by name) have."""
@@ -114,23 +117,77 @@ def resolve_config(
     dtype: str = DEFAULT_DTYPE,
     seed: int = 0,
     weights: Path | None = None,
+    weights_prefix: str | None = None,
 ) -> LayerConfig:
-    """Look the layer up and check every choice against its spec."""
+    """Look the layer up and check every choice against its spec.
+
+    With ``weights``, a layer whose spec declares ``params_from_weights`` takes
+    the sizes the tensors imply (``weights_prefix`` selects one submodule of a
+    whole-model checkpoint); a given parameter must agree with them.
+    """
     layer = registry.resolve(layer_name)
     if dtype not in DTYPES:
         raise UserInputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise InvalidParameter(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
+    if weights_prefix is not None and weights is None:
+        raise UserInputError(
+            "a weights prefix selects tensors from a weights file; pass one with ",
+            Setting("weights"),
+        )
+    resolved = layer.spec.resolve_params(params)
+    notes: tuple[str, ...] = ()
+    if weights is not None:
+        from layerport.eager.weights import read_checkpoint
+
+        checkpoint = read_checkpoint(weights, weights_prefix)
+        notes = checkpoint.notes
+        shapes = {name: tuple(tensor.shape) for name, tensor in checkpoint.tensors.items()}
+        resolved = _params_from_weights(layer, resolved, params or {}, shapes, weights)
     config = LayerConfig(
         layer=layer,
-        params=layer.spec.resolve_params(params),
+        params=resolved,
         dims=layer.spec.resolve_dims(dims),
         dtype=dtype,
         seed=seed,
         weights=weights,
+        weights_prefix=weights_prefix,
+        notes=notes,
     )
     check_memory(config)
     return config
+
+
+def _params_from_weights(
+    layer: RegisteredLayer,
+    resolved: dict[str, ParamValue],
+    given: Mapping[str, object],
+    shapes: Mapping[str, tuple[int, ...]],
+    path: Path,
+) -> dict[str, ParamValue]:
+    """The parameters with the sizes ``shapes`` imply; a given one must agree with them."""
+    infer = layer.spec.params_from_weights
+    if infer is None:
+        return resolved
+    with layer.plugin_code("params_from_weights()"):
+        try:
+            raw = infer(shapes)
+        except (KeyError, IndexError):
+            raw = None  # the tensors do not even name the layer's weights
+    if raw is None:
+        return resolved  # check_weights will say which are missing, and where they are
+    implied = layer.spec.resolve_params(raw)
+    for name in given:
+        if name in implied and resolved[name] != implied[name]:
+            raise InvalidParameter(
+                f"parameter {name} is {_shown(resolved[name])}, but the weights in {path} "
+                f"imply {name}={_shown(implied[name])}; drop it, and the weights set it"
+            )
+    return {**resolved, **{name: value for name, value in implied.items() if name not in given}}
+
+
+def _shown(value: ParamValue) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def bind_inputs(
@@ -224,4 +281,5 @@ def config_from_record(
         dtype=record.dtype,
         seed=record.seed if record.seed is not None else 0,
         weights=weights,
+        weights_prefix=record.weights_prefix if weights is not None else None,
     )

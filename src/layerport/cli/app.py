@@ -26,7 +26,7 @@ import click
 
 from layerport import __version__, plugins
 from layerport.cli.options import LayerOptions
-from layerport.cli.output import LayerOutcome, Progress, warn
+from layerport.cli.output import LayerOutcome, Progress, note, warn
 from layerport.config import LayerConfig, resolve_config
 from layerport.errors import LayerportError, MissingDependency, Setting, WorkFailed, one_line
 from layerport.registry import RegisteredLayer, Registry
@@ -145,7 +145,7 @@ def _report_plugin_problems(registry: Registry) -> None:
 
 def resolve_layer(name: str, options: LayerOptions) -> LayerConfig:
     """The configuration a command's LAYER argument and layer options ask for."""
-    return resolve_config(
+    config = resolve_config(
         get_registry(),
         name,
         params=options.params,
@@ -153,7 +153,11 @@ def resolve_layer(name: str, options: LayerOptions) -> LayerConfig:
         dtype=options.dtype,
         seed=options.seed,
         weights=options.weights,
+        weights_prefix=options.weights_prefix,
     )
+    for message in config.notes:
+        note(message)
+    return config
 
 
 def for_each_layer(
@@ -207,6 +211,7 @@ FLAGS = {
     "inputs": "--input",
     "threads": "--threads",
     "optimization": "--optimization",
+    "weights_prefix": "--weights-prefix",
 }
 
 

@@ -151,10 +151,11 @@ class LayerOptions:
     dtype: str
     seed: int
     weights: Path | None
+    weights_prefix: str | None
 
     def given(self) -> bool:
         """Whether any of -p, --dim or --weights was given (``--all`` takes none)."""
-        return bool(self.params or self.dims or self.weights)
+        return bool(self.params or self.dims or self.weights or self.weights_prefix)
 
 
 def collected(into: type, argument: str, *decorators: Callable[[F], F]) -> Callable[[F], F]:
@@ -189,7 +190,15 @@ layer_options = collected(
         "--weights",
         type=click.Path(path_type=Path),
         default=None,
-        help="Load weights from a .safetensors file or a .pt/.pth/.bin state dict.",
+        help="Load weights from a .safetensors file or a .pt/.pth/.bin state dict or training "
+        "checkpoint.",
+    ),
+    click.option(
+        "--weights-prefix",
+        default=None,
+        metavar="PREFIX",
+        help="With --weights: use only the tensors under PREFIX (such as encoder.lstm.), "
+        "stripped of it.",
     ),
 )
 

@@ -93,6 +93,11 @@ def warn(message: str) -> None:
     click.echo(f"Warning: {message}", err=True)
 
 
+def note(message: str) -> None:
+    """Something the user should know that is not a problem, such as which weights were used."""
+    click.echo(f"Note: {message}", err=True)
+
+
 # ---------------------------------------------------------------------------
 # Progress, for long work such as ``export --all``
 

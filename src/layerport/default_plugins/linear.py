@@ -6,11 +6,11 @@ classifier, a Linear layer 8 -> 2 followed by a sigmoid.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from layerport import Dim, LayerSpec, Param, Tensor, hookimpl
-from layerport.spec import Dims, Params
+from layerport.spec import Dims, Params, ParamValue
 
 if TYPE_CHECKING:
     from torch import nn
@@ -36,6 +36,12 @@ def linear_weights(params: Params) -> dict[str, tuple[int, ...]]:
     if params["bias"]:
         weights["bias"] = (int(params["out_features"]),)
     return weights
+
+
+def linear_params_from_weights(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, ParamValue]:
+    """``nn.Linear``'s state dict gives the sizes and the bias, not the activation."""
+    out_features, in_features = shapes["weight"]
+    return {"in_features": in_features, "out_features": out_features, "bias": "bias" in shapes}
 
 
 def linear_flops(params: Params, dims: Dims) -> int:
@@ -74,6 +80,7 @@ LINEAR = LayerSpec(
     reference=linear_reference,
     flops=linear_flops,
     batch_dim="batch",
+    params_from_weights=linear_params_from_weights,
 )
 
 

@@ -6,11 +6,11 @@ sequence, with an optional initial hidden state that defaults to zeros.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from layerport import Dim, LayerSpec, Param, Streaming, Tensor, hookimpl
-from layerport.spec import Dims, Params
+from layerport.spec import Dims, Params, ParamValue
 
 if TYPE_CHECKING:
     from torch import nn
@@ -40,6 +40,17 @@ def rnn_weights(params: Params) -> dict[str, tuple[int, ...]]:
         if params["bias"]:
             weights[f"{name}.bias"] = (rows,)
     return weights
+
+
+def rnn_params_from_weights(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, ParamValue]:
+    """The three matrices give every size and the bias, not the nonlinearity."""
+    hidden_size, input_size = shapes["wi.weight"]
+    return {
+        "input_size": input_size,
+        "hidden_size": hidden_size,
+        "output_size": shapes["wo.weight"][0],
+        "bias": "wi.bias" in shapes,
+    }
 
 
 def rnn_flops(params: Params, dims: Dims) -> int:
@@ -115,6 +126,7 @@ RNN = LayerSpec(
     reference=rnn_reference,
     flops=rnn_flops,
     batch_dim="batch",
+    params_from_weights=rnn_params_from_weights,
 )
 
 

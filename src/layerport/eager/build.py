@@ -17,7 +17,7 @@ from torch import nn
 
 from layerport.config import LayerConfig
 from layerport.dtypes import precision
-from layerport.eager.weights import check_weights, read_weights
+from layerport.eager.weights import check_weights, read_checkpoint
 from layerport.errors import InvalidSpec, UserInputError
 
 
@@ -44,7 +44,8 @@ def build_module(
             f"layer {config.spec.name}: weights() declares {declared}, but the module holds {actual}"
         )
     if config.weights is not None:
-        tensors = read_weights(config.weights) if tensors is None else tensors
+        if tensors is None:
+            tensors = read_checkpoint(config.weights, config.weights_prefix).tensors
         check_weights(tensors, declared, config.dtype, config.weights)
         module.load_state_dict(tensors, strict=True)
     return module

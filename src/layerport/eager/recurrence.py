@@ -98,3 +98,24 @@ def run_stacked(
         layer_input = torch.cat(outputs, dim=-1) if directions == 2 else outputs[0]
     stacked = tuple(torch.stack([final[i] for final in finals]) for i in range(len(state)))
     return stacked, layer_input
+
+
+def torch_weight(module: torch.nn.RNNBase, index: int, kind: str) -> torch.Tensor:
+    """One layer and direction's tensor, by ``nn.RNN``/``LSTM``'s key (``weight_hh_l1_reverse``).
+
+    ``index`` is ``layer * directions + direction``, as ``run_stacked`` counts.
+    """
+    layer, direction = divmod(index, 2 if module.bidirectional else 1)
+    tensor = getattr(module, f"{kind}_l{layer}{'_reverse' if direction else ''}")
+    assert isinstance(tensor, torch.Tensor)
+    return tensor
+
+
+def torch_projection(
+    module: torch.nn.RNNBase, index: int, layer_input: torch.Tensor
+) -> torch.Tensor:
+    """``layer_input @ weight_ih.T + bias_ih + bias_hh``: the step-independent part, hoisted."""
+    bias = None
+    if module.bias:
+        bias = torch_weight(module, index, "bias_ih") + torch_weight(module, index, "bias_hh")
+    return torch.nn.functional.linear(layer_input, torch_weight(module, index, "weight_ih"), bias)

@@ -14,13 +14,15 @@ dtype or conversion fixes it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import pickle
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from layerport.dtypes import DTYPES
 from layerport.errors import BadFile, Setting
@@ -33,24 +35,164 @@ SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """The tensors a weights file holds for one layer, and how they were found in it.
+
+    ``key`` is the entry of a training script's wrapper dict that held them
+    (``model_state_dict``), ``prefix`` the submodule prefix selected and
+    stripped (``encoder.lstm.``); ``notes`` say both, and any ``module.`` or
+    ``_orig_mod.`` prefix stripped, in words for the user.
+    """
+
+    tensors: dict[str, torch.Tensor]
+    key: str | None = None
+    prefix: str | None = None
+    notes: tuple[str, ...] = ()
+
+
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """Read a weights file into a flat name -> tensor dict, without running code from it."""
+    return read_checkpoint(path).tensors
+
+
+def read_checkpoint(path: Path, prefix: str | None = None) -> Checkpoint:
+    """Read the tensors of one layer from a weights file, as training scripts save them.
+
+    Accepted: a bare state dict; a wrapper dict with one entry of named tensors
+    (``{"model_state_dict": ..., "epoch": 3, "optimizer": ...}``: the rest is
+    ignored); the ``module.`` prefix of ``DataParallel`` and the ``_orig_mod.``
+    of ``torch.compile`` (stripped). ``prefix`` selects one submodule: only the
+    keys that start with it, stripped of it. When a wrapper holds several dicts
+    of tensors, ``prefix`` may start with the entry's name (``ema.lstm.``).
+    Nothing in the file is run: ``.pt`` files load with ``weights_only=True``.
+    """
     if not path.is_file():
         raise BadFile(
             f"weights file {path} does not exist" if not path.exists() else f"{path} is not a file"
         )
-    check_allocation(path.stat().st_size, f"reading weights file {path}")
+    info = path.stat()
+    return _read_checkpoint(path, path.resolve(), info.st_mtime_ns, info.st_size, prefix)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_checkpoint(
+    path: Path, resolved: Path, mtime_ns: int, size: int, prefix: str | None
+) -> Checkpoint:
+    # Cached by the file's identity (``resolved``, its time and size), so that
+    # inferring a layer's sizes and then building it reads a large checkpoint once.
+    check_allocation(size, f"reading weights file {path}")
     suffix = path.suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES:
-        tensors = _read_safetensors(path)
+        loaded: Any = _read_safetensors(path)
     elif suffix in TORCH_SUFFIXES:
-        tensors = _read_state_dict(path)
+        loaded = _read_state_dict(path)
     else:
         raise BadFile(
             f"weights file {path} must end in .safetensors, .pt, .pth or .bin, "
             f"got {suffix or 'no suffix'!r}"
         )
+    notes: list[str] = []
+    tensors, key, prefix = _unwrap(loaded, path, prefix, notes)
+    tensors = _strip_wrapping_prefixes(tensors, notes)
+    if prefix:
+        tensors = _select(tensors, prefix, path)
+        notes.append(f"using the tensors under {prefix!r}, with the prefix stripped")
+    return Checkpoint(tensors, key, prefix, tuple(notes))
+
+
+def _is_tensor_dict(value: object) -> bool:
+    import torch
+
+    return (
+        isinstance(value, Mapping)
+        and bool(value)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+    )
+
+
+def _unwrap(
+    loaded: Mapping[Any, Any], path: Path, prefix: str | None, notes: list[str]
+) -> tuple[dict[str, torch.Tensor], str | None, str | None]:
+    """The state dict in ``loaded``, the wrapper key it sat under, and the prefix left."""
+    if _is_tensor_dict(loaded):
+        return dict(loaded), None, prefix
+    candidates = [key for key, value in loaded.items() if _is_tensor_dict(value)]
+    if prefix and prefix.split(".", 1)[0] in candidates:
+        key, _, prefix = prefix.partition(".")
+        candidates = [key]
+    if len(candidates) == 1:
+        key = candidates[0]
+        ignored = [repr(other) for other in loaded if other != key]
+        notes.append(
+            f"{path.name} is a training checkpoint: using its {key!r} entry"
+            + (f" (ignoring {', '.join(ignored[:6])})" if ignored else "")
+        )
+        return dict(loaded[key]), key, prefix or None
+    if len(candidates) > 1:
+        raise BadFile(
+            f"{path} holds several dicts of tensors ({', '.join(map(repr, candidates))}); "
+            "choose one by starting ",
+            Setting("weights_prefix", f"{candidates[0]}."),
+            " with its name",
+        )
+    not_named_tensors = [repr(key) for key in loaded if not isinstance(key, str)] or [
+        repr(key) for key, value in loaded.items() if not _is_tensor(value)
+    ]
+    raise BadFile(
+        f"{path} holds entries that are not named tensors: {', '.join(not_named_tensors[:5])}"
+    )
+
+
+def _is_tensor(value: object) -> bool:
+    import torch
+
+    return isinstance(value, torch.Tensor)
+
+
+# DataParallel saves its module under "module."; torch.compile under "_orig_mod.".
+_WRAPPING_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _strip_wrapping_prefixes(
+    tensors: dict[str, torch.Tensor], notes: list[str]
+) -> dict[str, torch.Tensor]:
+    stripped = True
+    while stripped:
+        stripped = False
+        for wrapping in _WRAPPING_PREFIXES:
+            if tensors and all(name.startswith(wrapping) for name in tensors):
+                tensors = {name.removeprefix(wrapping): t for name, t in tensors.items()}
+                notes.append(f"stripped the {wrapping!r} prefix that torch wrappers add")
+                stripped = True
+    # torch.compile on a submodule leaves "_orig_mod." inside the names.
+    if any("._orig_mod." in name for name in tensors):
+        tensors = {name.replace("._orig_mod.", "."): t for name, t in tensors.items()}
+        notes.append("stripped the '_orig_mod.' that torch.compile adds inside names")
     return tensors
+
+
+def _select(tensors: dict[str, torch.Tensor], prefix: str, path: Path) -> dict[str, torch.Tensor]:
+    selected = {
+        name.removeprefix(prefix): tensor
+        for name, tensor in tensors.items()
+        if name.startswith(prefix)
+    }
+    if not selected:
+        raise BadFile(
+            f"no tensor in {path} starts with {prefix!r}; its prefixes: "
+            f"{', '.join(submodule_prefixes(tensors)) or '(none)'}"
+        )
+    return selected
+
+
+def submodule_prefixes(names: Iterable[str]) -> list[str]:
+    """Every dotted prefix that ends before a tensor's own name (``encoder.``, ``encoder.lstm.``)."""
+    prefixes: set[str] = set()
+    for name in names:
+        parts = name.split(".")[:-1]
+        prefixes |= {".".join(parts[: end + 1]) + "." for end in range(len(parts))}
+    return sorted(prefixes)
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -63,7 +205,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise BadFile(f"{path} is not a valid safetensors file: {_first_line(error)}") from error
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def _read_state_dict(path: Path) -> Mapping[Any, Any]:
     import torch
 
     with path.open("rb") as handle:
@@ -76,11 +218,10 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        wanted = re.search(r"GLOBAL (\S+)", str(error))
-        reason = f"it would import {wanted.group(1)}" if wanted else "objects other than tensors"
         raise BadFile(
-            f"{path} was refused ({reason}): layerport loads only plain state dicts of "
-            "tensors (weights_only=True) and never runs code from a weights file"
+            f"{path} was refused ({_unsafe_globals(path, error)}): layerport loads only "
+            "plain state dicts of tensors (weights_only=True) and never runs code from a "
+            "weights file; re-save the weights alone, with torch.save(model.state_dict(), PATH)"
         ) from error
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as error:
         raise BadFile(
@@ -88,16 +229,26 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         ) from error
     if not isinstance(loaded, Mapping):
         raise BadFile(f"{path} holds a {type(loaded).__name__}, not a state dict of name -> tensor")
-    not_named_tensors = [
-        repr(key)
-        for key, value in loaded.items()
-        if not isinstance(key, str) or not isinstance(value, torch.Tensor)
-    ]
-    if not_named_tensors:
-        raise BadFile(
-            f"{path} holds entries that are not named tensors: {', '.join(not_named_tensors[:5])}"
-        )
-    return dict(loaded)
+    return loaded
+
+
+def _unsafe_globals(path: Path, error: Exception) -> str:
+    """What the pickle would import, named without running any of it.
+
+    ``get_unsafe_globals_in_checkpoint`` lists every global of a zip checkpoint
+    (an ``argparse.Namespace`` of training options, numpy scalars); a legacy
+    pickle names only the first, in the error.
+    """
+    import torch
+
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:
+        names = []
+    if not names:
+        wanted = re.search(r"GLOBAL (\S+)", str(error))
+        names = [wanted.group(1)] if wanted else []
+    return f"it would import {', '.join(names)}" if names else "objects other than tensors"
 
 
 def check_weights(
@@ -131,9 +282,37 @@ def check_weights(
         elif not bool(torch.isfinite(tensor).all()):
             problems.append(f"{name} holds NaN or Inf")
     dtype_problem = _dtype_problem(wrong_dtype, dtype) if wrong_dtype else []
+    if missing and unexpected:
+        dtype_problem += _prefix_advice(tensors, expected, after=bool(dtype_problem))
     if problems or dtype_problem:
         listed = "; ".join(problems) + ("; " if problems and dtype_problem else "")
         raise BadFile(f"weights in {path} do not fit the layer: {listed}", *dtype_problem)
+
+
+def _prefix_advice(
+    tensors: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]], *, after: bool
+) -> list[str | Setting]:
+    """Advice for a whole-model checkpoint: which prefix holds the layer's tensors."""
+    holders = {
+        name[: -len(wanted)]
+        for wanted in expected
+        for name in tensors
+        if name.endswith("." + wanted)
+    }
+    fitting = sorted(p for p in holders if all(p + wanted in tensors for wanted in expected))
+    lead = "; " if after else ""
+    if fitting:
+        return [
+            f"{lead}the file holds them under {fitting[0]!r}: select them with ",
+            Setting("weights_prefix", fitting[0]),
+        ]
+    prefixes = [p for p in submodule_prefixes(tensors) if p.count(".") == 1]
+    if prefixes:
+        return [
+            f"{lead}its tensors are under {', '.join(prefixes[:6])}: select one with ",
+            Setting("weights_prefix", "PREFIX"),
+        ]
+    return []
 
 
 def _storage_problem(name: str, tensor: torch.Tensor) -> str | None:

@@ -15,6 +15,7 @@ Verification and the file's metadata are ``layerport.pipeline``'s business.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import onnx
@@ -64,7 +65,7 @@ def trace_to_onnx(module: torch.nn.Module, config: LayerConfig, opset: int) -> o
         {axis: shared_dims[name] for axis, name in spec.dynamic_axes(tensor).items()} or None
         for tensor in spec.inputs
     )
-    with noise.captured_chatter() as chatter, torch.no_grad():
+    with noise.captured_chatter() as chatter, torch.no_grad(), _fresh_rnn_dispatch():
         try:
             program = torch.onnx.export(
                 module,
@@ -92,8 +93,38 @@ def trace_to_onnx(module: torch.nn.Module, config: LayerConfig, opset: int) -> o
     return model
 
 
+@contextlib.contextmanager
+def _fresh_rnn_dispatch() -> Iterator[None]:
+    """Clear the dispatch caches of ``aten.lstm`` and ``aten.gru`` around an export.
+
+    torch 2.13's torch.onnx registers a while_loop decomposition for them (so a
+    dynamic sequence length survives) by writing the ops' ``py_kernels`` directly,
+    which skips ``OpOverload._dispatch_cache``. The second export in a process
+    then reuses the first one's cached kernel and pins ``seq``, and an eager
+    ``nn.LSTM`` after an export may run the decomposition. Clearing the caches on
+    the way in and out gives every export, and every eager call, a fresh lookup.
+    """
+    ops = (torch.ops.aten.lstm.input, torch.ops.aten.gru.input)
+    for op in ops:
+        op._dispatch_cache.clear()
+    try:
+        yield
+    finally:
+        for op in ops:
+            op._dispatch_cache.clear()
+
+
 def _check_and_name_dynamic_dims(model: onnx.ModelProto, config: LayerConfig) -> None:
-    """Refuse pinned dynamic dims, and give symbolic dims the layer's own names."""
+    """Refuse pinned dynamic input dims, and give symbolic dims the layer's own names.
+
+    An *input* dim torch.onnx pinned means the graph was specialized to the
+    traced size (a loop unrolled, a branch taken): that is an export failure.
+    An *output* dim pinned while every input dim stayed symbolic is the
+    exporter's shape inference stopping short (the ONNX ``LSTM`` op's ``Y`` is
+    declared ``[batch, 10, ...]`` though it is computed for any length), so it is
+    declared symbolic again. The verification grid, at sizes other than the
+    traced one, is what proves such an output right.
+    """
     spec = config.spec
     renames: dict[str, str] = {}
     values = {value.name: value for value in [*model.graph.input, *model.graph.output]}
@@ -102,15 +133,19 @@ def _check_and_name_dynamic_dims(model: onnx.ModelProto, config: LayerConfig) ->
             raise ExportFailed(
                 f"the exported graph has no {tensor.name!r}; torch.onnx renamed or dropped it"
             )
+        is_input = tensor in spec.inputs
         shape = values[tensor.name].type.tensor_type.shape.dim
         for axis, name in spec.dynamic_axes(tensor).items():
-            if not shape[axis].HasField("dim_param"):
+            if shape[axis].HasField("dim_param"):
+                renames[shape[axis].dim_param] = name
+            elif is_input:
                 raise ExportFailed(
                     f"torch.onnx pinned the dynamic dim {name} of {tensor.name} to "
                     f"{shape[axis].dim_value}; the layer's forward() must not branch on or "
                     "specialize that size"
                 )
-            renames[shape[axis].dim_param] = name
+            else:
+                shape[axis].dim_param = name
     for value in _all_value_infos(model.graph):
         for dim in value.type.tensor_type.shape.dim:
             if dim.HasField("dim_param") and dim.dim_param in renames:
@@ -118,12 +153,18 @@ def _check_and_name_dynamic_dims(model: onnx.ModelProto, config: LayerConfig) ->
 
 
 def clean_model(model: onnx.ModelProto) -> None:
-    """Strip stack traces, FX dumps and doc strings: nothing of the build machine remains."""
+    """Strip stack traces, FX dumps and doc strings: nothing of the build machine remains.
+
+    Intermediate shapes (``value_info``) go too: they are optional, onnxruntime
+    infers its own, and the exporter's were inferred at the traced sizes, where
+    a recurrence's can be pinned. A stacked ``Scan`` export halves in size.
+    """
     model.doc_string = ""
     del model.metadata_props[:]
     for graph in iter_graphs(model.graph):
         graph.doc_string = ""
         del graph.metadata_props[:]
+        del graph.value_info[:]
         for item in [
             *graph.node,
             *graph.input,

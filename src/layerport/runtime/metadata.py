@@ -38,7 +38,9 @@ class ExportRecord:
     opset: int
     versions: dict[str, str]
     seed: int | None = None
-    weights_sha256: str | None = None
+    weights_sha256: str | None = None  # of the tensors' content: see eager.weights.tensors_sha256
+    weights_prefix: str | None = None  # the submodule selected from a whole-model checkpoint
+    weights_key: str | None = None  # the training checkpoint's entry that held the tensors
     verification: dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT_VERSION
 
@@ -112,8 +114,10 @@ class ExportRecord:
             "opset and format must be integers": _is_int(self.opset) and _is_int(self.format),
             "seed must be an integer >= 0": self.seed is None
             or (_is_int(self.seed) and self.seed >= 0),
-            "weights_sha256 must be a string": self.weights_sha256 is None
-            or isinstance(self.weights_sha256, str),
+            "weights_sha256, weights_prefix and weights_key must be strings": all(
+                value is None or isinstance(value, str)
+                for value in (self.weights_sha256, self.weights_prefix, self.weights_key)
+            ),
             "versions and verification must be objects": isinstance(self.versions, dict)
             and isinstance(self.verification, dict),
         }
@@ -125,5 +129,14 @@ def _is_int(value: object) -> bool:
 
 
 # Plain strings are stored as they are, so they read well in any ONNX viewer.
-_PLAIN_TEXT = {"layer", "qualified_name", "plugin", "plugin_version", "dtype", "weights_sha256"}
+_PLAIN_TEXT = {
+    "layer",
+    "qualified_name",
+    "plugin",
+    "plugin_version",
+    "dtype",
+    "weights_sha256",
+    "weights_prefix",
+    "weights_key",
+}
 _FIELDS = {item.name for item in fields(ExportRecord)}

@@ -182,6 +182,9 @@ class LayerSpec:
     ``batch_dim`` names the dynamic dim that counts independent samples, if the
     layer has one: bench reports samples per second by it, and serving with
     dynamic batching stacks requests along it.
+    ``params_from_weights(shapes)``, if given, reads the parameters that weight
+    shapes determine (``hidden_size``, ``num_layers``...) from a weights file's
+    names and shapes, so ``--weights`` needs no ``-p``.
     """
 
     name: str
@@ -197,6 +200,7 @@ class LayerSpec:
     reference: Callable[[nn.Module], Callable[..., Any]] | None = None
     flops: Callable[[Params, Dims], int] | None = None
     batch_dim: str | None = None
+    params_from_weights: Callable[[Mapping[str, tuple[int, ...]]], Params] | None = None
 
     def __post_init__(self) -> None:
         _validate_spec(self)

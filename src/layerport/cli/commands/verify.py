@@ -20,7 +20,13 @@ from layerport.errors import VerificationFailed
 from layerport.runtime.files import check_writable_target
 
 # What each option that only applies to a layer name is called on the command line.
-_LAYER_ONLY = {"params": "-p", "dtype": "--dtype", "seed": "--seed", "opset": "--opset"}
+_LAYER_ONLY = {
+    "params": "-p",
+    "dtype": "--dtype",
+    "seed": "--seed",
+    "opset": "--opset",
+    "weights_prefix": "--weights-prefix",
+}
 
 
 @click.command()

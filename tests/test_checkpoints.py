@@ -1,0 +1,159 @@
+"""Weights as training scripts save them: wrapper dicts, wrapper prefixes, whole models.
+
+Every case runs the CLI on a real file saved with torch.save or safetensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from hostile import assert_refused, assert_succeeded
+
+
+class Tagger(nn.Module):
+    """A small model with an LSTM inside, as a training script would build it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(20, 6)
+        self.lstm = nn.LSTM(6, 5, num_layers=2, bidirectional=True, batch_first=True)
+        self.head = nn.Linear(10, 3)
+
+
+@pytest.fixture
+def tagger() -> Tagger:
+    torch.manual_seed(0)
+    return Tagger()
+
+
+def _lstm_params(cli, *args: str) -> dict:  # type: ignore[no-untyped-def]
+    result = cli("run", "lstm", "--dim", "batch=2", "--dim", "seq=3", "--json", *args)
+    assert_succeeded(result)
+    return json.loads(result.stdout)["params"]
+
+
+INFERRED = {"input_size": 6, "hidden_size": 5, "num_layers": 2, "bidirectional": True, "bias": True}
+
+
+def test_a_training_checkpoint_loads_with_its_sizes_inferred(cli, tmp_path, tagger) -> None:
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model_state_dict": tagger.state_dict(), "epoch": 3, "lr": 0.1}, path)
+    result = cli("run", "lstm", "--weights", str(path), "--weights-prefix", "lstm.", "--json")
+    assert_succeeded(result)
+    assert json.loads(result.stdout)["params"] == INFERRED
+    assert (
+        "Note: ckpt.pt is a training checkpoint: using its 'model_state_dict' entry "
+        "(ignoring 'epoch', 'lr')"
+    ) in result.stderr
+    assert "Note: using the tensors under 'lstm.', with the prefix stripped" in result.stderr
+
+
+@pytest.mark.parametrize("wrapper", ["module.", "_orig_mod.", "module._orig_mod."])
+def test_wrapper_prefixes_are_stripped(cli, tmp_path, tagger, wrapper: str) -> None:
+    path = tmp_path / "wrapped.pt"
+    torch.save({wrapper + name: t for name, t in tagger.lstm.state_dict().items()}, path)
+    assert _lstm_params(cli, "--weights", str(path)) == INFERRED
+
+
+def test_a_bare_state_dict_in_safetensors_loads(cli, tmp_path, tagger) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "lstm.safetensors"
+    save_file(tagger.lstm.state_dict(), path)
+    assert _lstm_params(cli, "--weights", str(path)) == INFERRED
+
+
+def test_a_given_parameter_must_agree_with_the_weights(cli, tmp_path, tagger) -> None:
+    path = tmp_path / "lstm.pt"
+    torch.save(tagger.lstm.state_dict(), path)
+    assert_refused(
+        cli("run", "lstm", "--weights", str(path), "-p", "hidden_size=10"),
+        2,
+        f"Error: parameter hidden_size is 10, but the weights in {path} imply hidden_size=5",
+    )
+    assert _lstm_params(cli, "--weights", str(path), "-p", "num_layers=2") == INFERRED
+
+
+def test_a_whole_model_without_a_prefix_suggests_one(cli, tmp_path, tagger) -> None:
+    path = tmp_path / "model.pt"
+    torch.save(tagger.state_dict(), path)
+    assert_refused(
+        cli("run", "lstm", "--weights", str(path)),
+        2,
+        "do not fit the layer: missing",
+        "the file holds them under 'lstm.': select them with --weights-prefix lstm.",
+    )
+    assert_refused(
+        cli("run", "lstm", "--weights", str(path), "--weights-prefix", "encoder."),
+        2,
+        "no tensor in",
+        "starts with 'encoder.'; its prefixes: embedding., head., lstm.",
+    )
+
+
+def test_several_tensor_dicts_are_listed_and_one_can_be_chosen(cli, tmp_path, tagger) -> None:
+    path = tmp_path / "ema.pt"
+    state = tagger.state_dict()
+    torch.save({"model": state, "ema": state, "step": 7}, path)
+    assert_refused(
+        cli("run", "lstm", "--weights", str(path)),
+        2,
+        "holds several dicts of tensors ('model', 'ema'); choose one by starting "
+        "--weights-prefix model. with its name",
+    )
+    assert _lstm_params(cli, "--weights", str(path), "--weights-prefix", "ema.lstm.") == INFERRED
+
+
+def test_pickled_training_options_are_named_not_run(cli, tmp_path, tagger) -> None:
+    path = tmp_path / "with_args.pt"
+    torch.save({"model_state_dict": tagger.state_dict(), "args": argparse.Namespace(lr=0.1)}, path)
+    assert_refused(
+        cli("run", "lstm", "--weights", str(path)),
+        2,
+        "was refused (it would import argparse.Namespace)",
+        "re-save the weights alone, with torch.save(model.state_dict(), PATH)",
+    )
+
+
+def test_a_prefix_without_weights_is_refused(cli) -> None:
+    assert_refused(
+        cli("run", "lstm", "--weights-prefix", "lstm."),
+        2,
+        "Error: a weights prefix selects tensors from a weights file; pass one with --weights",
+    )
+
+
+def test_a_file_exported_from_a_checkpoint_verifies_from_it(cli, tmp_path, tagger) -> None:
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model_state_dict": tagger.state_dict(), "epoch": 3}, path)
+    model = tmp_path / "lstm.onnx"
+    exported = cli(
+        "export", "lstm", "--weights", str(path), "--weights-prefix", "lstm.", "-o", str(model),
+        "--dim", "batch=2", "--dim", "seq=3", "--trials", "1",
+    )  # fmt: skip
+    assert_succeeded(exported)
+    record = json.loads(cli("inspect", str(model), "--json").stdout)["layerport"]
+    assert record["weights_prefix"] == "lstm." and record["weights_key"] == "model_state_dict"
+    assert record["params"] == INFERRED
+    assert_succeeded(cli("verify", str(model), "--weights", str(path), "--trials", "1"))
+    assert_refused(
+        cli("verify", str(model), "--weights", str(path), "--weights-prefix", "lstm."),
+        2,
+        "--weights-prefix does not apply to a file: it records its own configuration",
+    )
+
+
+def test_a_stacked_bidirectional_rnn_checkpoint_loads_without_p(cli, tmp_path) -> None:
+    rnn = torch.nn.RNN(4, 3, num_layers=2, bidirectional=True, batch_first=True)
+    path = tmp_path / "rnn.pt"
+    torch.save({"state_dict": {f"encoder.{k}": v for k, v in rnn.state_dict().items()}}, path)
+    result = cli("run", "elman", "--weights", str(path), "--weights-prefix", "encoder.", "--json")
+    assert result.exit_code == 0, result.stderr
+    params = json.loads(result.stdout)["params"]
+    assert params["num_layers"] == 2 and params["bidirectional"] is True
+    assert params["input_size"] == 4 and params["hidden_size"] == 3
