@@ -157,3 +157,46 @@ def test_a_stacked_bidirectional_rnn_checkpoint_loads_without_p(cli, tmp_path) -
     params = json.loads(result.stdout)["params"]
     assert params["num_layers"] == 2 and params["bidirectional"] is True
     assert params["input_size"] == 4 and params["hidden_size"] == 3
+
+
+def test_a_prefix_without_its_dot_means_the_submodule(cli, tmp_path, tagger) -> None:
+    path = tmp_path / "model.pt"
+    torch.save(tagger.state_dict(), path)
+    assert _lstm_params(cli, "--weights", str(path), "--weights-prefix", "lstm") == INFERRED
+
+
+def test_a_file_from_a_checkpoint_verifies_from_the_layers_weights_alone(
+    cli, tmp_path, tagger
+) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model_state_dict": tagger.state_dict()}, path)
+    model = tmp_path / "lstm.onnx"
+    assert_succeeded(
+        cli(
+            "export",
+            "lstm",
+            "--weights",
+            str(path),
+            "--weights-prefix",
+            "lstm.",
+            "-o",
+            str(model),
+            "--dim",
+            "batch=2",
+            "--dim",
+            "seq=3",
+            "--trials",
+            "1",
+        )
+    )
+    alone = tmp_path / "lstm_only.safetensors"
+    save_file({k: v.contiguous() for k, v in tagger.lstm.state_dict().items()}, alone)
+    assert_succeeded(cli("verify", str(model), "--weights", str(alone), "--trials", "1"))
+    assert_refused(
+        cli("verify", str(model)),
+        2,
+        "this file was exported from a weights file (its tensors under 'lstm.'); pass the "
+        "same file with --weights",
+    )

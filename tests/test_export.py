@@ -258,3 +258,10 @@ def test_export_and_inspect_give_one_weight_size(cli, rnn_file: Path) -> None:
     inspected = json.loads(cli("inspect", str(rnn_file), "--json").stdout)
     exported = cli("export", "rnn", "-o", str(rnn_file.with_name("again.onnx")), "--json")
     assert json.loads(exported.stdout)["weight_bytes"] == inspected["weight_bytes"]
+
+
+def test_export_all_refuses_a_folder_named_like_a_file(cli, tmp_path: Path) -> None:
+    result = cli("export", "--all", "-o", str(tmp_path / "out" / "x.onnx"))
+    assert result.exit_code == 2
+    assert result.stderr.endswith("names a file; with --all, -o names the folder to export into\n")
+    assert not (tmp_path / "out").exists()

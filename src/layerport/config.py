@@ -255,8 +255,11 @@ def config_from_record(
     """
     if record.weights_sha256 is not None:
         if weights is None:
+            where = (
+                f" (its tensors under {record.weights_prefix!r})" if record.weights_prefix else ""
+            )
             raise UserInputError(
-                "this file was exported from a weights file; pass the same file with ",
+                f"this file was exported from a weights file{where}; pass the same file with ",
                 Setting("weights"),
             )
     elif weights is not None:
@@ -281,5 +284,21 @@ def config_from_record(
         dtype=record.dtype,
         seed=record.seed if record.seed is not None else 0,
         weights=weights,
-        weights_prefix=record.weights_prefix if weights is not None else None,
+        weights_prefix=_recorded_prefix(record, weights),
+    )
+
+
+def _recorded_prefix(record: ExportRecord, weights: Path | None) -> str | None:
+    """The prefix the file records, if ``weights`` holds tensors under it.
+
+    The same tensors saved on their own (no prefix) are the same weights: the
+    content hash, checked next, is what decides.
+    """
+    if weights is None or not record.weights_prefix:
+        return None
+    from layerport.eager.weights import read_checkpoint
+
+    names = read_checkpoint(weights).tensors
+    return (
+        record.weights_prefix if any(n.startswith(record.weights_prefix) for n in names) else None
     )

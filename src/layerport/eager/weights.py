@@ -71,6 +71,8 @@ def read_checkpoint(path: Path, prefix: str | None = None) -> Checkpoint:
         raise BadFile(
             f"weights file {path} does not exist" if not path.exists() else f"{path} is not a file"
         )
+    if prefix and not prefix.endswith("."):
+        prefix += "."  # a submodule's keys always continue with a dot: "lstm" means "lstm."
     info = path.stat()
     return _read_checkpoint(path, path.resolve(), info.st_mtime_ns, info.st_size, prefix)
 

@@ -153,6 +153,8 @@ def _make_folder(folder: Path) -> None:
     """Create an output folder (and its parents) if missing, as optimum-cli does."""
     if folder.exists() and not folder.is_dir():
         raise BadFile(f"{folder} is not a folder; exports are written into a folder")
+    if folder.suffix == ".onnx":
+        raise BadFile(f"{folder} names a file; with --all, -o names the folder to export into")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
