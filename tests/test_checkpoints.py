@@ -86,7 +86,7 @@ def test_a_whole_model_without_a_prefix_suggests_one(cli, tmp_path, tagger) -> N
         cli("run", "lstm", "--weights", str(path)),
         2,
         "do not fit the layer: missing",
-        "the file holds them under 'lstm.': select them with --weights-prefix lstm.",
+        "and 13 more; the file holds them under 'lstm.': select them with --weights-prefix lstm.",
     )
     assert_refused(
         cli("run", "lstm", "--weights", str(path), "--weights-prefix", "encoder."),

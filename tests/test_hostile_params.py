@@ -126,3 +126,18 @@ def test_bad_memory_limit_value_in_a_fresh_process() -> None:
         "Error: LAYERPORT_MAX_MEMORY must be a size such as 8G or 512M, got 'plenty'\n"
     )
     assert result.exit_code == 2
+
+
+def test_a_choice_typo_suggests_the_choice(cli) -> None:
+    result = cli("run", "linear", "-p", "activation=sigmod")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "Error: parameter activation must be one of none, sigmoid, tanh, relu, got sigmod "
+        "(did you mean 'sigmoid'?)\n"
+    )
+
+
+def test_a_dim_without_a_size_says_name_equals_size(cli) -> None:
+    result = cli("run", "linear", "--dim", "batch")
+    assert result.exit_code == 2
+    assert result.stderr == "Error: --dim expects NAME=SIZE, got 'batch'\n"

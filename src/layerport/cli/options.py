@@ -30,15 +30,17 @@ from layerport.verify import DEFAULT_TRIALS
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _assignments(what: str) -> Callable[[click.Context, click.Parameter, Sequence[str]], dict]:
-    """A callback that splits repeated ``KEY=VALUE`` options into a dict."""
+def _assignments(
+    what: str, form: str = "KEY=VALUE"
+) -> Callable[[click.Context, click.Parameter, Sequence[str]], dict]:
+    """A callback that splits repeated ``KEY=VALUE`` options into a dict; ``form`` words them."""
 
     def parse(context: click.Context, parameter: click.Parameter, pairs: Sequence[str]) -> dict:
         parsed: dict[str, str] = {}
         for pair in pairs:
             key, separator, value = pair.partition("=")
             if not separator or not key.strip():
-                raise UserInputError(f"{what} expects KEY=VALUE, got {pair!r}")
+                raise UserInputError(f"{what} expects {form}, got {pair!r}")
             if key.strip() in parsed:
                 raise UserInputError(f"{what} {key.strip()} is given twice")
             parsed[key.strip()] = value.strip()
@@ -49,7 +51,7 @@ def _assignments(what: str) -> Callable[[click.Context, click.Parameter, Sequenc
 
 def _dim_sizes(context: click.Context, parameter: click.Parameter, pairs: Sequence[str]) -> dict:
     sizes: dict[str, int] = {}
-    for name, text in _assignments("--dim")(context, parameter, pairs).items():
+    for name, text in _assignments("--dim", "NAME=SIZE")(context, parameter, pairs).items():
         try:
             sizes[name] = int(text)
         except ValueError:

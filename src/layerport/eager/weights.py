@@ -266,9 +266,9 @@ def check_weights(
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing:
-        problems.append(f"missing {', '.join(missing)}")
+        problems.append(f"missing {_listed(missing)}")
     if unexpected:
-        problems.append(f"unexpected {', '.join(unexpected)}")
+        problems.append(f"unexpected {_listed(unexpected)}")
     wrong_dtype: dict[str, str] = {}
     for name in sorted(set(expected) & set(tensors)):
         tensor = tensors[name]
@@ -289,6 +289,12 @@ def check_weights(
     if problems or dtype_problem:
         listed = "; ".join(problems) + ("; " if problems and dtype_problem else "")
         raise BadFile(f"weights in {path} do not fit the layer: {listed}", *dtype_problem)
+
+
+def _listed(names: list[str], most: int = 6) -> str:
+    """Names, at most ``most`` of them: a whole model's checkpoint has hundreds."""
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def _prefix_advice(

@@ -98,7 +98,12 @@ class Param:
         return value
 
     def _invalid(self, shown: str) -> InvalidParameter:
-        return InvalidParameter(f"parameter {self.name} must be {self.allowed()}, got {shown}")
+        suggestion = ""
+        if self.choices is not None:
+            suggestion = _suggest(shown, [_format_value(choice) for choice in self.choices])
+        return InvalidParameter(
+            f"parameter {self.name} must be {self.allowed()}, got {shown}{suggestion}"
+        )
 
 
 @dataclass(frozen=True)
