@@ -9,49 +9,66 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from layerport.eager.recurrence import run_over_time
+from layerport.eager.recurrence import run_stacked, torch_weight
 
 
-class GRU(nn.Module):
-    """``torch.nn.GRU`` (one layer, ``batch_first``) written out step by step.
+class GRU(nn.GRU):
+    """``torch.nn.GRU(batch_first=True)``, returning ``(y, h_n)``; ``h0`` defaults to zeros.
 
-    ``nn.GRU`` cannot be exported with a dynamic sequence length: torch.onnx
-    unrolls its recurrence to the traced length. ``layerport.eager.recurrence``'s
-    ``run_over_time`` exports as one ONNX ``Scan`` instead, so every length works.
-    The input projection does not depend on the recurrence, so it is one large
-    matmul outside the loop.
+    Exported in float32 it stays ``nn.GRU``, which torch.onnx turns into the ONNX
+    ``GRU`` op (``linear_before_reset``, as torch computes it). onnxruntime 1.32
+    has no double ``GRU`` kernel, so in float64 the same function exports
+    through ``layerport.eager.recurrence.run_stacked`` as ONNX ``Scan``.
+    Verification holds each form to ``nn.GRU``'s own result.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool) -> None:
-        super().__init__()
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        # Draw the weights as nn.GRU does, from the caller's seeded generator,
-        # so a layerport seed gives the weights nn.GRU would have under it.
-        initial = nn.GRU(input_size, hidden_size, bias=bias, batch_first=True).state_dict()
-        self.weight_ih = nn.Parameter(initial["weight_ih_l0"])
-        self.weight_hh = nn.Parameter(initial["weight_hh_l0"])
-        self.bias_ih = nn.Parameter(initial["bias_ih_l0"]) if bias else None
-        self.bias_hh = nn.Parameter(initial["bias_hh_l0"]) if bias else None
+    def __init__(
+        self, input_size: int, hidden_size: int, num_layers: int, bidirectional: bool, bias: bool
+    ) -> None:
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers=num_layers,
+            bias=bias,
+            batch_first=True,
+            bidirectional=bidirectional,
+        )
 
-    def forward(
+    def state_shape(self, batch: int) -> tuple[int, int, int]:
+        return (self.num_layers * (2 if self.bidirectional else 1), batch, self.hidden_size)
+
+    def forward(  # type: ignore[override]
         self, x: torch.Tensor, h0: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if h0 is None:
-            h0 = x.new_zeros(x.shape[0], self.hidden_size)
-        projected = functional.linear(x, self.weight_ih, self.bias_ih)
-        (h_n,), y = run_over_time(self._cell, (h0,), projected)
+        h0 = x.new_zeros(self.state_shape(x.shape[0])) if h0 is None else h0
+        if torch.compiler.is_exporting() and x.dtype == torch.float64:
+            (h_n,), y = run_stacked(
+                self._cell,
+                self._project,
+                (h0,),
+                x,
+                num_layers=self.num_layers,
+                bidirectional=self.bidirectional,
+            )
+            return y, h_n
+        y, h_n = super().forward(x, h0)
         return y, h_n
 
+    def _project(self, index: int, layer_input: torch.Tensor) -> torch.Tensor:
+        # Only bias_ih folds into the projection: bias_hh's new-gate third sits inside
+        # reset * (...), as nn.GRU computes it.
+        bias = torch_weight(self, index, "bias_ih") if self.bias else None
+        return functional.linear(layer_input, torch_weight(self, index, "weight_ih"), bias)
+
     def _cell(
-        self, state: tuple[torch.Tensor, ...], projected_t: torch.Tensor
+        self, index: int, state: tuple[torch.Tensor, ...], projected_t: torch.Tensor
     ) -> tuple[torch.Tensor]:
         """One step, with nn.GRU's gate order (reset, update, new) in each 3H block."""
         (h,) = state
+        bias = torch_weight(self, index, "bias_hh") if self.bias else None
+        hidden = functional.linear(h, torch_weight(self, index, "weight_hh"), bias)
         input_r, input_z, input_n = projected_t.chunk(3, dim=-1)
-        hidden_r, hidden_z, hidden_n = functional.linear(h, self.weight_hh, self.bias_hh).chunk(
-            3, dim=-1
-        )
+        hidden_r, hidden_z, hidden_n = hidden.chunk(3, dim=-1)
         reset = torch.sigmoid(input_r + hidden_r)
         update = torch.sigmoid(input_z + hidden_z)
         new = torch.tanh(input_n + reset * hidden_n)

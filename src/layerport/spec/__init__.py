@@ -100,7 +100,10 @@ class Param:
     def _invalid(self, shown: str) -> InvalidParameter:
         suggestion = ""
         if self.choices is not None:
-            suggestion = _suggest(shown, [_format_value(choice) for choice in self.choices])
+            # Stricter than for names: "gelu" is a different activation, not a typo of "relu".
+            suggestion = _suggest(
+                shown, [_format_value(choice) for choice in self.choices], cutoff=0.8
+            )
         return InvalidParameter(
             f"parameter {self.name} must be {self.allowed()}, got {shown}{suggestion}"
         )
@@ -315,8 +318,8 @@ def _format_value(value: object) -> str:
     return str(value)
 
 
-def _suggest(name: str, candidates: list[str] | Mapping[str, object]) -> str:
-    close = difflib.get_close_matches(name, list(candidates), n=1)
+def _suggest(name: str, candidates: list[str] | Mapping[str, object], cutoff: float = 0.6) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=cutoff)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
