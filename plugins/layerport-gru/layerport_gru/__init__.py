@@ -11,14 +11,18 @@ imports it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from layerport import Dim, Dims, LayerSpec, Param, Params, Streaming, Tensor, hookimpl
-from layerport.spec import ParamValue
+from layerport import Dim, LayerSpec, Param, Params, Streaming, Tensor, hookimpl
+from layerport.spec.torch_layout import (
+    matmul_flops,
+    torch_layout_sizes,
+    torch_layout_weights,
+    torch_reference,
+)
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
 DIRECTIONS = "(2 if bidirectional else 1)"
@@ -37,70 +41,11 @@ def build_gru(params: Params) -> nn.Module:
     )
 
 
-def gru_weights(params: Params) -> dict[str, tuple[int, ...]]:
-    """``nn.GRU``'s state-dict keys and shapes: three gates (reset, update, new) per block."""
-    input_size, hidden_size = int(params["input_size"]), int(params["hidden_size"])
-    directions = 2 if params["bidirectional"] else 1
-    weights: dict[str, tuple[int, ...]] = {}
-    for layer in range(int(params["num_layers"])):
-        layer_input = input_size if layer == 0 else hidden_size * directions
-        for suffix in ("", "_reverse")[:directions]:
-            weights[f"weight_ih_l{layer}{suffix}"] = (3 * hidden_size, layer_input)
-            weights[f"weight_hh_l{layer}{suffix}"] = (3 * hidden_size, hidden_size)
-            if params["bias"]:
-                weights[f"bias_ih_l{layer}{suffix}"] = (3 * hidden_size,)
-                weights[f"bias_hh_l{layer}{suffix}"] = (3 * hidden_size,)
-    return weights
-
-
-def gru_params_from_weights(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, ParamValue]:
-    """The sizes ``nn.GRU``'s state dict implies, so a trained GRU loads with no ``-p``."""
-    layers = {name for name in shapes if name.startswith("weight_ih_l") and "_reverse" not in name}
-    return {
-        "input_size": shapes["weight_ih_l0"][1],
-        "hidden_size": shapes["weight_hh_l0"][1],
-        "num_layers": len(layers),
-        "bidirectional": "weight_ih_l0_reverse" in shapes,
-        "bias": "bias_ih_l0" in shapes,
-    }
-
-
-def gru_flops(params: Params, dims: Dims) -> int:
-    """The two matmuls per step and layer; the gates' elementwise work is a rounding error."""
-    matrices = [shape for shape in gru_weights(params).values() if len(shape) == 2]
-    return dims["batch"] * dims["seq"] * sum(2 * rows * columns for rows, columns in matrices)
-
-
-def gru_reference(module: Any) -> Callable[..., Any]:
-    """``torch.nn.GRU`` holding the module's weights: a fresh instance, independent of it."""
-    from torch import nn
-
-    gru = nn.GRU(
-        module.input_size,
-        module.hidden_size,
-        num_layers=module.num_layers,
-        bias=module.bias,
-        batch_first=True,
-        bidirectional=module.bidirectional,
-        dtype=module.weight_ih_l0.dtype,
-    )
-    gru.load_state_dict(module.state_dict())
-    gru.eval().requires_grad_(False)
-
-    def reference(
-        x: torch.Tensor, h0: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        y, h_n = gru(x, h0)
-        return y, h_n
-
-    return reference
-
-
 GRU = LayerSpec(
     name="gru",
     description="Gated recurrent unit, stacked or bidirectional: torch.nn.GRU(batch_first=True).",
     build=build_gru,
-    weights=gru_weights,
+    weights=lambda params: torch_layout_weights(params, gates=3),
     params=(
         Param("input_size", int, 32, "features per time step", minimum=1),
         Param("hidden_size", int, 48, "size of each hidden state", minimum=1),
@@ -124,10 +69,11 @@ GRU = LayerSpec(
     ),
     # The backward direction needs the whole sequence, so a bidirectional GRU cannot stream.
     streaming=Streaming(dim="seq", carry=(("h0", "h_n"),), unless="bidirectional"),
-    reference=gru_reference,
-    flops=gru_flops,
+    reference=torch_reference("GRU"),
+    # The two matmuls per step and layer; the gates' elementwise work is a rounding error.
+    flops=lambda params, dims: matmul_flops(torch_layout_weights(params, 3), dims),
     batch_dim="batch",
-    params_from_weights=gru_params_from_weights,
+    params_from_weights=torch_layout_sizes,
 )
 
 

@@ -5,6 +5,8 @@ Imported only by the builder, so that listing and showing layers never imports t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.nn import functional
@@ -36,6 +38,10 @@ class GRU(nn.GRU):
 
     def state_shape(self, batch: int) -> tuple[int, int, int]:
         return (self.num_layers * (2 if self.bidirectional else 1), batch, self.hidden_size)
+
+    def reference_call(self, twin: nn.GRU) -> Callable[..., tuple[torch.Tensor, ...]]:
+        """``twin`` (an ``nn.GRU``) called with this layer's inputs and outputs."""
+        return lambda x, h0=None: tuple(twin(x, h0))
 
     def forward(  # type: ignore[override]
         self, x: torch.Tensor, h0: torch.Tensor | None = None

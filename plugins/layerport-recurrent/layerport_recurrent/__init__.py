@@ -12,11 +12,17 @@ imports it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from layerport import Dim, LayerSpec, Param, Streaming, Tensor, hookimpl
-from layerport.spec import Dims, Params, ParamValue
+from layerport.spec import Params
+from layerport.spec.torch_layout import (
+    matmul_flops,
+    torch_layout_sizes,
+    torch_layout_weights,
+    torch_reference,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -27,63 +33,6 @@ BATCH_AND_SEQ = (
     Dim("batch", 8, "number of sequences", check_size=37),
     Dim("seq", 32, "time steps per sequence", check_size=301),
 )
-
-
-def torch_layout_sizes(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, ParamValue]:
-    """The sizes a torch ``nn.RNN``/``GRU``/``LSTM`` state dict implies, from its keys and shapes."""
-    layers = {name for name in shapes if name.startswith("weight_ih_l") and "_reverse" not in name}
-    return {
-        "input_size": shapes["weight_ih_l0"][1],
-        "hidden_size": shapes["weight_hh_l0"][1],
-        "num_layers": len(layers),
-        "bidirectional": "weight_ih_l0_reverse" in shapes,
-        "bias": "bias_ih_l0" in shapes,
-    }
-
-
-def torch_layout_weights(params: Params, gates: int) -> dict[str, tuple[int, ...]]:
-    """torch's recurrent state-dict keys and shapes, ``gates`` blocks per matrix (LSTM: 4)."""
-    input_size, hidden_size = int(params["input_size"]), int(params["hidden_size"])
-    directions = 2 if params["bidirectional"] else 1
-    weights: dict[str, tuple[int, ...]] = {}
-    for layer in range(int(params["num_layers"])):
-        layer_input = input_size if layer == 0 else hidden_size * directions
-        for suffix in ("", "_reverse")[:directions]:
-            weights[f"weight_ih_l{layer}{suffix}"] = (gates * hidden_size, layer_input)
-            weights[f"weight_hh_l{layer}{suffix}"] = (gates * hidden_size, hidden_size)
-            if params["bias"]:
-                weights[f"bias_ih_l{layer}{suffix}"] = (gates * hidden_size,)
-                weights[f"bias_hh_l{layer}{suffix}"] = (gates * hidden_size,)
-    return weights
-
-
-def matmul_flops(weights: Mapping[str, tuple[int, ...]], dims: Dims) -> int:
-    per_step = sum(2 * shape[0] * shape[1] for shape in weights.values() if len(shape) == 2)
-    return dims["batch"] * dims["seq"] * per_step
-
-
-def torch_reference(kind: str) -> Callable[[Any], Callable[..., Any]]:
-    """A reference factory: ``torch.nn.<kind>`` itself, holding the module's weights."""
-
-    def reference(module: Any) -> Callable[..., Any]:
-        import torch
-
-        options = {"nonlinearity": module.nonlinearity} if kind == "RNN" else {}
-        twin = getattr(torch.nn, kind)(
-            module.input_size,
-            module.hidden_size,
-            num_layers=module.num_layers,
-            bias=module.bias,
-            batch_first=True,
-            bidirectional=module.bidirectional,
-            dtype=module.weight_ih_l0.dtype,
-            **options,
-        )
-        twin.load_state_dict(module.state_dict())
-        twin.eval().requires_grad_(False)
-        return module.reference_call(twin)
-
-    return reference
 
 
 def build_lstm(params: Params) -> nn.Module:
