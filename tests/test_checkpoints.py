@@ -200,3 +200,119 @@ def test_a_file_from_a_checkpoint_verifies_from_the_layers_weights_alone(
         "this file was exported from a weights file (its tensors under 'lstm.'); pass the "
         "same file with --weights",
     )
+
+
+class Captioner(nn.Module):
+    """The notebook's rnn as training scripts write it: torch's ``nn.RNN`` and a linear head."""
+
+    def __init__(self, nonlinearity: str = "tanh", bias: bool = True) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(20, 6)
+        self.rnn = nn.RNN(6, 5, nonlinearity=nonlinearity, bias=bias, batch_first=True)
+        self.fc = nn.Linear(5, 3, bias=bias)
+
+
+RNN_PARTS = ("--weights-prefix", "recurrence=rnn.", "--weights-prefix", "head=fc.")
+
+
+@pytest.mark.parametrize(("nonlinearity", "bias"), [("tanh", True), ("relu", False)])
+def test_the_rnn_loads_from_an_nn_rnn_and_a_linear_head(
+    cli, tmp_path, nonlinearity: str, bias: bool
+) -> None:
+    import numpy as np
+
+    from layerport.runtime.session import load_model
+
+    torch.manual_seed(0)
+    model = Captioner(nonlinearity, bias)
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model_state_dict": model.state_dict(), "epoch": 3}, path)
+    exported = tmp_path / "rnn.onnx"
+    result = cli(
+        "export", "rnn", "--weights", str(path), *RNN_PARTS, "-p", f"nonlinearity={nonlinearity}",
+        "-o", str(exported), "--dim", "batch=2", "--dim", "seq=3", "--trials", "1",
+    )  # fmt: skip
+    assert_succeeded(result)
+    assert "Note: reading recurrence (a one-layer torch.nn.RNN) from the tensors under 'rnn.'" in (
+        result.stderr
+    )
+    record = json.loads(cli("inspect", str(exported), "--json").stdout)["layerport"]
+    assert record["weights_parts"] == {"recurrence": "rnn.", "head": "fc."}
+    assert record["params"] | {"nonlinearity": nonlinearity} == {
+        "input_size": 6, "hidden_size": 5, "output_size": 3,
+        "nonlinearity": nonlinearity, "bias": bias,
+    }  # fmt: skip
+    # The file, in the torch-free runtime, against the checkpoint's own modules at
+    # sizes it was not traced at; h0 left out means zeros, as in nn.RNN.
+    session = load_model(exported)
+    x = np.random.default_rng(1).standard_normal((4, 7, 6)).astype(np.float32)
+    h0 = np.random.default_rng(2).standard_normal((4, 5)).astype(np.float32)
+    for feeds, state in (({"x": x}, None), ({"x": x, "h0": h0}, torch.from_numpy(h0)[None])):
+        outputs = session.run(feeds)
+        y, h_n = outputs["y"], outputs["h_n"]
+        with torch.no_grad():
+            hidden, expected_h_n = model.rnn(torch.from_numpy(x), state)
+            expected_y = model.fc(hidden)
+        np.testing.assert_allclose(y, expected_y.numpy(), atol=1e-5)
+        np.testing.assert_allclose(h_n, expected_h_n[0].numpy(), atol=1e-5)
+    assert_succeeded(cli("verify", str(exported), "--weights", str(path), "--trials", "1"))
+
+
+def test_a_whole_model_with_the_rnns_parts_suggests_them(cli, tmp_path) -> None:
+    path = tmp_path / "ckpt.pt"
+    torch.save(Captioner().state_dict(), path)
+    assert_refused(
+        cli("run", "rnn", "--weights", str(path)),
+        2,
+        "the file holds them as a one-layer torch.nn.RNN under 'rnn.', a torch.nn.Linear "
+        "read-out under 'fc.': select them with --weights-prefix recurrence=rnn. "
+        "--weights-prefix head=fc.",
+    )
+
+
+@pytest.mark.parametrize(
+    ("layer", "prefixes", "message"),
+    [
+        ("rnn", ["recurrence=rnn."], "weight part head has no prefix; give one for every part "
+         "with --weights-prefix head=PREFIX (this layer's parts: recurrence, head)"),
+        ("rnn", ["recurrence=rnn.", "readout=fc."], "unknown weight part 'readout'; this "
+         "layer's parts: recurrence, head; give the weights' prefix alone with --weights-prefix"),
+        ("rnn", ["recurrence=rnn.", "fc."], "--weights-prefix takes one PREFIX, or PART=PREFIX "
+         "for each weight part (see 'layerport show LAYER'), got 'recurrence=rnn. fc.'"),
+        ("rnn", ["recurrence=rnn.", "recurrence=fc."], "--weights-prefix recurrence is given "
+         "twice"),
+        ("linear", ["head=fc."], "this layer has no weight parts, so head= names none"),
+    ],
+)  # fmt: skip
+def test_bad_weight_part_prefixes_are_refused(
+    cli, tmp_path, layer: str, prefixes: list[str], message: str
+) -> None:
+    path = tmp_path / "ckpt.pt"
+    torch.save(Captioner().state_dict(), path)
+    flags = [word for prefix in prefixes for word in ("--weights-prefix", prefix)]
+    assert_refused(cli("run", layer, "--weights", str(path), *flags), 2, message)
+
+
+def test_show_lists_the_weight_parts(cli) -> None:
+    result = cli("show", "rnn", "--json")
+    described = json.loads(result.stdout)
+    assert described["weight_parts"][0]["keys"]["weight_ih_l0"] == "wi.weight"
+    by_name = {weight["name"]: weight["part"] for weight in described["weights"]}
+    assert by_name["wo.weight"] == {"part": "head", "key": "weight"}
+    assert "recurrence: weight_hh_l0" in cli("show", "rnn").stdout
+
+
+@pytest.mark.parametrize("layer", ["rnn", "elman"])
+def test_a_parameter_the_weights_do_not_determine_can_be_given(cli, tmp_path, layer) -> None:
+    # The weights fix every size, but not the nonlinearity: -p sets it, unopposed.
+    torch.manual_seed(0)
+    model = Captioner("relu")
+    path = tmp_path / "ckpt.pt"
+    torch.save(model.state_dict(), path)
+    flags = RNN_PARTS if layer == "rnn" else ("--weights-prefix", "rnn.")
+    result = cli(
+        "run", layer, "--weights", str(path), *flags, "-p", "nonlinearity=relu",
+        "--dim", "batch=2", "--dim", "seq=3", "--json",
+    )  # fmt: skip
+    assert_succeeded(result)
+    assert json.loads(result.stdout)["params"]["nonlinearity"] == "relu"

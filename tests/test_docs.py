@@ -100,6 +100,17 @@ def test_python_api_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert (tmp_path / "rnn32.onnx").is_file()
 
 
+def test_weight_parts_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    example = next(block for block in code_blocks("python") if "recurrence=rnn." in block)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(
+        "PATH", os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+    )
+    exec(compile(example, "README.md", "exec"), {"__name__": "readme_example"})
+    verified = run_process("verify", "rnn.onnx", "--weights", "captioner.pt", cwd=tmp_path)
+    assert verified.exit_code == 0 and "result:    passed" in verified.stdout, verified
+
+
 def test_plugin_tutorial_works_as_written(tmp_path: Path) -> None:
     files = {}
     for language in ("toml", "python"):

@@ -27,6 +27,7 @@ from layerport.spec import (
     Streaming,
     Tensor,
     Tolerance,
+    WeightPart,
 )
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "UnknownLayer",
     "UserInputError",
     "VerificationFailed",
+    "WeightPart",
     "WorkFailed",
     "__version__",
     "hookimpl",

@@ -23,6 +23,7 @@ from layerport.spec import LayerSpec, ParamValue, Tensor
 if TYPE_CHECKING:
     import numpy as np
 
+    from layerport.eager.weights import Checkpoint
     from layerport.runtime.arrays import ArraySpec
 
 
@@ -36,12 +37,24 @@ class LayerConfig:
     dtype: str = DEFAULT_DTYPE
     seed: int = 0
     weights: Path | None = None
-    weights_prefix: str | None = None  # the submodule of a whole-model checkpoint
+    # The submodule of a whole-model checkpoint, or the prefix of each weight part.
+    weights_prefix: str | Mapping[str, str] | None = None
     notes: tuple[str, ...] = ()  # how the weights were found, for the user
 
     @property
     def spec(self) -> LayerSpec:
         return self.layer.spec
+
+    def checkpoint(self) -> Checkpoint:
+        """The layer's tensors from ``weights``, named as the layer names them (imports torch).
+
+        Raises ``ValueError`` without ``weights``; ``BadFile`` for an unreadable file.
+        """
+        if self.weights is None:
+            raise ValueError("this configuration has no weights file")
+        from layerport.eager.weights import read_layer_checkpoint
+
+        return read_layer_checkpoint(self.weights, self.weights_prefix, self.spec.weight_parts)
 
     def shape(self, tensor: Tensor, dims: Mapping[str, int] | None = None) -> tuple[int, ...]:
         """The concrete shape of ``tensor``, at ``dims`` or at this configuration's dims."""
@@ -117,13 +130,15 @@ def resolve_config(
     dtype: str = DEFAULT_DTYPE,
     seed: int = 0,
     weights: Path | None = None,
-    weights_prefix: str | None = None,
+    weights_prefix: str | Mapping[str, str] | None = None,
 ) -> LayerConfig:
     """Look the layer up and check every choice against its spec.
 
     With ``weights``, a layer whose spec declares ``params_from_weights`` takes
-    the sizes the tensors imply (``weights_prefix`` selects one submodule of a
-    whole-model checkpoint); a given parameter must agree with them.
+    the sizes the tensors imply; a given parameter must agree with them.
+    ``weights_prefix`` selects one submodule of a whole-model checkpoint
+    (``"encoder.lstm."``), or maps each of the layer's ``weight_parts`` to the
+    submodule that holds it (``{"recurrence": "rnn.", "head": "fc."}``).
     """
     layer = registry.resolve(layer_name)
     if dtype not in DTYPES:
@@ -138,9 +153,9 @@ def resolve_config(
     resolved = layer.spec.resolve_params(params)
     notes: tuple[str, ...] = ()
     if weights is not None:
-        from layerport.eager.weights import read_checkpoint
+        from layerport.eager.weights import read_layer_checkpoint
 
-        checkpoint = read_checkpoint(weights, weights_prefix)
+        checkpoint = read_layer_checkpoint(weights, weights_prefix, layer.spec.weight_parts)
         notes = checkpoint.notes
         shapes = {name: tuple(tensor.shape) for name, tensor in checkpoint.tensors.items()}
         resolved = _params_from_weights(layer, resolved, params or {}, shapes, weights)
@@ -176,7 +191,9 @@ def _params_from_weights(
             raw = None  # the tensors do not even name the layer's weights
     if raw is None:
         return resolved  # check_weights will say which are missing, and where they are
-    implied = layer.spec.resolve_params(raw)
+    # Only what the weights determine: resolve_params fills in every default too,
+    # and a default (nonlinearity=tanh) is not something the weights imply.
+    implied = {name: value for name, value in layer.spec.resolve_params(raw).items() if name in raw}
     for name in given:
         if name in implied and resolved[name] != implied[name]:
             raise InvalidParameter(
@@ -255,9 +272,7 @@ def config_from_record(
     """
     if record.weights_sha256 is not None:
         if weights is None:
-            where = (
-                f" (its tensors under {record.weights_prefix!r})" if record.weights_prefix else ""
-            )
+            where = f" (its tensors under {record.selection!r})" if record.selection else ""
             raise UserInputError(
                 f"this file was exported from a weights file{where}; pass the same file with ",
                 Setting("weights"),
@@ -288,17 +303,18 @@ def config_from_record(
     )
 
 
-def _recorded_prefix(record: ExportRecord, weights: Path | None) -> str | None:
-    """The prefix the file records, if ``weights`` holds tensors under it.
+def _recorded_prefix(record: ExportRecord, weights: Path | None) -> str | dict[str, str] | None:
+    """The selection the file records, if ``weights`` holds tensors under it.
 
-    The same tensors saved on their own (no prefix) are the same weights: the
-    content hash, checked next, is what decides.
+    The same tensors saved on their own (no prefix, the layer's own names) are
+    the same weights: the content hash, checked next, is what decides.
     """
-    if weights is None or not record.weights_prefix:
+    selection = record.selection
+    if weights is None or not selection:
         return None
     from layerport.eager.weights import read_checkpoint
 
     names = read_checkpoint(weights).tensors
-    return (
-        record.weights_prefix if any(n.startswith(record.weights_prefix) for n in names) else None
-    )
+    prefixes = selection.values() if isinstance(selection, dict) else [selection]
+    held = all(any(name.startswith(prefix) for name in names) for prefix in prefixes)
+    return selection if held else None

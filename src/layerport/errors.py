@@ -24,9 +24,14 @@ class Setting:
 
     name: str  # a keyword of the Python API: params, dims, dtype, weights, inputs, threads
     example: str = ""
+    more: tuple[str, ...] = ()  # further values, for a setting given once per item (a weight part)
+
+    def examples(self) -> tuple[str, ...]:
+        return (self.example, *self.more) if self.example else self.more
 
     def api_words(self) -> str:
-        return f"the {self.name} argument" + (f" ({self.example})" if self.example else "")
+        shown = ", ".join(self.examples())
+        return f"the {self.name} argument" + (f" ({shown})" if shown else "")
 
 
 class LayerportError(Exception):

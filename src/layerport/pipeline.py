@@ -17,6 +17,7 @@ A file that fails verification is never returned, so it is never written.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -160,7 +161,7 @@ def verify_file(
     rebuilt configuration and the report.
     """
     from layerport.eager.build import build_module
-    from layerport.eager.weights import read_checkpoint, tensors_sha256
+    from layerport.eager.weights import tensors_sha256
 
     model = read_model(path)
     record = ExportRecord.from_model(model)
@@ -172,7 +173,7 @@ def verify_file(
     config = config_from_record(registry, record, weights=weights, dims=dims)
     tensors = None
     if config.weights is not None and record.weights_sha256 is not None:
-        tensors = read_checkpoint(config.weights, config.weights_prefix).tensors
+        tensors = config.checkpoint().tensors
         digest = tensors_sha256(tensors)
         if digest != record.weights_sha256:
             raise BadFile(
@@ -252,7 +253,7 @@ def export_record(
     """
     import torch
 
-    from layerport.eager.weights import read_checkpoint, tensors_sha256
+    from layerport.eager.weights import tensors_sha256
 
     return ExportRecord(
         layer=config.spec.name,
@@ -267,10 +268,11 @@ def export_record(
         versions={"layerport": __version__, "torch": torch.__version__, "onnx": onnx.__version__},
         seed=None if config.weights else config.seed,
         weights_sha256=tensors_sha256(module.state_dict()) if config.weights else None,
-        weights_prefix=config.weights_prefix,
-        weights_key=read_checkpoint(config.weights, config.weights_prefix).key
-        if config.weights
+        weights_prefix=config.weights_prefix if isinstance(config.weights_prefix, str) else None,
+        weights_parts=dict(config.weights_prefix)
+        if isinstance(config.weights_prefix, Mapping)
         else None,
+        weights_key=config.checkpoint().key if config.weights else None,
         verification={"passed": None, "note": "not verified at export"}
         if report is None
         else report.summary(),

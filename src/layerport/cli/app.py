@@ -218,7 +218,7 @@ FLAGS = {
 def flag_words(setting: Setting) -> str:
     """A library error's advice in command-line words: ``-p input_size=SIZE``."""
     flag = FLAGS.get(setting.name, setting.name)
-    return f"{flag} {setting.example}".strip()
+    return " ".join(f"{flag} {example}" for example in setting.examples()) or flag
 
 
 def render_error(error: LayerportError) -> str:

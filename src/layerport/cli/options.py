@@ -61,6 +61,22 @@ def _dim_sizes(context: click.Context, parameter: click.Parameter, pairs: Sequen
     return sizes
 
 
+def _weights_prefix(
+    context: click.Context, parameter: click.Parameter, options: Sequence[str]
+) -> str | dict[str, str] | None:
+    """One ``PREFIX``, or ``PART=PREFIX`` once per weight part (as a dict)."""
+    if not options:
+        return None
+    if len(options) == 1 and "=" not in options[0]:
+        return options[0]
+    if any("=" not in option for option in options):
+        raise UserInputError(
+            "--weights-prefix takes one PREFIX, or PART=PREFIX for each weight part "
+            f"(see 'layerport show LAYER'), got {' '.join(options)!r}"
+        )
+    return _assignments("--weights-prefix", "PART=PREFIX")(context, parameter, options)
+
+
 def _input_sources(
     context: click.Context, parameter: click.Parameter, options: Sequence[str]
 ) -> list[tuple[str | None, Path]]:
@@ -153,7 +169,7 @@ class LayerOptions:
     dtype: str
     seed: int
     weights: Path | None
-    weights_prefix: str | None
+    weights_prefix: str | dict[str, str] | None
 
     def given(self) -> bool:
         """Whether any of -p, --dim or --weights was given (``--all`` takes none)."""
@@ -195,12 +211,13 @@ layer_options = collected(
         help="Load weights from a .safetensors file or a .pt/.pth/.bin state dict or training "
         "checkpoint.",
     ),
-    click.option(
-        "--weights-prefix",
-        default=None,
-        metavar="PREFIX",
-        help="With --weights: use only the tensors under PREFIX (such as encoder.lstm.), "
-        "stripped of it.",
+    _repeatable(
+        ("--weights-prefix", "weights_prefix"),
+        "PREFIX",
+        _weights_prefix,
+        "With --weights: use only the tensors under PREFIX (such as encoder.lstm.), "
+        "stripped of it; or PART=PREFIX, once per weight part of the layer "
+        "(see 'layerport show LAYER').",
     ),
 )
 

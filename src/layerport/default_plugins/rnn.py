@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from layerport import Dim, LayerSpec, Param, Streaming, Tensor, hookimpl
+from layerport import Dim, LayerSpec, Param, Streaming, Tensor, WeightPart, hookimpl
 from layerport.spec import Dims, Params, ParamValue
 
 if TYPE_CHECKING:
@@ -127,6 +127,23 @@ RNN = LayerSpec(
     flops=rnn_flops,
     batch_dim="batch",
     params_from_weights=rnn_params_from_weights,
+    # A trained rnn usually arrives as an nn.RNN and an nn.Linear head, under
+    # torch's key names: --weights-prefix recurrence=rnn. --weights-prefix head=fc.
+    weight_parts=(
+        WeightPart(
+            "recurrence",
+            "a one-layer torch.nn.RNN",
+            {
+                "weight_ih_l0": "wi.weight",
+                "weight_hh_l0": "wh.weight",
+                "bias_ih_l0": "wi.bias",
+                "bias_hh_l0": "wh.bias",
+            },
+        ),
+        WeightPart(
+            "head", "a torch.nn.Linear read-out", {"weight": "wo.weight", "bias": "wo.bias"}
+        ),
+    ),
 )
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from layerport.config import LayerConfig
 from layerport.dtypes import precision
-from layerport.eager.weights import check_weights, read_checkpoint
+from layerport.eager.weights import check_weights
 from layerport.errors import InvalidSpec, UserInputError
 
 
@@ -45,8 +45,8 @@ def build_module(
         )
     if config.weights is not None:
         if tensors is None:
-            tensors = read_checkpoint(config.weights, config.weights_prefix).tensors
-        check_weights(tensors, declared, config.dtype, config.weights)
+            tensors = config.checkpoint().tensors
+        check_weights(tensors, declared, config.dtype, config.weights, config.spec.weight_parts)
         module.load_state_dict(tensors, strict=True)
     return module
 

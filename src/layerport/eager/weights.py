@@ -19,17 +19,21 @@ import hashlib
 import pickle
 import re
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from layerport.dtypes import DTYPES
-from layerport.errors import BadFile, Setting
+from layerport.errors import BadFile, Setting, UserInputError
 from layerport.runtime.limits import check_allocation
+from layerport.spec import WeightPart
 
 if TYPE_CHECKING:
     import torch
+
+# One submodule's prefix, or the prefix of each of a layer's weight parts.
+WeightsPrefix = str | Mapping[str, str]
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
@@ -47,7 +51,7 @@ class Checkpoint:
 
     tensors: dict[str, torch.Tensor]
     key: str | None = None
-    prefix: str | None = None
+    prefix: WeightsPrefix | None = None
     notes: tuple[str, ...] = ()
 
 
@@ -66,6 +70,8 @@ def read_checkpoint(path: Path, prefix: str | None = None) -> Checkpoint:
     keys that start with it, stripped of it. When a wrapper holds several dicts
     of tensors, ``prefix`` may start with the entry's name (``ema.lstm.``).
     Nothing in the file is run: ``.pt`` files load with ``weights_only=True``.
+
+    Raises ``BadFile`` for a file that cannot be read or holds no such tensors.
     """
     if not path.is_file():
         raise BadFile(
@@ -74,33 +80,91 @@ def read_checkpoint(path: Path, prefix: str | None = None) -> Checkpoint:
     if prefix and not prefix.endswith("."):
         prefix += "."  # a submodule's keys always continue with a dot: "lstm" means "lstm."
     info = path.stat()
-    return _read_checkpoint(path, path.resolve(), info.st_mtime_ns, info.st_size, prefix)
-
-
-@functools.lru_cache(maxsize=2)
-def _read_checkpoint(
-    path: Path, resolved: Path, mtime_ns: int, size: int, prefix: str | None
-) -> Checkpoint:
-    # Cached by the file's identity (``resolved``, its time and size), so that
-    # inferring a layer's sizes and then building it reads a large checkpoint once.
-    check_allocation(size, f"reading weights file {path}")
-    suffix = path.suffix.lower()
-    if suffix in SAFETENSORS_SUFFIXES:
-        loaded: Any = _read_safetensors(path)
-    elif suffix in TORCH_SUFFIXES:
-        loaded = _read_state_dict(path)
-    else:
-        raise BadFile(
-            f"weights file {path} must end in .safetensors, .pt, .pth or .bin, "
-            f"got {suffix or 'no suffix'!r}"
-        )
+    loaded = _load(path, path.resolve(), info.st_mtime_ns, info.st_size)
     notes: list[str] = []
     tensors, key, prefix = _unwrap(loaded, path, prefix, notes)
     tensors = _strip_wrapping_prefixes(tensors, notes)
     if prefix:
         tensors = _select(tensors, prefix, path)
-        notes.append(f"using the tensors under {prefix!r}, with the prefix stripped")
+        notes.append(_selected(prefix))
     return Checkpoint(tensors, key, prefix, tuple(notes))
+
+
+def _selected(prefix: object) -> str:
+    return f"using the tensors under {prefix!r}, with the prefix stripped"
+
+
+def read_layer_checkpoint(
+    path: Path, prefix: WeightsPrefix | None, parts: Sequence[WeightPart] = ()
+) -> Checkpoint:
+    """The tensors of one layer, named as the layer names them.
+
+    ``prefix`` is one submodule's prefix (see ``read_checkpoint``), or a mapping
+    from the names of the layer's ``weight_parts`` to the prefix that holds each
+    (``{"recurrence": "rnn.", "head": "fc."}``): each part's torch key names are
+    then renamed to the layer's. A key a part does not map keeps its full name,
+    so the weights check reports it as unexpected.
+
+    Raises ``UserInputError`` for a part the layer does not have, and ``BadFile``
+    as ``read_checkpoint`` does.
+    """
+    if not isinstance(prefix, Mapping):
+        return read_checkpoint(path, prefix)
+    known = {part.name: part for part in parts}
+    left_out = [name for name in known if name not in prefix]
+    if left_out and all(name in known for name in prefix):
+        raise UserInputError(
+            f"weight part {left_out[0]} has no prefix; give one for every part with ",
+            Setting("weights_prefix", f"{left_out[0]}=PREFIX"),
+            f" (this layer's parts: {', '.join(known)})",
+        )
+    tensors: dict[str, torch.Tensor] = {}
+    notes: list[str] = []
+    key = None
+    for name, part_prefix in prefix.items():
+        if name not in known:
+            raise UserInputError(
+                f"{_unknown_part(name, parts)}; give the weights' prefix alone with ",
+                Setting("weights_prefix", "PREFIX"),
+            )
+        checkpoint = read_checkpoint(path, part_prefix)
+        key = checkpoint.key
+        notes += [
+            note
+            for note in checkpoint.notes
+            if note not in notes and note != _selected(checkpoint.prefix)
+        ]
+        renames = known[name].keys
+        for source, tensor in checkpoint.tensors.items():
+            tensors[renames.get(source, f"{checkpoint.prefix}{source}")] = tensor
+        notes.append(
+            f"reading {name} ({known[name].description}) from the tensors under "
+            f"{checkpoint.prefix!r}"
+        )
+    return Checkpoint(tensors, key, dict(prefix), tuple(notes))
+
+
+def _unknown_part(name: str, parts: Sequence[WeightPart]) -> str:
+    if not parts:
+        return f"this layer has no weight parts, so {name}= names none"
+    return f"unknown weight part {name!r}; this layer's parts: {', '.join(p.name for p in parts)}"
+
+
+@functools.lru_cache(maxsize=1)
+def _load(path: Path, resolved: Path, mtime_ns: int, size: int) -> Mapping[Any, Any]:
+    # Cached by the file's identity (``resolved``, its time and size), so that
+    # inferring a layer's sizes, reading each weight part and building the layer
+    # read a large checkpoint once.
+    check_allocation(size, f"reading weights file {path}")
+    suffix = path.suffix.lower()
+    if suffix in SAFETENSORS_SUFFIXES:
+        return _read_safetensors(path)
+    if suffix in TORCH_SUFFIXES:
+        return _read_state_dict(path)
+    raise BadFile(
+        f"weights file {path} must end in .safetensors, .pt, .pth or .bin, "
+        f"got {suffix or 'no suffix'!r}"
+    )
 
 
 def _is_tensor_dict(value: object) -> bool:
@@ -258,8 +322,13 @@ def check_weights(
     expected: Mapping[str, tuple[int, ...]],
     dtype: str,
     path: Path,
+    parts: Sequence[WeightPart] = (),
 ) -> None:
-    """Compare a file's tensors with the layer's declared names, shapes and dtype."""
+    """Compare a file's tensors with the layer's declared names, shapes and dtype.
+
+    ``parts`` are the layer's weight parts, for advice on a whole-model
+    checkpoint that holds them. Raises ``BadFile`` naming every problem.
+    """
     import torch
 
     problems: list[str] = []
@@ -285,7 +354,7 @@ def check_weights(
             problems.append(f"{name} holds NaN or Inf")
     dtype_problem = _dtype_problem(wrong_dtype, dtype) if wrong_dtype else []
     if missing and unexpected:
-        dtype_problem += _prefix_advice(tensors, expected, after=bool(dtype_problem))
+        dtype_problem += _prefix_advice(tensors, expected, parts, after=bool(dtype_problem))
     if problems or dtype_problem:
         listed = "; ".join(problems) + ("; " if problems and dtype_problem else "")
         raise BadFile(f"weights in {path} do not fit the layer: {listed}", *dtype_problem)
@@ -298,21 +367,32 @@ def _listed(names: list[str], most: int = 6) -> str:
 
 
 def _prefix_advice(
-    tensors: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]], *, after: bool
+    tensors: Mapping[str, torch.Tensor],
+    expected: Mapping[str, tuple[int, ...]],
+    parts: Sequence[WeightPart],
+    *,
+    after: bool,
 ) -> list[str | Setting]:
     """Advice for a whole-model checkpoint: which prefix holds the layer's tensors."""
-    holders = {
-        name[: -len(wanted)]
-        for wanted in expected
-        for name in tensors
-        if name.endswith("." + wanted)
-    }
-    fitting = sorted(p for p in holders if all(p + wanted in tensors for wanted in expected))
     lead = "; " if after else ""
+    fitting = _holders(tensors, expected)
     if fitting:
         return [
             f"{lead}the file holds them under {fitting[0]!r}: select them with ",
             Setting("weights_prefix", fitting[0]),
+        ]
+    part_holders = {
+        part.name: _holders(tensors, [key for key, name in part.keys.items() if name in expected])
+        for part in parts
+    }
+    if parts and all(part_holders.values()):
+        chosen = [f"{name}={holders[0]}" for name, holders in part_holders.items()]
+        described = ", ".join(
+            f"{part.description} under {part_holders[part.name][0]!r}" for part in parts
+        )
+        return [
+            f"{lead}the file holds them as {described}: select them with ",
+            Setting("weights_prefix", chosen[0], tuple(chosen[1:])),
         ]
     prefixes = [p for p in submodule_prefixes(tensors) if p.count(".") == 1]
     if prefixes:
@@ -321,6 +401,13 @@ def _prefix_advice(
             Setting("weights_prefix", "PREFIX"),
         ]
     return []
+
+
+def _holders(tensors: Mapping[str, torch.Tensor], wanted: Iterable[str]) -> list[str]:
+    """The prefixes under which ``tensors`` holds every one of the ``wanted`` names."""
+    wanted = list(wanted)
+    candidates = {name[: -len(w)] for w in wanted for name in tensors if name.endswith("." + w)}
+    return sorted(p for p in candidates if all(p + w in tensors for w in wanted))
 
 
 def _storage_problem(name: str, tensor: torch.Tensor) -> str | None:

@@ -40,9 +40,15 @@ class ExportRecord:
     seed: int | None = None
     weights_sha256: str | None = None  # of the tensors' content: see eager.weights.tensors_sha256
     weights_prefix: str | None = None  # the submodule selected from a whole-model checkpoint
+    weights_parts: dict[str, str] | None = None  # or the prefix of each of the layer's weight parts
     weights_key: str | None = None  # the training checkpoint's entry that held the tensors
     verification: dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT_VERSION
+
+    @property
+    def selection(self) -> str | dict[str, str] | None:
+        """The tensors' selection in the weights file, as ``weights_prefix`` arguments take it."""
+        return self.weights_parts if self.weights_parts is not None else self.weights_prefix
 
     def to_props(self) -> dict[str, str]:
         """Flat string key/values for ``ModelProto.metadata_props``."""
@@ -117,6 +123,13 @@ class ExportRecord:
             "weights_sha256, weights_prefix and weights_key must be strings": all(
                 value is None or isinstance(value, str)
                 for value in (self.weights_sha256, self.weights_prefix, self.weights_key)
+            ),
+            "weights_parts must map weight parts to prefixes": self.weights_parts is None
+            or (
+                isinstance(self.weights_parts, dict)
+                and all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in self.weights_parts.items()
+                )
             ),
             "versions and verification must be objects": isinstance(self.versions, dict)
             and isinstance(self.verification, dict),

@@ -177,6 +177,24 @@ class Streaming:
 
 
 @dataclass(frozen=True)
+class WeightPart:
+    """A torch module that holds some of a layer's weights, under its own key names.
+
+    Training scripts save a layer's weights inside torch's own modules: the
+    ``rnn``'s three matrices arrive as a one-layer ``nn.RNN`` and an ``nn.Linear``
+    head, each under its own prefix of a whole-model checkpoint. ``keys`` maps the
+    module's state-dict keys to the layer's weight names (``{"weight_ih_l0":
+    "wi.weight", ...}``); ``--weights-prefix recurrence=rnn.`` then reads the part
+    named ``recurrence`` from the tensors under ``rnn.``. A key the module does not
+    hold (a bias, when the layer has none) is simply absent.
+    """
+
+    name: str
+    description: str
+    keys: Mapping[str, str]
+
+
+@dataclass(frozen=True)
 class LayerSpec:
     """Everything layerport knows about one layer type.
 
@@ -193,6 +211,8 @@ class LayerSpec:
     ``params_from_weights(shapes)``, if given, reads the parameters that weight
     shapes determine (``hidden_size``, ``num_layers``...) from a weights file's
     names and shapes, so ``--weights`` needs no ``-p``.
+    ``weight_parts``, if given, name the torch modules a checkpoint may hold the
+    weights in (see ``WeightPart``), for layers whose weight names are not torch's.
     """
 
     name: str
@@ -209,6 +229,7 @@ class LayerSpec:
     flops: Callable[[Params, Dims], int] | None = None
     batch_dim: str | None = None
     params_from_weights: Callable[[Mapping[str, tuple[int, ...]]], Params] | None = None
+    weight_parts: tuple[WeightPart, ...] = ()
 
     def __post_init__(self) -> None:
         _validate_spec(self)
@@ -380,6 +401,24 @@ def _validate_spec(spec: LayerSpec) -> None:
         fail(f"batch_dim {spec.batch_dim!r} is not a dynamic dim; dims: {', '.join(dim_names)}")
     if spec.streaming is not None:
         _validate_streaming(spec, fail)
+    _validate_weight_parts(spec, fail)
+
+
+def _validate_weight_parts(spec: LayerSpec, fail: Callable[[str], None]) -> None:
+    part_names = [part.name for part in spec.weight_parts]
+    if len(set(part_names)) != len(part_names):
+        fail(f"weight part names must be unique, got {part_names}")
+    targets: list[str] = []
+    for part in spec.weight_parts:
+        if not isinstance(part.name, str) or not _NAME.match(part.name):
+            fail(f"weight part name {part.name!r} must be a lowercase identifier")
+        if not part.keys or not all(
+            isinstance(key, str) and isinstance(name, str) for key, name in part.keys.items()
+        ):
+            fail(f"weight part {part.name}: keys must map torch's key names to weight names")
+        targets += part.keys.values()
+    if len(set(targets)) != len(targets):
+        fail("weight parts: each of the layer's weights may come from one part only")
 
 
 def _formula_problem(text: str, numbers: set[str], flags: set[str]) -> str | None:

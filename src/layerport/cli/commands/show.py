@@ -27,6 +27,11 @@ def show(layer: str, params: dict[str, str], json_: bool) -> None:
     config = resolve_config(get_registry(), layer, params=params)
     spec = config.spec
     dynamic = {dim.name: dim for dim in spec.dims}
+    sources = {
+        name: {"part": part.name, "key": key}
+        for part in spec.weight_parts
+        for key, name in part.keys.items()
+    }
     description: dict[str, Any] = {
         "name": spec.name,
         "qualified_name": config.layer.qualified_name,
@@ -47,7 +52,12 @@ def show(layer: str, params: dict[str, str], json_: bool) -> None:
         "inputs": [_describe_tensor(config, tensor, dynamic) for tensor in spec.inputs],
         "outputs": [_describe_tensor(config, tensor, dynamic) for tensor in spec.outputs],
         "weights": [
-            {"name": name, "shape": list(shape)} for name, shape in config.weight_shapes().items()
+            {"name": name, "shape": list(shape), "part": sources.get(name)}
+            for name, shape in config.weight_shapes().items()
+        ],
+        "weight_parts": [
+            {"name": part.name, "description": part.description, "keys": dict(part.keys)}
+            for part in spec.weight_parts
         ],
         "tolerances": {
             dtype: {"atol": tol.atol, "rtol": tol.rtol}
@@ -81,10 +91,25 @@ def show(layer: str, params: dict[str, str], json_: bool) -> None:
         ),
         title="Inputs and outputs",
     )
+    if not spec.weight_parts:
+        print_table(
+            ("weight", "shape"),
+            ((w["name"], w["shape"]) for w in description["weights"]),
+            title="Weights",
+        )
+        return
     print_table(
-        ("weight", "shape"),
-        ((w["name"], w["shape"]) for w in description["weights"]),
+        ("weight", "shape", "or, in a weight part (--weights-prefix PART=PREFIX)"),
+        (
+            (w["name"], w["shape"], f"{w['part']['part']}: {w['part']['key']}" if w["part"] else "")
+            for w in description["weights"]
+        ),
         title="Weights",
+    )
+    print_table(
+        ("weight part", "holds"),
+        ((part.name, part.description) for part in spec.weight_parts),
+        title="Weight parts",
     )
 
 
