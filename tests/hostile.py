@@ -16,15 +16,16 @@ BUILTINS_ONLY = {"LAYERPORT_LOAD_PLUGINS": ""}
 def assert_refused(result: Any, exit_code: int, *words: str) -> None:
     """The exit code, and one last ``Error:`` line naming ``words``; no traceback.
 
-    Lines before it may only be warnings: a plugin installed in this environment
-    that fails to load is reported on every command.
+    Lines before it may only be warnings and notes: a plugin installed in this
+    environment that fails to load is reported on every command, and a note says
+    how the weights were read before they are found wanting.
     """
     assert result.exit_code == exit_code, result
     assert "Traceback" not in result.stderr, result.stderr
     *before, error = result.stderr.splitlines() or [""]
     assert error.startswith("Error: "), result.stderr
     assert result.stderr.endswith("\n"), result.stderr
-    assert all(line.startswith("Warning: ") for line in before), result.stderr
+    assert all(line.startswith(("Warning: ", "Note: ")) for line in before), result.stderr
     for word in words:
         assert word in error, (word, result.stderr)
 

@@ -100,7 +100,7 @@ def test_bench_table_at_size_1_without_reference_or_flops(cli, register_plugin) 
     # The exporter pins size-1 dims, so the file is traced at the default and run at 1.
     result = cli("bench", "tiny", "--dim", "batch=1", "--min-time", "0.01")
     assert result.exit_code == 0, result.stderr
-    for text in ("dims:    batch=1", "eager", "onnxruntime", "median ms", "ort/engine"):
+    for text in ("dims:    batch=1", "eager", "onnxruntime", "median ms", "file/engine"):
         assert text in result.stdout
     # No reference declared: two engines; no flops declared: no GFLOP/s.
     assert "reference" not in result.stdout

@@ -147,7 +147,7 @@ def test_run_float64(cli) -> None:
             ["run", "rnn", "--dim", "hidden_size=3"],
             "Error: dim 'hidden_size' of layer 'rnn' is fixed",
         ),
-        (["run", "linear", "--dtype", "float16"], "Error: Invalid value for '--dtype'"),
+        (["run", "linear", "--dtype", "float8"], "Error: Invalid value for '--dtype'"),
         (["run", "linear", "--seed", "-1"], "Error: Invalid value for '--seed'"),
         (["run"], "Error: Missing argument 'LAYER'"),
         (["nosuchcommand"], "Error: No such command 'nosuchcommand'"),

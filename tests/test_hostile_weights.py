@@ -163,26 +163,75 @@ def test_weights_that_do_not_fit_the_layer(cli, tmp_path, change, words, suffix)
     assert_refused(result, 2, f"weights in {path} do not fit the layer", *words)
 
 
-@pytest.mark.parametrize(
-    ("dtype", "fix"),
-    [
-        (torch.float64, "(convert the file to float32 or pass --dtype float64)"),
-        (torch.int64, "(convert the file to float32)"),
-        (torch.float16, "(convert the file to float32)"),
-    ],
-)
-def test_weights_of_another_dtype_are_never_cast(cli, tmp_path, dtype, fix) -> None:
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_without_dtype_the_layer_takes_the_weights_own(cli, tmp_path, dtype) -> None:
     path = tmp_path / "w.pt"
     torch.save(good_weights(dtype), path)
-    name = str(dtype).removeprefix("torch.")
-    result = cli("run", "linear", "--weights", str(path))
-    assert_refused(
-        result,
-        2,
-        f"bias is {name}, weight is {name}, the layer is float32",
-        "layerport never casts weights",
-        fix,
+    result = cli("run", "linear", "--weights", str(path), "--json")
+    assert_succeeded(result)
+    assert json.loads(result.stdout)["dtype"] == str(dtype).removeprefix("torch.")
+    assert "converting" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("saved", "asked"),
+    [(torch.float32, "float16"), (torch.float64, "float32"), (torch.float32, "bfloat16")],
+)
+def test_an_explicit_dtype_converts_the_weights_with_a_note(cli, tmp_path, saved, asked) -> None:
+    path = tmp_path / "w.pt"
+    torch.save(good_weights(saved), path)
+    result = cli("run", "linear", "--weights", str(path), "--dtype", asked, "--json")
+    assert_succeeded(result)
+    assert json.loads(result.stdout)["dtype"] == asked
+    source = str(saved).removeprefix("torch.")
+    assert f"Note: converting the weights from {source} to {asked}" in result.stderr
+
+
+def test_converted_weights_are_recorded_by_their_source(cli, tmp_path) -> None:
+    path = tmp_path / "w.pt"
+    torch.save(good_weights(), path)
+    model = tmp_path / "m.onnx"
+    exported = cli(
+        "export", "linear", "--weights", str(path), "--dtype", "float16", "-o", str(model)
     )
+    assert_succeeded(exported)
+    assert "Note: converting the weights from float32 to float16" in exported.stderr
+    record = json.loads(cli("inspect", str(model), "--json").stdout)["layerport"]
+    assert record["dtype"] == "float16" and record["weights_dtype"] == "float32"
+    # The recorded hash is the source tensors': the float32 file verifies the float16 export.
+    assert_succeeded(cli("verify", str(model), "--weights", str(path)))
+
+
+@pytest.mark.parametrize(
+    ("weights", "args", "message"),
+    [
+        pytest.param(
+            {"weight": torch.ones(2, 8, dtype=torch.int64), "bias": torch.zeros(2)},
+            (),
+            "weight is int64, not floating point",
+            id="integer",
+        ),
+        pytest.param(
+            {"weight": torch.full((2, 8), 1e5), "bias": torch.zeros(2)},
+            ("--dtype", "float16"),
+            "weight holds 100000, beyond float16's largest value 65504: converting it would "
+            "make it Inf",
+            id="overflow",
+        ),
+        pytest.param(
+            {"weight": torch.ones(2, 8), "bias": torch.zeros(2, dtype=torch.float16)},
+            (),
+            "mix dtypes (float16 and float32); convert them all with --dtype float32",
+            id="mixed",
+        ),
+    ],
+)
+def test_weights_that_cannot_become_the_layers_dtype_are_refused(
+    cli, tmp_path, weights, args, message
+) -> None:
+    path = tmp_path / "w.pt"
+    torch.save(weights, path)
+    assert_refused(cli("run", "linear", "--weights", str(path), *args), 2, message)
 
 
 def test_float64_weights_work_with_dtype_float64(cli, tmp_path) -> None:

@@ -39,6 +39,7 @@ class LayerConfig:
     weights: Path | None = None
     # The submodule of a whole-model checkpoint, or the prefix of each weight part.
     weights_prefix: str | Mapping[str, str] | None = None
+    weights_dtype: str | None = None  # the weights file's own dtype, before any conversion
     notes: tuple[str, ...] = ()  # how the weights were found, for the user
 
     @property
@@ -127,12 +128,17 @@ def resolve_config(
     layer_name: str,
     params: Mapping[str, object] | None = None,
     dims: Mapping[str, int] | None = None,
-    dtype: str = DEFAULT_DTYPE,
+    dtype: str | None = None,
     seed: int = 0,
     weights: Path | None = None,
     weights_prefix: str | Mapping[str, str] | None = None,
 ) -> LayerConfig:
     """Look the layer up and check every choice against its spec.
+
+    ``dtype`` ``None`` means the weights' own dtype, or float32 without weights.
+    A ``dtype`` that differs from the weights' converts them (with a note): a
+    deployer exports a float32 checkpoint in float16 that way. Raises
+    ``UserInputError`` for a precision the layer does not declare.
 
     With ``weights``, a layer whose spec declares ``params_from_weights`` takes
     the sizes the tensors imply; a given parameter must agree with them.
@@ -141,7 +147,7 @@ def resolve_config(
     submodule that holds it (``{"recurrence": "rnn.", "head": "fc."}``).
     """
     layer = registry.resolve(layer_name)
-    if dtype not in DTYPES:
+    if dtype is not None and dtype not in DTYPES:
         raise UserInputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise InvalidParameter(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
@@ -152,13 +158,21 @@ def resolve_config(
         )
     resolved = layer.spec.resolve_params(params)
     notes: tuple[str, ...] = ()
+    weights_dtype = None
     if weights is not None:
-        from layerport.eager.weights import read_layer_checkpoint
+        from layerport.eager.weights import read_layer_checkpoint, weights_dtype_of
 
         checkpoint = read_layer_checkpoint(weights, weights_prefix, layer.spec.weight_parts)
         notes = checkpoint.notes
         shapes = {name: tuple(tensor.shape) for name, tensor in checkpoint.tensors.items()}
         resolved = _params_from_weights(layer, resolved, params or {}, shapes, weights)
+        weights_dtype = weights_dtype_of(checkpoint.tensors)
+        if dtype is None and weights_dtype is not None:
+            dtype = _weights_precision(layer.spec, weights_dtype, weights)
+        elif dtype != weights_dtype and weights_dtype is not None:
+            notes += (f"converting the weights from {weights_dtype} to {dtype}",)
+    dtype = dtype or DEFAULT_DTYPE
+    layer.spec.check_precision(dtype)
     config = LayerConfig(
         layer=layer,
         params=resolved,
@@ -167,10 +181,27 @@ def resolve_config(
         seed=seed,
         weights=weights,
         weights_prefix=weights_prefix,
+        weights_dtype=weights_dtype,
         notes=notes,
     )
     check_memory(config)
     return config
+
+
+def _weights_precision(spec: LayerSpec, weights_dtype: str, path: Path) -> str:
+    """The dtype a layer takes from its weights when no dtype is asked for."""
+    if weights_dtype not in DTYPES:
+        raise UserInputError(
+            f"the weights in {path} mix dtypes ({weights_dtype}); convert them all with ",
+            Setting("dtype", DEFAULT_DTYPE),
+        )
+    if weights_dtype not in spec.precisions:
+        raise UserInputError(
+            f"the weights in {path} are {weights_dtype}, which layer {spec.name!r} does not "
+            f"support ({', '.join(spec.precisions)}); convert them with ",
+            Setting("dtype", next(iter(spec.precisions))),
+        )
+    return weights_dtype
 
 
 def _params_from_weights(

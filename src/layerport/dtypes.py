@@ -50,7 +50,18 @@ class Precision:
     def numpy_dtype(self) -> np.dtype[Any]:
         import numpy as np
 
+        if self.name == "bfloat16":
+            # numpy has no bfloat16; ml_dtypes (an onnx dependency) gives the one
+            # onnx's reference evaluator and numpy_helper use.
+            import ml_dtypes
+
+            return np.dtype(ml_dtypes.bfloat16)
         return np.dtype(self.name)
+
+    @property
+    def reduced(self) -> bool:
+        """Narrower than float32: verification also reports what the precision costs."""
+        return self.itemsize < 4
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -66,6 +77,9 @@ PRECISIONS: dict[str, Precision] = {
     for precision in (
         Precision("float32", onnx_element_type=1, itemsize=4, tolerance=Tolerance(1e-5, 1e-4)),
         Precision("float64", onnx_element_type=11, itemsize=8, tolerance=Tolerance(1e-10, 1e-8)),
+        # 11 and 8 significant bits: one rounding is 4.9e-4 and 3.9e-3 of the value.
+        Precision("float16", onnx_element_type=10, itemsize=2, tolerance=Tolerance(1e-2, 1e-2)),
+        Precision("bfloat16", onnx_element_type=16, itemsize=2, tolerance=Tolerance(5e-2, 5e-2)),
     )
 }
 DTYPES = tuple(PRECISIONS)

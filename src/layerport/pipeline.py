@@ -16,6 +16,7 @@ A file that fails verification is never returned, so it is never written.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ import onnx
 
 from layerport import __version__
 from layerport.config import LayerConfig, config_from_record
-from layerport.dtypes import Tolerance
+from layerport.dtypes import Tolerance, precision
 from layerport.errors import BadFile, ExportFailed, VerificationFailed
 from layerport.export import DEFAULT_OPSET
 from layerport.registry import Registry
@@ -210,14 +211,20 @@ def verify_model(
     tolerance: Tolerance | None = None,
     trials: int = DEFAULT_TRIALS,
 ) -> VerificationReport:
-    """Verify ``model`` in onnxruntime against ``module`` in eager PyTorch.
+    """Verify ``model`` against ``module`` in eager PyTorch, in the dtype's declared runtime.
+
+    onnxruntime runs the file, or onnx's reference evaluator for a precision the
+    spec declares that way (``LayerSpec.precisions``). For a precision narrower
+    than float32, the report also gives what it costs: the file against the
+    layer in float64, built from the same source weights.
 
     ``optional_inputs`` are the inputs the model may be run without (default:
     the spec's optional inputs). A ``name`` says the model came from that file,
     whose session is then created in a child process first (see
     ``runtime.isolation``).
     """
-    from layerport.verify.engines import EagerEngine, OnnxRuntimeEngine
+    from layerport.eager.build import build_module
+    from layerport.verify.engines import EagerEngine, FileEngine
     from layerport.verify.structure import structure_problems
     from layerport.verify.verification import verify_engines
 
@@ -226,18 +233,25 @@ def verify_model(
     session = Session(
         model,
         name or f"the export of {config.spec.name}",
-        SessionSettings(),
+        SessionSettings(runtime=config.spec.precisions[config.dtype]),
         optional_inputs=optional_inputs,
         isolate=name is not None,  # a file from disk may crash onnxruntime; our exports are guarded
     )
+    baseline = None
+    if precision(config.dtype).reduced:
+        # What the precision costs: the same function in float64, from the same
+        # source weights (converted exactly), on the same inputs.
+        in_float64 = dataclasses.replace(config, dtype="float64")
+        baseline = EagerEngine(build_module(in_float64), in_float64)
     return verify_engines(
         config,
-        OnnxRuntimeEngine(session),
+        FileEngine(session),
         EagerEngine(module, config),
         config.dims,
         tolerance=tolerance,
         trials=trials,
         structure_problems=structure_problems(config, session.inputs, session.outputs),
+        baseline=baseline,
     )
 
 
@@ -247,9 +261,9 @@ def export_record(
     """The metadata an export of ``module``, built for ``config``, carries.
 
     ``report`` is its verification, if any. Weights loaded from a file are
-    recorded by their content (``tensors_sha256`` of the module's state dict,
-    which holds exactly the file's tensors), so the same tensors saved in
-    another container or key order verify the file too.
+    recorded by their content before any conversion (``tensors_sha256`` of the
+    layer's tensors as the file holds them) and their dtype, so the same
+    tensors saved in another container or key order verify the file too.
     """
     import torch
 
@@ -267,12 +281,13 @@ def export_record(
         opset=opset,
         versions={"layerport": __version__, "torch": torch.__version__, "onnx": onnx.__version__},
         seed=None if config.weights else config.seed,
-        weights_sha256=tensors_sha256(module.state_dict()) if config.weights else None,
+        weights_sha256=tensors_sha256(config.checkpoint().tensors) if config.weights else None,
         weights_prefix=config.weights_prefix if isinstance(config.weights_prefix, str) else None,
         weights_parts=dict(config.weights_prefix)
         if isinstance(config.weights_prefix, Mapping)
         else None,
         weights_key=config.checkpoint().key if config.weights else None,
+        weights_dtype=config.weights_dtype,
         verification={"passed": None, "note": "not verified at export"}
         if report is None
         else report.summary(),

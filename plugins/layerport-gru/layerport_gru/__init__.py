@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from layerport import Dim, LayerSpec, Param, Params, Streaming, Tensor, hookimpl
+from layerport.spec import ALL_PRECISIONS
 from layerport.spec.torch_layout import (
     matmul_flops,
     torch_layout_sizes,
@@ -73,6 +74,7 @@ GRU = LayerSpec(
     # The two matmuls per step and layer; the gates' elementwise work is a rounding error.
     flops=lambda params, dims: matmul_flops(torch_layout_weights(params, 3), dims),
     batch_dim="batch",
+    precisions=ALL_PRECISIONS,
     params_from_weights=torch_layout_sizes,
 )
 

@@ -19,7 +19,7 @@ class GRU(nn.GRU):
 
     Exported in float32 it stays ``nn.GRU``, which torch.onnx turns into the ONNX
     ``GRU`` op (``linear_before_reset``, as torch computes it). onnxruntime 1.32
-    has no double ``GRU`` kernel, so in float64 the same function exports
+    has float32 ``GRU`` kernels only, so in float64, float16 and bfloat16 the same function exports
     through ``layerport.eager.recurrence.run_stacked`` as ONNX ``Scan``.
     Verification holds each form to ``nn.GRU``'s own result.
     """
@@ -47,7 +47,7 @@ class GRU(nn.GRU):
         self, x: torch.Tensor, h0: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         h0 = x.new_zeros(self.state_shape(x.shape[0])) if h0 is None else h0
-        if torch.compiler.is_exporting() and x.dtype == torch.float64:
+        if torch.compiler.is_exporting() and x.dtype != torch.float32:
             (h_n,), y = run_stacked(
                 self._cell,
                 self._project,

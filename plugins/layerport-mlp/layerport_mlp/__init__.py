@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from layerport import Dim, Dims, LayerSpec, Param, Params, Tensor, hookimpl
+from layerport.spec import ALL_PRECISIONS
 
 if TYPE_CHECKING:
     import torch
@@ -99,6 +100,7 @@ MLP = LayerSpec(
     reference=mlp_reference,
     flops=mlp_flops,
     batch_dim="batch",
+    precisions=ALL_PRECISIONS,
 )
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from layerport import Dim, LayerSpec, Param, Streaming, Tensor, hookimpl
-from layerport.spec import Params
+from layerport.spec import ALL_PRECISIONS, Params
 from layerport.spec.torch_layout import (
     matmul_flops,
     torch_layout_sizes,
@@ -90,6 +90,7 @@ LSTM = LayerSpec(
     reference=torch_reference("LSTM"),
     flops=lambda params, dims: matmul_flops(torch_layout_weights(params, 4), dims),
     batch_dim="batch",
+    precisions=ALL_PRECISIONS,
     params_from_weights=torch_layout_sizes,
 )
 
@@ -122,6 +123,7 @@ ELMAN = LayerSpec(
     reference=torch_reference("RNN"),
     flops=lambda params, dims: matmul_flops(torch_layout_weights(params, 1), dims),
     batch_dim="batch",
+    precisions=ALL_PRECISIONS,
     params_from_weights=torch_layout_sizes,
 )
 

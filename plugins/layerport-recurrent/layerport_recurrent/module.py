@@ -19,7 +19,7 @@ class LSTM(nn.LSTM):
 
     Exported in float32 it stays ``nn.LSTM``, which torch.onnx turns into the ONNX
     ``LSTM`` op: the fastest form in onnxruntime, and one TensorRT and OpenVINO
-    accelerate. onnxruntime 1.32 has no double ``LSTM`` kernel, so in float64 the
+    accelerate. onnxruntime 1.32 has float32 ``LSTM`` kernels only, so in every other precision the
     same function exports through ``run_stacked`` as ONNX ``Scan``. Verification
     holds each form to ``nn.LSTM``'s own result, over the grid.
     """
@@ -59,7 +59,7 @@ class LSTM(nn.LSTM):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h0 = x.new_zeros(self.state_shape(x.shape[0])) if h0 is None else h0
         c0 = x.new_zeros(self.state_shape(x.shape[0])) if c0 is None else c0
-        if torch.compiler.is_exporting() and x.dtype == torch.float64:
+        if torch.compiler.is_exporting() and x.dtype != torch.float32:
             (h_n, c_n), y = run_stacked(
                 self._cell,
                 functools.partial(torch_projection, self),

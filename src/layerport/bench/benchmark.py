@@ -52,18 +52,20 @@ class BenchResult:
     engines: dict[str, EngineTiming]
     machine: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    # What ran the file: onnxruntime, or onnx-reference for a precision it cannot run.
+    file_engine: str = "onnxruntime"
 
     def ratios(self) -> dict[str, float]:
-        """onnxruntime's median latency over each eager engine's."""
-        onnxruntime = self.engines["onnxruntime"].median_ms
+        """The file's median latency over each eager engine's, as ``onnxruntime_over_eager``."""
+        file_ms = self.engines[self.file_engine].median_ms
         return {
-            f"onnxruntime_over_{name}": significant(onnxruntime / engine.median_ms)
+            f"{self.file_engine}_over_{name}": significant(file_ms / engine.median_ms)
             for name, engine in self.engines.items()
-            if name != "onnxruntime" and engine.median_ms > 0
+            if name != self.file_engine and engine.median_ms > 0
         }
 
     def to_dict(self) -> dict[str, Any]:
-        onnxruntime = self.engines["onnxruntime"]
+        onnxruntime = self.engines[self.file_engine]
         return {
             "layer": self.config.layer.qualified_name,
             "name": self.config.spec.name,
@@ -105,7 +107,7 @@ def bench_layer(
     from layerport.verify.engines import (
         EagerEngine,
         Engine,
-        OnnxRuntimeEngine,
+        FileEngine,
         TorchReferenceEngine,
     )
 
@@ -123,7 +125,7 @@ def bench_layer(
     session = Session(
         model,
         f"the export of {config.spec.name}",
-        SessionSettings(threads=threads),
+        SessionSettings(threads=threads, runtime=config.spec.precisions[config.dtype]),
         optional_inputs=[tensor.name for tensor in config.spec.inputs if tensor.optional],
     )
 
@@ -134,7 +136,7 @@ def bench_layer(
         engines: list[Engine] = [EagerEngine(module, config)]
         if config.spec.reference is not None:
             engines.append(TorchReferenceEngine(module, config))
-        engines.append(OnnxRuntimeEngine(session))
+        engines.append(FileEngine(session))
         arrays = config.random_inputs()
         # no_grad, not inference_mode, as in run_module; entered once, so its own
         # cost is not timed.
@@ -165,6 +167,7 @@ def bench_layer(
         engines=timings,
         machine=machine,
         notes=reliability_notes(threads, machine, timings),
+        file_engine=session.runtime,
     )
 
 

@@ -161,14 +161,22 @@ def resolve_layer(name: str, options: LayerOptions) -> LayerConfig:
 
 
 def for_each_layer(
-    what: str, work: Callable[[RegisteredLayer], LayerOutcome]
+    what: str, work: Callable[[RegisteredLayer], LayerOutcome], *, dtype: str | None = None
 ) -> list[LayerOutcome]:
     """Run ``work`` on every registered layer in one process, with progress on stderr.
 
-    One layer's failure does not stop the rest: it becomes an outcome with its error.
+    One layer's failure does not stop the rest: it becomes an outcome with its
+    error. With a ``dtype``, layers that do not support it are skipped, with a note.
     """
     outcomes: list[LayerOutcome] = []
-    layers = list(get_registry())
+    layers = []
+    for layer in get_registry():
+        if dtype is None or dtype in layer.spec.precisions:
+            layers.append(layer)
+        else:
+            note(
+                f"skipping {layer.name}: it supports {', '.join(layer.spec.precisions)}, not {dtype}"
+            )
     with Progress(len(layers), what) as progress:
         for layer in layers:
             progress.start(layer.name)
@@ -212,6 +220,7 @@ FLAGS = {
     "threads": "--threads",
     "optimization": "--optimization",
     "weights_prefix": "--weights-prefix",
+    "runtime": "--runtime",
 }
 
 

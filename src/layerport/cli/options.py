@@ -166,7 +166,7 @@ class LayerOptions:
 
     params: dict[str, str]
     dims: dict[str, int]
-    dtype: str
+    dtype: str | None
     seed: int
     weights: Path | None
     weights_prefix: str | dict[str, str] | None
@@ -199,9 +199,9 @@ layer_options = collected(
     click.option(
         "--dtype",
         type=click.Choice(DTYPES),
-        default=DEFAULT_DTYPE,
-        show_default=True,
-        help="Floating-point type of weights and inputs.",
+        default=None,
+        help="Floating-point type of weights and inputs (default: the weights' own, else "
+        f"{DEFAULT_DTYPE}); weights of another dtype are converted.",
     ),
     seed_option(0, "Seeds the weights and any generated inputs."),
     click.option(

@@ -168,11 +168,14 @@ def print_outputs(
     outputs: dict[str, Any], output: Path | None, json_: bool, about: dict[str, Any]
 ) -> None:
     """Save outputs if asked, then summarise each; ``about`` says what produced them."""
-    from layerport.runtime.arrays import summarize
+    from layerport.runtime.arrays import savable, summarize
     from layerport.runtime.files import atomic_save_npz
 
     if output is not None:
-        atomic_save_npz(output, outputs)
+        arrays, conversions = savable(outputs)
+        for message in conversions:
+            note(message)
+        atomic_save_npz(output, arrays)
     summaries = {name: summarize(array) for name, array in outputs.items()}
     for name, summary in summaries.items():
         if summary["non_finite"]:
@@ -244,10 +247,27 @@ def _passed(report: VerificationReport) -> str:
     summary = report.summary()
     grid = ", ".join(f"{name} {sizes}" for name, sizes in report.grid.items())
     streaming = f"; streaming {report.streaming}" if report.streaming else ""
+    cost = cost_words(report)
     return (
-        f"passed: max abs error {report.max_abs_error():.3g} over "
-        f"{summary['cases']} cases ({grid}{streaming})"
+        f"passed{_runtime_words(report)}: max abs error {report.max_abs_error():.3g} over "
+        f"{summary['cases']} cases ({grid}{streaming})" + (f"; {cost}" if cost else "")
     )
+
+
+def _runtime_words(report: VerificationReport) -> str:
+    """`` in onnx-reference``, when the file was not verified in onnxruntime."""
+    runtime = report.engines[0]
+    return "" if runtime == "onnxruntime" else f" in {runtime}"
+
+
+def cost_words(report: VerificationReport) -> str | None:
+    """What the precision costs against float64, in words, or ``None`` when not measured."""
+    if not report.costs:
+        return None
+    cost = report.cost_summary()
+    worst_abs = max(cost["max_abs_error"].values())
+    worst_rel = max(cost["max_rel_error"].values())
+    return f"{report.dtype} costs max abs error {worst_abs:.3g} (relative {worst_rel:.3g}) against float64"
 
 
 @dataclass(frozen=True)
@@ -313,6 +333,8 @@ def print_verification(report: VerificationReport, target: str, json_: bool) -> 
             ),
             ("grid", ", ".join(f"{n} {s}" for n, s in report.grid.items()) or "fixed shape"),
             ("streaming", report.streaming or "not applicable"),
+            *([("runtime", report.engines[0])] if _runtime_words(report) else []),
+            *([("precision", cost_words(report))] if report.costs else []),
         ]
     )
     print_table(
@@ -342,6 +364,7 @@ def report_markdown(report: VerificationReport) -> str:
         "",
         f"- result: **{'passed' if report.passed else 'FAILED'}**",
         f"- engines: {actual} against {expected}",
+        *([f"- precision: {cost_words(report)}"] if report.costs else []),
         f"- tolerance: {report.tolerance.describe()} "
         f"(pass when |{actual} - {expected}| <= atol + rtol * |{expected}|)",
         f"- traced at: {format_dims(report.export_dims)}",
@@ -469,13 +492,13 @@ def print_bench(results: Sequence[LayerOutcome], all_: bool, json_: bool) -> Non
         )
     columns = ("engine", "median ms", "p10 ms", "p90 ms", "calls", "calls/s", "samples/s")
     print_table(
-        (*(("layer",) if all_ else ()), *columns, "GFLOP/s", "ort/engine"),
+        (*(("layer",) if all_ else ()), *columns, "GFLOP/s", "file/engine"),
         _bench_rows(results, all_),
     )
 
 
 def _bench_rows(results: Sequence[LayerOutcome], all_: bool) -> list[tuple[object, ...]]:
-    """One row per layer and engine; the last column is onnxruntime's latency over the engine's."""
+    """One row per layer and engine; the last column is the file engine's latency over each engine's."""
     table: list[tuple[object, ...]] = []
     for outcome in results:
         first = (outcome.layer.name,) if all_ else ()
@@ -496,7 +519,7 @@ def _bench_rows(results: Sequence[LayerOutcome], all_: bool) -> list[tuple[objec
                     timing["calls_per_s"],
                     timing["samples_per_s"],
                     timing["gflops"],
-                    ratios.get(f"onnxruntime_over_{name}"),
+                    ratios.get(f"{outcome.bench.file_engine}_over_{name}"),
                 )
             )
     return table

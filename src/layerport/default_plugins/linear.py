@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from layerport import Dim, LayerSpec, Param, Tensor, hookimpl
-from layerport.spec import Dims, Params, ParamValue
+from layerport.spec import ALL_PRECISIONS, Dims, Params, ParamValue
 
 if TYPE_CHECKING:
     from torch import nn
@@ -80,6 +80,7 @@ LINEAR = LayerSpec(
     reference=linear_reference,
     flops=linear_flops,
     batch_dim="batch",
+    precisions=ALL_PRECISIONS,
     params_from_weights=linear_params_from_weights,
 )
 

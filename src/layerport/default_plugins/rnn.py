@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from layerport import Dim, LayerSpec, Param, Streaming, Tensor, WeightPart, hookimpl
-from layerport.spec import Dims, Params, ParamValue
+from layerport.spec import ALL_PRECISIONS, Dims, Params, ParamValue
 
 if TYPE_CHECKING:
     from torch import nn
@@ -126,6 +126,7 @@ RNN = LayerSpec(
     reference=rnn_reference,
     flops=rnn_flops,
     batch_dim="batch",
+    precisions=ALL_PRECISIONS,
     params_from_weights=rnn_params_from_weights,
     # A trained rnn usually arrives as an nn.RNN and an nn.Linear head, under
     # torch's key names: --weights-prefix recurrence=rnn. --weights-prefix head=fc.

@@ -51,14 +51,31 @@ def build_module(
     return module
 
 
+def to_torch(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``array``'s memory; bfloat16 arrays (ml_dtypes') are viewed through uint16.
+
+    ``torch.from_numpy`` knows numpy's own dtypes only, and numpy has no bfloat16.
+    """
+    array = np.ascontiguousarray(array)
+    if array.dtype == precision("bfloat16").numpy_dtype:
+        return torch.from_numpy(array.view(np.uint16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+def to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """``tensor`` as a numpy array; a bfloat16 one as ml_dtypes' bfloat16 (see ``to_torch``)."""
+    tensor = tensor.detach()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(precision("bfloat16").numpy_dtype)
+    return tensor.numpy()
+
+
 def torch_arguments(
     config: LayerConfig, inputs: Mapping[str, np.ndarray]
 ) -> list[torch.Tensor | None]:
     """The forward call's arguments, in the declared order; omitted optional inputs are ``None``."""
     return [
-        torch.from_numpy(np.ascontiguousarray(inputs[tensor.name]))
-        if tensor.name in inputs
-        else None
+        to_torch(inputs[tensor.name]) if tensor.name in inputs else None
         for tensor in config.spec.inputs
     ]
 
@@ -93,7 +110,7 @@ def run_module(
                 f"layer {config.spec.name}: {who} returned {tensor.name} of shape "
                 f"{tuple(output.shape)}, but the spec declares ({', '.join(tensor.dims)}) = {declared}"
             )
-    return {name: output.detach().numpy() for name, output in zip(names, outputs, strict=True)}
+    return {name: to_numpy(output) for name, output in zip(names, outputs, strict=True)}
 
 
 def run_layer(config: LayerConfig, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

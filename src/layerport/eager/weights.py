@@ -6,10 +6,10 @@ explicitly: the environment variable ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` turn
 a bare ``torch.load`` back into a full unpickler that runs the file's code, but
 an explicit argument wins over it.
 
-Weights must already have the layer's dtype. ``load_state_dict`` would silently
-cast float64 or integer tensors into a float32 layer, so the layer would no
-longer compute what the file holds; layerport refuses instead, and says which
-dtype or conversion fixes it.
+Floating-point weights convert to the layer's dtype only when asked: a layer
+takes its weights' own dtype unless ``--dtype`` says otherwise, and the
+conversion is noted (``config.resolve_config``). Integer and other tensors are
+refused, as are values a narrower dtype cannot hold (they would become Inf).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from layerport.dtypes import DTYPES
 from layerport.errors import BadFile, Setting, UserInputError
 from layerport.runtime.limits import check_allocation
 from layerport.spec import WeightPart
@@ -324,9 +323,10 @@ def check_weights(
     path: Path,
     parts: Sequence[WeightPart] = (),
 ) -> None:
-    """Compare a file's tensors with the layer's declared names, shapes and dtype.
+    """Compare a file's tensors with the layer's declared names and shapes.
 
-    ``parts`` are the layer's weight parts, for advice on a whole-model
+    The tensors must be floating point, finite, and within ``dtype``'s range, the
+    dtype they are converted to. ``parts`` are the layer's weight parts, for advice on a whole-model
     checkpoint that holds them. Raises ``BadFile`` naming every problem.
     """
     import torch
@@ -338,7 +338,6 @@ def check_weights(
         problems.append(f"missing {_listed(missing)}")
     if unexpected:
         problems.append(f"unexpected {_listed(unexpected)}")
-    wrong_dtype: dict[str, str] = {}
     for name in sorted(set(expected) & set(tensors)):
         tensor = tensors[name]
         storage = _storage_problem(name, tensor)
@@ -348,16 +347,51 @@ def check_weights(
             problems.append(
                 f"{name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name])}"
             )
-        elif str(tensor.dtype).removeprefix("torch.") != dtype:
-            wrong_dtype[name] = str(tensor.dtype).removeprefix("torch.")
+        elif not tensor.is_floating_point():
+            problems.append(f"{name} is {_dtype_name(tensor)}, not floating point")
         elif not bool(torch.isfinite(tensor).all()):
             problems.append(f"{name} holds NaN or Inf")
-    dtype_problem = _dtype_problem(wrong_dtype, dtype) if wrong_dtype else []
-    if missing and unexpected:
-        dtype_problem += _prefix_advice(tensors, expected, parts, after=bool(dtype_problem))
-    if problems or dtype_problem:
-        listed = "; ".join(problems) + ("; " if problems and dtype_problem else "")
-        raise BadFile(f"weights in {path} do not fit the layer: {listed}", *dtype_problem)
+        elif _out_of_range(tensor, dtype):
+            problems.append(
+                f"{name} holds {float(tensor.abs().max()):.6g}, beyond {dtype}'s largest value "
+                f"{_largest(dtype):.6g}: converting it would make it Inf"
+            )
+    advice = _prefix_advice(tensors, expected, parts) if missing and unexpected else []
+    if problems:
+        raise BadFile(
+            f"weights in {path} do not fit the layer: {'; '.join(problems)}",
+            *(["; ", *advice] if advice else []),
+        )
+
+
+def weights_dtype_of(tensors: Mapping[str, torch.Tensor]) -> str | None:
+    """The weights' own dtype, such as ``float32``; ``float16 and float32`` when they mix.
+
+    Only plain floating-point tensors count; ``None`` when there are none.
+    ``check_weights`` refuses the others, saying why.
+    """
+    found = sorted(
+        {
+            _dtype_name(tensor)
+            for name, tensor in tensors.items()
+            if _storage_problem(name, tensor) is None and tensor.is_floating_point()
+        }
+    )
+    return " and ".join(found) or None
+
+
+def _dtype_name(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+def _largest(dtype: str) -> float:
+    import torch
+
+    return float(torch.finfo(getattr(torch, dtype)).max)
+
+
+def _out_of_range(tensor: torch.Tensor, dtype: str) -> bool:
+    return tensor.numel() > 0 and float(tensor.abs().max()) > _largest(dtype)
 
 
 def _listed(names: list[str], most: int = 6) -> str:
@@ -370,15 +404,12 @@ def _prefix_advice(
     tensors: Mapping[str, torch.Tensor],
     expected: Mapping[str, tuple[int, ...]],
     parts: Sequence[WeightPart],
-    *,
-    after: bool,
 ) -> list[str | Setting]:
     """Advice for a whole-model checkpoint: which prefix holds the layer's tensors."""
-    lead = "; " if after else ""
     fitting = _holders(tensors, expected)
     if fitting:
         return [
-            f"{lead}the file holds them under {fitting[0]!r}: select them with ",
+            f"the file holds them under {fitting[0]!r}: select them with ",
             Setting("weights_prefix", fitting[0]),
         ]
     part_holders = {
@@ -391,13 +422,13 @@ def _prefix_advice(
             f"{part.description} under {part_holders[part.name][0]!r}" for part in parts
         )
         return [
-            f"{lead}the file holds them as {described}: select them with ",
+            f"the file holds them as {described}: select them with ",
             Setting("weights_prefix", chosen[0], tuple(chosen[1:])),
         ]
     prefixes = [p for p in submodule_prefixes(tensors) if p.count(".") == 1]
     if prefixes:
         return [
-            f"{lead}its tensors are under {', '.join(prefixes[:6])}: select one with ",
+            f"its tensors are under {', '.join(prefixes[:6])}: select one with ",
             Setting("weights_prefix", "PREFIX"),
         ]
     return []
@@ -457,17 +488,6 @@ def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
         digest.update(json.dumps(header).encode() + b"\n")
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def _dtype_problem(wrong_dtype: Mapping[str, str], dtype: str) -> list[str | Setting]:
-    listed = ", ".join(f"{name} is {found}" for name, found in wrong_dtype.items())
-    found = set(wrong_dtype.values())
-    problem: list[str | Setting] = [
-        f"{listed}, the layer is {dtype}; layerport never casts weights (convert the file to {dtype}"
-    ]
-    if len(found) == 1 and found <= set(DTYPES):
-        problem += [" or pass ", Setting("dtype", found.pop())]
-    return [*problem, ")"]
 
 
 def _first_line(error: BaseException) -> str:

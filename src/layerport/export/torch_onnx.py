@@ -22,6 +22,7 @@ import onnx
 import torch
 
 from layerport.config import LayerConfig
+from layerport.eager.build import to_torch
 from layerport.errors import ExportFailed, InvalidDim, UserInputError, one_line
 from layerport.export import SUPPORTED_OPSETS
 from layerport.runtime import noise
@@ -59,7 +60,7 @@ def trace_to_onnx(module: torch.nn.Module, config: LayerConfig, opset: int) -> o
     spec = config.spec
     # Optional inputs are traced with real values too, so they become graph inputs.
     examples = config.random_inputs(include_optional=True)
-    arguments = tuple(torch.from_numpy(examples[tensor.name]) for tensor in spec.inputs)
+    arguments = tuple(to_torch(examples[tensor.name]) for tensor in spec.inputs)
     shared_dims = {dim.name: torch.export.Dim(dim.name) for dim in spec.dims}
     dynamic_shapes = tuple(
         {axis: shared_dims[name] for axis, name in spec.dynamic_axes(tensor).items()} or None

@@ -8,7 +8,7 @@ modules ``layerport.errors`` and ``layerport.dtypes``.
 
 - ``modelfile``: reading and validating an untrusted ``.onnx`` file;
 - ``session``: an onnxruntime session on it, with checked inputs, guarded against
-  onnxruntime's known crashes;
+  onnxruntime's known crashes, or onnx's reference evaluator in its place;
 - ``isolation``: creating a session for a file in a child process first, so a
   crash in onnxruntime becomes an error, not a signal;
 - ``arrays``: what an input must look like, checking arrays, the one input generator;
@@ -23,3 +23,8 @@ start-up); ``layerport.runtime.session.load_model`` opens a file.
 
 # onnxruntime's graph optimization levels, by the names the CLI accepts.
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+
+# What runs a file: onnxruntime's CPU provider, or onnx's own ReferenceEvaluator
+# (numpy, slow, and independent of onnxruntime: it runs what onnxruntime's CPU
+# provider has no kernel for, such as bfloat16 MatMul, and gives a second opinion).
+RUNTIMES = ("onnxruntime", "onnx-reference")

@@ -81,7 +81,11 @@ def check_arrays(
         if spec.name not in arrays:
             continue
         array = arrays[spec.name]
-        expected = np.dtype(spec.dtype)
+        expected = numpy_dtype(spec.dtype)
+        if spec.dtype == "bfloat16" and array.dtype == np.float32:
+            # numpy cannot save bfloat16 arrays to reload, so float32 ones stand in.
+            array = array.astype(expected)
+            notes.append(f"input {spec.name}: float32 values rounded to bfloat16")
         if array.dtype != expected:
             raise UserInputError(f"input {spec.name} must be {spec.dtype}, got {array.dtype}")
         if array.ndim != len(spec.dims):
@@ -115,8 +119,30 @@ def check_arrays(
                 f"cannot fill optional input {spec.name}: dim {unbound[0]} is unknown"
             )
         shape = tuple(dim if isinstance(dim, int) else bound[dim][0] for dim in spec.dims)
-        complete[spec.name] = np.zeros(shape, dtype=spec.dtype)
+        complete[spec.name] = np.zeros(shape, dtype=numpy_dtype(spec.dtype))
     return complete, notes
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    """The numpy dtype of an element type's name; bfloat16 is ml_dtypes' (numpy has none)."""
+    return PRECISIONS[name].numpy_dtype if name in PRECISIONS else np.dtype(name)
+
+
+def savable(arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Arrays an ``.npz`` can hold and numpy reload: bfloat16 ones become float32 (exactly).
+
+    Returns the arrays and a note for each one converted.
+    """
+    converted = {
+        name: array.astype(np.float32) if array.dtype == numpy_dtype("bfloat16") else array
+        for name, array in arrays.items()
+    }
+    notes = [
+        f"output {name} is bfloat16, saved as float32 (numpy cannot reload bfloat16)"
+        for name, array in arrays.items()
+        if converted[name] is not array
+    ]
+    return converted, notes
 
 
 def _describe(dims: tuple[str | int, ...]) -> str:
@@ -125,10 +151,13 @@ def _describe(dims: tuple[str | int, ...]) -> str:
 
 def summarize(array: np.ndarray) -> dict[str, object]:
     """Shape, dtype and summary statistics of an output, for printing."""
+    dtype = str(array.dtype)
+    if array.dtype == numpy_dtype("bfloat16"):
+        array = array.astype(np.float32)  # exact; numpy's reductions need a numpy dtype
     finite = array[np.isfinite(array)]
     stats = {
         "shape": list(array.shape),
-        "dtype": str(array.dtype),
+        "dtype": dtype,
         "mean": float(finite.mean()) if finite.size else float("nan"),
         "std": float(finite.std()) if finite.size else float("nan"),
         "min": float(finite.min()) if finite.size else float("nan"),

@@ -13,6 +13,7 @@ import io
 import os
 import stat
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from layerport.errors import BadFile
@@ -95,7 +96,7 @@ def _mode_for(path: Path) -> int:
         return 0o666 & ~_UMASK
 
 
-def atomic_save_npz(path: Path, arrays: dict[str, object]) -> None:
+def atomic_save_npz(path: Path, arrays: Mapping[str, object]) -> None:
     """Save arrays under their own names in an ``.npz`` file, atomically."""
     import numpy as np
 

@@ -42,6 +42,7 @@ class ExportRecord:
     weights_prefix: str | None = None  # the submodule selected from a whole-model checkpoint
     weights_parts: dict[str, str] | None = None  # or the prefix of each of the layer's weight parts
     weights_key: str | None = None  # the training checkpoint's entry that held the tensors
+    weights_dtype: str | None = None  # the weights file's own dtype, converted to ``dtype``
     verification: dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT_VERSION
 
@@ -120,9 +121,14 @@ class ExportRecord:
             "opset and format must be integers": _is_int(self.opset) and _is_int(self.format),
             "seed must be an integer >= 0": self.seed is None
             or (_is_int(self.seed) and self.seed >= 0),
-            "weights_sha256, weights_prefix and weights_key must be strings": all(
+            "weights_sha256, weights_prefix, weights_key and weights_dtype must be strings": all(
                 value is None or isinstance(value, str)
-                for value in (self.weights_sha256, self.weights_prefix, self.weights_key)
+                for value in (
+                    self.weights_sha256,
+                    self.weights_prefix,
+                    self.weights_key,
+                    self.weights_dtype,
+                )
             ),
             "weights_parts must map weight parts to prefixes": self.weights_parts is None
             or (
@@ -151,5 +157,6 @@ _PLAIN_TEXT = {
     "weights_sha256",
     "weights_prefix",
     "weights_key",
+    "weights_dtype",
 }
 _FIELDS = {item.name for item in fields(ExportRecord)}

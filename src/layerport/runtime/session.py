@@ -37,7 +37,7 @@ from layerport.errors import (
     WorkFailed,
     one_line,
 )
-from layerport.runtime import OPTIMIZATION_LEVELS, isolation, noise
+from layerport.runtime import OPTIMIZATION_LEVELS, RUNTIMES, isolation, noise
 from layerport.runtime.arrays import ArraySpec, check_arrays, random_inputs
 from layerport.runtime.metadata import ExportRecord
 from layerport.runtime.modelfile import iter_graphs, read_model
@@ -45,14 +45,20 @@ from layerport.runtime.modelfile import iter_graphs, read_model
 
 @dataclass(frozen=True)
 class SessionSettings:
-    """onnxruntime session options. ``threads=0`` lets onnxruntime use every core."""
+    """Which runtime runs the file, and onnxruntime's options.
+
+    ``runtime`` is one of ``RUNTIMES``: ``onnxruntime`` (its CPU provider), or
+    ``onnx-reference`` (``onnx.reference.ReferenceEvaluator``, which ignores
+    ``threads`` and ``optimization``). ``threads=0`` lets onnxruntime use every core.
+    """
 
     threads: int = 0
     optimization: str = "all"
+    runtime: str = "onnxruntime"
 
 
 class Session:
-    """An ONNX model open in an onnxruntime CPU session.
+    """An ONNX model open in an onnxruntime CPU session, or in onnx's reference evaluator.
 
     ``optional_inputs`` names the inputs that may be left out (filled with zeros).
     ``isolate`` creates the session in a child process first, for files from
@@ -77,7 +83,16 @@ class Session:
             if value.name not in initializers
         ]
         self.outputs = [array_spec_of(value) for value in model.graph.output]
-        self._session = open_session(model, name, settings or SessionSettings(), isolate=isolate)
+        self.settings = settings or SessionSettings()
+        if self.settings.runtime == "onnx-reference":
+            self._session: Any = ReferenceSession(model, name)
+        else:
+            self._session = open_session(model, name, self.settings, isolate=isolate)
+
+    @property
+    def runtime(self) -> str:
+        """The runtime that runs the file: ``onnxruntime`` or ``onnx-reference``."""
+        return self.settings.runtime
 
     def check_inputs(
         self, arrays: Mapping[str, np.ndarray]
@@ -100,7 +115,7 @@ class Session:
             results = self._session.run(None, dict(complete), run_options())
         except Exception as error:
             raise WorkFailed(
-                f"onnxruntime failed to run {self.name}: {one_line(_without_source(str(error)))}"
+                f"{self.runtime} failed to run {self.name}: {one_line(_without_source(str(error)))}"
             ) from error
         return {
             spec.name: np.asarray(result)
@@ -157,6 +172,10 @@ def open_session(
     the model's ops in its types, ``BadFile`` when it refuses the model otherwise.
     """
     ort = onnxruntime_module()
+    if settings.runtime not in RUNTIMES:
+        raise UserInputError(
+            f"runtime must be one of {', '.join(RUNTIMES)}, got {settings.runtime!r}"
+        )
     if settings.optimization not in OPTIMIZATION_LEVELS:
         raise UserInputError(
             f"optimization must be one of {', '.join(OPTIMIZATION_LEVELS)}, got {settings.optimization!r}"
@@ -203,6 +222,33 @@ def open_session(
         return create()
     except Exception as error:
         raise creation_error(error, model, name, ort.__version__) from error
+
+
+class ReferenceSession:
+    """``onnx.reference.ReferenceEvaluator`` behind the slice of onnxruntime's API we use.
+
+    The evaluator is onnx's own implementation of every operator in numpy: slow
+    (7x to 20x onnxruntime on the rnn), but independent of onnxruntime, and it
+    runs the precisions onnxruntime's CPU provider has no kernels for (bfloat16).
+    It is pure Python, so it needs no crash isolation.
+    """
+
+    def __init__(self, model: onnx.ModelProto, name: str) -> None:
+        from onnx.reference import ReferenceEvaluator
+
+        self.outputs = [value.name for value in model.graph.output]
+        try:
+            self._evaluator = ReferenceEvaluator(model)
+        except Exception as error:
+            raise BadFile(
+                f"onnx's reference evaluator cannot load {name}: {one_line(str(error))}"
+            ) from error
+
+    def run(
+        self, names: list[str] | None, feed: Mapping[str, np.ndarray], options: Any = None
+    ) -> list[Any]:
+        results = self._evaluator.run(names, dict(feed))
+        return list(results)
 
 
 def onnxruntime_module() -> Any:
@@ -327,7 +373,10 @@ def creation_error(
     kernel = f"{dtypes[0]} kernel" if len(dtypes) == 1 else "kernel in this file's types"
     node = f"node {node_name!r}" if node_name else "an unnamed node"
     return WorkFailed(
-        f"onnxruntime {version} cannot run {name}: it has no {kernel} for {op_type} ({node})"
+        f"onnxruntime {version} cannot run {name}: it has no {kernel} for {op_type} ({node}); "
+        "onnx's reference evaluator can (",
+        Setting("runtime", "onnx-reference"),
+        ")",
     )
 
 

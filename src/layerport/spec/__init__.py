@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from layerport.dtypes import DEFAULT_TOLERANCES, DTYPES, Tolerance
-from layerport.errors import InvalidDim, InvalidParameter, InvalidSpec, Setting
+from layerport.errors import InvalidDim, InvalidParameter, InvalidSpec, Setting, UserInputError
+from layerport.runtime import RUNTIMES
 from layerport.spec.expressions import FormulaError, evaluate, formula_names, parse_formula
 
 if TYPE_CHECKING:
@@ -33,6 +34,18 @@ _LAYER_NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+# What a spec that declares no precisions supports, and the runtime that verifies each.
+DEFAULT_PRECISIONS: Mapping[str, str] = {"float32": "onnxruntime", "float64": "onnxruntime"}
+# Every precision, for layers made of MatMul, Gemm, Scan and elementwise ops.
+# onnxruntime 1.32's CPU provider runs float16 (as storage: it casts to float32
+# around each op) but has no bfloat16 Gemm or MatMul kernel, so onnx's
+# reference evaluator verifies bfloat16 files.
+ALL_PRECISIONS: Mapping[str, str] = {
+    **DEFAULT_PRECISIONS,
+    "float16": "onnxruntime",
+    "bfloat16": "onnx-reference",
+}
 
 
 @dataclass(frozen=True)
@@ -213,6 +226,11 @@ class LayerSpec:
     names and shapes, so ``--weights`` needs no ``-p``.
     ``weight_parts``, if given, name the torch modules a checkpoint may hold the
     weights in (see ``WeightPart``), for layers whose weight names are not torch's.
+    ``precisions`` maps each precision the layer supports to the runtime that
+    verifies its exports: ``onnxruntime``, or ``onnx-reference`` (onnx's
+    ``ReferenceEvaluator``) for a precision onnxruntime's CPU provider has no
+    kernels for, such as bfloat16 ``MatMul``. Default: float32 and float64, in
+    onnxruntime.
     """
 
     name: str
@@ -230,6 +248,7 @@ class LayerSpec:
     batch_dim: str | None = None
     params_from_weights: Callable[[Mapping[str, tuple[int, ...]]], Params] | None = None
     weight_parts: tuple[WeightPart, ...] = ()
+    precisions: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_PRECISIONS))
 
     def __post_init__(self) -> None:
         _validate_spec(self)
@@ -251,6 +270,15 @@ class LayerSpec:
             if tensor.name == name:
                 return tensor
         raise KeyError(name)
+
+    def check_precision(self, dtype: str) -> None:
+        """Raise ``UserInputError`` unless the layer supports ``dtype``, naming those it does."""
+        if dtype not in self.precisions:
+            raise UserInputError(
+                f"layer {self.name!r} supports {', '.join(self.precisions)}, not {dtype}; "
+                "choose one with ",
+                Setting("dtype", next(iter(self.precisions))),
+            )
 
     def resolve_params(self, given: Mapping[str, object] | None = None) -> dict[str, ParamValue]:
         """Defaults overlaid with ``given``; strings are parsed, every value is checked."""
@@ -402,6 +430,13 @@ def _validate_spec(spec: LayerSpec) -> None:
     if spec.streaming is not None:
         _validate_streaming(spec, fail)
     _validate_weight_parts(spec, fail)
+    if not spec.precisions:
+        fail("precisions must name at least one precision")
+    for dtype, runtime in spec.precisions.items():
+        if dtype not in DTYPES:
+            fail(f"precisions: unknown dtype {dtype!r}; dtypes: {', '.join(DTYPES)}")
+        if runtime not in RUNTIMES:
+            fail(f"precisions: {dtype} names runtime {runtime!r}; runtimes: {', '.join(RUNTIMES)}")
 
 
 def _validate_weight_parts(spec: LayerSpec, fail: Callable[[str], None]) -> None:

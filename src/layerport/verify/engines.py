@@ -7,7 +7,8 @@ reference) is one new engine here, not edits across verification and bench.
 - ``eager``: the layer's own module, as layerport builds it;
 - ``torch-reference``: the layer's declared independent torch implementation,
   ``LayerSpec.reference`` (for the rnn, ``nn.RNN`` + ``nn.Linear``);
-- ``onnxruntime``: a CPU session on the exported model.
+- ``onnxruntime``: a CPU session on the exported model;
+- ``onnx-reference``: the exported model in onnx's ``ReferenceEvaluator``.
 
 Each engine takes numpy arrays by input name (an optional input may be left out)
 and returns numpy arrays by output name. ``bind`` prepares a call on fixed
@@ -88,13 +89,12 @@ class TorchReferenceEngine:
         return lambda: reference(*arguments)
 
 
-class OnnxRuntimeEngine:
-    """An onnxruntime session on the exported model."""
-
-    name = "onnxruntime"
+class FileEngine:
+    """The exported model, in the session's runtime: ``onnxruntime`` or ``onnx-reference``."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
+        self.name = session.runtime
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.session.run(inputs)

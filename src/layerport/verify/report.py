@@ -28,6 +28,8 @@ class VerificationReport:
     comparisons: list[Comparison] = field(default_factory=list)
     streaming: str | None = None
     notes: list[str] = field(default_factory=list)  # what may explain a failure, said first
+    # A narrower precision's cost: the file against the layer in float64; never judged.
+    costs: list[Comparison] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -37,11 +39,13 @@ class VerificationReport:
     def failures(self) -> list[Comparison]:
         return [comparison for comparison in self.comparisons if not comparison.passed]
 
-    def worst(self) -> dict[str, dict[str, Any]]:
+    def worst(self, comparisons: list[Comparison] | None = None) -> dict[str, dict[str, Any]]:
         """Per output: the largest absolute error over every case and where it occurred, and
-        the largest relative error and the case it occurred in, which may be another."""
+        the largest relative error and the case it occurred in, which may be another.
+
+        Over ``comparisons``, by default the judged ones (``costs`` for the cost)."""
         worst: dict[str, dict[str, Any]] = {}
-        for comparison in self.comparisons:
+        for comparison in self.comparisons if comparisons is None else comparisons:
             current = worst.setdefault(
                 comparison.output, {"max_abs_error": -1.0, "max_rel_error": -1.0}
             )
@@ -69,6 +73,16 @@ class VerificationReport:
             "atol": self.tolerance.atol,
             "rtol": self.tolerance.rtol,
             "max_abs_error": {name: _round(w["max_abs_error"]) for name, w in self.worst().items()},
+            **({"precision_cost": self.cost_summary()} if self.costs else {}),
+        }
+
+    def cost_summary(self) -> dict[str, Any]:
+        """What the precision costs: per output, the largest errors against float64."""
+        worst = self.worst(self.costs)
+        return {
+            "against": self.costs[0].engines[1],
+            "max_abs_error": {name: _round(w["max_abs_error"]) for name, w in worst.items()},
+            "max_rel_error": {name: _round(w["max_rel_error"]) for name, w in worst.items()},
         }
 
     def failure_message(self) -> str:

@@ -32,11 +32,14 @@ def verify_engines(
     tolerance: Tolerance | None = None,
     trials: int = DEFAULT_TRIALS,
     structure_problems: Sequence[str] = (),
+    baseline: Engine | None = None,
 ) -> VerificationReport:
     """Compare ``actual`` with ``expected`` over the grid for a file traced at ``export_dims``.
 
     ``structure_problems``, found in the file before any run, fail the report
-    without running anything.
+    without running anything. ``baseline``, the layer in float64, measures what
+    a narrower precision costs: ``actual`` against it on the same inputs, as
+    figures in ``report.costs`` that never fail the report.
     """
     spec = config.spec
     grid = size_grid(spec, export_dims)
@@ -62,9 +65,18 @@ def verify_engines(
             draw += 1
             inputs = at_dims.random_inputs(config.seed + 7919 * draw, include_optional=trial > 0)
             case = f"{format_dims(dims)} draw {trial}"
+            outputs = actual.run(inputs)
             report.comparisons += compare_outputs(
-                case, expected.run(inputs), actual.run(inputs), report.tolerance, report.engines
+                case, expected.run(inputs), outputs, report.tolerance, report.engines
             )
+            if baseline is not None:
+                report.costs += compare_outputs(
+                    case,
+                    baseline.run(_in_float64(inputs)),
+                    _in_float64(outputs),
+                    report.tolerance,
+                    (actual.name, f"float64 {baseline.name}"),
+                )
     if spec.streaming is not None and spec.streaming.applies(config.params):
         _verify_streaming(report, config, actual, expected, export_dims)
     elif spec.streaming is not None:
@@ -124,6 +136,10 @@ def _verify_streaming(
     report.comparisons += compare_outputs(
         f"streaming {report.streaming}", reference, streamed, report.tolerance, report.engines
     )
+
+
+def _in_float64(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {name: array.astype(np.float64) for name, array in arrays.items()}
 
 
 def _axis_of(config: LayerConfig, name: str, dim: str, *, inputs: bool) -> int | None:

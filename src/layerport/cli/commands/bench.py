@@ -82,7 +82,7 @@ def bench(
                 registered, bench=bench_layer(config, threads=threads, timing=timing)
             )
 
-        outcomes = for_each_layer("benchmarking", bench_one)
+        outcomes = for_each_layer("benchmarking", bench_one, dtype=layer_options.dtype)
     else:
         assert layer is not None
         config = resolve_layer(layer, layer_options)

@@ -104,7 +104,7 @@ def export(
                 layer, path=export_target.write(result, path, settings), export=result
             )
 
-        outcomes = for_each_layer("exporting", export_one)
+        outcomes = for_each_layer("exporting", export_one, dtype=layer_options.dtype)
         print_export_all(outcomes, json_)
         raise_if_any_failed(outcomes, json_)
         return

@@ -15,7 +15,7 @@ from layerport.cli.options import (
     threads_option,
 )
 from layerport.cli.output import print_outputs, warn
-from layerport.runtime import OPTIMIZATION_LEVELS
+from layerport.runtime import OPTIMIZATION_LEVELS, RUNTIMES
 
 
 @click.command()
@@ -32,6 +32,14 @@ from layerport.runtime import OPTIMIZATION_LEVELS
     show_default=True,
     help="onnxruntime graph optimization level.",
 )
+@click.option(
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    default="onnxruntime",
+    show_default=True,
+    help="What runs the file: onnxruntime's CPU provider, or onnx's reference evaluator "
+    "(slow; it runs bfloat16 files onnxruntime cannot).",
+)
 @json_option
 def infer(
     file: Path,
@@ -41,6 +49,7 @@ def infer(
     output: Path | None,
     threads: int,
     optimization: str,
+    runtime: str,
     json_: bool,
 ) -> None:
     """Run an ONNX file in onnxruntime, without torch.
@@ -61,7 +70,9 @@ def infer(
 
     if output is not None:
         check_writable_target(output)
-    session = load_model(file, SessionSettings(threads=threads, optimization=optimization))
+    session = load_model(
+        file, SessionSettings(threads=threads, optimization=optimization, runtime=runtime)
+    )
     if inputs:
         if dims or seed is not None:
             raise click.UsageError(
@@ -75,5 +86,8 @@ def infer(
         warn(note)
     outputs = session.run_checked(complete)
     print_outputs(
-        outputs, output, json_, {"file": str(file), "inputs": "files" if inputs else "generated"}
+        outputs,
+        output,
+        json_,
+        {"file": str(file), "inputs": "files" if inputs else "generated", "runtime": runtime},
     )

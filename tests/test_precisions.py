@@ -1,0 +1,165 @@
+"""float16 and bfloat16: exports verified in the runtime each precision declares, and what
+the precision costs against float64.
+
+The oracles are torch's own modules (``nn.Linear``, ``nn.RNN`` + ``nn.Linear``) in float64
+holding the same weights, and onnxruntime or onnx's reference evaluator at sizes the file
+was not traced at.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from hostile import assert_refused, assert_succeeded
+from layerport.runtime.arrays import numpy_dtype
+from layerport.runtime.session import SessionSettings, load_model
+
+from conftest import SpecPlugin, tiny_spec
+
+REDUCED = ["float16", "bfloat16"]
+
+
+def _export(cli, tmp_path: Path, layer: str, dtype: str, *args: str) -> tuple[Path, dict]:  # type: ignore[no-untyped-def]
+    path = tmp_path / f"{layer}-{dtype}.onnx"
+    trials = () if "--no-verify" in args else ("--trials", "1")
+    result = cli("export", layer, "--dtype", dtype, "-o", str(path), *trials, *args)
+    assert_succeeded(result)
+    record = json.loads(cli("inspect", str(path), "--json").stdout)["layerport"]
+    return path, record | {"summary": result.stdout}
+
+
+@pytest.mark.parametrize("dtype", REDUCED)
+def test_the_rnn_in_a_reduced_precision_matches_nn_rnn(cli, tmp_path, dtype) -> None:
+    path, record = _export(cli, tmp_path, "rnn", dtype, "-p", "hidden_size=24")
+    runtime = "onnx-reference" if dtype == "bfloat16" else "onnxruntime"
+    verification = record["verification"]
+    assert record["dtype"] == dtype and verification["engines"] == [runtime, "eager"]
+    cost = verification["precision_cost"]
+    assert cost["against"] == "float64 eager"
+    # The cost is real and of the precision's order: one rounding is 4.9e-4 (float16)
+    # or 3.9e-3 (bfloat16) of the value, and it grows a little over a recurrence.
+    assert 1e-5 < max(cost["max_rel_error"].values()) < (5e-3 if dtype == "float16" else 4e-2)
+    assert f"{dtype} costs max abs error" in record["summary"]
+    assert ("passed in onnx-reference" in record["summary"]) == (dtype == "bfloat16")
+
+    # The file against nn.RNN + nn.Linear in float64, holding the float weights the
+    # export was made from, at sizes it was not traced at.
+    from layerport.testing import build_layer
+
+    module = build_layer("rnn", {"hidden_size": 24}, dtype="float32")
+    rnn = torch.nn.RNN(128, 24, batch_first=True, dtype=torch.float64)
+    rnn.load_state_dict(
+        {
+            "weight_ih_l0": module.wi.weight,
+            "weight_hh_l0": module.wh.weight,
+            "bias_ih_l0": module.wi.bias,
+            "bias_hh_l0": module.wh.bias,
+        }
+    )
+    head = torch.nn.Linear(24, 16, dtype=torch.float64)
+    head.load_state_dict(module.wo.state_dict())
+    session = load_model(path, SessionSettings(runtime=runtime))
+    x = np.random.default_rng(3).standard_normal((3, 45, 128)).astype(np.float32)
+    outputs = session.run({"x": x.astype(numpy_dtype(session.inputs[0].dtype))})
+    with torch.no_grad():
+        hidden, _ = rnn(
+            torch.from_numpy(x.astype(numpy_dtype(session.inputs[0].dtype)).astype(np.float64))
+        )
+        expected = head(hidden).numpy()
+    y = outputs["y"].astype(np.float64)
+    assert y.shape == (3, 45, 16)
+    assert np.abs(y - expected).max() <= 0.05 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("dtype", REDUCED)
+def test_linear_in_a_reduced_precision_matches_nn_linear(cli, tmp_path, dtype) -> None:
+    params = {"in_features": 64, "out_features": 32, "activation": "sigmoid"}
+    flags = [word for name, value in params.items() for word in ("-p", f"{name}={value}")]
+    path, record = _export(cli, tmp_path, "linear", dtype, *flags)
+    from layerport.testing import build_layer
+
+    module = build_layer("linear", params)
+    linear = torch.nn.Linear(64, 32, dtype=torch.float64)
+    linear.load_state_dict(module.state_dict())
+    runtime = record["verification"]["engines"][0]
+    session = load_model(path, SessionSettings(runtime=runtime))
+    x = (
+        np.random.default_rng(4)
+        .standard_normal((21, 64))
+        .astype(numpy_dtype(session.inputs[0].dtype))
+    )
+    y = session.run({"x": x})["y"]
+    assert y.dtype == numpy_dtype(session.inputs[0].dtype) and y.shape == (21, 32)
+    with torch.no_grad():
+        expected = torch.sigmoid(linear(torch.from_numpy(x.astype(np.float64)))).numpy()
+    assert np.abs(y.astype(np.float64) - expected).max() < (2e-3 if dtype == "float16" else 2e-2)
+
+
+def _bytes_without_metadata(path: Path) -> int:
+    model = onnx.load(path)
+    del model.metadata_props[:]
+    return model.ByteSize()
+
+
+@pytest.mark.parametrize("dtype", REDUCED)
+@pytest.mark.parametrize(
+    ("layer", "params"),
+    [("rnn", ()), ("linear", ("-p", "in_features=64", "-p", "out_features=32"))],
+)
+def test_reduced_precision_files_are_at_most_055x_their_float32_size(
+    cli, tmp_path, dtype, layer, params
+) -> None:
+    float32, _ = _export(cli, tmp_path, layer, "float32", "--no-verify", *params)
+    reduced, _ = _export(cli, tmp_path, layer, dtype, "--no-verify", *params)
+    assert _bytes_without_metadata(reduced) <= 0.55 * _bytes_without_metadata(float32)
+
+
+def test_a_bfloat16_file_runs_through_the_reference_and_saves_float32(cli, tmp_path) -> None:
+    path, _ = _export(cli, tmp_path, "rnn", "bfloat16", "--no-verify")
+    assert_refused(
+        cli("infer", str(path)),
+        1,
+        "it has no bfloat16 kernel for MatMul",
+        "onnx's reference evaluator can (--runtime onnx-reference)",
+    )
+    saved = tmp_path / "out.npz"
+    result = cli(
+        "infer", str(path), "--runtime", "onnx-reference", "--dim", "seq=7", "--output", str(saved)
+    )
+    assert_succeeded(result)
+    assert (
+        "Note: output y is bfloat16, saved as float32 (numpy cannot reload bfloat16)"
+        in result.stderr
+    )
+    with np.load(saved) as arrays:
+        assert arrays["y"].dtype == np.float32 and arrays["y"].shape == (8, 7, 16)
+        np.save(tmp_path / "x.npy", np.ones((2, 3, 128), np.float32))
+    # float32 arrays stand in for bfloat16 inputs, as the saved outputs do.
+    again = cli(
+        "infer", str(path), "--runtime", "onnx-reference", "--input", f"x={tmp_path / 'x.npy'}"
+    )
+    assert_succeeded(again)
+    assert "input x: float32 values rounded to bfloat16" in again.stderr
+
+
+def test_a_precision_the_layer_does_not_declare_is_refused(cli, register_plugin) -> None:
+    register_plugin(SpecPlugin(tiny_spec()), "precision-tiny")
+    assert_refused(
+        cli("run", "tiny", "--dtype", "float16"),
+        2,
+        "layer 'tiny' supports float32, float64, not float16; choose one with --dtype float32",
+    )
+
+
+def test_export_all_skips_layers_without_the_precision(cli, tmp_path, register_plugin) -> None:
+    register_plugin(SpecPlugin(tiny_spec()), "precision-tiny")
+    result = cli("export", "--all", "--dtype", "bfloat16", "--no-verify", "-o", str(tmp_path))
+    assert_succeeded(result)
+    assert "Note: skipping tiny: it supports float32, float64, not bfloat16" in result.stderr
+    assert (tmp_path / "rnn.onnx").is_file() and not list(tmp_path.glob("tiny*"))
