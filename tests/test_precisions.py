@@ -163,3 +163,60 @@ def test_export_all_skips_layers_without_the_precision(cli, tmp_path, register_p
     assert_succeeded(result)
     assert "Note: skipping tiny: it supports float32, float64, not bfloat16" in result.stderr
     assert (tmp_path / "rnn.onnx").is_file() and not list(tmp_path.glob("tiny*"))
+
+
+def test_a_second_opinion_runs_the_file_in_onnxs_reference_evaluator(cli, tmp_path) -> None:
+    path, _ = _export(cli, tmp_path, "rnn", "float32", "-p", "hidden_size=24")
+    result = cli("verify", str(path), "--second-opinion", "--trials", "1", "--json")
+    assert_succeeded(result)
+    second = json.loads(result.stdout)["second_opinion"]
+    assert second["passed"] and second["engines"] == ["onnx-reference", "onnxruntime"]
+    assert second["trials"] == 1 and second["grid"] == {"batch": [1, 8, 37], "seq": [1, 32, 301]}
+    shown = cli("verify", str(path), "--second-opinion", "--trials", "1").stdout
+    assert "second opinion: onnx-reference agrees with onnxruntime: max abs error" in shown
+
+
+def test_runtimes_that_disagree_fail_naming_both(cli, tmp_path, monkeypatch) -> None:
+    from layerport.runtime import session
+
+    path, _ = _export(cli, tmp_path, "linear", "float32")
+    original = session.ReferenceSession.run
+
+    def off_by_a_little(self, names, feed, options=None):  # type: ignore[no-untyped-def]
+        return [output + 0.01 for output in original(self, names, feed, options)]
+
+    monkeypatch.setattr(session.ReferenceSession, "run", off_by_a_little)
+    assert_refused(
+        cli("verify", str(path), "--second-opinion"),
+        1,
+        "the export passed against eager, but onnx-reference and onnxruntime disagree on it",
+        "that points at a bug in one of the runtimes, not in the export",
+    )
+
+
+def test_a_second_opinion_needs_a_file(cli) -> None:
+    assert_refused(
+        cli("verify", "rnn", "--second-opinion"),
+        2,
+        "--second-opinion checks a file: give an .onnx file",
+    )
+
+
+def test_bench_times_precisions_side_by_side(cli) -> None:
+    result = cli(
+        "bench", "linear", "--dtype", "float32", "--dtype", "float16", "--dtype", "bfloat16",
+        "--min-time", "0.05", "--json",
+    )  # fmt: skip
+    assert_succeeded(result)
+    data = json.loads(result.stdout)
+    assert data["dtype"] == "float32"
+    assert {"onnxruntime", "onnxruntime-float16", "onnx-reference-bfloat16"} <= set(data["engines"])
+    assert "onnxruntime_over_onnxruntime-float16" in data["ratios"]
+
+
+def test_only_bench_takes_several_dtypes(cli) -> None:
+    assert_refused(
+        cli("run", "linear", "--dtype", "float16", "--dtype", "float32"),
+        2,
+        "--dtype is given more than once; only 'layerport bench' compares precisions",
+    )

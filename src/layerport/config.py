@@ -81,9 +81,12 @@ class LayerConfig:
                     dims[name] = int(arrays[tensor.name].shape[axis])
         return dims
 
-    def tolerance(self, atol: float | None = None, rtol: float | None = None) -> Tolerance:
-        """The layer's tolerance for this dtype, with ``atol`` or ``rtol`` overridden if given."""
-        default = self.spec.tolerance(self.dtype)
+    def tolerance(
+        self, atol: float | None = None, rtol: float | None = None, quantize: str | None = None
+    ) -> Tolerance:
+        """The layer's tolerance for this dtype, or for the ``quantize`` recipe's files, with
+        ``atol`` or ``rtol`` overridden if given."""
+        default = self.spec.tolerance(quantize or self.dtype)
         return Tolerance(
             atol=default.atol if atol is None else atol, rtol=default.rtol if rtol is None else rtol
         )

@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
@@ -75,29 +75,47 @@ def export_layer(
     verify: bool = True,
     tolerance: Tolerance | None = None,
     trials: int = DEFAULT_TRIALS,
+    quantize: str | None = None,
 ) -> ExportResult:
     """Export ``config``'s layer to ONNX and, unless ``verify`` is false, verify it.
 
-    Raises ``VerificationFailed`` (with ``.report`` attached) when the export does
-    not compute what eager PyTorch computes, ``ExportFailed`` when torch.onnx
-    cannot export the layer or pins a dynamic dim.
+    ``quantize="int8"`` quantizes the float32 export with onnxruntime's dynamic
+    quantizer (``export.quantize``); it is verified against float32 eager, within
+    the layer's int8 tolerance. Raises ``VerificationFailed`` (with ``.report``
+    attached) when the export does not compute what eager PyTorch computes,
+    ``ExportFailed`` when torch.onnx cannot export the layer or pins a dynamic
+    dim, ``UserInputError`` for a quantization of anything but float32.
     """
     from layerport.eager.build import build_module
+    from layerport.export.quantize import check_quantizable
     from layerport.export.torch_onnx import check_exportable, count_nodes
 
     check_exportable(config, opset)
+    check_quantizable(config, quantize)
     started = time.perf_counter()
     module = build_module(config)
     model = _export(module, config, opset)
+    quantization = None
+    if quantize is not None:
+        from layerport.export.quantize import quantize_int8
+
+        model, quantization = quantize_int8(model)
     export_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
     report = None
     if verify:
-        report = verify_model(config, module, model, tolerance=tolerance, trials=trials)
+        report = verify_model(
+            config,
+            module,
+            model,
+            tolerance=tolerance or config.tolerance(quantize=quantize),
+            trials=trials,
+            quantize=quantize,
+        )
         if not report.passed:
             raise VerificationFailed(report.failure_message(), report=report)
-    record = export_record(config, module, opset, report)
+    record = export_record(config, module, opset, report, quantization)
     record.write_to(model)
     return ExportResult(
         config=config,
@@ -153,13 +171,15 @@ def verify_file(
     atol: float | None = None,
     rtol: float | None = None,
     trials: int = DEFAULT_TRIALS,
+    second_opinion: bool = False,
 ) -> tuple[LayerConfig, VerificationReport]:
     """Rebuild the layer an exported file records, and verify the file against it.
 
     ``weights`` must be the weights file the export was made from, if any;
     ``dims`` overrides the traced sizes the grid is built around; ``atol`` and
-    ``rtol`` override the layer's tolerance for the file's dtype. Returns the
-    rebuilt configuration and the report.
+    ``rtol`` override the layer's tolerance for the file's dtype; ``second_opinion``
+    also checks onnxruntime against onnx's reference evaluator (see
+    ``verify_model``). Returns the rebuilt configuration and the report.
     """
     from layerport.eager.build import build_module
     from layerport.eager.weights import tensors_sha256
@@ -172,6 +192,7 @@ def verify_file(
             "verify cannot rebuild its layer; 'layerport inspect' and 'infer' still work on it"
         )
     config = config_from_record(registry, record, weights=weights, dims=dims)
+    quantize = record.quantization["quantize"] if record.quantization else None
     tensors = None
     if config.weights is not None and record.weights_sha256 is not None:
         tensors = config.checkpoint().tensors
@@ -189,8 +210,10 @@ def verify_file(
         model,
         name=str(path),
         optional_inputs=record.optional_inputs,
-        tolerance=config.tolerance(atol, rtol),
+        tolerance=config.tolerance(atol, rtol, quantize=quantize),
         trials=trials,
+        quantize=quantize,
+        second_opinion=second_opinion,
     )
     installed = config.layer.plugin.version
     if record.plugin_version != installed:
@@ -210,8 +233,15 @@ def verify_model(
     optional_inputs: list[str] | None = None,
     tolerance: Tolerance | None = None,
     trials: int = DEFAULT_TRIALS,
+    quantize: str | None = None,
+    second_opinion: bool = False,
 ) -> VerificationReport:
     """Verify ``model`` against ``module`` in eager PyTorch, in the dtype's declared runtime.
+
+    ``quantize`` names the recipe of a quantized ``model``, for the report. With
+    ``second_opinion``, the file also runs in onnx's reference evaluator over the
+    same grid (one draw per size: it is 7x to 20x slower), which must agree with
+    onnxruntime within the same tolerance: a disagreement is a runtime's bug.
 
     onnxruntime runs the file, or onnx's reference evaluator for a precision the
     spec declares that way (``LayerSpec.precisions``). For a precision narrower
@@ -243,7 +273,7 @@ def verify_model(
         # source weights (converted exactly), on the same inputs.
         in_float64 = dataclasses.replace(config, dtype="float64")
         baseline = EagerEngine(build_module(in_float64), in_float64)
-    return verify_engines(
+    report = verify_engines(
         config,
         FileEngine(session),
         EagerEngine(module, config),
@@ -253,10 +283,35 @@ def verify_model(
         structure_problems=structure_problems(config, session.inputs, session.outputs),
         baseline=baseline,
     )
+    report.quantization = quantize
+    if second_opinion and session.runtime != "onnx-reference":
+        reference = Session(
+            model,
+            session.name,
+            SessionSettings(runtime="onnx-reference"),
+            optional_inputs=optional_inputs,
+        )
+        report.second_opinion = verify_engines(
+            config,
+            FileEngine(reference),
+            FileEngine(session),
+            config.dims,
+            tolerance=report.tolerance,
+            trials=1,
+        )
+    elif second_opinion:
+        report.notes.append(
+            f"no second opinion: {config.dtype} files are verified in onnx-reference already"
+        )
+    return report
 
 
 def export_record(
-    config: LayerConfig, module: nn.Module, opset: int, report: VerificationReport | None
+    config: LayerConfig,
+    module: nn.Module,
+    opset: int,
+    report: VerificationReport | None,
+    quantization: dict[str, Any] | None = None,
 ) -> ExportRecord:
     """The metadata an export of ``module``, built for ``config``, carries.
 
@@ -288,6 +343,7 @@ def export_record(
         else None,
         weights_key=config.checkpoint().key if config.weights else None,
         weights_dtype=config.weights_dtype,
+        quantization=quantization,
         verification={"passed": None, "note": "not verified at export"}
         if report is None
         else report.summary(),

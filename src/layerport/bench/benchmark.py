@@ -27,14 +27,19 @@ loop, by each engine's ``bind``.
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from layerport.bench import DEFAULT_BENCH_THREADS
 from layerport.bench.machine import machine_info, reliability_notes
 from layerport.bench.timing import EngineTiming, TimingSettings, significant, time_engines
 from layerport.config import LayerConfig
+from layerport.dtypes import Tolerance, precision
 from layerport.errors import UserInputError, VerificationFailed
 from layerport.verify.verification import compare_outputs
 
@@ -92,8 +97,16 @@ def bench_layer(
     *,
     threads: int = DEFAULT_BENCH_THREADS,
     timing: TimingSettings | None = None,
+    quantize: str | None = None,
+    precisions: Sequence[str] = (),
 ) -> BenchResult:
     """Export ``config``'s layer and time its engines on the same inputs.
+
+    With ``quantize="int8"``, the quantized file is timed too, as the engine
+    ``onnxruntime-int8``; each of ``precisions`` adds the layer's file in that
+    precision (``onnxruntime-float16``, ``onnx-reference-bfloat16``), fed the
+    same inputs converted. Every engine takes turns with the others, and each
+    ratio is the file's time in ``config.dtype`` over that engine's.
 
     Raises ``VerificationFailed`` if an engine's outputs differ from eager's beyond
     the layer's tolerance: timing engines that compute different things is pointless.
@@ -102,6 +115,7 @@ def bench_layer(
 
     from layerport.eager.build import build_module
     from layerport.export import DEFAULT_OPSET
+    from layerport.export.quantize import check_quantizable
     from layerport.export.torch_onnx import count_nodes, export_onnx
     from layerport.runtime.session import Session, SessionSettings
     from layerport.verify.engines import (
@@ -122,12 +136,40 @@ def bench_layer(
     started = time.perf_counter()
     model = export_onnx(build_module(export_config), export_config, DEFAULT_OPSET)
     export_seconds = time.perf_counter() - started
+    check_quantizable(config, quantize)
+    optional = [tensor.name for tensor in config.spec.inputs if tensor.optional]
+    settings = SessionSettings(threads=threads, runtime=config.spec.precisions[config.dtype])
     session = Session(
-        model,
-        f"the export of {config.spec.name}",
-        SessionSettings(threads=threads, runtime=config.spec.precisions[config.dtype]),
-        optional_inputs=[tensor.name for tensor in config.spec.inputs if tensor.optional],
+        model, f"the export of {config.spec.name}", settings, optional_inputs=optional
     )
+    others: list[tuple[Engine, Tolerance]] = []
+    if quantize is not None:
+        from layerport.export.quantize import quantize_int8
+
+        quantized_model, _ = quantize_int8(model)
+        quantized = Session(
+            quantized_model,
+            f"the {quantize} export of {config.spec.name}",
+            settings,
+            optional_inputs=optional,
+        )
+        others.append(
+            (FileEngine(quantized, f"onnxruntime-{quantize}"), config.tolerance(quantize=quantize))
+        )
+    for dtype in dict.fromkeys(precisions):
+        if dtype == config.dtype:
+            continue
+        config.spec.check_precision(dtype)
+        in_dtype = dataclasses.replace(export_config, dtype=dtype)
+        runtime = config.spec.precisions[dtype]
+        file = Session(
+            export_onnx(build_module(in_dtype), in_dtype, DEFAULT_OPSET),
+            f"the {dtype} export of {config.spec.name}",
+            SessionSettings(threads=threads, runtime=runtime),
+            optional_inputs=optional,
+        )
+        in_precision = _InPrecision(FileEngine(file, f"{runtime}-{dtype}"), dtype, config.dtype)
+        others.append((in_precision, config.spec.tolerance(dtype)))
 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -137,11 +179,15 @@ def bench_layer(
         if config.spec.reference is not None:
             engines.append(TorchReferenceEngine(module, config))
         engines.append(FileEngine(session))
+        tolerances = {engine.name: config.tolerance() for engine in engines}
+        for engine, tolerance in others:
+            engines.append(engine)
+            tolerances[engine.name] = tolerance
         arrays = config.random_inputs()
         # no_grad, not inference_mode, as in run_module; entered once, so its own
         # cost is not timed.
         with torch.no_grad():
-            errors = _check_agreement(config, engines, arrays)
+            errors = _check_agreement(engines, arrays, tolerances)
             samples = time_engines({engine.name: engine.bind(arrays) for engine in engines}, timing)
         torch_threads = torch.get_num_threads()
     finally:
@@ -187,19 +233,42 @@ def _export_config(config: LayerConfig) -> LayerConfig:
     return config.with_dims(dims)
 
 
-def _check_agreement(config: LayerConfig, engines: list[Any], arrays: Any) -> dict[str, float]:
+class _InPrecision:
+    """A file in another precision, fed inputs converted to it; its outputs come back
+    in the benchmark's own precision, to compare with eager's."""
+
+    def __init__(self, engine: Any, dtype: str, back: str) -> None:
+        self.engine = engine
+        self.name = engine.name
+        self._dtype = precision(dtype).numpy_dtype
+        self._back = precision(back).numpy_dtype
+
+    def _converted(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {name: array.astype(self._dtype) for name, array in inputs.items()}
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = self.engine.run(self._converted(inputs))
+        return {name: array.astype(self._back) for name, array in outputs.items()}
+
+    def bind(self, inputs: Mapping[str, np.ndarray]) -> Callable[[], Any]:
+        bound: Callable[[], Any] = self.engine.bind(self._converted(inputs))
+        return bound
+
+
+def _check_agreement(
+    engines: list[Any], arrays: Any, tolerances: Mapping[str, Tolerance]
+) -> dict[str, float]:
     """Each engine's largest absolute difference from the first (eager), refusing any
-    beyond the layer's tolerance."""
+    beyond its tolerance (the layer's, by dtype or quantization)."""
     eager, *others = engines
     expected = eager.run(arrays)
     errors = {eager.name: 0.0}
-    tolerance = config.spec.tolerance(config.dtype)
     for engine in others:
         comparisons = compare_outputs(
             f"bench inputs, {engine.name}",
             expected,
             engine.run(arrays),
-            tolerance,
+            tolerances[engine.name],
             (engine.name, eager.name),
         )
         failed = [comparison for comparison in comparisons if not comparison.passed]

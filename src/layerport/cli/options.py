@@ -166,10 +166,19 @@ class LayerOptions:
 
     params: dict[str, str]
     dims: dict[str, int]
-    dtype: str | None
+    dtypes: tuple[str, ...]  # every --dtype given; only bench compares several
     seed: int
     weights: Path | None
     weights_prefix: str | dict[str, str] | None
+
+    @property
+    def dtype(self) -> str | None:
+        """The one ``--dtype`` given, or ``None``; ``UsageError`` when given more than once."""
+        if len(self.dtypes) > 1:
+            raise click.UsageError(
+                "--dtype is given more than once; only 'layerport bench' compares precisions"
+            )
+        return self.dtypes[0] if self.dtypes else None
 
     def given(self) -> bool:
         """Whether any of -p, --dim or --weights was given (``--all`` takes none)."""
@@ -198,10 +207,12 @@ layer_options = collected(
     dim_option,
     click.option(
         "--dtype",
+        "dtypes",
         type=click.Choice(DTYPES),
-        default=None,
+        multiple=True,
         help="Floating-point type of weights and inputs (default: the weights' own, else "
-        f"{DEFAULT_DTYPE}); weights of another dtype are converted.",
+        f"{DEFAULT_DTYPE}); weights of another dtype are converted. bench takes several, "
+        "to compare precisions.",
     ),
     seed_option(0, "Seeds the weights and any generated inputs."),
     click.option(

@@ -248,9 +248,13 @@ def _passed(report: VerificationReport) -> str:
     grid = ", ".join(f"{name} {sizes}" for name, sizes in report.grid.items())
     streaming = f"; streaming {report.streaming}" if report.streaming else ""
     cost = cost_words(report)
+    # A quantized file's error is what int8 costs, so the relative error is given too.
+    relative = f" (relative {report.max_rel_error():.3g})" if report.quantization else ""
+    judged = f"{report.quantization} against float32 eager, " if report.quantization else ""
     return (
-        f"passed{_runtime_words(report)}: max abs error {report.max_abs_error():.3g} over "
-        f"{summary['cases']} cases ({grid}{streaming})" + (f"; {cost}" if cost else "")
+        f"passed{_runtime_words(report)}: {judged}max abs error {report.max_abs_error():.3g}"
+        f"{relative} over {summary['cases']} cases ({grid}{streaming})"
+        + (f"; {cost}" if cost else "")
     )
 
 
@@ -258,6 +262,15 @@ def _runtime_words(report: VerificationReport) -> str:
     """`` in onnx-reference``, when the file was not verified in onnxruntime."""
     runtime = report.engines[0]
     return "" if runtime == "onnxruntime" else f" in {runtime}"
+
+
+def _second_opinion_words(second: VerificationReport) -> str:
+    ours, theirs = second.engines
+    grid = ", ".join(f"{name} {sizes}" for name, sizes in second.grid.items()) or "fixed shape"
+    return (
+        f"{ours} agrees with {theirs}: max abs error {second.max_abs_error():.3g} over "
+        f"{second.summary()['cases']} cases ({grid}, {second.trials} draw per size)"
+    )
 
 
 def cost_words(report: VerificationReport) -> str | None:
@@ -335,6 +348,11 @@ def print_verification(report: VerificationReport, target: str, json_: bool) -> 
             ("streaming", report.streaming or "not applicable"),
             *([("runtime", report.engines[0])] if _runtime_words(report) else []),
             *([("precision", cost_words(report))] if report.costs else []),
+            *(
+                [("second opinion", _second_opinion_words(report.second_opinion))]
+                if report.second_opinion is not None
+                else []
+            ),
         ]
     )
     print_table(
@@ -410,6 +428,11 @@ def report_markdown(report: VerificationReport) -> str:
 # Inspect
 
 
+def _quantization_words(recipe: dict[str, Any]) -> str:
+    ops = ", ".join(f"{op} {n}" for op, n in recipe["ops"].items()) or "no op"
+    return f"{recipe['quantize']} {recipe['mode']} ({recipe['weight_type']} weights; {ops}), by {recipe['library']}"
+
+
 def print_inspection(description: ModelDescription, json_: bool) -> None:
     if json_:
         print_json(description.to_dict())
@@ -421,6 +444,19 @@ def print_inspection(description: ModelDescription, json_: bool) -> None:
                 "size",
                 f"{format_bytes(description.size)} ({format_bytes(description.weight_bytes)} "
                 f"in {description.initializers} initializers)",
+            ),
+            (
+                "weights",
+                ", ".join(
+                    f"{dtype} {format_bytes(size)} ({count})"
+                    for dtype, (count, size) in description.initializer_types.items()
+                )
+                or "none",
+            ),
+            *(
+                [("quantized", _quantization_words(description.record.quantization))]
+                if description.record and description.record.quantization
+                else []
             ),
             ("ir version", description.ir_version),
             ("opsets", ", ".join(f"{d} {v}" for d, v in description.opsets.items())),

@@ -14,7 +14,7 @@ from typing import Any
 
 import onnx
 
-from layerport.dtypes import element_bits
+from layerport.dtypes import element_bits, element_type_name
 from layerport.runtime.arrays import ArraySpec
 from layerport.runtime.metadata import ExportRecord
 from layerport.runtime.modelfile import iter_graphs, read_model
@@ -42,6 +42,8 @@ class ModelDescription:
     weight_bytes: int  # bytes of every initializer's data
     record: ExportRecord | None
     metadata: dict[str, str]
+    # element type -> (initializers, bytes), subgraphs included: an int8 file's int8 weights
+    initializer_types: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
 
     @property
     def nodes(self) -> int:
@@ -61,6 +63,10 @@ class ModelDescription:
             "ops": dict(self.ops),
             "initializers": self.initializers,
             "weight_bytes": self.weight_bytes,
+            "initializer_types": {
+                dtype: {"count": count, "bytes": size}
+                for dtype, (count, size) in self.initializer_types.items()
+            },
             "layerport": None if self.record is None else dataclasses.asdict(self.record),
             "metadata": dict(self.metadata),
         }
@@ -73,11 +79,15 @@ def describe_model(path: Path) -> ModelDescription:
     optional = record.optional_inputs if record else []
     initializers = {tensor.name for tensor in model.graph.initializer}
     ops: Counter[str] = Counter()
+    types: dict[str, tuple[int, int]] = {}
     for graph in iter_graphs(model.graph):
         ops.update(
             node.op_type if not node.domain else f"{node.domain}.{node.op_type}"
             for node in graph.node
         )
+        for tensor in graph.initializer:
+            count, size = types.get(element_type_name(tensor.data_type), (0, 0))
+            types[element_type_name(tensor.data_type)] = (count + 1, size + _tensor_bytes(tensor))
     return ModelDescription(
         path=path,
         size=path.stat().st_size,
@@ -94,6 +104,7 @@ def describe_model(path: Path) -> ModelDescription:
         initializers=len(model.graph.initializer),
         weight_bytes=initializer_bytes(model),
         record=record,
+        initializer_types=dict(sorted(types.items())),
         metadata={
             prop.key: prop.value
             for prop in model.metadata_props

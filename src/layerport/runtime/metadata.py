@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
+from layerport.dtypes import QUANTIZATIONS
 from layerport.errors import BadFile
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ class ExportRecord:
     weights_parts: dict[str, str] | None = None  # or the prefix of each of the layer's weight parts
     weights_key: str | None = None  # the training checkpoint's entry that held the tensors
     weights_dtype: str | None = None  # the weights file's own dtype, converted to ``dtype``
+    quantization: dict[str, Any] | None = None  # the recipe of an int8 file (export.quantize)
     verification: dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT_VERSION
 
@@ -139,6 +141,11 @@ class ExportRecord:
             ),
             "versions and verification must be objects": isinstance(self.versions, dict)
             and isinstance(self.verification, dict),
+            "quantization must be an object naming its recipe": self.quantization is None
+            or (
+                isinstance(self.quantization, dict)
+                and self.quantization.get("quantize") in QUANTIZATIONS
+            ),
         }
         return next((message for message, ok in checks.items() if not ok), None)
 

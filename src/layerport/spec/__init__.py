@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from layerport.dtypes import DEFAULT_TOLERANCES, DTYPES, Tolerance
+from layerport.dtypes import DEFAULT_TOLERANCES, DTYPES, QUANTIZATIONS, Tolerance
 from layerport.errors import InvalidDim, InvalidParameter, InvalidSpec, Setting, UserInputError
 from layerport.runtime import RUNTIMES
 from layerport.spec.expressions import FormulaError, evaluate, formula_names, parse_formula
@@ -313,6 +313,7 @@ class LayerSpec:
         return tuple(_dim_size(dim, params, dims) for dim in tensor.dims)
 
     def tolerance(self, dtype: str) -> Tolerance:
+        """The tolerance for a dtype's exports, or for a quantization recipe's (``int8``)."""
         return self.tolerances.get(dtype, DEFAULT_TOLERANCES[dtype])
 
     def dynamic_axes(self, tensor: Tensor) -> dict[int, str]:
@@ -423,8 +424,10 @@ def _validate_spec(spec: LayerSpec) -> None:
     if spec.inputs[0].optional:
         fail("the first input cannot be optional")
     for dtype in spec.tolerances:
-        if dtype not in DTYPES:
-            fail(f"tolerances: unknown dtype {dtype!r}; dtypes: {', '.join(DTYPES)}")
+        if dtype not in DTYPES + QUANTIZATIONS:
+            fail(
+                f"tolerances: unknown dtype {dtype!r}; dtypes: {', '.join(DTYPES + QUANTIZATIONS)}"
+            )
     if spec.batch_dim is not None and spec.batch_dim not in dim_names:
         fail(f"batch_dim {spec.batch_dim!r} is not a dynamic dim; dims: {', '.join(dim_names)}")
     if spec.streaming is not None:

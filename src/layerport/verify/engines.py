@@ -92,9 +92,9 @@ class TorchReferenceEngine:
 class FileEngine:
     """The exported model, in the session's runtime: ``onnxruntime`` or ``onnx-reference``."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, name: str | None = None) -> None:
         self.session = session
-        self.name = session.runtime
+        self.name = name or session.runtime
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.session.run(inputs)

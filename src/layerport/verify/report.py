@@ -30,10 +30,17 @@ class VerificationReport:
     notes: list[str] = field(default_factory=list)  # what may explain a failure, said first
     # A narrower precision's cost: the file against the layer in float64; never judged.
     costs: list[Comparison] = field(default_factory=list)
+    quantization: str | None = None  # the recipe of a quantized file (int8), if any
+    # The same file in a second runtime (onnx-reference) against the first, if asked for.
+    second_opinion: VerificationReport | None = None
 
     @property
     def passed(self) -> bool:
-        return not self.structure_problems and all(c.passed for c in self.comparisons)
+        return (
+            not self.structure_problems
+            and all(c.passed for c in self.comparisons)
+            and (self.second_opinion is None or self.second_opinion.passed)
+        )
 
     @property
     def failures(self) -> list[Comparison]:
@@ -61,6 +68,10 @@ class VerificationReport:
     def max_abs_error(self) -> float:
         return max((c.max_abs_error for c in self.comparisons), default=0.0)
 
+    def max_rel_error(self) -> float:
+        """The largest relative error of any output (``compare.relative_error``)."""
+        return max((c.max_rel_error for c in self.comparisons), default=0.0)
+
     def summary(self) -> dict[str, Any]:
         """A compact, deterministic record for the file's metadata and for JSON output."""
         return {
@@ -73,6 +84,13 @@ class VerificationReport:
             "atol": self.tolerance.atol,
             "rtol": self.tolerance.rtol,
             "max_abs_error": {name: _round(w["max_abs_error"]) for name, w in self.worst().items()},
+            "max_rel_error": {name: _round(w["max_rel_error"]) for name, w in self.worst().items()},
+            **({"quantization": self.quantization} if self.quantization else {}),
+            **(
+                {"second_opinion": self.second_opinion.summary()}
+                if self.second_opinion is not None
+                else {}
+            ),
             **({"precision_cost": self.cost_summary()} if self.costs else {}),
         }
 
@@ -91,6 +109,16 @@ class VerificationReport:
         The notes come first: a changed plugin explains a failure better than a tolerance.
         """
         notes = "".join(f"{note}; " for note in self.notes)
+        second = self.second_opinion
+        if second is not None and not second.passed and not self.failures:
+            ours, theirs = second.engines
+            worst = max(second.failures, key=lambda c: (c.problem is not None, c.needed_atol))
+            return (
+                f"{notes}the export passed against eager, but {ours} and {theirs} disagree on "
+                f"it in {len(second.failures)} of {len(second.comparisons)} comparisons "
+                f"({second.tolerance.describe()}); worst: {worst.describe()}; that points at "
+                f"a bug in one of the runtimes, not in the export"
+            )
         if self.structure_problems:
             return f"{notes}verification failed: " + "; ".join(self.structure_problems)
         failures = self.failures

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
 from layerport.bench import DEFAULT_BENCH_THREADS
@@ -15,6 +17,7 @@ from layerport.cli.app import (
 from layerport.cli.options import LayerOptions, json_option, layer_options, threads_option
 from layerport.cli.output import LayerOutcome, print_bench
 from layerport.config import resolve_config
+from layerport.dtypes import QUANTIZATIONS
 from layerport.registry import RegisteredLayer
 
 
@@ -33,6 +36,12 @@ from layerport.registry import RegisteredLayer
     metavar="SECONDS",
     help="Time each engine at least this long (and at least 30 calls).",
 )
+@click.option(
+    "--quantize",
+    type=click.Choice(QUANTIZATIONS),
+    default=None,
+    help="Also time the quantized file (as onnxruntime-int8) beside the float32 one.",
+)
 @json_option
 def bench(
     layer: str | None,
@@ -40,6 +49,7 @@ def bench(
     layer_options: LayerOptions,
     threads: int,
     min_time: float,
+    quantize: str | None,
     json_: bool,
 ) -> None:
     """Time eager PyTorch against the exported model in onnxruntime.
@@ -49,14 +59,18 @@ def bench(
     eager module, the layer's torch reference if it declares one (for the rnn:
     torch.nn.RNN + nn.Linear with the same weights) and onnxruntime, on the same
     inputs and thread count. Engines take turns in short blocks, so a busy
-    machine slows them alike; the ratio column is onnxruntime's median latency
-    over each engine's (below 1: onnxruntime is faster).
+    machine slows them alike; the ratio column is the file's median latency
+    over each engine's (below 1: the file is faster). --quantize int8 and every
+    --dtype after the first add that file as an engine (onnxruntime-int8,
+    onnxruntime-float16), timed in the same turns.
 
     \b
     Examples:
       layerport bench rnn --dim batch=64 --dim seq=256
       layerport bench linear -p in_features=4096 -p out_features=4096 --dim batch=64
       layerport bench --all --json
+      layerport bench linear -p in_features=4096 -p out_features=4096 --quantize int8
+      layerport bench rnn --dtype float32 --dtype float16 --dtype bfloat16
     """
     require_dependencies("torch", "onnxscript")
     from layerport.bench.benchmark import bench_layer
@@ -69,6 +83,9 @@ def bench(
     if not (layer or all_):
         raise click.UsageError("give a LAYER to benchmark, or --all")
     timing = TimingSettings(min_seconds=min_time)
+    # The first --dtype is the layer's; each other one adds its file, timed beside.
+    first, *compared = layer_options.dtypes or (None,)
+    layer_options = dataclasses.replace(layer_options, dtypes=(first,) if first else ())
     if all_:
 
         def bench_one(registered: RegisteredLayer) -> LayerOutcome:
@@ -79,7 +96,10 @@ def bench(
                 seed=layer_options.seed,
             )
             return LayerOutcome(
-                registered, bench=bench_layer(config, threads=threads, timing=timing)
+                registered,
+                bench=bench_layer(
+                    config, threads=threads, timing=timing, quantize=quantize, precisions=compared
+                ),
             )
 
         outcomes = for_each_layer("benchmarking", bench_one, dtype=layer_options.dtype)
@@ -87,7 +107,12 @@ def bench(
         assert layer is not None
         config = resolve_layer(layer, layer_options)
         outcomes = [
-            LayerOutcome(config.layer, bench=bench_layer(config, threads=threads, timing=timing))
+            LayerOutcome(
+                config.layer,
+                bench=bench_layer(
+                    config, threads=threads, timing=timing, quantize=quantize, precisions=compared
+                ),
+            )
         ]
     print_bench(outcomes, all_, json_)
     raise_if_any_failed(outcomes, json_)

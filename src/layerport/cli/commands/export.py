@@ -22,8 +22,15 @@ from layerport.cli.options import (
     json_option,
     target_options,
 )
-from layerport.cli.output import LayerOutcome, print_export, print_export_all, write_report
+from layerport.cli.output import (
+    LayerOutcome,
+    note,
+    print_export,
+    print_export_all,
+    write_report,
+)
 from layerport.config import LayerConfig, resolve_config
+from layerport.dtypes import QUANTIZATIONS
 from layerport.errors import BadFile, VerificationFailed
 from layerport.registry import RegisteredLayer, Registry
 from layerport.runtime.files import check_writable_target
@@ -48,6 +55,13 @@ DEFAULT_EXPORT_DIR = Path("exported")
 )
 @target_options
 @click.option("--no-verify", is_flag=True, help="Skip verification against eager PyTorch.")
+@click.option(
+    "--quantize",
+    type=click.Choice(QUANTIZATIONS),
+    default=None,
+    help="Quantize the float32 export with onnxruntime's dynamic quantizer (int8 weights; "
+    "inputs and outputs stay float32); verified against float32 eager.",
+)
 @json_option
 @click.pass_context
 def export(
@@ -61,6 +75,7 @@ def export(
     target: str,
     target_settings: dict[str, str],
     no_verify: bool,
+    quantize: str | None,
     json_: bool,
 ) -> None:
     """Export a layer to ONNX, then verify it against eager PyTorch.
@@ -74,6 +89,7 @@ def export(
       layerport export rnn
       layerport export linear -p activation=sigmoid -o classifier.onnx
       layerport export --all -o exported/
+      layerport export linear -p in_features=512 -p out_features=512 --quantize int8
     """
     require_dependencies("torch", "onnxscript")
     from layerport.plugins import get_export_targets
@@ -82,6 +98,11 @@ def export(
         for name in given_explicitly(ctx, "atol", "rtol", "trials", "report_path"):
             option = "--report" if name == "report_path" else f"--{name}"
             raise click.UsageError(f"{option} applies to verification; drop it or --no-verify")
+    if quantize is not None and layer_options.dtype not in (None, "float32"):
+        raise click.UsageError(
+            f"--quantize {quantize} applies to a float32 export (its inputs and outputs stay "
+            f"float32); drop --dtype {layer_options.dtype}"
+        )
     export_target = resolve_target(get_export_targets(), target)
     settings = export_target.resolve_options(target_settings)
     if all_:
@@ -99,7 +120,7 @@ def export(
             )
             path = export_target.output_in(folder, _file_stem(layer, registry))
             export_target.check(path, settings)
-            result = _export(config, opset, not no_verify, verification)
+            result = _export(config, opset, not no_verify, verification, quantize)
             return LayerOutcome(
                 layer, path=export_target.write(result, path, settings), export=result
             )
@@ -120,7 +141,7 @@ def export(
     if verification.report_path is not None:
         check_writable_target(verification.report_path)
     try:
-        result = _export(config, opset, not no_verify, verification)
+        result = _export(config, opset, not no_verify, verification, quantize)
     except VerificationFailed as failure:
         write_report(failure.report, verification.report_path)
         raise
@@ -130,17 +151,29 @@ def export(
 
 
 def _export(
-    config: LayerConfig, opset: int, verify: bool, verification: VerificationOptions
+    config: LayerConfig,
+    opset: int,
+    verify: bool,
+    verification: VerificationOptions,
+    quantize: str | None,
 ) -> ExportResult:
     from layerport.pipeline import export_layer
 
-    return export_layer(
+    result = export_layer(
         config,
         opset=opset,
         verify=verify,
-        tolerance=config.tolerance(verification.atol, verification.rtol),
+        tolerance=config.tolerance(verification.atol, verification.rtol, quantize=quantize),
         trials=verification.trials,
+        quantize=quantize,
     )
+    quantization = result.record.quantization
+    if quantization is not None and not quantization["ops"]:
+        note(
+            f"onnxruntime's quantizer found nothing to quantize in {config.spec.name}: "
+            "the file computes in float32"
+        )
+    return result
 
 
 def _file_stem(layer: RegisteredLayer, registry: Registry) -> str:

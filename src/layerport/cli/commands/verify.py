@@ -22,7 +22,7 @@ from layerport.runtime.files import check_writable_target
 # What each option that only applies to a layer name is called on the command line.
 _LAYER_ONLY = {
     "params": "-p",
-    "dtype": "--dtype",
+    "dtypes": "--dtype",
     "seed": "--seed",
     "opset": "--opset",
     "weights_prefix": "--weights-prefix",
@@ -32,6 +32,12 @@ _LAYER_ONLY = {
 @click.command()
 @click.argument("target")
 @export_options
+@click.option(
+    "--second-opinion",
+    is_flag=True,
+    help="For a file: also run it in onnx's reference evaluator, which must agree with "
+    "onnxruntime (one draw per size; it is slower).",
+)
 @json_option
 @click.pass_context
 def verify(
@@ -40,6 +46,7 @@ def verify(
     layer_options: LayerOptions,
     opset: int,
     verification: VerificationOptions,
+    second_opinion: bool,
     json_: bool,
 ) -> None:
     """Check that an export computes what eager PyTorch computes, at every size.
@@ -53,6 +60,7 @@ def verify(
     Examples:
       layerport verify rnn --dim seq=64
       layerport verify exported/rnn.onnx --trials 5 --report report.md
+      layerport verify exported/rnn.onnx --second-opinion
     """
     require_dependencies("torch", "onnxscript")
     from layerport.pipeline import verify_file, verify_layer
@@ -75,9 +83,12 @@ def verify(
             atol=verification.atol,
             rtol=verification.rtol,
             trials=verification.trials,
+            second_opinion=second_opinion,
         )
         shown = target
     else:
+        if second_opinion:
+            raise click.UsageError("--second-opinion checks a file: give an .onnx file")
         config = resolve_layer(target, layer_options)
         report = verify_layer(
             config,
