@@ -111,3 +111,30 @@ def register_plugin() -> Iterator[Callable[..., object]]:
     """Register plugin objects under a name for one test, and always unregister them."""
     with registered_plugins() as register:
         yield register
+
+
+def install_for_test(package: Path, site: Path) -> dict[str, str]:
+    """pip-install a plugin package into ``site``, with the tested pins; the env that finds it.
+
+    ``--no-deps --no-build-isolation``: layerport and setuptools are already in this
+    environment, and nothing may be fetched.
+    """
+    constraints = Path(__file__).resolve().parent.parent / "constraints.txt"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--disable-pip-version-check", "-c", str(constraints), "--target", str(site),
+         str(package)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stderr
+    return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+
+
+def run_package_tests(package: Path, env: dict[str, str]) -> str:
+    """Run a plugin package's own tests with pytest; their output, after asserting they pass."""
+    tests = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=package, capture_output=True, text=True, env={**os.environ, **env},
+    )  # fmt: skip
+    assert tests.returncode == 0, tests.stdout[-3000:]
+    return tests.stdout

@@ -11,17 +11,17 @@ Run ``python tests/test_docs.py --update`` to regenerate the CLI reference.
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from conftest import run_process
+from conftest import install_for_test, run_package_tests, run_process
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- cli-reference:start -->", "<!-- cli-reference:end -->"
@@ -127,33 +127,103 @@ def test_plugin_tutorial_works_as_written(tmp_path: Path) -> None:
     for name, body in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(body)
-    site = tmp_path / "site"
-    install = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--disable-pip-version-check", "--target", str(site), str(tmp_path / "layerport-rmsnorm")],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    assert install.returncode == 0, install.stderr
-    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    package = tmp_path / "layerport-rmsnorm"
+    env = install_for_test(package, tmp_path / "site")
     plugins = run_process("plugins", env=env)
     assert "layerport-rmsnorm" in plugins.stdout and "rmsnorm" in plugins.stdout, plugins
     assert run_process("show", "rmsnorm", env=env).exit_code == 0
     exported = run_process("export", "rmsnorm", "-o", str(tmp_path / "r.onnx"), env=env)
     assert exported.exit_code == 0, exported.stderr
-    tests = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
-        cwd=tmp_path / "layerport-rmsnorm", capture_output=True, text=True,
-        env={**os.environ, **env},
-    )  # fmt: skip
-    assert tests.returncode == 0, tests.stdout[-3000:]
-    assert "8 passed" in tests.stdout  # seven conformance checks and the oracle
+    output = run_package_tests(package, env)
+    assert "8 passed" in output  # seven conformance checks and the oracle
+
+
+SPEC_START, SPEC_END = "<!-- spec-reference:start -->", "<!-- spec-reference:end -->"
+# The classes a plugin author writes, in the order a spec is read, and where each lives.
+SPEC_CLASSES = (
+    ("layerport/spec/__init__.py", "LayerSpec"),
+    ("layerport/spec/__init__.py", "Param"),
+    ("layerport/spec/__init__.py", "Dim"),
+    ("layerport/spec/__init__.py", "Tensor"),
+    ("layerport/spec/__init__.py", "Streaming"),
+    ("layerport/spec/__init__.py", "WeightPart"),
+    ("layerport/dtypes.py", "Tolerance"),
+)
+TESTING_NAMES = ("CHECKS", "check_layer", "build_layer", "exported_layer")
+
+
+def spec_reference() -> str:
+    """Every field of the spec's classes, from their source: type, default and attribute docstring.
+
+    Read with ``ast``, not imported, so the reference is the code as written.
+    """
+    import ast
+
+    import layerport
+
+    package = Path(layerport.__file__).parent.parent
+    sections = []
+    for relative, name in SPEC_CLASSES:
+        tree = ast.parse((package / relative).read_text())
+        cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name)
+        summary = (ast.get_docstring(cls) or "").split("\n\n")[0].replace("\n", " ")
+        rows = []
+        body = cls.body
+        for index, node in enumerate(body):
+            if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+                continue
+            following = body[index + 1] if index + 1 < len(body) else None
+            doc = (
+                following.value.value
+                if isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+                else ""
+            )
+            assert doc, f"{name}.{node.target.id} has no attribute docstring"
+            default = "required" if node.value is None else f"`{ast.unparse(node.value)}`"
+            if default.startswith("`field(default_factory=lambda: "):
+                default = (
+                    f"`{default.removeprefix('`field(default_factory=lambda: ').rstrip(')`')})`"
+                )
+            meaning = " ".join(doc.split()).replace("``", "`").replace("|", "\\|")
+            annotation = ast.unparse(node.annotation).replace("|", "\\|")
+            rows.append(f"| `{node.target.id}` | `{annotation}` | {default} | {meaning} |")
+        sections.append(
+            f"#### `{name}`\n\n{summary}\n\n| field | type | default | meaning and example |\n"
+            "| --- | --- | --- | --- |\n" + "\n".join(rows) + "\n"
+        )
+    from layerport import testing
+
+    lines = []
+    for item in TESTING_NAMES:
+        value = getattr(testing, item)
+        if item == "CHECKS":
+            checks = ", ".join(f"`{check.__name__}`" for check in value)
+            lines.append(f"- `CHECKS`: every check, in order, each `check(layer)`: {checks}.")
+            continue
+        doc = " ".join((value.__doc__ or "").split("\n\n")[0].split())
+        # Annotations are strings under `from __future__ import annotations`; unquote them.
+        signature = re.sub(r"(: |-> )'([^']*)'", r"\1\2", str(inspect.signature(value)))
+        lines.append(f"- `{item}{signature}`: {doc}".replace("``", "`"))
+    sections.append("#### `layerport.testing`\n\n" + "\n".join(lines) + "\n")
+    return "\n".join(sections)
+
+
+def test_spec_reference_is_current() -> None:
+    text = README.read_text()
+    current = text[text.index(SPEC_START) + len(SPEC_START) : text.index(SPEC_END)].strip()
+    assert current == spec_reference().strip(), "run: python tests/test_docs.py --update"
 
 
 def update_readme() -> None:
     text = README.read_text()
-    before, rest = text.split(START)
-    _, after = rest.split(END)
-    README.write_text(f"{before}{START}\n{cli_reference()}\n{END}{after}")
+    for start, end, body in (
+        (START, END, cli_reference()),
+        (SPEC_START, SPEC_END, spec_reference()),
+    ):
+        before, rest = text.split(start)
+        _, after = rest.split(end)
+        text = f"{before}{start}\n{body}\n{end}{after}"
+    README.write_text(text)
 
 
 if __name__ == "__main__":

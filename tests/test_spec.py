@@ -198,7 +198,6 @@ def test_a_dim_can_be_a_formula_over_parameters() -> None:
         ("num_layers ** 2", "uses Pow"),
         ("num_layers * 2.5", "uses Constant"),
         ("width * 2", "uses 'width', which is not an integer or boolean parameter"),
-        ("batch * 2", "uses 'batch', which is not an integer or boolean parameter"),
         ("2 if hidden_size else 1", "tests 'hidden_size' with 'if', which is not a boolean"),
         ("num_layers *", "is not a formula"),
     ],
@@ -207,3 +206,47 @@ def test_formulas_outside_the_whitelist_are_refused(formula: str, problem: str) 
     # Parsed and evaluated node by node: no plugin string ever reaches eval.
     with pytest.raises(InvalidSpec, match=re.escape(problem)):
         _stateful(formula)
+
+
+def test_an_output_dim_can_be_derived_from_a_dynamic_dim() -> None:
+    spec = _stateful("(batch - 1) // 2 + num_layers", "hidden_size")
+    assert spec.derived_axes(spec.outputs[0]) == {0: "(batch - 1) // 2 + num_layers"}
+    assert spec.shape(spec.outputs[0], spec.resolve_params(), {"batch": 9}) == (6, 5)
+
+
+def test_an_input_dim_cannot_be_derived_from_a_dynamic_dim() -> None:
+    with pytest.raises(
+        InvalidSpec, match="uses a dynamic dim; only an output's dims may be derived"
+    ):
+        LayerSpec(
+            name="derived-input",
+            description="An input derived from a dim.",
+            build=print,
+            weights=dict,
+            dims=(Dim("batch", 4),),
+            inputs=(Tensor("x", ("batch", "batch * 2")),),
+            outputs=(Tensor("y", ("batch",)),),
+        )
+
+
+@pytest.mark.parametrize(
+    ("min_size", "problem"),
+    [
+        ("width ** 2", "min_size 'width ** 2' is not a valid formula"),
+        ("batch + 1", "uses 'batch', which is not an integer or boolean parameter"),
+        ("width * 9", "default size 4 is below its min_size 18"),
+        (2.5, "min_size must be an integer or a formula over the parameters"),
+    ],
+)
+def test_bad_smallest_sizes_are_refused(min_size: object, problem: str) -> None:
+    with pytest.raises(InvalidSpec, match=re.escape(problem)):
+        LayerSpec(
+            name="smallest",
+            description="A dim with a smallest size.",
+            build=print,
+            weights=dict,
+            params=(Param("width", int, 2, "width", minimum=1),),
+            dims=(Dim("batch", 4, min_size=min_size),),  # type: ignore[arg-type]
+            inputs=(Tensor("x", ("batch",)),),
+            outputs=(Tensor("y", ("batch",)),),
+        )

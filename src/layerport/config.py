@@ -70,6 +70,8 @@ class LayerConfig:
         return sum(math.prod(shape) * itemsize for shape in self.weight_shapes().values())
 
     def with_dims(self, dims: Mapping[str, int]) -> LayerConfig:
+        """This configuration at other dim sizes; ``InvalidDim`` below a dim's smallest size."""
+        self.spec.check_dims(dims, self.params)
         return dataclasses.replace(self, dims=dict(dims))
 
     def dims_of(self, arrays: Mapping[str, np.ndarray]) -> dict[str, int]:
@@ -179,7 +181,7 @@ def resolve_config(
     config = LayerConfig(
         layer=layer,
         params=resolved,
-        dims=layer.spec.resolve_dims(dims),
+        dims=layer.spec.resolve_dims(dims, resolved),
         dtype=dtype,
         seed=seed,
         weights=weights,

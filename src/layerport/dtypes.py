@@ -30,7 +30,10 @@ class Tolerance:
     """Values pass when ``|actual - expected| <= atol + rtol * |expected|``."""
 
     atol: float
+    """The absolute part, in the output's units. Example: ``1e-5``."""
+
     rtol: float
+    """The part relative to the trusted engine's value. Example: ``1e-4``."""
 
     def describe(self) -> str:
         """``atol 1e-05, rtol 0.0001``, as reports and messages give it."""

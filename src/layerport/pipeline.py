@@ -344,6 +344,12 @@ def export_record(
         weights_key=config.checkpoint().key if config.weights else None,
         weights_dtype=config.weights_dtype,
         quantization=quantization,
+        min_dims={
+            dim.name: dim.smallest(config.params)
+            for dim in config.spec.dims
+            if dim.smallest(config.params) > 1
+        }
+        or None,
         verification={"passed": None, "note": "not verified at export"}
         if report is None
         else report.summary(),

@@ -138,7 +138,11 @@ def bench_layer(
     export_seconds = time.perf_counter() - started
     check_quantizable(config, quantize)
     optional = [tensor.name for tensor in config.spec.inputs if tensor.optional]
-    settings = SessionSettings(threads=threads, runtime=config.spec.precisions[config.dtype])
+    # Several files take turns: none may keep the CPU spinning between its calls.
+    several = quantize is not None or any(dtype != config.dtype for dtype in precisions)
+    settings = SessionSettings(
+        threads=threads, runtime=config.spec.precisions[config.dtype], spinning=not several
+    )
     session = Session(
         model, f"the export of {config.spec.name}", settings, optional_inputs=optional
     )
@@ -165,7 +169,7 @@ def bench_layer(
         file = Session(
             export_onnx(build_module(in_dtype), in_dtype, DEFAULT_OPSET),
             f"the {dtype} export of {config.spec.name}",
-            SessionSettings(threads=threads, runtime=runtime),
+            SessionSettings(threads=threads, runtime=runtime, spinning=False),
             optional_inputs=optional,
         )
         in_precision = _InPrecision(FileEngine(file, f"{runtime}-{dtype}"), dtype, config.dtype)

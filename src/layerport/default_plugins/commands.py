@@ -18,6 +18,7 @@ def register_commands(cli: click.Group) -> None:
     from layerport.cli.commands.infer import infer
     from layerport.cli.commands.inspect import inspect
     from layerport.cli.commands.list import list_command
+    from layerport.cli.commands.new_plugin import new_plugin
     from layerport.cli.commands.plugins import plugins_command
     from layerport.cli.commands.run import run
     from layerport.cli.commands.show import show
@@ -35,5 +36,6 @@ def register_commands(cli: click.Group) -> None:
         bench,
         inspect,
         infer,
+        new_plugin,
     ):
         cli.add_command(command)

@@ -16,7 +16,7 @@ Verification and the file's metadata are ``layerport.pipeline``'s business.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import onnx
 import torch
@@ -27,6 +27,7 @@ from layerport.errors import ExportFailed, InvalidDim, UserInputError, one_line
 from layerport.export import SUPPORTED_OPSETS
 from layerport.runtime import noise
 from layerport.runtime.modelfile import iter_graphs
+from layerport.spec.expressions import substituted
 
 
 def export_onnx(module: torch.nn.Module, config: LayerConfig, opset: int) -> onnx.ModelProto:
@@ -61,7 +62,13 @@ def trace_to_onnx(module: torch.nn.Module, config: LayerConfig, opset: int) -> o
     # Optional inputs are traced with real values too, so they become graph inputs.
     examples = config.random_inputs(include_optional=True)
     arguments = tuple(to_torch(examples[tensor.name]) for tensor in spec.inputs)
-    shared_dims = {dim.name: torch.export.Dim(dim.name) for dim in spec.dims}
+    shared_dims = {}
+    for dim in spec.dims:
+        # A dim with a smallest size says so, or torch.export refuses the sizes below it.
+        smallest = dim.smallest(config.params)
+        shared_dims[dim.name] = (
+            torch.export.Dim(dim.name, min=smallest) if smallest > 1 else torch.export.Dim(dim.name)
+        )
     dynamic_shapes = tuple(
         {axis: shared_dims[name] for axis, name in spec.dynamic_axes(tensor).items()} or None
         for tensor in spec.inputs
@@ -147,10 +154,18 @@ def _check_and_name_dynamic_dims(model: onnx.ModelProto, config: LayerConfig) ->
                 )
             else:
                 shape[axis].dim_param = name
+        for axis, formula in spec.derived_axes(tensor).items():
+            # A derived output dim is named by its formula, with the parameters'
+            # values in it: "(length + 2 * 0 - 1 * (3 - 1) - 1) // 1 + 1".
+            shape[axis].dim_param = substituted(formula, _numeric(config.params))
     for value in _all_value_infos(model.graph):
         for dim in value.type.tensor_type.shape.dim:
             if dim.HasField("dim_param") and dim.dim_param in renames:
                 dim.dim_param = renames[dim.dim_param]
+
+
+def _numeric(params: Mapping[str, object]) -> dict[str, int | bool]:
+    return {name: value for name, value in params.items() if isinstance(value, (int, bool))}
 
 
 def clean_model(model: onnx.ModelProto) -> None:

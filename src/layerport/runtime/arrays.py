@@ -62,11 +62,14 @@ def random_inputs(
 
 
 def check_arrays(
-    arrays: Mapping[str, np.ndarray], specs: Iterable[ArraySpec]
+    arrays: Mapping[str, np.ndarray],
+    specs: Iterable[ArraySpec],
+    smallest: Mapping[str, int] | None = None,
 ) -> tuple[dict[str, np.ndarray], list[str]]:
     """Check names, ranks, sizes and dtypes against ``specs``; fill omitted optional inputs with zeros.
 
-    Symbolic dims must agree across inputs (both ``batch`` axes the same size).
+    Symbolic dims must agree across inputs (both ``batch`` axes the same size),
+    and reach their ``smallest`` sizes (a file's metadata records them).
     Returns the complete arrays and notes worth telling the user (non-finite values).
     """
     specs = list(specs)
@@ -108,6 +111,13 @@ def check_arrays(
         if not np.isfinite(array).all():
             notes.append(f"input {spec.name} holds NaN or Inf values")
         complete[spec.name] = array
+    for dim, (size, holder) in bound.items():
+        least = (smallest or {}).get(dim, 1)
+        if size < least:
+            raise UserInputError(
+                f"dim {dim} is {size} in input {holder}, but must be at least {least} "
+                "(the smallest size the layer takes, recorded in the file)"
+            )
     for spec in specs:
         if spec.name in complete:
             continue

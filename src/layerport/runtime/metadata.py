@@ -45,6 +45,7 @@ class ExportRecord:
     weights_key: str | None = None  # the training checkpoint's entry that held the tensors
     weights_dtype: str | None = None  # the weights file's own dtype, converted to ``dtype``
     quantization: dict[str, Any] | None = None  # the recipe of an int8 file (export.quantize)
+    min_dims: dict[str, int] | None = None  # dims whose smallest valid size is above 1
     verification: dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT_VERSION
 
@@ -141,6 +142,13 @@ class ExportRecord:
             ),
             "versions and verification must be objects": isinstance(self.versions, dict)
             and isinstance(self.verification, dict),
+            "min_dims must map names to sizes >= 1": self.min_dims is None
+            or (
+                isinstance(self.min_dims, dict)
+                and all(
+                    isinstance(k, str) and _is_int(v) and v >= 1 for k, v in self.min_dims.items()
+                )
+            ),
             "quantization must be an object naming its recipe": self.quantization is None
             or (
                 isinstance(self.quantization, dict)

@@ -55,12 +55,17 @@ class SessionSettings:
     threads: int = 0
     optimization: str = "all"
     runtime: str = "onnxruntime"
+    # Whether idle worker threads spin for more work. Two sessions timed in turns
+    # must not: one's spinning threads take the CPU from the other (bench
+    # measured an int8 file identical to its float32 one as 1.45x slower).
+    spinning: bool = True
 
 
 class Session:
     """An ONNX model open in an onnxruntime CPU session, or in onnx's reference evaluator.
 
-    ``optional_inputs`` names the inputs that may be left out (filled with zeros).
+    ``optional_inputs`` names the inputs that may be left out (filled with zeros),
+    ``smallest`` the symbolic dims' smallest valid sizes, where above 1.
     ``isolate`` creates the session in a child process first, for files from
     strangers (see ``open_session``); layerport's own exports do without.
     """
@@ -73,8 +78,10 @@ class Session:
         *,
         optional_inputs: Collection[str] = (),
         isolate: bool = False,
+        smallest: Mapping[str, int] | None = None,
     ) -> None:
         self.name = name
+        self.smallest = dict(smallest or {})
         self.proto = model
         initializers = {tensor.name for tensor in model.graph.initializer}
         self.inputs = [
@@ -102,7 +109,7 @@ class Session:
         Returns the complete arrays for ``run_checked``, and notes worth telling
         the user (such as non-finite values).
         """
-        return check_arrays(arrays, self.inputs)
+        return check_arrays(arrays, self.inputs, self.smallest)
 
     def run(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model on named arrays and return its outputs by name."""
@@ -154,7 +161,10 @@ def load_model(path: Path, settings: SessionSettings | None = None) -> Session:
     model = read_model(path)
     record = ExportRecord.from_model(model)
     optional = record.optional_inputs if record else []
-    return Session(model, str(path), settings, optional_inputs=optional, isolate=True)
+    smallest = record.min_dims if record else None
+    return Session(
+        model, str(path), settings, optional_inputs=optional, isolate=True, smallest=smallest
+    )
 
 
 def open_session(
@@ -186,6 +196,8 @@ def open_session(
     options.log_severity_level = noise.onnxruntime_log_level()
     options.intra_op_num_threads = settings.threads
     options.inter_op_num_threads = 1
+    if not settings.spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

@@ -53,12 +53,25 @@ class Param:
     """One typed layer parameter, with its default, its constraints and a help line."""
 
     name: str
+    """The parameter's name, as ``-p NAME=VALUE`` sets it. Example: ``"hidden_size"``."""
+
     type: type
+    """``int``, ``float``, ``bool`` or ``str``; command-line text is parsed to it. Example: ``int``."""
+
     default: ParamValue
+    """The value when none is given; it must pass the constraints. Example: ``64``."""
+
     help: str
+    """One line for ``show`` and errors. Example: ``"size of the hidden state"``."""
+
     choices: tuple[ParamValue, ...] | None = None
+    """The only values allowed, if any. Example: ``("tanh", "relu")``."""
+
     minimum: int | float | None = None
+    """The smallest value allowed, for numbers. Example: ``1``."""
+
     maximum: int | float | None = None
+    """The largest value allowed, for numbers. Example: ``1e-1``."""
 
     def allowed(self) -> str:
         """Describe the values this parameter accepts, for help text and errors."""
@@ -126,17 +139,38 @@ class Param:
 class Dim:
     """A dynamic dim: its size is chosen per call, and the export keeps it symbolic.
 
-    ``check_size`` is the larger size verification also tries, beyond 1 and the
-    size the export was traced at.
+    ``check_size`` is the larger size verification also tries, beyond the
+    smallest size and the size the export was traced at. ``min_size`` is the
+    smallest valid size: an integer, or a formula over the parameters (a
+    ``Conv1d`` without padding needs ``dilation * (kernel_size - 1) + 1``).
+    Smaller sizes are refused with the minimum and the formula, and the
+    verification grid starts there instead of at 1.
     """
 
     name: str
-    default: int
-    help: str = ""
-    check_size: int | None = None
+    """The dim's name, as ``--dim NAME=SIZE`` sets it and the file's symbolic dim is called. Example: ``"seq"``."""
 
-    def grid(self, export_size: int) -> tuple[int, ...]:
-        """The sizes verification runs at: 1, the traced size, and a larger one.
+    default: int
+    """The size the export is traced at, and ``run`` uses; at least 2 (torch.export specializes 1). Example: ``32``."""
+
+    help: str = ""
+    """One line for ``show``. Example: ``"time steps per sequence"``."""
+
+    check_size: int | None = None
+    """The larger size verification tries; default twice the traced size plus 5. Example: ``301``."""
+
+    min_size: int | str = 1
+    """The smallest valid size: an integer, or a formula over the parameters. Example: ``"dilation * (kernel_size - 1) + 1 - 2 * padding"``."""
+
+    def smallest(self, params: Params) -> int:
+        """The smallest valid size for these parameters (never below 1)."""
+        if isinstance(self.min_size, int):
+            return max(1, self.min_size)
+        values = {name: value for name, value in params.items() if isinstance(value, (int, bool))}
+        return max(1, evaluate(parse_formula(self.min_size), values))
+
+    def grid(self, export_size: int, smallest: int = 1) -> tuple[int, ...]:
+        """The sizes verification runs at: the smallest, the traced size, and a larger one.
 
         The larger size is ``check_size`` when that is at least two above the
         traced size, else twice the traced size plus 5, so that a streamed
@@ -150,7 +184,7 @@ class Dim:
             larger = 2 * export_size + 5
         while export_size > 1 and larger % export_size == 0:
             larger += 1
-        return tuple(sorted({1, export_size, larger}))
+        return tuple(sorted({smallest, export_size, larger}))
 
 
 @dataclass(frozen=True)
@@ -163,9 +197,16 @@ class Tensor:
     """
 
     name: str
+    """The input's or output's name in the file, and the ``--input NAME=FILE`` key. Example: ``"h0"``."""
+
     dims: tuple[str, ...]
+    """Each axis: a dynamic dim, an integer parameter, a literal, or a formula (an output's may use dynamic dims). Example: ``("batch", "seq", "input_size")``."""
+
     help: str = ""
+    """One line for ``show``. Example: ``"initial hidden state; zeros if omitted"``."""
+
     optional: bool = False
+    """An input that may be left out: ``None`` to the module, zeros to the file. Example: ``True``."""
 
 
 @dataclass(frozen=True)
@@ -181,8 +222,13 @@ class Streaming:
     """
 
     dim: str
+    """The dynamic dim a long sequence is cut along. Example: ``"seq"``."""
+
     carry: tuple[tuple[str, str], ...]
+    """``(input, output)`` pairs: each chunk's output feeds the next chunk's input. Example: ``(("h0", "h_n"),)``."""
+
     unless: str | None = None
+    """A boolean parameter under which the layer cannot stream; verification says it skipped. Example: ``"bidirectional"``."""
 
     def applies(self, params: Params) -> bool:
         """Whether a layer with these parameters can stream."""
@@ -203,8 +249,13 @@ class WeightPart:
     """
 
     name: str
+    """The part's name, as ``--weights-prefix NAME=PREFIX`` selects it. Example: ``"recurrence"``."""
+
     description: str
+    """What torch module holds it, for ``show`` and advice. Example: ``"a one-layer torch.nn.RNN"``."""
+
     keys: Mapping[str, str]
+    """The module's state-dict keys to the layer's weight names. Example: ``{"weight_ih_l0": "wi.weight"}``."""
 
 
 @dataclass(frozen=True)
@@ -234,21 +285,52 @@ class LayerSpec:
     """
 
     name: str
+    """The layer type's name: lowercase letters, digits, ``_`` and ``-``. Example: ``"rnn"``."""
+
     description: str
+    """One line for ``list`` and ``show``. Example: ``"Elman RNN over a sequence"``."""
+
     build: Callable[[Params], nn.Module]
+    """``build(params)`` returns the ``nn.Module``; its ``forward`` takes the inputs and returns the outputs in declared order. Example: ``build_rnn``."""
+
     weights: Callable[[Params], Mapping[str, tuple[int, ...]]]
+    """``weights(params)`` gives the state dict's names and shapes, without torch. Example: ``lambda p: {"scale": (p["features"],)}``."""
+
     inputs: tuple[Tensor, ...]
+    """The inputs, in ``forward``'s order; the first cannot be optional. Example: ``(Tensor("x", ("batch", "features")),)``."""
+
     outputs: tuple[Tensor, ...]
+    """The outputs, in the order ``forward`` returns them. Example: ``(Tensor("y", ("batch", "features")),)``."""
+
     params: tuple[Param, ...] = ()
+    """The typed parameters. Example: ``(Param("features", int, 32, "width", minimum=1),)``."""
+
     dims: tuple[Dim, ...] = ()
+    """The dynamic dims, symbolic in every export. Example: ``(Dim("batch", 8, "rows"),)``."""
+
     tolerances: Mapping[str, Tolerance] = field(default_factory=lambda: dict(DEFAULT_TOLERANCES))
+    """Verification tolerances by dtype or quantization (``int8``); defaults from ``layerport.dtypes``. Example: ``{"float32": Tolerance(1e-4, 1e-3)}``."""
+
     streaming: Streaming | None = None
+    """How a long sequence runs in chunks, if the layer can. Example: ``Streaming("seq", (("h0", "h_n"),))``."""
+
     reference: Callable[[nn.Module], Callable[..., Any]] | None = None
+    """``reference(module)``: an independent, fastest-known eager implementation with the module's weights, for bench and tests. Example: ``rnn_reference``."""
+
     flops: Callable[[Params, Dims], int] | None = None
+    """``flops(params, dims)``: floating-point operations per call, for bench's GFLOP/s. Example: ``lambda p, d: 2 * d["batch"] * p["features"]``."""
+
     batch_dim: str | None = None
+    """The dynamic dim that counts independent samples (bench's samples/s, batching servers). Example: ``"batch"``."""
+
     params_from_weights: Callable[[Mapping[str, tuple[int, ...]]], Params] | None = None
+    """``params_from_weights(shapes)``: the parameters a weights file's names and shapes fix, so ``--weights`` needs no ``-p``. Example: ``torch_layout_sizes``."""
+
     weight_parts: tuple[WeightPart, ...] = ()
+    """The torch modules a checkpoint may hold the weights in, under their own key names. Example: ``(WeightPart("head", "a torch.nn.Linear", {"weight": "wo.weight"}),)``."""
+
     precisions: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_PRECISIONS))
+    """Each supported precision, and the runtime that verifies its files (``onnxruntime`` or ``onnx-reference``). Example: ``ALL_PRECISIONS``."""
 
     def __post_init__(self) -> None:
         _validate_spec(self)
@@ -284,8 +366,13 @@ class LayerSpec:
         """Defaults overlaid with ``given``; strings are parsed, every value is checked."""
         return resolve_values(self.params, given, "parameter", f"for layer {self.name!r}")
 
-    def resolve_dims(self, given: Mapping[str, int] | None = None) -> dict[str, int]:
-        """Default dynamic-dim sizes overlaid with ``given``, each checked."""
+    def resolve_dims(
+        self, given: Mapping[str, int] | None = None, params: Params | None = None
+    ) -> dict[str, int]:
+        """Default dynamic-dim sizes overlaid with ``given``, each checked.
+
+        With ``params``, each size must also reach its dim's smallest size.
+        """
         resolved = {dim.name: dim.default for dim in self.dims}
         for name, size in (given or {}).items():
             if name not in resolved:
@@ -293,7 +380,31 @@ class LayerSpec:
             if isinstance(size, bool) or not isinstance(size, int) or size < 1:
                 raise InvalidDim(f"dim {name} must be an integer >= 1, got {size!r}")
             resolved[name] = size
+        if params is not None:
+            self.check_dims(resolved, params)
         return resolved
+
+    def check_dims(self, dims: Dims, params: Params) -> None:
+        """Raise ``InvalidDim`` for a size below its dim's smallest, naming the minimum and why."""
+        for dim in self.dims:
+            smallest = dim.smallest(params)
+            if dim.name in dims and dims[dim.name] < smallest:
+                raise InvalidDim(
+                    f"dim {dim.name} of layer {self.name!r} must be at least {smallest}, got "
+                    f"{dims[dim.name]}{_why_smallest(dim, params)}; set it with ",
+                    Setting("dims", f"{dim.name}={smallest}"),
+                )
+
+    def derived_axes(self, tensor: Tensor) -> dict[int, str]:
+        """Axis index -> formula, for the axes of ``tensor`` derived from dynamic dims."""
+        dynamic = {dim.name for dim in self.dims}
+        derived = {}
+        for axis, text in enumerate(tensor.dims):
+            if text not in dynamic and not text.isdigit() and not text.isidentifier():
+                names, _ = formula_names(parse_formula(text))
+                if names & dynamic:
+                    derived[axis] = text
+        return derived
 
     def _unknown_dim(self, name: str) -> InvalidDim:
         dynamic = ", ".join(dim.name for dim in self.dims) or "(none)"
@@ -342,6 +453,15 @@ def resolve_values(
     return resolved
 
 
+def _why_smallest(dim: Dim, params: Params) -> str:
+    """`` (its smallest size is dilation * (kernel_size - 1) + 1, with kernel_size=3...)``."""
+    if isinstance(dim.min_size, int):
+        return ""
+    names, _ = formula_names(parse_formula(dim.min_size))
+    used = ", ".join(f"{name}={_format_value(params[name])}" for name in sorted(names))
+    return f" (its smallest size is {dim.min_size}, with {used})"
+
+
 def _dim_size(dim: str, params: Params, dims: Dims) -> int:
     if dim.isdigit():
         return int(dim)
@@ -349,7 +469,10 @@ def _dim_size(dim: str, params: Params, dims: Dims) -> int:
         return dims[dim]
     if dim in params:
         return int(params[dim])
-    values = {name: value for name, value in params.items() if isinstance(value, (int, bool))}
+    values: dict[str, int | bool] = {
+        name: value for name, value in params.items() if isinstance(value, (int, bool))
+    }
+    values.update(dims)
     return evaluate(parse_formula(dim), values)
 
 
@@ -413,12 +536,29 @@ def _validate_spec(spec: LayerSpec) -> None:
     int_params = {param.name for param in spec.params if param.type is int}
     flag_params = {param.name for param in spec.params if param.type is bool}
     for tensor in spec.inputs + spec.outputs:
+        # An output's size may follow from an input's: a convolution's length.
+        numbers = int_params | set(dim_names) if tensor in spec.outputs else int_params
         for dim_name in tensor.dims:
             if dim_name.isdigit() or dim_name in dim_names or dim_name in int_params:
                 continue
-            problem = _formula_problem(dim_name, int_params, flag_params)
+            problem = _formula_problem(dim_name, numbers, flag_params)
+            if problem and tensor in spec.inputs and set(dim_names) & _names_in(dim_name):
+                problem = "uses a dynamic dim; only an output's dims may be derived from them"
             if problem:
                 fail(f"tensor {tensor.name}: dim {dim_name!r} {problem}")
+    for dim in spec.dims:
+        if isinstance(dim.min_size, bool) or not isinstance(dim.min_size, (int, str)):
+            fail(f"dim {dim.name}: min_size must be an integer or a formula over the parameters")
+        elif isinstance(dim.min_size, str):
+            problem = _formula_problem(dim.min_size, int_params, flag_params)
+            if problem:
+                fail(f"dim {dim.name}: min_size {dim.min_size!r} {problem}")
+        try:
+            smallest = dim.smallest(spec.resolve_params())
+        except (FormulaError, ZeroDivisionError, KeyError):
+            continue  # reported above
+        if dim.default < smallest:
+            fail(f"dim {dim.name}: default size {dim.default} is below its min_size {smallest}")
     if any(output.optional for output in spec.outputs):
         fail("only inputs can be optional")
     if spec.inputs[0].optional:
@@ -457,6 +597,13 @@ def _validate_weight_parts(spec: LayerSpec, fail: Callable[[str], None]) -> None
         targets += part.keys.values()
     if len(set(targets)) != len(targets):
         fail("weight parts: each of the layer's weights may come from one part only")
+
+
+def _names_in(text: str) -> set[str]:
+    try:
+        return formula_names(parse_formula(text))[0]
+    except FormulaError:
+        return set()
 
 
 def _formula_problem(text: str, numbers: set[str], flags: set[str]) -> str | None:

@@ -80,3 +80,27 @@ def evaluate(tree: ast.expr, values: Mapping[str, int | bool]) -> int:
     if isinstance(tree.op, ast.FloorDiv) and right == 0:
         raise ZeroDivisionError("a formula divides by zero")
     return int(_OPERATORS[type(tree.op)](left, right))
+
+
+def substituted(text: str, values: Mapping[str, int | bool]) -> str:
+    """The formula with each name in ``values`` replaced by its value, other names kept.
+
+    For a file's symbolic dims: a Conv1d's output length ``(length + 2 * padding
+    - kernel_size) // stride + 1`` becomes ``(length + 2 * 1 - 3) // 2 + 1`` for
+    its parameters, which names the one free dim and says how the size follows.
+    A flag's ``A if FLAG else B`` keeps only the branch taken.
+    """
+
+    class Substitute(ast.NodeTransformer):
+        def visit_Name(self, node: ast.Name) -> ast.expr:
+            if node.id in values:
+                return ast.Constant(int(values[node.id]))
+            return node
+
+        def visit_IfExp(self, node: ast.IfExp) -> ast.AST:
+            assert isinstance(node.test, ast.Name)
+            if node.test.id in values:
+                return self.visit(node.body if values[node.test.id] else node.orelse)
+            return self.generic_visit(node)
+
+    return ast.unparse(Substitute().visit(parse_formula(text)))

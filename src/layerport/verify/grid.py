@@ -2,8 +2,9 @@
 
 Checking an export only at the shape it was traced at lets wrong files through:
 a dim the exporter silently pinned, or an RNN unrolled to the example's length,
-agrees perfectly at that one shape. So each dynamic dim is checked at 1, at the
-traced size and at a larger size that is not a multiple of it
+agrees perfectly at that one shape. So each dynamic dim is checked at its
+smallest size (1, unless ``Dim.min_size`` says more), at the traced size and at
+a larger size that is not a multiple of it
 (``Dim.grid``), in every combination.
 """
 
@@ -12,12 +13,19 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping
 
-from layerport.spec import LayerSpec
+from layerport.spec import LayerSpec, Params
 
 
-def size_grid(spec: LayerSpec, export_dims: Mapping[str, int]) -> dict[str, list[int]]:
-    """Each dynamic dim's sizes to check, for a file traced at ``export_dims``."""
-    return {dim.name: list(dim.grid(export_dims[dim.name])) for dim in spec.dims}
+def size_grid(
+    spec: LayerSpec, export_dims: Mapping[str, int], params: Params
+) -> dict[str, list[int]]:
+    """Each dynamic dim's sizes to check, for a file traced at ``export_dims``.
+
+    Each starts at the dim's smallest valid size for ``params`` (1 for most).
+    """
+    return {
+        dim.name: list(dim.grid(export_dims[dim.name], dim.smallest(params))) for dim in spec.dims
+    }
 
 
 def grid_points(grid: Mapping[str, list[int]]) -> list[dict[str, int]]:

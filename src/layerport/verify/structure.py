@@ -40,12 +40,17 @@ def structure_problems(
                 )
                 continue
             dynamic = spec.dynamic_axes(tensor)
+            derived = spec.derived_axes(tensor)
             for axis, (dim, size) in enumerate(zip(array.dims, config.shape(tensor), strict=True)):
                 if axis in dynamic and isinstance(dim, int):
                     problems.append(
                         f"declared-dynamic dim {dynamic[axis]} of {tensor.name} is pinned to {dim} in the file"
                     )
-                elif axis not in dynamic and dim != size:
+                elif axis in derived and isinstance(dim, int):
+                    problems.append(
+                        f"derived dim {derived[axis]} of {tensor.name} is pinned to {dim} in the file"
+                    )
+                elif axis not in dynamic and axis not in derived and dim != size:
                     problems.append(
                         f"{tensor.name} axis {axis} is {dim} in the file, expected {size}"
                     )

@@ -42,7 +42,7 @@ def verify_engines(
     figures in ``report.costs`` that never fail the report.
     """
     spec = config.spec
-    grid = size_grid(spec, export_dims)
+    grid = size_grid(spec, export_dims, config.params)
     report = VerificationReport(
         layer=config.layer.qualified_name,
         dtype=config.dtype,

@@ -95,10 +95,12 @@ def bench(
                 dtype=layer_options.dtype,
                 seed=layer_options.seed,
             )
+            # --all compares each layer in those of the precisions it declares.
+            declared = [dtype for dtype in compared if dtype in registered.spec.precisions]
             return LayerOutcome(
                 registered,
                 bench=bench_layer(
-                    config, threads=threads, timing=timing, quantize=quantize, precisions=compared
+                    config, threads=threads, timing=timing, quantize=quantize, precisions=declared
                 ),
             )
 

@@ -48,7 +48,16 @@ def show(layer: str, params: dict[str, str], json_: bool) -> None:
             }
             for param in spec.params
         ],
-        "dims": [{"name": dim.name, "default": dim.default, "help": dim.help} for dim in spec.dims],
+        "dims": [
+            {
+                "name": dim.name,
+                "default": dim.default,
+                "min_size": dim.min_size,
+                "smallest": dim.smallest(config.params),
+                "help": dim.help,
+            }
+            for dim in spec.dims
+        ],
         "inputs": [_describe_tensor(config, tensor, dynamic) for tensor in spec.inputs],
         "outputs": [_describe_tensor(config, tensor, dynamic) for tensor in spec.outputs],
         "weights": [
@@ -82,6 +91,15 @@ def show(layer: str, params: dict[str, str], json_: bool) -> None:
         ),
         title="Parameters",
     )
+    if any(dim["min_size"] != 1 for dim in description["dims"]):
+        print_table(
+            ("dynamic dim", "default", "smallest", "from", "help"),
+            (
+                (d["name"], d["default"], d["smallest"], d["min_size"], d["help"])
+                for d in description["dims"]
+            ),
+            title="Dynamic dims",
+        )
     print_table(
         ("tensor", "kind", "dims (* dynamic)", "shape at defaults", "help"),
         (

@@ -1,0 +1,56 @@
+"""``layerport new-plugin``: a package that works as generated, and the README's tutorial is it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from hostile import assert_refused, assert_succeeded
+from layerport.cli.scaffold import plugin_files
+
+from conftest import install_for_test, run_package_tests, run_process
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_a_new_plugin_installs_registers_exports_and_passes_its_tests(tmp_path) -> None:
+    result = run_process("new-plugin", "my_norm", "--dir", str(tmp_path))
+    assert_succeeded(result)
+    package = tmp_path / "layerport-my_norm"
+    assert sorted(str(p.relative_to(package)) for p in package.rglob("*") if p.is_file()) == [
+        "README.md",
+        "layerport_my_norm/__init__.py",
+        "layerport_my_norm/module.py",
+        "pyproject.toml",
+        "tests/test_my_norm.py",
+    ]
+    env = install_for_test(package, tmp_path / "site")
+    listed = run_process("list", env=env)
+    assert "my_norm" in listed.stdout and "layerport-my_norm" in listed.stdout, listed
+    exported = run_process("export", "my_norm", "-o", str(tmp_path / "m.onnx"), env=env)
+    assert_succeeded(exported)
+    assert "verification: passed" in exported.stdout
+    assert "8 passed" in run_package_tests(package, env)
+
+
+def test_the_readme_tutorial_is_what_new_plugin_writes() -> None:
+    blocks = re.findall(r"```(?:toml|python)\n# file: layerport-rmsnorm/(\S+)\n(.*?)```",
+                        README.read_text(), flags=re.DOTALL)  # fmt: skip
+    generated = plugin_files("rmsnorm")
+    assert {path for path, _ in blocks} == set(generated) - {"README.md"}
+    for path, body in blocks:
+        assert body == generated[path], f"README's {path} differs from new-plugin's"
+
+
+def test_new_plugin_refuses_bad_names_and_existing_folders(tmp_path) -> None:
+    assert_refused(
+        run_process("new-plugin", "My-Norm", "--dir", str(tmp_path)),
+        2,
+        "a plugin's layer name must be a lowercase identifier",
+    )
+    (tmp_path / "layerport-taken").mkdir()
+    assert_refused(
+        run_process("new-plugin", "taken", "--dir", str(tmp_path)),
+        2,
+        "exists already; choose another name or folder",
+    )
