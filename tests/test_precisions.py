@@ -223,3 +223,16 @@ def test_only_bench_takes_several_dtypes(cli) -> None:
         2,
         "--dtype is given more than once; only 'layerport bench' compares precisions",
     )
+
+
+def test_infer_runs_a_verified_bfloat16_file_in_the_runtime_that_verified_it(cli, tmp_path) -> None:
+    path, _ = _export(cli, tmp_path, "linear", "bfloat16")
+    result = cli("infer", str(path), "--json")
+    assert_succeeded(result)
+    assert json.loads(result.stdout)["runtime"] == "onnx-reference"
+
+
+def test_show_lists_the_precisions_and_their_runtimes(cli) -> None:
+    described = json.loads(cli("show", "rnn", "--json").stdout)
+    assert described["precisions"]["bfloat16"] == "onnx-reference"
+    assert "bfloat16 (onnx-reference)" in cli("show", "rnn").stdout

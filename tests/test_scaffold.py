@@ -54,3 +54,10 @@ def test_new_plugin_refuses_bad_names_and_existing_folders(tmp_path) -> None:
         2,
         "exists already; choose another name or folder",
     )
+
+
+def test_new_plugin_into_an_unwritable_folder_is_bad_input() -> None:
+    # /proc takes no new folders, whoever runs the tests.
+    assert_refused(
+        run_process("new-plugin", "foo", "--dir", "/proc"), 2, "cannot write /proc/layerport-foo"
+    )

@@ -88,15 +88,15 @@ def _build(spatial_dims: int) -> Callable[[Params], nn.Module]:
 
 
 def _params_from_weights(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, ParamValue]:
-    """``nn.Conv1d``'s weight gives the channels and the kernel; groups, stride,
-    padding and dilation leave no trace in it (in_channels assumes groups=1)."""
-    out_channels, in_per_group, kernel, *_ = shapes["weight"]
-    return {
-        "out_channels": out_channels,
-        "in_channels": in_per_group,
-        "kernel_size": kernel,
-        "bias": "bias" in shapes,
-    }
+    """``nn.Conv1d``'s weight gives ``out_channels``, the kernel and the bias.
+
+    Not ``in_channels``: the weight holds ``in_channels // groups`` of them, and
+    ``groups`` leaves no other trace, so a grouped checkpoint would load as a
+    different layer. ``-p in_channels=...`` (and ``groups``) says it; a wrong
+    value is refused by the weight's shape.
+    """
+    out_channels, _, kernel, *_ = shapes["weight"]
+    return {"out_channels": out_channels, "kernel_size": kernel, "bias": "bias" in shapes}
 
 
 def _flops(spatial: tuple[str, ...]) -> Callable[[Params, Dims], int]:

@@ -120,7 +120,7 @@ learned scale; change `layerport_$name/__init__.py` (the spec: no torch) and
 `layerport_$name/module.py` (the torch module) into your layer.
 
 ```console
-pip install -c constraints.txt -e .
+pip install -e .   # add -c with layerport's constraints.txt, to keep torch pinned
 layerport show $name
 layerport export $name
 pytest tests
@@ -169,8 +169,11 @@ def write_plugin(name: str, folder: Path) -> Path:
     root = folder / f"layerport-{name}"
     if root.exists():
         raise UserInputError(f"{root} exists already; choose another name or folder")
-    for relative, body in files.items():
-        path = root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, body.encode())
+    try:
+        for relative, body in files.items():
+            path = root / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, body.encode())
+    except OSError as error:
+        raise UserInputError(f"cannot write {root}: {error.strerror or error}") from error
     return root

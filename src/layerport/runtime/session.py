@@ -17,6 +17,7 @@ from its spec.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import re
 import sys
@@ -49,12 +50,14 @@ class SessionSettings:
 
     ``runtime`` is one of ``RUNTIMES``: ``onnxruntime`` (its CPU provider), or
     ``onnx-reference`` (``onnx.reference.ReferenceEvaluator``, which ignores
-    ``threads`` and ``optimization``). ``threads=0`` lets onnxruntime use every core.
+    ``threads`` and ``optimization``); ``None`` lets ``load_model`` take the one
+    that verified the file, as its layerport metadata records (a bfloat16
+    file's is the reference). ``threads=0`` lets onnxruntime use every core.
     """
 
     threads: int = 0
     optimization: str = "all"
-    runtime: str = "onnxruntime"
+    runtime: str | None = "onnxruntime"
     # Whether idle worker threads spin for more work. Two sessions timed in turns
     # must not: one's spinning threads take the CPU from the other (bench
     # measured an int8 file identical to its float32 one as 1.45x slower).
@@ -99,7 +102,7 @@ class Session:
     @property
     def runtime(self) -> str:
         """The runtime that runs the file: ``onnxruntime`` or ``onnx-reference``."""
-        return self.settings.runtime
+        return self.settings.runtime or "onnxruntime"
 
     def check_inputs(
         self, arrays: Mapping[str, np.ndarray]
@@ -156,10 +159,16 @@ def _without_source(message: str) -> str:
 def load_model(path: Path, settings: SessionSettings | None = None) -> Session:
     """Validate an ONNX file and open it for inference, the session isolated.
 
-    The optional inputs are the ones the file's layerport metadata lists.
+    The optional inputs are the ones the file's layerport metadata lists, and
+    with ``settings.runtime`` ``None`` the runtime is the one that verified it.
     """
     model = read_model(path)
     record = ExportRecord.from_model(model)
+    settings = settings or SessionSettings()
+    if settings.runtime is None:
+        engines = (record.verification.get("engines") or [None]) if record else [None]
+        recorded = engines[0] if engines[0] in RUNTIMES else "onnxruntime"
+        settings = dataclasses.replace(settings, runtime=recorded)
     optional = record.optional_inputs if record else []
     smallest = record.min_dims if record else None
     return Session(
@@ -182,7 +191,7 @@ def open_session(
     the model's ops in its types, ``BadFile`` when it refuses the model otherwise.
     """
     ort = onnxruntime_module()
-    if settings.runtime not in RUNTIMES:
+    if settings.runtime not in (*RUNTIMES, None):
         raise UserInputError(
             f"runtime must be one of {', '.join(RUNTIMES)}, got {settings.runtime!r}"
         )

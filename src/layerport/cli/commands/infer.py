@@ -35,10 +35,10 @@ from layerport.runtime import OPTIMIZATION_LEVELS, RUNTIMES
 @click.option(
     "--runtime",
     type=click.Choice(RUNTIMES),
-    default="onnxruntime",
-    show_default=True,
+    default=None,
     help="What runs the file: onnxruntime's CPU provider, or onnx's reference evaluator "
-    "(slow; it runs bfloat16 files onnxruntime cannot).",
+    "(slow; it runs bfloat16 files onnxruntime cannot). Default: the runtime that "
+    "verified the file, as its layerport metadata says, else onnxruntime.",
 )
 @json_option
 def infer(
@@ -49,7 +49,7 @@ def infer(
     output: Path | None,
     threads: int,
     optimization: str,
-    runtime: str,
+    runtime: str | None,
     json_: bool,
 ) -> None:
     """Run an ONNX file in onnxruntime, without torch.
@@ -89,5 +89,9 @@ def infer(
         outputs,
         output,
         json_,
-        {"file": str(file), "inputs": "files" if inputs else "generated", "runtime": runtime},
+        {
+            "file": str(file),
+            "inputs": "files" if inputs else "generated",
+            "runtime": session.runtime,
+        },
     )

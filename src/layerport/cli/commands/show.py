@@ -68,6 +68,7 @@ def show(layer: str, params: dict[str, str], json_: bool) -> None:
             {"name": part.name, "description": part.description, "keys": dict(part.keys)}
             for part in spec.weight_parts
         ],
+        "precisions": dict(spec.precisions),
         "tolerances": {
             dtype: {"atol": tol.atol, "rtol": tol.rtol}
             for dtype in DTYPES
@@ -81,6 +82,10 @@ def show(layer: str, params: dict[str, str], json_: bool) -> None:
         [
             ("layer", f"{spec.name} - {spec.description}"),
             ("plugin", f"{config.layer.plugin.name} {config.layer.plugin.version}"),
+            (
+                "precisions",
+                ", ".join(f"{dtype} ({runtime})" for dtype, runtime in spec.precisions.items()),
+            ),
         ]
     )
     print_table(
