@@ -63,7 +63,13 @@ def test_pickled_object_array_is_refused_without_unpickling(cli, command, tmp_pa
         pytest.param(lambda width: (3, width + 1), np.float32, ["axis 1 must be"], id="shape"),
         pytest.param(lambda width: (3, width, 1), np.float32, ["must have 2 dims"], id="rank"),
         pytest.param(
-            lambda width: (3, width), np.float64, ["must be float32, got float64"], id="f64"
+            lambda width: (3, width),
+            np.float64,
+            [
+                "must be float32, got float64",
+                "convert it before saving it (array.astype(numpy.float32))",
+            ],
+            id="f64",
         ),
         pytest.param(lambda width: (3, width), np.int32, ["must be float32, got int32"], id="int"),
         pytest.param(lambda width: (0, width), np.float32, ["axis 0 is empty"], id="empty-axis"),

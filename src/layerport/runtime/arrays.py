@@ -90,7 +90,12 @@ def check_arrays(
             array = array.astype(expected)
             notes.append(f"input {spec.name}: float32 values rounded to bfloat16")
         if array.dtype != expected:
-            raise UserInputError(f"input {spec.name} must be {spec.dtype}, got {array.dtype}")
+            # numpy has no bfloat16: float32 arrays stand in for it (above).
+            saved_as = "float32" if spec.dtype == "bfloat16" else spec.dtype
+            raise UserInputError(
+                f"input {spec.name} must be {spec.dtype}, got {array.dtype}; convert it "
+                f"before saving it (array.astype(numpy.{saved_as}))"
+            )
         if array.ndim != len(spec.dims):
             raise UserInputError(
                 f"input {spec.name} must have {len(spec.dims)} dims ({_describe(spec.dims)}), "
