@@ -324,6 +324,8 @@ def export_record(
 
     from layerport.eager.weights import tensors_sha256
 
+    checkpoint = config.checkpoint() if config.weights else None
+    smallest = {dim.name: dim.smallest(config.params) for dim in config.spec.dims}
     return ExportRecord(
         layer=config.spec.name,
         qualified_name=config.layer.qualified_name,
@@ -336,20 +338,15 @@ def export_record(
         opset=opset,
         versions={"layerport": __version__, "torch": torch.__version__, "onnx": onnx.__version__},
         seed=None if config.weights else config.seed,
-        weights_sha256=tensors_sha256(config.checkpoint().tensors) if config.weights else None,
+        weights_sha256=tensors_sha256(checkpoint.tensors) if checkpoint else None,
         weights_prefix=config.weights_prefix if isinstance(config.weights_prefix, str) else None,
         weights_parts=dict(config.weights_prefix)
         if isinstance(config.weights_prefix, Mapping)
         else None,
-        weights_key=config.checkpoint().key if config.weights else None,
+        weights_key=checkpoint.key if checkpoint else None,
         weights_dtype=config.weights_dtype,
         quantization=quantization,
-        min_dims={
-            dim.name: dim.smallest(config.params)
-            for dim in config.spec.dims
-            if dim.smallest(config.params) > 1
-        }
-        or None,
+        min_dims={name: size for name, size in smallest.items() if size > 1} or None,
         verification={"passed": None, "note": "not verified at export"}
         if report is None
         else report.summary(),

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 from layerport import Dim, LayerSpec, Param, Params, Streaming, Tensor, hookimpl
 from layerport.spec import ALL_PRECISIONS
 from layerport.spec.torch_layout import (
+    OUTPUT_DIMS,
+    STATE_DIMS,
     matmul_flops,
     torch_layout_sizes,
     torch_layout_weights,
@@ -25,9 +27,6 @@ from layerport.spec.torch_layout import (
 
 if TYPE_CHECKING:
     from torch import nn
-
-DIRECTIONS = "(2 if bidirectional else 1)"
-STATE_DIMS = (f"num_layers * {DIRECTIONS}", "batch", "hidden_size")
 
 
 def build_gru(params: Params) -> nn.Module:
@@ -63,9 +62,7 @@ GRU = LayerSpec(
         Tensor("h0", STATE_DIMS, "initial hidden states; zeros if omitted", optional=True),
     ),
     outputs=(
-        Tensor(
-            "y", ("batch", "seq", f"{DIRECTIONS} * hidden_size"), "last layer's h at every step"
-        ),
+        Tensor("y", OUTPUT_DIMS, "last layer's h at every step"),
         Tensor("h_n", STATE_DIMS, "hidden states after the last step"),
     ),
     # The backward direction needs the whole sequence, so a bidirectional GRU cannot stream.

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from layerport.eager.recurrence import run_stacked, torch_weight
+from layerport.eager.recurrence import run_stacked, torch_state_shape, torch_weight
 
 
 class GRU(nn.GRU):
@@ -36,9 +36,6 @@ class GRU(nn.GRU):
             bidirectional=bidirectional,
         )
 
-    def state_shape(self, batch: int) -> tuple[int, int, int]:
-        return (self.num_layers * (2 if self.bidirectional else 1), batch, self.hidden_size)
-
     def reference_call(self, twin: nn.GRU) -> Callable[..., tuple[torch.Tensor, ...]]:
         """``twin`` (an ``nn.GRU``) called with this layer's inputs and outputs."""
         return lambda x, h0=None: tuple(twin(x, h0))
@@ -46,7 +43,7 @@ class GRU(nn.GRU):
     def forward(  # type: ignore[override]
         self, x: torch.Tensor, h0: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        h0 = x.new_zeros(self.state_shape(x.shape[0])) if h0 is None else h0
+        h0 = x.new_zeros(torch_state_shape(self, x.shape[0])) if h0 is None else h0
         if torch.compiler.is_exporting() and x.dtype != torch.float32:
             (h_n,), y = run_stacked(
                 self._cell,

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 from layerport import Dim, LayerSpec, Param, Streaming, Tensor, hookimpl
 from layerport.spec import ALL_PRECISIONS, Params
 from layerport.spec.torch_layout import (
+    OUTPUT_DIMS,
+    STATE_DIMS,
     matmul_flops,
     torch_layout_sizes,
     torch_layout_weights,
@@ -27,8 +29,6 @@ from layerport.spec.torch_layout import (
 if TYPE_CHECKING:
     from torch import nn
 
-DIRECTIONS = "(2 if bidirectional else 1)"
-STATE_DIMS = (f"num_layers * {DIRECTIONS}", "batch", "hidden_size")
 BATCH_AND_SEQ = (
     Dim("batch", 8, "number of sequences", check_size=37),
     Dim("seq", 32, "time steps per sequence", check_size=301),
@@ -79,9 +79,7 @@ LSTM = LayerSpec(
         Tensor("c0", STATE_DIMS, "initial cell states; zeros if omitted", optional=True),
     ),
     outputs=(
-        Tensor(
-            "y", ("batch", "seq", f"{DIRECTIONS} * hidden_size"), "last layer's h at every step"
-        ),
+        Tensor("y", OUTPUT_DIMS, "last layer's h at every step"),
         Tensor("h_n", STATE_DIMS, "hidden states after the last step"),
         Tensor("c_n", STATE_DIMS, "cell states after the last step"),
     ),
@@ -114,9 +112,7 @@ ELMAN = LayerSpec(
         Tensor("h0", STATE_DIMS, "initial hidden states; zeros if omitted", optional=True),
     ),
     outputs=(
-        Tensor(
-            "y", ("batch", "seq", f"{DIRECTIONS} * hidden_size"), "last layer's h at every step"
-        ),
+        Tensor("y", OUTPUT_DIMS, "last layer's h at every step"),
         Tensor("h_n", STATE_DIMS, "hidden states after the last step"),
     ),
     streaming=Streaming(dim="seq", carry=(("h0", "h_n"),), unless="bidirectional"),

@@ -11,7 +11,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from layerport.eager.recurrence import run_stacked, torch_projection, torch_weight
+from layerport.eager.recurrence import (
+    run_stacked,
+    torch_projection,
+    torch_state_shape,
+    torch_weight,
+)
 
 
 class LSTM(nn.LSTM):
@@ -36,9 +41,6 @@ class LSTM(nn.LSTM):
             bidirectional=bidirectional,
         )
 
-    def state_shape(self, batch: int) -> tuple[int, int, int]:
-        return (self.num_layers * (2 if self.bidirectional else 1), batch, self.hidden_size)
-
     def reference_call(self, twin: nn.LSTM) -> Callable[..., tuple[torch.Tensor, ...]]:
         """``twin`` (an ``nn.LSTM``) called with this layer's inputs and outputs."""
 
@@ -47,7 +49,7 @@ class LSTM(nn.LSTM):
         ) -> tuple[torch.Tensor, ...]:
             state = None
             if h0 is not None or c0 is not None:
-                zeros = x.new_zeros(self.state_shape(x.shape[0]))
+                zeros = x.new_zeros(torch_state_shape(self, x.shape[0]))
                 state = (zeros if h0 is None else h0, zeros if c0 is None else c0)
             y, (h_n, c_n) = twin(x, state)
             return y, h_n, c_n
@@ -57,8 +59,8 @@ class LSTM(nn.LSTM):
     def forward(  # type: ignore[override]
         self, x: torch.Tensor, h0: torch.Tensor | None = None, c0: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        h0 = x.new_zeros(self.state_shape(x.shape[0])) if h0 is None else h0
-        c0 = x.new_zeros(self.state_shape(x.shape[0])) if c0 is None else c0
+        h0 = x.new_zeros(torch_state_shape(self, x.shape[0])) if h0 is None else h0
+        c0 = x.new_zeros(torch_state_shape(self, x.shape[0])) if c0 is None else c0
         if torch.compiler.is_exporting() and x.dtype != torch.float32:
             (h_n, c_n), y = run_stacked(
                 self._cell,
@@ -119,8 +121,7 @@ class StackedElman(nn.RNN):
     def forward(  # type: ignore[override]
         self, x: torch.Tensor, h0: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = (self.num_layers * (2 if self.bidirectional else 1), x.shape[0], self.hidden_size)
-        h0 = x.new_zeros(shape) if h0 is None else h0
+        h0 = x.new_zeros(torch_state_shape(self, x.shape[0])) if h0 is None else h0
         if not torch.compiler.is_exporting():
             return super().forward(x, h0)
         (h_n,), y = run_stacked(

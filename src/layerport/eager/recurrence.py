@@ -100,6 +100,12 @@ def run_stacked(
     return stacked, layer_input
 
 
+def torch_state_shape(module: torch.nn.RNNBase, batch: int) -> tuple[int, int, int]:
+    """torch's state layout for ``module``: (num_layers x directions, batch, hidden_size)."""
+    directions = 2 if module.bidirectional else 1
+    return (module.num_layers * directions, batch, module.hidden_size)
+
+
 def torch_weight(module: torch.nn.RNNBase, index: int, kind: str) -> torch.Tensor:
     """One layer and direction's tensor, by ``nn.RNN``/``LSTM``'s key (``weight_hh_l1_reverse``).
 

@@ -15,6 +15,12 @@ from typing import Any
 
 from layerport.spec import Dims, Params, ParamValue
 
+# torch's state layout as Tensor dims: h0, h_n (and an LSTM's c0, c_n) are
+# (num_layers x directions, batch, hidden_size); y is (batch, seq, directions x hidden_size).
+DIRECTIONS = "(2 if bidirectional else 1)"
+STATE_DIMS = (f"num_layers * {DIRECTIONS}", "batch", "hidden_size")
+OUTPUT_DIMS = ("batch", "seq", f"{DIRECTIONS} * hidden_size")
+
 
 def torch_layout_sizes(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, ParamValue]:
     """The sizes a torch ``nn.RNN``/``GRU``/``LSTM`` state dict implies, from its keys and shapes."""
