@@ -28,11 +28,14 @@ START, END = "<!-- cli-reference:start -->", "<!-- cli-reference:end -->"
 
 
 WALKTHROUGH = re.compile(r"<!-- walkthrough:start -->(.*?)<!-- walkthrough:end -->", re.DOTALL)
+# Run by test_triton_server.py, which builds the serving environment it needs.
+SERVING = re.compile(r"<!-- serving:start -->(.*?)<!-- serving:end -->", re.DOTALL)
 
 
 def code_blocks(language: str, text: str | None = None) -> list[str]:
-    """The README's blocks in ``language``; the walk-through's run in their own test."""
-    text = WALKTHROUGH.sub("", README.read_text()) if text is None else text
+    """The README's blocks in ``language``; the walk-through's and serving's run in their own tests."""
+    if text is None:
+        text = SERVING.sub("", WALKTHROUGH.sub("", README.read_text()))
     return re.findall(rf"```{language}\n(.*?)```", text, flags=re.DOTALL)
 
 

@@ -349,7 +349,12 @@ def test_hook_register_export_targets(site: Path) -> None:
     make_distribution(site, "layerport-noted", TARGET_PLUGIN)
     targets = layerport(site, "targets", "--json")
     assert targets.exit_code == 0, targets.stderr
-    assert sorted(row["name"] for row in json.loads(targets.stdout)) == ["noted", "onnx"]
+    assert sorted(row["name"] for row in json.loads(targets.stdout)) == [
+        "noted",
+        "onnx",
+        "triton",
+        "triton-python",
+    ]
     out = site / "linear.onnx"
     exported = layerport(
         site, "export", "linear", "--target", "noted", "--target-option", "note=hi", "-o", str(out)
@@ -358,7 +363,10 @@ def test_hook_register_export_targets(site: Path) -> None:
     assert out.is_file() and out.with_suffix(".txt").read_text() == "hi linear"
     unknown = layerport(site, "export", "linear", "--target", "nope", "-o", str(out))
     assert unknown.exit_code == 2
-    assert unknown.stderr == "Error: unknown export target 'nope'; targets: noted, onnx\n"
+    assert (
+        unknown.stderr
+        == "Error: unknown export target 'nope'; targets: noted, onnx, triton, triton-python\n"
+    )
     bad_option = layerport(
         site, "export", "linear", "--target", "noted", "--target-option", "colour=red"
     )

@@ -49,6 +49,8 @@ def rnn_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ["list", "--json"],
         ["show", "rnn"],
         ["plugins"],
+        ["targets"],
+        ["serve", "--help"],
         ["inspect", "{file}"],
         ["infer", "{file}"],
         ["run", "--help"],
@@ -70,6 +72,24 @@ def test_run_does_import_torch() -> None:
         [sys.executable, "-c", PROBE, "run", "linear"], capture_output=True, text=True
     )
     assert "torch" in completed.stderr.strip().splitlines()[-1]
+
+
+def test_the_serving_modules_do_not_import_torch() -> None:
+    # The python backend's model runs in Triton's stub, in an environment without torch.
+    modules = [
+        "layerport.serving." + name
+        for name in (
+            "pbtxt",
+            "model_config",
+            "repository",
+            "python_backend",
+            "client",
+            "tritonserver",
+        )
+    ]
+    code = f"import sys; import {', '.join(modules)}; print('torch' in sys.modules)"
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert completed.stdout.strip() == "False", completed.stderr
 
 
 def test_the_runtime_imports_neither_the_registry_nor_the_configuration() -> None:

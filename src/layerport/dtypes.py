@@ -48,6 +48,7 @@ class Precision:
     onnx_element_type: int  # onnx.TensorProto.DataType
     itemsize: int  # bytes per element
     tolerance: Tolerance
+    kserve_datatype: str  # the KServe v2 protocol's name, which Triton uses too
 
     @property
     def numpy_dtype(self) -> np.dtype[Any]:
@@ -75,14 +76,15 @@ class Precision:
         return dtype
 
 
+# name, ONNX element type, bytes per element, default tolerance, KServe datatype.
+# 11 and 8 significant bits: one float16 or bfloat16 rounding is 4.9e-4 and 3.9e-3 of the value.
 PRECISIONS: dict[str, Precision] = {
     precision.name: precision
     for precision in (
-        Precision("float32", onnx_element_type=1, itemsize=4, tolerance=Tolerance(1e-5, 1e-4)),
-        Precision("float64", onnx_element_type=11, itemsize=8, tolerance=Tolerance(1e-10, 1e-8)),
-        # 11 and 8 significant bits: one rounding is 4.9e-4 and 3.9e-3 of the value.
-        Precision("float16", onnx_element_type=10, itemsize=2, tolerance=Tolerance(1e-2, 1e-2)),
-        Precision("bfloat16", onnx_element_type=16, itemsize=2, tolerance=Tolerance(5e-2, 5e-2)),
+        Precision("float32", 1, 4, Tolerance(1e-5, 1e-4), "FP32"),
+        Precision("float64", 11, 8, Tolerance(1e-10, 1e-8), "FP64"),
+        Precision("float16", 10, 2, Tolerance(1e-2, 1e-2), "FP16"),
+        Precision("bfloat16", 16, 2, Tolerance(5e-2, 5e-2), "BF16"),
     )
 }
 DTYPES = tuple(PRECISIONS)
@@ -117,6 +119,26 @@ def element_type_name(element_type: int) -> str:
         return str(onnx.helper.tensor_dtype_to_np_dtype(element_type).name)
     except (KeyError, ValueError, TypeError):
         return str(onnx.TensorProto.DataType.Name(element_type)).lower()
+
+
+# The KServe v2 protocol's names for the element types that are not precisions
+# (https://kserve.github.io/website/latest/modelserving/data_plane/v2_protocol/,
+# "Tensor Data Types"); Triton's model configuration spells each ``TYPE_`` + name.
+_KSERVE_DATATYPES = {
+    "bool": "BOOL", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32",
+    "uint64": "UINT64", "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64",
+}  # fmt: skip
+
+
+def kserve_datatype(name: str) -> str:
+    """The KServe v2 datatype of an element type named as ``element_type_name`` names it.
+
+    ``float32`` is ``FP32``; Triton's ``config.pbtxt`` writes it ``TYPE_FP32``.
+    Raises ``KeyError`` for a type the protocol cannot carry.
+    """
+    if name in PRECISIONS:
+        return PRECISIONS[name].kserve_datatype
+    return _KSERVE_DATATYPES[name]
 
 
 def element_bits(element_type: int) -> int | None:

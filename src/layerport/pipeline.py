@@ -181,8 +181,6 @@ def verify_file(
     also checks onnxruntime against onnx's reference evaluator (see
     ``verify_model``). Returns the rebuilt configuration and the report.
     """
-    from layerport.eager.build import build_module
-    from layerport.eager.weights import tensors_sha256
 
     model = read_model(path)
     record = ExportRecord.from_model(model)
@@ -191,19 +189,8 @@ def verify_file(
             f"{path} was not exported by layerport (it has no layerport metadata), so "
             "verify cannot rebuild its layer; 'layerport inspect' and 'infer' still work on it"
         )
-    config = config_from_record(registry, record, weights=weights, dims=dims)
+    config, module = rebuild_layer(registry, record, weights=weights, dims=dims)
     quantize = record.quantization["quantize"] if record.quantization else None
-    tensors = None
-    if config.weights is not None and record.weights_sha256 is not None:
-        tensors = config.checkpoint().tensors
-        digest = tensors_sha256(tensors)
-        if digest != record.weights_sha256:
-            raise BadFile(
-                f"weights file {config.weights} does not match the one this file was exported "
-                f"from (its tensors' sha256 is {digest[:12]}..., "
-                f"recorded {record.weights_sha256[:12]}...)"
-            )
-    module = build_module(config, tensors)
     report = verify_model(
         config,
         module,
@@ -215,12 +202,100 @@ def verify_file(
         quantize=quantize,
         second_opinion=second_opinion,
     )
+    _note_plugin_version(report, config, record, "file")
+    return config, report
+
+
+def rebuild_layer(
+    registry: Registry,
+    record: ExportRecord,
+    *,
+    weights: Path | None = None,
+    dims: dict[str, int] | None = None,
+) -> tuple[LayerConfig, nn.Module]:
+    """The configuration and eager module an export's ``record`` describes.
+
+    ``weights`` must hold the very tensors the export was made from: their
+    content hash is checked against the record (``BadFile`` if it differs).
+    """
+    from layerport.eager.build import build_module
+    from layerport.eager.weights import tensors_sha256
+
+    config = config_from_record(registry, record, weights=weights, dims=dims)
+    tensors = None
+    if config.weights is not None and record.weights_sha256 is not None:
+        tensors = config.checkpoint().tensors
+        digest = tensors_sha256(tensors)
+        if digest != record.weights_sha256:
+            raise BadFile(
+                f"weights file {config.weights} does not match the one this file was exported "
+                f"from (its tensors' sha256 is {digest[:12]}..., "
+                f"recorded {record.weights_sha256[:12]}...)"
+            )
+    return config, build_module(config, tensors)
+
+
+def _note_plugin_version(
+    report: VerificationReport, config: LayerConfig, record: ExportRecord, what: str
+) -> None:
     installed = config.layer.plugin.version
     if record.plugin_version != installed:
         report.notes.append(
-            f"the file was exported by {record.plugin} {record.plugin_version} and "
+            f"the {what} was exported by {record.plugin} {record.plugin_version} and "
             f"{installed} is installed, so the layer's code may have changed"
         )
+
+
+def verify_server(
+    registry: Registry,
+    url: str,
+    name: str,
+    *,
+    weights: Path | None = None,
+    dims: dict[str, int] | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+    trials: int = DEFAULT_TRIALS,
+) -> tuple[LayerConfig, VerificationReport]:
+    """Verify model ``name`` as the server at ``url`` serves it, against eager PyTorch.
+
+    The layer is rebuilt from the layerport metadata in the served config's
+    ``parameters`` (``weights`` as for ``verify_file``), and every grid point is
+    a request to the server: the declared inputs and outputs are checked for
+    pinned dims first, the first draw leaves optional inputs out, and batch and
+    sequence sizes span the grid. Raises ``BadFile`` for a server or model that
+    cannot be reached, ``WorkFailed`` when the served model fails a request.
+    """
+    from layerport.serving.client import ServedModel, ServerEngine
+    from layerport.verify.engines import EagerEngine
+    from layerport.verify.structure import structure_problems
+    from layerport.verify.verification import verify_engines
+
+    served = ServedModel(url, name)
+    try:
+        record = served.record()
+        config, module = rebuild_layer(registry, record, weights=weights, dims=dims)
+        quantize = record.quantization["quantize"] if record.quantization else None
+        inputs, outputs = served.interface()
+        report = verify_engines(
+            config,
+            ServerEngine(served),
+            EagerEngine(module, config),
+            config.dims,
+            tolerance=config.tolerance(atol, rtol, quantize=quantize),
+            trials=trials,
+            structure_problems=structure_problems(
+                config, inputs, outputs, where="the served config"
+            ),
+            # Triton refuses a request above the config's max_batch_size.
+            largest={config.spec.batch_dim: served.max_batch_size}
+            if served.batched and config.spec.batch_dim
+            else None,
+        )
+        report.quantization = quantize
+    finally:
+        served.close()
+    _note_plugin_version(report, config, record, "served model")
     return config, report
 
 

@@ -32,6 +32,7 @@ DEFAULT_PLUGINS = (
     "layerport.default_plugins.linear",
     "layerport.default_plugins.rnn",
     "layerport.default_plugins.onnx_file",
+    "layerport.default_plugins.triton",
     "layerport.default_plugins.commands",
 )
 ENTRY_POINT_GROUP = "layerport"

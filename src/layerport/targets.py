@@ -36,6 +36,11 @@ class ExportTarget:
     - ``write(result, output, options)``: write ``result`` at ``output``
       atomically, so a failure leaves what was there; returns the path of the
       model file written.
+
+    A ``repository`` target writes a folder of models (a serving repository)
+    rather than a file: ``-o`` names that folder, for one layer as for ``--all``,
+    and ``output_in(folder, stem)`` places each layer's model in it. Without
+    ``-o``, the folder is ``exported/`` + the target's name.
     """
 
     name: str
@@ -44,6 +49,7 @@ class ExportTarget:
     check: Callable[[Path, TargetOptions], None]
     write: Callable[[ExportResult, Path, TargetOptions], Path]
     options: tuple[Param, ...] = ()
+    repository: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):

@@ -221,6 +221,8 @@ FLAGS = {
     "optimization": "--optimization",
     "weights_prefix": "--weights-prefix",
     "runtime": "--runtime",
+    "target": "--target",
+    "target_options": "--target-option",
 }
 
 

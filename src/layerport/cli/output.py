@@ -346,6 +346,16 @@ def print_verification(report: VerificationReport, target: str, json_: bool) -> 
             ),
             ("grid", ", ".join(f"{n} {s}" for n, s in report.grid.items()) or "fixed shape"),
             ("streaming", report.streaming or "not applicable"),
+            *(
+                [
+                    (
+                        "optional",
+                        f"{', '.join(report.left_out)} left out (zeros) in the first draw at every size",
+                    )
+                ]
+                if report.left_out
+                else []
+            ),
             *([("runtime", report.engines[0])] if _runtime_words(report) else []),
             *([("precision", cost_words(report))] if report.costs else []),
             *(

@@ -21,6 +21,7 @@ def register_commands(cli: click.Group) -> None:
     from layerport.cli.commands.new_plugin import new_plugin
     from layerport.cli.commands.plugins import plugins_command
     from layerport.cli.commands.run import run
+    from layerport.cli.commands.serve import serve
     from layerport.cli.commands.show import show
     from layerport.cli.commands.targets import targets_command
     from layerport.cli.commands.verify import verify
@@ -36,6 +37,7 @@ def register_commands(cli: click.Group) -> None:
         bench,
         inspect,
         infer,
+        serve,
         new_plugin,
     ):
         cli.add_command(command)

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import io
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Mapping
@@ -103,3 +104,41 @@ def atomic_save_npz(path: Path, arrays: Mapping[str, object]) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)  # type: ignore[arg-type]
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def atomic_write_folder(path: Path, files: Mapping[str, bytes]) -> None:
+    """Create folder ``path`` holding ``files`` (relative path to content), all or nothing.
+
+    The folder is built under a temporary name beside ``path`` and renamed into
+    place, so a reader never sees it half-written. Never replaces anything:
+    raises ``FileExistsError`` when ``path`` exists (a concurrent writer took the
+    name), ``BadFile`` when the folder cannot be written.
+    """
+    if path.exists():
+        raise FileExistsError(path)
+    try:
+        temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as error:
+        raise BadFile(f"cannot write {path}: {error.strerror}") from error
+    try:
+        os.chmod(temporary, 0o777 & ~_UMASK)
+        for relative, data in files.items():
+            target = temporary / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        try:
+            os.rename(temporary, path)
+        except OSError as error:
+            # rename replaces an empty folder and refuses a full one: either way
+            # another writer got there first.
+            if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise FileExistsError(path) from error
+            raise
+    except BaseException as error:  # KeyboardInterrupt and SIGTERM included
+        shutil.rmtree(temporary, ignore_errors=True)
+        if isinstance(error, OSError) and not isinstance(error, FileExistsError):
+            raise BadFile(f"cannot write {path}: {error.strerror}") from error
+        raise

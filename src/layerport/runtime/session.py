@@ -86,13 +86,7 @@ class Session:
         self.name = name
         self.smallest = dict(smallest or {})
         self.proto = model
-        initializers = {tensor.name for tensor in model.graph.initializer}
-        self.inputs = [
-            array_spec_of(value, optional_inputs)
-            for value in model.graph.input
-            if value.name not in initializers
-        ]
-        self.outputs = [array_spec_of(value) for value in model.graph.output]
+        self.inputs, self.outputs = model_interface(model, optional_inputs)
         self.settings = settings or SessionSettings()
         if self.settings.runtime == "onnx-reference":
             self._session: Any = ReferenceSession(model, name)
@@ -416,6 +410,23 @@ def _input_types(model: onnx.ModelProto, op_type: str, node_name: str) -> Iterat
                 typed = [types[value] for value in node.input if value in types]
                 if typed:
                     yield element_type_name(typed[0])
+
+
+def model_interface(
+    model: onnx.ModelProto, optional_inputs: Collection[str] = ()
+) -> tuple[list[ArraySpec], list[ArraySpec]]:
+    """The model's inputs and outputs, in the graph's order.
+
+    Graph inputs that an initializer also defines (constants, in opsets before 9
+    style) are not inputs a caller feeds, so they are left out.
+    """
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    inputs = [
+        array_spec_of(value, optional_inputs)
+        for value in model.graph.input
+        if value.name not in initializers
+    ]
+    return inputs, [array_spec_of(value) for value in model.graph.output]
 
 
 def array_spec_of(value: onnx.ValueInfoProto, optional: Collection[str] = ()) -> ArraySpec:

@@ -17,15 +17,25 @@ from layerport.spec import LayerSpec, Params
 
 
 def size_grid(
-    spec: LayerSpec, export_dims: Mapping[str, int], params: Params
+    spec: LayerSpec,
+    export_dims: Mapping[str, int],
+    params: Params,
+    largest: Mapping[str, int] | None = None,
 ) -> dict[str, list[int]]:
     """Each dynamic dim's sizes to check, for a file traced at ``export_dims``.
 
     Each starts at the dim's smallest valid size for ``params`` (1 for most).
+    ``largest`` caps dims that whoever runs the file limits (a server's
+    ``max_batch_size``): a size above the cap is checked at the cap instead.
     """
-    return {
-        dim.name: list(dim.grid(export_dims[dim.name], dim.smallest(params))) for dim in spec.dims
-    }
+    grid = {}
+    for dim in spec.dims:
+        sizes = list(dim.grid(export_dims[dim.name], dim.smallest(params)))
+        cap = (largest or {}).get(dim.name)
+        if cap is not None:
+            sizes = sorted({min(size, cap) for size in sizes})
+        grid[dim.name] = sizes
+    return grid
 
 
 def grid_points(grid: Mapping[str, list[int]]) -> list[dict[str, int]]:

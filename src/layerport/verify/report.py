@@ -31,6 +31,8 @@ class VerificationReport:
     # A narrower precision's cost: the file against the layer in float64; never judged.
     costs: list[Comparison] = field(default_factory=list)
     quantization: str | None = None  # the recipe of a quantized file (int8), if any
+    # Optional inputs the first draw at every size leaves out, so their zero default is checked.
+    left_out: list[str] = field(default_factory=list)
     # The same file in a second runtime (onnx-reference) against the first, if asked for.
     second_opinion: VerificationReport | None = None
 
@@ -81,6 +83,7 @@ class VerificationReport:
             "grid": self.grid,
             "trials": self.trials,
             "streaming": self.streaming,
+            **({"optional_left_out": self.left_out} if self.left_out else {}),
             "atol": self.tolerance.atol,
             "rtol": self.tolerance.rtol,
             "max_abs_error": {name: _round(w["max_abs_error"]) for name, w in self.worst().items()},

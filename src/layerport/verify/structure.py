@@ -13,9 +13,16 @@ from layerport.runtime.arrays import ArraySpec
 
 
 def structure_problems(
-    config: LayerConfig, inputs: Sequence[ArraySpec], outputs: Sequence[ArraySpec]
+    config: LayerConfig,
+    inputs: Sequence[ArraySpec],
+    outputs: Sequence[ArraySpec],
+    where: str = "the file",
 ) -> list[str]:
-    """What in the file's ``inputs`` and ``outputs`` contradicts the layer's spec."""
+    """What in the file's ``inputs`` and ``outputs`` contradicts the layer's spec.
+
+    ``where`` names what declares them, for the messages: ``the file``, or
+    ``the served config`` for a model a server declares.
+    """
     spec = config.spec
     problems = []
     for kind, declared, actual in (
@@ -26,17 +33,17 @@ def structure_problems(
         actual_names = [array.name for array in actual]
         if declared_names != actual_names:
             problems.append(
-                f"the file's {kind} are {actual_names}, the layer declares {declared_names}"
+                f"{where}'s {kind} are {actual_names}, the layer declares {declared_names}"
             )
             continue
         for tensor, array in zip(declared, actual, strict=True):
             if array.dtype != config.dtype:
                 problems.append(
-                    f"{tensor.name} is {array.dtype} in the file, expected {config.dtype}"
+                    f"{tensor.name} is {array.dtype} in {where}, expected {config.dtype}"
                 )
             if len(array.dims) != len(tensor.dims):
                 problems.append(
-                    f"{tensor.name} has {len(array.dims)} dims in the file, expected {len(tensor.dims)}"
+                    f"{tensor.name} has {len(array.dims)} dims in {where}, expected {len(tensor.dims)}"
                 )
                 continue
             dynamic = spec.dynamic_axes(tensor)
@@ -44,14 +51,14 @@ def structure_problems(
             for axis, (dim, size) in enumerate(zip(array.dims, config.shape(tensor), strict=True)):
                 if axis in dynamic and isinstance(dim, int):
                     problems.append(
-                        f"declared-dynamic dim {dynamic[axis]} of {tensor.name} is pinned to {dim} in the file"
+                        f"declared-dynamic dim {dynamic[axis]} of {tensor.name} is pinned to {dim} in {where}"
                     )
                 elif axis in derived and isinstance(dim, int):
                     problems.append(
-                        f"derived dim {derived[axis]} of {tensor.name} is pinned to {dim} in the file"
+                        f"derived dim {derived[axis]} of {tensor.name} is pinned to {dim} in {where}"
                     )
                 elif axis not in dynamic and axis not in derived and dim != size:
                     problems.append(
-                        f"{tensor.name} axis {axis} is {dim} in the file, expected {size}"
+                        f"{tensor.name} axis {axis} is {dim} in {where}, expected {size}"
                     )
     return problems

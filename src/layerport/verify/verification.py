@@ -33,16 +33,18 @@ def verify_engines(
     trials: int = DEFAULT_TRIALS,
     structure_problems: Sequence[str] = (),
     baseline: Engine | None = None,
+    largest: Mapping[str, int] | None = None,
 ) -> VerificationReport:
     """Compare ``actual`` with ``expected`` over the grid for a file traced at ``export_dims``.
 
     ``structure_problems``, found in the file before any run, fail the report
     without running anything. ``baseline``, the layer in float64, measures what
     a narrower precision costs: ``actual`` against it on the same inputs, as
-    figures in ``report.costs`` that never fail the report.
+    figures in ``report.costs`` that never fail the report. ``largest`` caps
+    dims that ``actual`` limits (see ``size_grid``).
     """
     spec = config.spec
-    grid = size_grid(spec, export_dims, config.params)
+    grid = size_grid(spec, export_dims, config.params, largest)
     report = VerificationReport(
         layer=config.layer.qualified_name,
         dtype=config.dtype,
@@ -52,6 +54,7 @@ def verify_engines(
         trials=trials,
         engines=(actual.name, expected.name),
         structure_problems=list(structure_problems),
+        left_out=[tensor.name for tensor in spec.inputs if tensor.optional],
     )
     if report.structure_problems:
         return report

@@ -34,7 +34,7 @@ from layerport.dtypes import QUANTIZATIONS
 from layerport.errors import BadFile, VerificationFailed
 from layerport.registry import RegisteredLayer, Registry
 from layerport.runtime.files import check_writable_target
-from layerport.targets import resolve_target
+from layerport.targets import ExportTarget, resolve_target
 
 if TYPE_CHECKING:
     from layerport.pipeline import ExportResult
@@ -51,7 +51,8 @@ DEFAULT_EXPORT_DIR = Path("exported")
     "--output",
     type=click.Path(path_type=Path),
     default=None,
-    help="File to write (default exported/LAYER.onnx); with --all, the folder (created if missing).",
+    help="File to write (default exported/LAYER.onnx); with --all or a repository target "
+    "(triton), the folder (created if missing).",
 )
 @target_options
 @click.option("--no-verify", is_flag=True, help="Skip verification against eager PyTorch.")
@@ -110,7 +111,12 @@ def export(
             raise click.UsageError(
                 "--all exports every layer at its defaults; drop LAYER, -p, --dim, --weights and --report"
             )
-        folder = output or DEFAULT_EXPORT_DIR
+        if "name" in target_settings:
+            raise click.UsageError(
+                "--target-option name=... names one model; with --all each layer's model "
+                "takes the layer's name"
+            )
+        folder = output or _default_folder(export_target)
         _make_folder(folder)
         registry = get_registry()
 
@@ -132,7 +138,12 @@ def export(
     if not layer:
         raise click.UsageError("give a LAYER to export, or --all")
     config = resolve_layer(layer, layer_options)
-    if output is None:
+    if export_target.repository:
+        # -o names the repository, as with --all; the target places the model in it.
+        folder = output or _default_folder(export_target)
+        _make_folder(folder)
+        output = export_target.output_in(folder, _file_stem(config.layer, get_registry()))
+    elif output is None:
         _make_folder(DEFAULT_EXPORT_DIR)
         output = export_target.output_in(
             DEFAULT_EXPORT_DIR, _file_stem(config.layer, get_registry())
@@ -174,6 +185,11 @@ def _export(
             "the file computes in float32"
         )
     return result
+
+
+def _default_folder(target: ExportTarget) -> Path:
+    """``exported/``, or for a repository target its own folder in it (``exported/triton``)."""
+    return DEFAULT_EXPORT_DIR / target.name if target.repository else DEFAULT_EXPORT_DIR
 
 
 def _file_stem(layer: RegisteredLayer, registry: Registry) -> str:

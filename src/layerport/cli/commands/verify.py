@@ -18,6 +18,7 @@ from layerport.cli.options import (
 from layerport.cli.output import print_verification, warn, write_report
 from layerport.errors import VerificationFailed
 from layerport.runtime.files import check_writable_target
+from layerport.verify.report import VerificationReport
 
 # What each option that only applies to a layer name is called on the command line.
 _LAYER_ONLY = {
@@ -38,6 +39,14 @@ _LAYER_ONLY = {
     help="For a file: also run it in onnx's reference evaluator, which must agree with "
     "onnxruntime (one draw per size; it is slower).",
 )
+@click.option(
+    "--server",
+    "server",
+    metavar="URL",
+    default=None,
+    help="Verify the model TARGET names as the Triton (KServe v2) server at URL serves it, "
+    "for example 127.0.0.1:8000.",
+)
 @json_option
 @click.pass_context
 def verify(
@@ -47,27 +56,48 @@ def verify(
     opset: int,
     verification: VerificationOptions,
     second_opinion: bool,
+    server: str | None,
     json_: bool,
 ) -> None:
     """Check that an export computes what eager PyTorch computes, at every size.
 
     TARGET is a layer name (exported in memory, then checked) or an .onnx file,
     whose recorded configuration rebuilds the eager layer (add --weights if it was
-    exported from a weights file). Exits 1 on any mismatch, NaN, pinned dim, or
-    shape or dtype difference.
+    exported from a weights file). With --server URL, TARGET is the name of a
+    model that server serves: every grid point is a request to it. Exits 1 on any
+    mismatch, NaN, pinned dim, or shape or dtype difference.
 
     \b
     Examples:
       layerport verify rnn --dim seq=64
       layerport verify exported/rnn.onnx --trials 5 --report report.md
       layerport verify exported/rnn.onnx --second-opinion
+      layerport verify --server 127.0.0.1:8000 rnn
     """
     require_dependencies("torch", "onnxscript")
-    from layerport.pipeline import verify_file, verify_layer
+    from layerport.pipeline import verify_file, verify_layer, verify_server
 
     report_path = verification.report_path
     if report_path is not None:
         check_writable_target(report_path)
+    if server is not None:
+        for name in given_explicitly(ctx, *_LAYER_ONLY, "second_opinion"):
+            option = "--second-opinion" if name == "second_opinion" else _LAYER_ONLY[name]
+            raise click.UsageError(
+                f"{option} does not apply to a served model: it records its own configuration"
+            )
+        config, report = verify_server(
+            get_registry(),
+            server,
+            target,
+            weights=layer_options.weights,
+            dims=layer_options.dims,
+            atol=verification.atol,
+            rtol=verification.rtol,
+            trials=verification.trials,
+        )
+        _finish(report, report_path, f"{target} on {server}", json_)
+        return
     # Layer names never contain "." or "/", so anything that does is a file; a
     # stray file named like a layer must not hijack the layer.
     if any(character in target for character in (".", "/", os.sep)):
@@ -97,6 +127,10 @@ def verify(
             trials=verification.trials,
         )
         shown = report.layer
+    _finish(report, report_path, shown, json_)
+
+
+def _finish(report: VerificationReport, report_path: Path | None, shown: str, json_: bool) -> None:
     write_report(report, report_path)
     if not report.passed:
         raise VerificationFailed(report.failure_message(), report=report)

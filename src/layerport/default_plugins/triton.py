@@ -1,0 +1,154 @@
+"""The built-in ``triton`` and ``triton-python`` export targets: a Triton model repository.
+
+``export LAYER --target triton -o REPO`` writes ``REPO/NAME/config.pbtxt`` and
+``REPO/NAME/VERSION/model.onnx`` for Triton's onnxruntime backend (the NGC
+containers have it); ``--target triton-python`` writes the same verified file
+with a ``model.py`` for Triton's python backend (``serving.python_backend``),
+the only one the tritonserver that pip installs ships. The config is derived
+from the spec and the file (``serving.model_config``); versions and atomicity
+are ``serving.repository``'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from layerport import hookimpl
+from layerport.errors import Setting, UserInputError
+from layerport.serving.model_config import INSTANCE_KINDS, ServingSettings
+from layerport.spec import Param
+from layerport.targets import ExportTarget, TargetOptions
+
+if TYPE_CHECKING:
+    from layerport.pipeline import ExportResult
+
+OPTIONS = (
+    Param("name", str, "", "model name in the repository (default: the layer's name)"),
+    Param(
+        "max_batch_size",
+        int,
+        ServingSettings.max_batch_size,
+        "largest batch Triton forms",
+        minimum=1,
+    ),
+    Param(
+        "preferred_batch_size",
+        int,
+        ServingSettings.preferred_batch_size,
+        "batch size the dynamic batcher aims for",
+        minimum=1,
+    ),
+    Param(
+        "max_queue_delay_us",
+        int,
+        ServingSettings.max_queue_delay_us,
+        "how long a request waits for others to batch with, in microseconds",
+        minimum=0,
+    ),
+    Param(
+        "instance_kind",
+        str,
+        ServingSettings.instance_kind,
+        "where the model's instances run",
+        choices=tuple(INSTANCE_KINDS),
+    ),
+    Param("instance_count", int, ServingSettings.instance_count, "model instances", minimum=1),
+)
+
+
+def model_folder(output: Path, options: TargetOptions) -> Path:
+    """The model's folder: ``output`` (REPO/STEM), renamed by the ``name`` option."""
+    from layerport.serving.repository import check_model_name
+
+    name = str(options["name"]) or output.name
+    check_model_name(name)
+    return output.parent / name
+
+
+def _check(backend: str) -> Callable[[Path, TargetOptions], None]:
+    def check(output: Path, options: TargetOptions) -> None:
+        from layerport.serving.repository import check_repository
+
+        if backend == "python" and options["instance_kind"] == "gpu":
+            raise UserInputError(
+                "the triton-python model runs layerport's CPU runtime; instance_kind=gpu needs ",
+                Setting("target", "triton"),
+                ", whose onnxruntime backend runs on the GPU",
+            )
+        check_repository(model_folder(output, options), backend)
+
+    return check
+
+
+def _write(backend: str) -> Callable[[ExportResult, Path, TargetOptions], Path]:
+    def write(result: ExportResult, output: Path, options: TargetOptions) -> Path:
+        import onnx
+
+        from layerport.cli.output import note
+        from layerport.runtime.session import model_interface
+        from layerport.serving.model_config import batching, model_config
+        from layerport.serving.python_backend import MODEL_FILE, MODEL_PY
+        from layerport.serving.repository import write_version
+
+        spec = result.config.spec
+        if backend == "python" and result.config.dtype == "bfloat16":
+            raise UserInputError(
+                "Triton's python backend hands tensors over as numpy arrays, and numpy has no "
+                "bfloat16: export bfloat16 with ",
+                Setting("target", "triton"),
+            )
+        folder = model_folder(output, options)
+        inputs, outputs = model_interface(onnx.load_from_string(result.model_bytes))
+        settings = ServingSettings(
+            max_batch_size=int(options["max_batch_size"]),
+            preferred_batch_size=int(options["preferred_batch_size"]),
+            max_queue_delay_us=int(options["max_queue_delay_us"]),
+            instance_kind=str(options["instance_kind"]),
+            instance_count=int(options["instance_count"]),
+        )
+        config = model_config(folder.name, spec, inputs, outputs, result.record, backend, settings)
+        files = {MODEL_FILE: result.model_bytes}
+        if backend == "python":
+            files["model.py"] = MODEL_PY.encode()
+        version = write_version(folder, config, files)
+        reason = batching(spec).reason
+        if reason is not None:
+            note(f"Triton will not batch {spec.name}: {reason}")
+        return version / MODEL_FILE
+
+    return write
+
+
+def repository_target(name: str, backend: str, description: str) -> ExportTarget:
+    """A target that writes a Triton model repository for ``backend``."""
+    return ExportTarget(
+        name=name,
+        description=description,
+        output_in=lambda folder, stem: folder / stem,
+        check=_check(backend),
+        write=_write(backend),
+        options=OPTIONS,
+        repository=True,
+    )
+
+
+TRITON = repository_target(
+    "triton",
+    "onnxruntime",
+    "A Triton model repository for its onnxruntime backend: "
+    "REPO/NAME/config.pbtxt and REPO/NAME/VERSION/model.onnx.",
+)
+TRITON_PYTHON = repository_target(
+    "triton-python",
+    "python",
+    "A Triton model repository for its python backend (the tritonserver pip installs): "
+    "model.onnx run by layerport's torch-free runtime, through a model.py.",
+)
+
+
+@hookimpl
+def register_export_targets(register: Callable[[ExportTarget], None]) -> None:
+    register(TRITON)
+    register(TRITON_PYTHON)

@@ -1,0 +1,180 @@
+"""A model served by Triton (or any KServe v2 server), through ``tritonclient.http``.
+
+``ServedModel`` connects, checks that the model is ready, and reads its config
+and metadata; its engine (``ServerEngine``) runs named arrays through the
+server, so ``verify --server`` compares what is *served* with eager PyTorch
+over the same grid as ``verify FILE``. A server that cannot be reached, a model
+that is not ready or does not exist is bad input (``BadFile``, exit 2), as an
+unreadable file is; a served model that fails a request is failed work.
+
+Protocol: https://kserve.github.io/website/latest/modelserving/data_plane/v2_protocol/
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from layerport.dtypes import PRECISIONS, kserve_datatype
+from layerport.errors import BadFile, WorkFailed, one_line
+from layerport.runtime.arrays import ArraySpec
+from layerport.runtime.metadata import ExportRecord
+from layerport.serving.model_config import record_of
+
+# Seconds to wait for a connection and for an answer: a grid point of the rnn
+# at batch 37, seq 301 takes the python backend a few hundred milliseconds.
+CONNECTION_TIMEOUT = 10.0
+NETWORK_TIMEOUT = 300.0
+
+
+def _tritonclient() -> Any:
+    try:
+        import tritonclient.http
+    except ImportError as error:
+        raise BadFile(
+            "verifying a served model needs tritonclient: pip install 'layerport[serve]'"
+        ) from error
+    return tritonclient.http
+
+
+def _message(error: BaseException) -> str:
+    # tritonclient's InferenceServerException keeps the server's words in message().
+    message = getattr(error, "message", None)
+    text = message() if callable(message) else str(error)
+    return one_line(str(text) or type(error).__name__)
+
+
+class ServedModel:
+    """Model ``name`` on the server at ``url`` (``host:port``, an ``http://`` prefix allowed).
+
+    Raises ``BadFile`` when the server cannot be reached or the model is not
+    ready there (unknown names included), naming what is served instead.
+    """
+
+    def __init__(self, url: str, name: str) -> None:
+        http = _tritonclient()
+        self.url = url.removeprefix("http://").rstrip("/")
+        self.name = name
+        if url.startswith("https://"):
+            raise BadFile(f"{url}: only http:// servers are supported")
+        try:
+            self.client = http.InferenceServerClient(
+                self.url,
+                connection_timeout=CONNECTION_TIMEOUT,
+                network_timeout=NETWORK_TIMEOUT,
+            )
+            live = self.client.is_server_live()
+        except Exception as error:  # refused, unknown host, timeout, bad URL
+            raise BadFile(f"cannot reach a Triton server at {url}: {_message(error)}") from error
+        if not live:
+            raise BadFile(f"the Triton server at {url} is not live")
+        try:
+            ready = self.client.is_model_ready(name)
+        except Exception as error:
+            raise BadFile(f"cannot ask {url} about model {name!r}: {_message(error)}") from error
+        if not ready:
+            raise BadFile(f"model {name!r} is not ready on {url}; {self._served()}")
+        try:
+            self.config: dict[str, Any] = self.client.get_model_config(name)
+            self.metadata: dict[str, Any] = self.client.get_model_metadata(name)
+        except Exception as error:
+            raise BadFile(f"cannot read model {name!r} from {url}: {_message(error)}") from error
+        self.max_batch_size = int(self.config.get("max_batch_size", 0))
+        self.batched = self.max_batch_size > 0
+
+    def _served(self) -> str:
+        with contextlib.suppress(Exception):
+            index = self.client.get_model_repository_index()
+            ready = sorted(entry["name"] for entry in index if entry.get("state") == "READY")
+            return f"ready models: {', '.join(ready) or '(none)'}"
+        return "the server did not list its models"
+
+    def record(self) -> ExportRecord:
+        """The layerport metadata in the served config's ``parameters``."""
+        record = record_of(self.config.get("parameters"))
+        if record is None:
+            raise BadFile(
+                f"model {self.name!r} on {self.url} was not exported by layerport (its config has "
+                "no layerport parameters), so verify cannot rebuild its layer"
+            )
+        return record
+
+    def interface(self) -> tuple[list[ArraySpec], list[ArraySpec]]:
+        """Inputs and outputs as the server declares them; ``-1`` dims are symbolic.
+
+        The server's metadata includes the batch dim Triton owns, so these read
+        as a file's would, and ``verify.structure`` checks them the same way.
+        """
+
+        def specs(kind: str) -> list[ArraySpec]:
+            return [
+                ArraySpec(
+                    name=entry["name"],
+                    dims=tuple(
+                        f"{entry['name']}_axis{axis}" if int(size) < 0 else int(size)
+                        for axis, size in enumerate(entry["shape"])
+                    ),
+                    dtype=_dtype_name(entry["datatype"]),
+                )
+                for entry in self.metadata.get(kind, [])
+            ]
+
+        return specs("inputs"), specs("outputs")
+
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One request: ``inputs`` as they are (left-out optional inputs are not sent)."""
+        http = _tritonclient()
+        request = []
+        for name, array in inputs.items():
+            tensor = http.InferInput(name, list(array.shape), kserve_datatype(array.dtype.name))
+            tensor.set_data_from_numpy(np.ascontiguousarray(array), binary_data=True)
+            request.append(tensor)
+        names = [entry["name"] for entry in self.metadata.get("outputs", [])]
+        wanted = [http.InferRequestedOutput(name, binary_data=True) for name in names]
+        try:
+            result = self.client.infer(self.name, request, outputs=wanted)
+        except Exception as error:
+            shapes = ", ".join(f"{name} {list(array.shape)}" for name, array in inputs.items())
+            raise WorkFailed(
+                f"model {self.name!r} on {self.url} failed a request ({shapes}): {_message(error)}"
+            ) from error
+        return {name: result.as_numpy(name) for name in names}
+
+    def statistics(self) -> dict[str, int]:
+        """``inference_count`` (samples) and ``execution_count`` (batches run) of the model."""
+        stats = self.client.get_inference_statistics(self.name)["model_stats"]
+        return {
+            "inference_count": sum(int(entry.get("inference_count", 0)) for entry in stats),
+            "execution_count": sum(int(entry.get("execution_count", 0)) for entry in stats),
+        }
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()
+
+
+def _dtype_name(datatype: str) -> str:
+    for precision in PRECISIONS.values():
+        if precision.kserve_datatype == datatype:
+            return precision.name
+    return datatype.lower()
+
+
+class ServerEngine:
+    """A served model as a verification or bench engine (``verify.engines.Engine``)."""
+
+    name = "triton"
+
+    def __init__(self, model: ServedModel) -> None:
+        self.model = model
+        self.name = f"triton:{model.name}"
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.model.infer(inputs)
+
+    def bind(self, inputs: Mapping[str, np.ndarray]) -> Callable[[], Any]:
+        model, arrays = self.model, dict(inputs)
+        return lambda: model.infer(arrays)
