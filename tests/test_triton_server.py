@@ -61,8 +61,31 @@ def serve_python(env: Path, code: str, *args: str) -> subprocess.CompletedProces
     )
 
 
-def shm_entries() -> set[str]:
-    return {path.name for path in Path("/dev/shm").glob("layerport-*")}
+SHM_PREFIX = re.compile(r"^(layerport-[0-9a-f]{12}-)")
+
+
+def leaked_shm() -> set[str]:
+    """Shared memory of layerport's servers that no running tritonserver owns.
+
+    Other tests (other xdist workers) run servers at the same time, so what
+    counts is an entry whose prefix no live process names on its command line.
+    """
+    live = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            live |= set(
+                re.findall(
+                    r"shm-region-prefix-name=(layerport-[0-9a-f]{12}-)",
+                    cmdline.read_text(errors="replace"),
+                )
+            )
+        except OSError:
+            continue
+    return {
+        path.name
+        for path in Path("/dev/shm").glob("layerport-*")
+        if (match := SHM_PREFIX.match(path.name)) and match.group(1) not in live
+    }
 
 
 def export(*args: str, cwd: Path) -> None:
@@ -100,13 +123,12 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(serving_env: Path, repository: Path) -> Iterator[TritonServer]:
-    before = shm_entries()
     server = start_tritonserver(serving_env, repository)
     yield server
     pid = server.process.pid
     server.stop()
     assert server.process.poll() is not None, f"tritonserver {pid} still runs"
-    assert shm_entries() <= before, "tritonserver left shared memory behind"
+    assert not list(Path("/dev/shm").glob(f"{server.shm_prefix}*")), "shared memory left behind"
 
 
 def test_readme_serving_section_runs(serving_env: Path, tmp_path: Path) -> None:
@@ -120,7 +142,7 @@ def test_readme_serving_section_runs(serving_env: Path, tmp_path: Path) -> None:
         if line.startswith("$ ")
     ]
     http, grpc = free_port(), free_port()
-    before = shm_entries()
+    before = leaked_shm()
     background: list[subprocess.Popen[str]] = []
     try:
         for line in lines:
@@ -156,7 +178,7 @@ def test_readme_serving_section_runs(serving_env: Path, tmp_path: Path) -> None:
             _, stderr = process.communicate(timeout=60)
     assert background, "the section starts a server"
     assert "serving models at http://127.0.0.1:" in stderr
-    assert shm_entries() <= before
+    assert leaked_shm() <= before, "the server left shared memory behind"
 
 
 def _environ() -> dict[str, str]:

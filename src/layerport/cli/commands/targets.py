@@ -20,7 +20,8 @@ def targets_command(json_: bool) -> None:
     from layerport.cli.app import _State
     from layerport.plugins import get_export_targets
 
-    targets = get_export_targets(strict=_State.debug)
+    found = get_export_targets(strict=_State.debug)
+    targets = {name: found[name] for name in sorted(found)}
     rows = [
         {
             "name": target.name,
