@@ -62,8 +62,12 @@ def test_rnn_config_batches_with_the_batch_dim_left_out(cli: Cli, tmp_path: Path
     inputs, outputs = tensors(config, "input"), tensors(config, "output")
     assert inputs["x"] == {"name": "x", "data_type": "TYPE_FP32", "dims": [-1, 6]}
     assert inputs["h0"]["dims"] == [5]
-    assert inputs["h0"]["optional"] is True
-    assert "optional" not in inputs["x"]
+    # The onnxruntime backend binds only what a request carries, and h0 is a
+    # required input of the file: optional there would fail every request without it.
+    assert "optional" not in inputs["h0"]
+    assert "Triton's onnxruntime backend cannot leave out h0: the config requires it" in (
+        result.stderr
+    )
     assert outputs["y"]["dims"] == [-1, 3]
     assert config["dynamic_batching"] == {
         "preferred_batch_size": [8],
@@ -92,7 +96,7 @@ def test_torch_layout_state_means_no_batching_and_full_dims(cli: Cli, tmp_path: 
     assert inputs["x"]["dims"] == [-1, -1, 4]
     # num_layers x directions is derived from parameters: a size, not -1.
     assert inputs["h0"]["dims"] == [4, -1, 3]
-    assert inputs["c0"]["optional"] is True
+    assert "optional" not in inputs["c0"]
     assert outputs["y"]["dims"] == [-1, -1, 6]
 
 
@@ -163,6 +167,29 @@ def test_python_variant_holds_model_py_beside_the_same_file(cli: Cli, tmp_path: 
     assert config_of(python.parent)["backend"] == "python"
 
 
+def test_python_backend_config_marks_optional_inputs(cli: Cli, tmp_path: Path) -> None:
+    result = cli("export", "rnn", *SMALL_RNN, "--target", "triton-python", "-o", str(tmp_path))
+    assert result.exit_code == 0, result.stderr
+    inputs = tensors(config_of(tmp_path / "rnn"), "input")
+    assert inputs["h0"]["optional"] is True  # its model.py fills zeros in
+    assert "optional" not in inputs["x"]
+    assert "cannot leave out" not in result.stderr
+
+
+def test_a_file_that_crashes_the_layout_optimizer_asks_for_a_lower_level(
+    cli: Cli, tmp_path: Path
+) -> None:
+    # The float16 rnn segfaults onnxruntime 1.32's NCHWc transformer at the default level.
+    result = cli(
+        "export", "rnn", *SMALL_RNN, "--dtype", "float16", "--target", "triton", "-o", str(tmp_path)
+    )
+    assert result.exit_code == 0, result.stderr
+    assert config_of(tmp_path / "rnn")["optimization"] == {"graph": {"level": 1}}
+    float32 = cli("export", "rnn", *SMALL_RNN, "--target", "triton", "-o", str(tmp_path / "f32"))
+    assert float32.exit_code == 0
+    assert "optimization" not in config_of(tmp_path / "f32" / "rnn")
+
+
 def test_default_repository_is_under_exported(
     cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -212,8 +239,7 @@ def test_a_version_with_other_inputs_or_outputs_needs_a_new_name(cli: Cli, tmp_p
     assert result.exit_code == 2
     assert result.stderr.startswith(
         f"Error: model rnn in {tmp_path} cannot take this export as a new version: its inputs "
-        "are x FP32 [-1, 6], h0 FP32 [5] optional, the new export's are x FP32 [-1, 6], "
-        "h0 FP32 [7] optional"
+        "are x FP32 [-1, 6], h0 FP32 [5], the new export's are x FP32 [-1, 6], h0 FP32 [7]"
     )
     assert "give it a new model name with --target-option name=NAME" in result.stderr
     assert "Traceback" not in result.stderr
@@ -231,6 +257,15 @@ def test_another_backend_for_the_same_model_is_refused_before_exporting(
     assert cli("export", "linear", "--target", "triton", "-o", str(tmp_path)).exit_code == 0
     before = snapshot(tmp_path)
     result = cli("export", "linear", "--target", "triton-python", "-o", str(tmp_path))
+    smaller = cli(
+        "export", "linear", "--target", "triton", "-o", str(tmp_path),
+        "--target-option", "max_batch_size=4",
+    )  # fmt: skip
+    assert smaller.exit_code == 2
+    assert (
+        "its max_batch_size is 32 and the new export's 4 would refuse the batches its clients "
+        "may send" in smaller.stderr
+    )
     assert result.exit_code == 2
     assert result.stderr.startswith(
         f"Error: model linear in {tmp_path} is served by the onnxruntime backend and this "
@@ -297,7 +332,7 @@ def test_concurrent_writers_each_get_their_own_version(tmp_path: Path) -> None:
         (
             lambda repo: repo.write_text("x"),
             [],
-            "is not a folder; exports are written into a folder",
+            "is not a folder; the triton target writes into a folder",
         ),
         (
             lambda repo: (repo / "linear").mkdir(parents=True),
@@ -321,12 +356,23 @@ def test_concurrent_writers_each_get_their_own_version(tmp_path: Path) -> None:
         (
             lambda repo: None,
             ["--target", "triton-python", "--dtype", "bfloat16"],
-            "numpy has no bfloat16: export bfloat16 with --target triton",
+            "numpy has no bfloat16: serve float16 or float32",
+        ),
+        (
+            lambda repo: None,
+            ["--dtype", "bfloat16"],
+            "onnxruntime's CPU provider cannot run this bfloat16 linear",
+        ),
+        (
+            lambda repo: None,
+            ["--target", "triton-python", "--target-option", "name=a/b"],
+            "model name 'a/b' must be",
         ),
     ],
     ids=[
         "repository-is-a-file", "not-a-model", "damaged-config", "bad-name",
-        "zero-batch", "unknown-kind", "python-on-gpu", "python-bfloat16",
+        "zero-batch", "unknown-kind", "python-on-gpu", "python-bfloat16", "cpu-bfloat16",
+        "slash-in-name",
     ],
 )  # fmt: skip
 def test_bad_repositories_and_options_exit_2(
@@ -345,6 +391,33 @@ def test_bad_repositories_and_options_exit_2(
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.stderr
+    if not repo.exists() or repo.is_dir():
+        # A refused export leaves no empty repository behind.
+        assert not repo.exists() or any(repo.iterdir())
+
+
+def test_repository_target_named_like_a_file_is_refused(cli: Cli, tmp_path: Path) -> None:
+    result = cli("export", "linear", "--target", "triton", "-o", str(tmp_path / "m.onnx"))
+    assert result.exit_code == 2
+    assert "names a file; the triton target writes a repository, and -o names its folder" in (
+        result.stderr
+    )
+
+
+def test_a_config_that_cannot_be_replaced_takes_its_version_back(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert cli("export", "linear", "--target", "triton", "-o", str(tmp_path)).exit_code == 0
+    before = snapshot(tmp_path)
+
+    def fail(path: Path, data: bytes) -> None:
+        raise BadFile(f"cannot write {path}: Operation not permitted")
+
+    monkeypatch.setattr("layerport.serving.repository.atomic_write_bytes", fail)
+    result = cli("export", "linear", "--seed", "4", "--target", "triton", "-o", str(tmp_path))
+    assert result.exit_code == 2
+    assert "Operation not permitted" in result.stderr
+    assert snapshot(tmp_path) == before  # version 2 taken back: config and versions agree
 
 
 def test_one_name_for_all_layers_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
@@ -428,7 +501,14 @@ def backend_utils(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     utils = types.ModuleType("triton_python_backend_utils")
     utils.Tensor = FakeTensor  # type: ignore[attr-defined]
     utils.InferenceResponse = FakeResponse  # type: ignore[attr-defined]
-    utils.TritonError = lambda message: f"TritonError: {message}"  # type: ignore[attr-defined]
+
+    class TritonError(str):
+        INVALID_ARG, INTERNAL = "400", "500"
+
+        def __new__(cls, message: str, code: str = "500") -> TritonError:
+            return super().__new__(cls, f"TritonError {code}: {message}")
+
+    utils.TritonError = TritonError  # type: ignore[attr-defined]
     utils.get_input_tensor_by_name = lambda request, name: (  # type: ignore[attr-defined]
         FakeTensor(name, request.arrays[name]) if name in request.arrays else None
     )
@@ -504,9 +584,9 @@ def test_python_backend_answers_a_bad_request_with_an_error_not_a_crash(
     wrong_dtype = FakeRequest(x=np.zeros((2, 3, 6), np.float64))
     responses = model.execute([good, wrong_width, wrong_dtype])  # type: ignore[attr-defined]
     assert responses[0].error is None
-    assert responses[1].error.startswith("TritonError: input x")
+    assert responses[1].error.startswith("TritonError 400: input x")  # the client's error
     assert "7" in responses[1].error
-    assert responses[2].error.startswith("TritonError: input x")
+    assert responses[2].error.startswith("TritonError 400: input x")
     assert "float64" in responses[2].error
 
 
@@ -546,6 +626,57 @@ def test_verify_server_refuses_https(cli: Cli) -> None:
     assert "only http:// servers are supported" in result.stderr
 
 
+@pytest.mark.parametrize("url", ["127.0.0.1", "127.0.0.1:99999", "host:80/v2", "::1", "a b:1"])
+def test_verify_server_refuses_what_is_not_host_port(cli: Cli, url: str) -> None:
+    result = cli("verify", "--server", url, "rnn")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"Error: server {url!r} must be HOST:PORT, for example 127.0.0.1:8000 (Triton's HTTP port)\n"
+    )
+
+
+@pytest.mark.parametrize("url", ["HTTP://127.0.0.1:{port}/", "http://127.0.0.1:{port}"])
+def test_verify_server_takes_an_http_url(cli: Cli, url: str) -> None:
+    from layerport.serving.tritonserver import free_port
+
+    port = free_port()
+    result = cli("verify", "--server", url.format(port=port), "rnn")
+    assert result.exit_code == 2
+    assert "cannot reach a Triton server at" in result.stderr
+    assert "Connection refused" in result.stderr
+
+
+def test_verify_wait_needs_a_server(cli: Cli) -> None:
+    result = cli("verify", "linear", "--wait", "5")
+    assert result.exit_code == 2
+    assert "--wait applies to a served model: give --server URL" in result.stderr
+
+
+def test_verify_server_waits_for_a_server_to_come_up(cli: Cli) -> None:
+    from layerport.serving.tritonserver import free_port
+
+    url = f"127.0.0.1:{free_port()}"
+    result = cli("verify", "--server", url, "rnn", "--wait", "0.5")
+    assert result.exit_code == 2  # nothing came up: the same one line as without --wait
+    assert result.stderr.startswith(f"Error: cannot reach a Triton server at {url}: ")
+
+
+def test_verify_server_against_an_http_server_that_is_not_triton(cli: Cli, tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"127.0.0.1:{server.server_address[1]}"
+        result = cli("verify", "--server", url, "rnn")
+    finally:
+        server.shutdown()
+    assert result.exit_code == 2
+    assert "answers, but not as a Triton (KServe v2) server" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("make", "env", "message"),
     [
@@ -560,11 +691,76 @@ def test_serve_without_what_it_needs_exits_2(
 ) -> None:
     repo = tmp_path / "models"
     if make:
-        repo.mkdir()
+        (repo / "m").mkdir(parents=True)
+        (repo / "m" / "config.pbtxt").write_text('backend: "python"')
     result = cli("serve", str(repo), *(["--env", str(tmp_path / env)] if env else []))
     assert result.exit_code == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ({}, "holds no model folders"),
+        ({".rnn.abc.tmp": "python"}, "is left from an interrupted write"),
+        (
+            {"linear": "onnxruntime"},
+            "is for the onnxruntime backend, and the tritonserver that pip installs has only the python backend",
+        ),
+    ],
+    ids=["empty", "leftover-temporary", "onnxruntime-model"],
+)
+def test_serve_refuses_a_repository_it_cannot_serve(
+    cli: Cli, tmp_path: Path, layout: dict[str, str], message: str
+) -> None:
+    repo = tmp_path / "models"
+    repo.mkdir()
+    for name, backend in layout.items():
+        (repo / name).mkdir()
+        (repo / name / "config.pbtxt").write_text(f'backend: "{backend}"')
+    result = cli("serve", str(repo), "--env", sys.prefix)
+    assert result.exit_code == 2
+    assert message in result.stderr
+
+
+def test_serve_refuses_a_port_in_use(cli: Cli, tmp_path: Path) -> None:
+    import socket
+
+    repo = tmp_path / "models"
+    (repo / "m").mkdir(parents=True)
+    (repo / "m" / "config.pbtxt").write_text('backend: "python"')
+    env = tmp_path / "env"
+    (env / "bin").mkdir(parents=True)
+    (env / "bin" / "python").write_text("")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli("serve", str(repo), "--env", str(env), "--http-port", str(port))
+        same = cli(
+            "serve", str(repo), "--env", str(env), "--http-port", "18555", "--grpc-port", "18555"
+        )
+    assert result.exit_code == 2
+    assert f"port {port} on 127.0.0.1 is in use; choose another" in result.stderr
+    assert same.exit_code == 2
+    assert "the HTTP and gRPC ports must differ, both are 18555" in same.stderr
+
+
+def test_tritonserver_log_errors_name_the_reason() -> None:
+    from layerport.serving.tritonserver import log_errors
+
+    log = (
+        'I1202 05:23:53.802490 2355 model_lifecycle.cc:472] "loading: echo:1"\n'
+        'E1202 05:23:53.799640 2355 server.cc:241] "CudaDriverHelper has not been initialized."\n'
+        "E1202 05:23:54.1 2355 model_lifecycle.cc:654] \"failed to load 'm': unable to find "
+        "backend library for backend 'onnxruntime'\"\n"
+        "| Model | Version | Status |\n"
+    )
+    assert log_errors(log) == (
+        "failed to load 'm': unable to find backend library for backend 'onnxruntime'"
+    )
+    assert log_errors("just this\n") == "just this"
 
 
 def test_record_of_refuses_damaged_metadata() -> None:

@@ -302,6 +302,15 @@ def test_verify_server_finds_a_dim_the_served_config_pins(server: TritonServer) 
     assert "declared-dynamic dim seq of x is pinned to 32 in the served config" in result.stderr
 
 
+def test_verify_server_refuses_a_batch_the_server_refuses(server: TritonServer) -> None:
+    result = run_process("verify", "--server", server.url, "rnn", "--dim", "batch=64")
+    assert result.exit_code == 2
+    assert (
+        "batch=64 is above the served max_batch_size 32, which Triton refuses; give --dim batch=32 or less"
+        in result.stderr
+    )
+
+
 def test_verify_server_of_an_unknown_model_exits_2(server: TritonServer) -> None:
     result = run_process("verify", "--server", server.url, "nosuch")
     assert result.exit_code == 2

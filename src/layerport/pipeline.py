@@ -28,7 +28,7 @@ import onnx
 from layerport import __version__
 from layerport.config import LayerConfig, config_from_record
 from layerport.dtypes import Tolerance, precision
-from layerport.errors import BadFile, ExportFailed, VerificationFailed
+from layerport.errors import BadFile, ExportFailed, Setting, UserInputError, VerificationFailed
 from layerport.export import DEFAULT_OPSET
 from layerport.registry import Registry
 from layerport.runtime.files import atomic_write_bytes
@@ -256,6 +256,7 @@ def verify_server(
     atol: float | None = None,
     rtol: float | None = None,
     trials: int = DEFAULT_TRIALS,
+    wait: float = 0.0,
 ) -> tuple[LayerConfig, VerificationReport]:
     """Verify model ``name`` as the server at ``url`` serves it, against eager PyTorch.
 
@@ -264,19 +265,34 @@ def verify_server(
     a request to the server: the declared inputs and outputs are checked for
     pinned dims first, the first draw leaves optional inputs out, and batch and
     sequence sizes span the grid. Raises ``BadFile`` for a server or model that
-    cannot be reached, ``WorkFailed`` when the served model fails a request.
+    cannot be reached (after waiting up to ``wait`` seconds for the model to be
+    ready), ``WorkFailed`` when the served model fails a request.
     """
-    from layerport.serving.client import ServedModel, ServerEngine
+    from layerport.serving.client import ServedModel, ServerEngine, wait_until_ready
     from layerport.verify.engines import EagerEngine
     from layerport.verify.structure import structure_problems
     from layerport.verify.verification import verify_engines
 
+    if wait > 0:
+        wait_until_ready(url, name, wait)
     served = ServedModel(url, name)
     try:
         record = served.record()
         config, module = rebuild_layer(registry, record, weights=weights, dims=dims)
+        batch = config.spec.batch_dim
+        if served.batched and batch and config.dims.get(batch, 0) > served.max_batch_size:
+            raise UserInputError(
+                f"{batch}={config.dims[batch]} is above the served max_batch_size "
+                f"{served.max_batch_size}, which Triton refuses; give ",
+                Setting("dims", f"{batch}={served.max_batch_size}"),
+                " or less",
+            )
         quantize = record.quantization["quantize"] if record.quantization else None
         inputs, outputs = served.interface()
+        # The onnxruntime backend cannot fill an optional input in: its config
+        # requires h0, so every draw sends it (serving.model_config).
+        declared_optional = served.optional_inputs()
+        spec_optional = [tensor.name for tensor in config.spec.inputs if tensor.optional]
         report = verify_engines(
             config,
             ServerEngine(served),
@@ -291,8 +307,15 @@ def verify_server(
             largest={config.spec.batch_dim: served.max_batch_size}
             if served.batched and config.spec.batch_dim
             else None,
+            leave_out_optional=set(spec_optional) <= declared_optional,
         )
         report.quantization = quantize
+        required = sorted(set(spec_optional) - declared_optional)
+        if required:
+            report.notes.append(
+                f"{', '.join(required)} never left out: the served config requires "
+                f"{'them' if len(required) > 1 else 'it'}"
+            )
     finally:
         served.close()
     _note_plugin_version(report, config, record, "served model")

@@ -87,20 +87,33 @@ def _write(backend: str) -> Callable[[ExportResult, Path, TargetOptions], Path]:
         import onnx
 
         from layerport.cli.output import note
-        from layerport.runtime.session import model_interface
+        from layerport.runtime.session import crashes_nchwc_transformer, model_interface
         from layerport.serving.model_config import batching, model_config
         from layerport.serving.python_backend import MODEL_FILE, MODEL_PY
         from layerport.serving.repository import write_version
 
         spec = result.config.spec
-        if backend == "python" and result.config.dtype == "bfloat16":
+        dtype = result.config.dtype
+        if backend == "python" and dtype == "bfloat16":
             raise UserInputError(
                 "Triton's python backend hands tensors over as numpy arrays, and numpy has no "
-                "bfloat16: export bfloat16 with ",
-                Setting("target", "triton"),
+                "bfloat16: serve float16 or float32"
+            )
+        if (
+            backend == "onnxruntime"
+            and spec.precisions.get(dtype) == "onnx-reference"
+            and options["instance_kind"] == "cpu"
+        ):
+            raise UserInputError(
+                f"onnxruntime's CPU provider cannot run this {dtype} {spec.name} (it was verified "
+                f"in onnx's reference evaluator), so Triton's onnxruntime backend on the CPU "
+                f"cannot serve it: serve it with ",
+                Setting("target", "triton-python"),
+                " (float64), or on a GPU",
             )
         folder = model_folder(output, options)
-        inputs, outputs = model_interface(onnx.load_from_string(result.model_bytes))
+        model = onnx.load_from_string(result.model_bytes)
+        inputs, outputs = model_interface(model)
         settings = ServingSettings(
             max_batch_size=int(options["max_batch_size"]),
             preferred_batch_size=int(options["preferred_batch_size"]),
@@ -108,7 +121,16 @@ def _write(backend: str) -> Callable[[ExportResult, Path, TargetOptions], Path]:
             instance_kind=str(options["instance_kind"]),
             instance_count=int(options["instance_count"]),
         )
-        config = model_config(folder.name, spec, inputs, outputs, result.record, backend, settings)
+        config = model_config(
+            folder.name,
+            spec,
+            inputs,
+            outputs,
+            result.record,
+            backend,
+            settings,
+            avoid_layout_optimizations=crashes_nchwc_transformer(model),
+        )
         files = {MODEL_FILE: result.model_bytes}
         if backend == "python":
             files["model.py"] = MODEL_PY.encode()
@@ -116,6 +138,12 @@ def _write(backend: str) -> Callable[[ExportResult, Path, TargetOptions], Path]:
         reason = batching(spec).reason
         if reason is not None:
             note(f"Triton will not batch {spec.name}: {reason}")
+        required = [t.name for t in spec.inputs if t.optional and backend == "onnxruntime"]
+        if required:
+            note(
+                f"Triton's onnxruntime backend cannot leave out {', '.join(required)}: the config "
+                "requires it (send zeros); --target triton-python fills it in"
+            )
         return version / MODEL_FILE
 
     return write

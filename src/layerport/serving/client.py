@@ -13,6 +13,11 @@ Protocol: https://kserve.github.io/website/latest/modelserving/data_plane/v2_pro
 from __future__ import annotations
 
 import contextlib
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -47,6 +52,71 @@ def _message(error: BaseException) -> str:
     return one_line(str(text) or type(error).__name__)
 
 
+_HOST_PORT = re.compile(
+    r"^(?P<host>[A-Za-z0-9][A-Za-z0-9.\-]*|\[[0-9A-Fa-f:.]+\]):(?P<port>\d{1,5})$"
+)
+
+
+def server_address(url: str) -> str:
+    """``host:port`` from ``url`` (an ``http://`` prefix and a trailing ``/`` allowed).
+
+    Raises ``BadFile`` for anything else: https, a path, no port, a port out of range.
+    """
+    address = url.strip()
+    if address.lower().startswith("https://"):
+        raise BadFile(f"{url}: only http:// servers are supported")
+    if address.lower().startswith("http://"):
+        address = address[len("http://") :]
+    address = address.rstrip("/")
+    match = _HOST_PORT.match(address)
+    if match is None or not 1 <= int(match["port"]) <= 65535:
+        raise BadFile(
+            f"server {url!r} must be HOST:PORT, for example 127.0.0.1:8000 (Triton's HTTP port)"
+        )
+    return address
+
+
+def wait_until_ready(url: str, name: str, seconds: float) -> None:
+    """Poll the server's readiness of model ``name`` for up to ``seconds``; silent on timeout.
+
+    For a server just started in the background: ``ServedModel`` then says what is wrong.
+    """
+    deadline = time.monotonic() + seconds
+    address = server_address(url)
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(
+                f"http://{address}/v2/models/{urllib.parse.quote(name)}/ready", timeout=1
+            ) as response:
+                if response.status == 200:
+                    return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+
+
+def _probe(address: str, url: str) -> None:
+    """Whether anything answers Triton's liveness endpoint, within ``CONNECTION_TIMEOUT``.
+
+    A short probe first, so that a server that accepts connections and never
+    answers costs seconds, not the request timeout.
+    """
+    try:
+        with urllib.request.urlopen(
+            f"http://{address}/v2/health/live", timeout=CONNECTION_TIMEOUT
+        ) as response:
+            if response.status == 200:
+                return
+    except urllib.error.HTTPError as error:
+        raise BadFile(
+            f"{url} answers, but not as a Triton (KServe v2) server: /v2/health/live gave "
+            f"HTTP {error.code}"
+        ) from error
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        raise BadFile(f"cannot reach a Triton server at {url}: {one_line(str(reason))}") from error
+
+
 class ServedModel:
     """Model ``name`` on the server at ``url`` (``host:port``, an ``http://`` prefix allowed).
 
@@ -56,10 +126,9 @@ class ServedModel:
 
     def __init__(self, url: str, name: str) -> None:
         http = _tritonclient()
-        self.url = url.removeprefix("http://").rstrip("/")
+        self.url = server_address(url)
         self.name = name
-        if url.startswith("https://"):
-            raise BadFile(f"{url}: only http:// servers are supported")
+        _probe(self.url, url)
         try:
             self.client = http.InferenceServerClient(
                 self.url,
@@ -91,6 +160,10 @@ class ServedModel:
             ready = sorted(entry["name"] for entry in index if entry.get("state") == "READY")
             return f"ready models: {', '.join(ready) or '(none)'}"
         return "the server did not list its models"
+
+    def optional_inputs(self) -> set[str]:
+        """The inputs the served config declares ``optional``."""
+        return {entry["name"] for entry in self.config.get("input", []) if entry.get("optional")}
 
     def record(self) -> ExportRecord:
         """The layerport metadata in the served config's ``parameters``."""

@@ -10,7 +10,12 @@ it is written by hand, and what this module derives instead:
   layout (``h0`` of an ``lstm``: layers x directions first) does not, so such a
   layer gets ``max_batch_size: 0``, its full dims, and no dynamic batching.
 - Every dynamic dim, and every dim derived from one, is ``-1``.
-- An optional input (the rnn's ``h0``) is ``optional: true``.
+- An optional input (the rnn's ``h0``) is ``optional: true`` for the python
+  backend, whose model fills it with zeros. Triton's onnxruntime backend binds
+  only the inputs a request carries, and supports ``optional`` only for inputs
+  the file gives a default (an overridable initializer, and then only with
+  ``max_batch_size: 0``: triton-inference-server/onnxruntime_backend#180); in
+  layerport's files ``h0`` is a required graph input, so that config requires it.
 - Data types are the file's own, through ``dtypes.kserve_datatype``, so an int8
   file keeps its float32 inputs and outputs.
 
@@ -86,14 +91,22 @@ def model_config(
     record: ExportRecord,
     backend: str,
     settings: ServingSettings,
+    *,
+    avoid_layout_optimizations: bool = False,
 ) -> dict[str, Any]:
     """The ``config.pbtxt`` of model ``name``, as a message for ``pbtxt.render``.
 
     ``inputs`` and ``outputs`` are the file's (``runtime.session.array_spec_of``),
     in the spec's order and with its names, as every verified export has them.
+    ``avoid_layout_optimizations`` asks the onnxruntime backend for its
+    ``extended`` graph level (``optimization { graph { level: 1 } }``, see the
+    backend's README), which leaves out the layout transformers, for a file
+    that crashes onnxruntime's NCHWc transformer (``runtime.session.crashes_nchwc_transformer``).
     """
     batched = batching(spec).batched
-    optional = {tensor.name for tensor in spec.inputs if tensor.optional}
+    optional = (
+        {tensor.name for tensor in spec.inputs if tensor.optional} if backend == "python" else set()
+    )
 
     def tensor_config(array: ArraySpec, is_input: bool) -> dict[str, Any]:
         dims = [-1 if isinstance(dim, str) else dim for dim in array.dims]
@@ -118,6 +131,8 @@ def model_config(
             "preferred_batch_size": [min(settings.preferred_batch_size, settings.max_batch_size)],
             "max_queue_delay_microseconds": settings.max_queue_delay_us,
         }
+    if avoid_layout_optimizations and backend == "onnxruntime":
+        config["optimization"] = {"graph": {"level": 1}}
     config["instance_group"] = [
         {"count": settings.instance_count, "kind": Enum(INSTANCE_KINDS[settings.instance_kind])}
     ]
@@ -148,6 +163,7 @@ def io_signature(config: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "backend": config.get("backend"),
         "batched": int(config.get("max_batch_size", 0)) > 0,
+        "max_batch_size": int(config.get("max_batch_size", 0)),
         "input": tensors("input"),
         "output": tensors("output"),
     }
@@ -159,6 +175,11 @@ def signature_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str 
         return f"its backend is {old['backend']}, the new export's is {new['backend']}"
     if old["batched"] != new["batched"]:
         return "one batches requests and the other cannot"
+    if new["max_batch_size"] < old["max_batch_size"]:
+        return (
+            f"its max_batch_size is {old['max_batch_size']} and the new export's "
+            f"{new['max_batch_size']} would refuse the batches its clients may send"
+        )
     for kind in ("input", "output"):
         if old[kind] != new[kind]:
             return f"its {kind}s are {_describe(old[kind])}, the new export's are {_describe(new[kind])}"

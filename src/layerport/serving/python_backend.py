@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from layerport.errors import LayerportError
+from layerport.errors import LayerportError, UserInputError
 from layerport.runtime.session import Session, SessionSettings, load_model
 
 MODEL_FILE = "model.onnx"
@@ -113,7 +113,14 @@ class TritonPythonModel:
 
 
 def _error(utils: Any, error: Exception) -> Any:
-    message = (
-        str(error) if isinstance(error, LayerportError) else f"{type(error).__name__}: {error}"
-    )
-    return utils.InferenceResponse(output_tensors=[], error=utils.TritonError(message))
+    """A request's error response: bad input is the client's (HTTP 400), the rest internal (500)."""
+    if isinstance(error, LayerportError):
+        message = str(error)
+    else:
+        message = f"{type(error).__name__}: {error}"
+    kind = "INVALID_ARG" if isinstance(error, UserInputError) else "INTERNAL"
+    try:
+        triton_error = utils.TritonError(message, getattr(utils.TritonError, kind))
+    except (AttributeError, TypeError):  # python backends before error codes (23.08)
+        triton_error = utils.TritonError(message)
+    return utils.InferenceResponse(output_tensors=[], error=triton_error)

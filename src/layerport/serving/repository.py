@@ -13,13 +13,18 @@ clients of the model depend on them, so it needs a new model name.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import re
-from collections.abc import Mapping
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from layerport.errors import BadFile, Setting, UserInputError
-from layerport.runtime.files import atomic_write_bytes, atomic_write_folder, check_writable_target
+from layerport.runtime.files import atomic_write_bytes, atomic_write_folder
 from layerport.serving import pbtxt
 from layerport.serving.model_config import io_signature, signature_difference
 
@@ -75,7 +80,7 @@ def check_repository(model_folder: Path, backend: str) -> None:
     if repository.exists() and not repository.is_dir():
         raise BadFile(f"{repository} is not a folder; a Triton model repository is a folder")
     if repository.is_dir():
-        check_writable_target(repository / CONFIG_FILE)
+        _check_writable(repository)
     if model_folder.exists():
         if not model_folder.is_dir():
             raise BadFile(f"{model_folder} is a file; a Triton model is a folder")
@@ -87,6 +92,14 @@ def check_repository(model_folder: Path, backend: str) -> None:
                 "name with ",
                 NEW_NAME,
             )
+
+
+def _check_writable(folder: Path) -> None:
+    """Create and remove a folder in ``folder``, as a write would (``os.access`` says yes to root)."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".layerport-check.", dir=folder))
+    except OSError as error:
+        raise BadFile(f"cannot write into {folder}: {error.strerror}") from error
 
 
 def write_version(
@@ -101,7 +114,10 @@ def write_version(
     check_repository(model_folder, str(config["backend"]))
     text = pbtxt.render(config).encode()
     if not model_folder.exists():
-        model_folder.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            model_folder.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise BadFile(f"cannot create {model_folder.parent}: {error.strerror}") from error
         try:
             atomic_write_folder(
                 model_folder,
@@ -118,12 +134,34 @@ def write_version(
             "give it a new model name with ",
             NEW_NAME,
         )
-    while True:
-        version = model_folder / str(max(versions(model_folder), default=0) + 1)
+    with _locked(model_folder):
+        while True:
+            version = model_folder / str(max(versions(model_folder), default=0) + 1)
+            try:
+                atomic_write_folder(version, dict(files))
+                break
+            except FileExistsError:
+                continue  # another export took that number
         try:
-            atomic_write_folder(version, dict(files))
-            break
-        except FileExistsError:
-            continue  # another export took that number
-    atomic_write_bytes(model_folder / CONFIG_FILE, text)
+            atomic_write_bytes(model_folder / CONFIG_FILE, text)
+        except BaseException:
+            # Without its config the new version would be served with the old
+            # metadata: take it back, so the model is as it was.
+            shutil.rmtree(version, ignore_errors=True)
+            raise
     return version
+
+
+@contextlib.contextmanager
+def _locked(model_folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the model folder, so concurrent exports write in turn.
+
+    Otherwise the export that took the lower version number could write its
+    config last, and the config would describe an older version than the latest.
+    """
+    descriptor = os.open(model_folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock

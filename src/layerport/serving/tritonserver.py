@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -32,7 +33,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from layerport.errors import BadFile, WorkFailed
+from layerport.errors import BadFile, UserInputError, WorkFailed
 
 _PROBE = """
 import json, os, sys, sysconfig
@@ -98,6 +99,30 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def port_is_free(port: int) -> bool:
+    """Whether nothing listens on ``port`` of 127.0.0.1 (so a ready answer there is ours)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def log_errors(log: str) -> str:
+    """The error lines of a tritonserver log (``E1202 05:23:53.799 ... file.cc:241] "..."``), joined.
+
+    Triton ends a failed start with its table of models and a usage text; the
+    reason is in its error lines.
+    """
+    errors = re.findall(r"^E\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] (.*)$", log, flags=re.MULTILINE)
+    wanted = [line.strip('"') for line in errors if "CudaDriverHelper" not in line]
+    if wanted:
+        return "; ".join(dict.fromkeys(wanted))
+    lines = [line for line in log.strip().splitlines() if line.strip()]
+    return lines[0] if lines else "(it printed nothing)"
+
+
 def start_tritonserver(
     environment: Path,
     repository: Path,
@@ -115,7 +140,17 @@ def start_tritonserver(
     """
     python = environment / "bin" / "python"
     if not python.is_file():
-        raise BadFile(f"{environment} is not a virtual environment (it has no bin/python)")
+        raise BadFile(
+            f"{environment} is not a virtual environment (it has no bin/python); build the "
+            "serving environment with 'make serve-env', or name one with LAYERPORT_SERVE_ENV"
+        )
+    http_port = http_port or free_port()
+    grpc_port = grpc_port or free_port()
+    if http_port == grpc_port:
+        raise UserInputError(f"the HTTP and gRPC ports must differ, both are {http_port}")
+    for port in (http_port, grpc_port):
+        if not port_is_free(port):
+            raise BadFile(f"port {port} on 127.0.0.1 is in use; choose another")
     probe = subprocess.run([str(python), "-c", _PROBE], capture_output=True, text=True, check=False)
     if probe.returncode != 0:
         raise BadFile(
@@ -133,8 +168,6 @@ def start_tritonserver(
         / "triton_python_backend_stub",
         backends / "python" / "triton_python_backend_stub",
     )
-    http_port = http_port or free_port()
-    grpc_port = grpc_port or free_port()
     shm_prefix = f"layerport-{uuid.uuid4().hex[:12]}-"
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(
@@ -164,16 +197,16 @@ def start_tritonserver(
     deadline = started + timeout
     while time.perf_counter() < deadline:
         if process.poll() is not None:
-            tail = server.log[-2000:]
+            reason = log_errors(server.log)
             server.stop()
-            raise WorkFailed(f"tritonserver exited with status {process.returncode}: {tail}")
+            raise WorkFailed(f"tritonserver exited with status {process.returncode}: {reason}")
         if _ready(server.url):
             server.start_seconds = time.perf_counter() - started
             return server
         time.sleep(0.05)
-    tail = server.log[-2000:]
+    reason = log_errors(server.log)
     server.stop()
-    raise WorkFailed(f"tritonserver was not ready after {timeout:g} s: {tail}")
+    raise WorkFailed(f"tritonserver was not ready after {timeout:g} s: {reason}")
 
 
 def _ready(url: str) -> bool:

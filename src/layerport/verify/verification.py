@@ -34,6 +34,7 @@ def verify_engines(
     structure_problems: Sequence[str] = (),
     baseline: Engine | None = None,
     largest: Mapping[str, int] | None = None,
+    leave_out_optional: bool = True,
 ) -> VerificationReport:
     """Compare ``actual`` with ``expected`` over the grid for a file traced at ``export_dims``.
 
@@ -41,7 +42,9 @@ def verify_engines(
     without running anything. ``baseline``, the layer in float64, measures what
     a narrower precision costs: ``actual`` against it on the same inputs, as
     figures in ``report.costs`` that never fail the report. ``largest`` caps
-    dims that ``actual`` limits (see ``size_grid``).
+    dims that ``actual`` limits (see ``size_grid``). ``leave_out_optional``
+    false sends every input in every draw, to an engine that requires them all
+    (a served model whose backend cannot fill optional inputs in).
     """
     spec = config.spec
     grid = size_grid(spec, export_dims, config.params, largest)
@@ -54,7 +57,9 @@ def verify_engines(
         trials=trials,
         engines=(actual.name, expected.name),
         structure_problems=list(structure_problems),
-        left_out=[tensor.name for tensor in spec.inputs if tensor.optional],
+        left_out=[tensor.name for tensor in spec.inputs if tensor.optional]
+        if leave_out_optional
+        else [],
     )
     if report.structure_problems:
         return report
@@ -66,7 +71,9 @@ def verify_engines(
         at_dims = config.with_dims(dims)
         for trial in range(trials):
             draw += 1
-            inputs = at_dims.random_inputs(config.seed + 7919 * draw, include_optional=trial > 0)
+            inputs = at_dims.random_inputs(
+                config.seed + 7919 * draw, include_optional=trial > 0 or not leave_out_optional
+            )
             case = f"{format_dims(dims)} draw {trial}"
             outputs = actual.run(inputs)
             report.comparisons += compare_outputs(

@@ -117,7 +117,7 @@ def export(
                 "takes the layer's name"
             )
         folder = output or _default_folder(export_target)
-        _make_folder(folder)
+        _prepare_folder(folder, export_target)
         registry = get_registry()
 
         def export_one(layer: RegisteredLayer) -> LayerOutcome:
@@ -141,7 +141,7 @@ def export(
     if export_target.repository:
         # -o names the repository, as with --all; the target places the model in it.
         folder = output or _default_folder(export_target)
-        _make_folder(folder)
+        _prepare_folder(folder, export_target)
         output = export_target.output_in(folder, _file_stem(config.layer, get_registry()))
     elif output is None:
         _make_folder(DEFAULT_EXPORT_DIR)
@@ -196,6 +196,23 @@ def _file_stem(layer: RegisteredLayer, registry: Registry) -> str:
     """The layer's name, qualified by its plugin when two plugins share the name."""
     clash = len(registry.providers(layer.name)) > 1
     return f"{layer.plugin.name}.{layer.name}" if clash else layer.name
+
+
+def _prepare_folder(folder: Path, target: ExportTarget) -> None:
+    """The folder an export writes into: created now, or by a repository target as it writes.
+
+    A repository target creates its folder only when it writes, so an export
+    refused or failed leaves no empty repository behind.
+    """
+    if not target.repository:
+        _make_folder(folder)
+        return
+    if folder.exists() and not folder.is_dir():
+        raise BadFile(f"{folder} is not a folder; the {target.name} target writes into a folder")
+    if folder.suffix == ".onnx":
+        raise BadFile(
+            f"{folder} names a file; the {target.name} target writes a repository, and -o names its folder"
+        )
 
 
 def _make_folder(folder: Path) -> None:

@@ -47,6 +47,13 @@ _LAYER_ONLY = {
     help="Verify the model TARGET names as the Triton (KServe v2) server at URL serves it, "
     "for example 127.0.0.1:8000.",
 )
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=0,
+    metavar="SECONDS",
+    help="With --server: wait up to SECONDS for the model to be ready (a server just started).",
+)
 @json_option
 @click.pass_context
 def verify(
@@ -57,6 +64,7 @@ def verify(
     verification: VerificationOptions,
     second_opinion: bool,
     server: str | None,
+    wait: float,
     json_: bool,
 ) -> None:
     """Check that an export computes what eager PyTorch computes, at every size.
@@ -72,7 +80,7 @@ def verify(
       layerport verify rnn --dim seq=64
       layerport verify exported/rnn.onnx --trials 5 --report report.md
       layerport verify exported/rnn.onnx --second-opinion
-      layerport verify --server 127.0.0.1:8000 rnn
+      layerport verify --server 127.0.0.1:8000 rnn --wait 60
     """
     require_dependencies("torch", "onnxscript")
     from layerport.pipeline import verify_file, verify_layer, verify_server
@@ -80,6 +88,8 @@ def verify(
     report_path = verification.report_path
     if report_path is not None:
         check_writable_target(report_path)
+    if server is None and wait:
+        raise click.UsageError("--wait applies to a served model: give --server URL")
     if server is not None:
         for name in given_explicitly(ctx, *_LAYER_ONLY, "second_opinion"):
             option = "--second-opinion" if name == "second_opinion" else _LAYER_ONLY[name]
@@ -95,6 +105,7 @@ def verify(
             atol=verification.atol,
             rtol=verification.rtol,
             trials=verification.trials,
+            wait=wait,
         )
         _finish(report, report_path, f"{target} on {server}", json_)
         return
