@@ -311,6 +311,32 @@ def test_verify_server_refuses_a_batch_the_server_refuses(server: TritonServer) 
     )
 
 
+def test_ctrl_c_during_verify_server_says_interrupted_and_nothing_else(
+    server: TritonServer,
+) -> None:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "layerport",
+            "verify",
+            "--server",
+            server.url,
+            "rnn",
+            "--trials",
+            "30",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(2.5)  # past start-up, into the grid's requests
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert stderr == "Error: interrupted\n"
+
+
 def test_verify_server_of_an_unknown_model_exits_2(server: TritonServer) -> None:
     result = run_process("verify", "--server", server.url, "nosuch")
     assert result.exit_code == 2

@@ -142,7 +142,7 @@ def _write(backend: str) -> Callable[[ExportResult, Path, TargetOptions], Path]:
         if required:
             note(
                 f"Triton's onnxruntime backend cannot leave out {', '.join(required)}: the config "
-                "requires it (send zeros); --target triton-python fills it in"
+                "requires it (send zeros); the triton-python target fills it in"
             )
         return version / MODEL_FILE
 

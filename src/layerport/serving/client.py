@@ -42,6 +42,13 @@ def _tritonclient() -> Any:
         raise BadFile(
             "verifying a served model needs tritonclient: pip install 'layerport[serve]'"
         ) from error
+    # Its HTTP client runs on gevent, whose hub prints an exception raised while
+    # it waits (Ctrl-C mid-request) before passing it on. Passed on it still is
+    # (KeyboardInterrupt stays a SYSTEM_ERROR); layerport says "interrupted" itself.
+    from gevent.hub import Hub
+
+    if not issubclass(KeyboardInterrupt, Hub.NOT_ERROR):
+        Hub.NOT_ERROR = (*Hub.NOT_ERROR, KeyboardInterrupt)
     return tritonclient.http
 
 
