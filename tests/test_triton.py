@@ -251,6 +251,27 @@ def test_a_version_with_other_inputs_or_outputs_needs_a_new_name(cli: Cli, tmp_p
     assert renamed.exit_code == 0, renamed.stderr
 
 
+def test_a_new_version_keeps_the_models_max_batch_size_unless_given(
+    cli: Cli, tmp_path: Path
+) -> None:
+    first = cli(
+        "export", "linear", "--target", "triton", "-o", str(tmp_path),
+        "--target-option", "max_batch_size=64",
+    )  # fmt: skip
+    assert first.exit_code == 0, first.stderr
+    again = cli("export", "linear", "--seed", "2", "--target", "triton", "-o", str(tmp_path))
+    assert again.exit_code == 0, again.stderr
+    assert config_of(tmp_path / "linear")["max_batch_size"] == 64
+    assert (tmp_path / "linear" / "2" / "model.onnx").is_file()
+    # A change of inputs is named before the batch size.
+    wider = cli(
+        "export", "linear", "--dtype", "float64", "--target", "triton", "-o", str(tmp_path),
+        "--target-option", "max_batch_size=8",
+    )  # fmt: skip
+    assert wider.exit_code == 2
+    assert "its inputs are x FP32 [8], the new export's are x FP64 [8]" in wider.stderr
+
+
 def test_another_backend_for_the_same_model_is_refused_before_exporting(
     cli: Cli, tmp_path: Path
 ) -> None:
@@ -346,7 +367,7 @@ def test_concurrent_writers_each_get_their_own_version(tmp_path: Path) -> None:
             "config.pbtxt: expected }, found 'the end'",
         ),
         (lambda repo: None, ["--target-option", "name=../up"], "model name '../up' must be"),
-        (lambda repo: None, ["--target-option", "max_batch_size=0"], "max_batch_size"),
+        (lambda repo: None, ["--target-option", "max_batch_size=-1"], "max_batch_size"),
         (lambda repo: None, ["--target-option", "instance_kind=tpu"], "instance_kind"),
         (
             lambda repo: None,
@@ -644,6 +665,37 @@ def test_verify_server_takes_an_http_url(cli: Cli, url: str) -> None:
     assert result.exit_code == 2
     assert "cannot reach a Triton server at" in result.stderr
     assert "Connection refused" in result.stderr
+
+
+def test_verify_server_on_a_port_that_does_not_speak_http_1(cli: Cli) -> None:
+    """Triton's gRPC port answers in HTTP/2 frames: the wrong port, said so."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def answer() -> None:
+        for _ in range(4):
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            connection.sendall(b"\x00\x00\x06\x04\x00\x00\x00\x00\x00@@@\xfe\x00\x00\r\n\r\n")
+            connection.close()
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    url = f"127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        result = cli("verify", "--server", url, "linear")
+    finally:
+        listener.close()
+    assert result.exit_code == 2, result.stderr
+    assert "answers, but not as a Triton (KServe v2) HTTP server" in result.stderr
+    assert "not its gRPC port" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
 
 
 def test_verify_wait_needs_a_server(cli: Cli) -> None:

@@ -181,6 +181,32 @@ def test_readme_serving_section_runs(serving_env: Path, tmp_path: Path) -> None:
     assert leaked_shm() <= before, "the server left shared memory behind"
 
 
+def test_a_killed_serve_takes_its_server_with_it(serving_env: Path, repository: Path) -> None:
+    """SIGKILL (an OOM kill) gives layerport no chance to clean up: the kernel tells the server."""
+    http, grpc = free_port(), free_port()
+    before = leaked_shm()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "layerport", "serve", str(repository), "--env", str(serving_env),
+         "--http-port", str(http), "--grpc-port", str(grpc)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    _wait_ready(f"127.0.0.1:{http}", process)
+    process.kill()
+    process.communicate(timeout=30)
+    from layerport.serving.tritonserver import port_is_free
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not port_is_free(http):
+        time.sleep(0.2)
+    assert port_is_free(http), "tritonserver outlived the serve that started it"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not leaked_shm() <= before:
+        time.sleep(0.2)
+    assert leaked_shm() <= before
+
+
 def _environ() -> dict[str, str]:
     import os
 

@@ -29,9 +29,10 @@ OPTIONS = (
     Param(
         "max_batch_size",
         int,
-        ServingSettings.max_batch_size,
-        "largest batch Triton forms",
-        minimum=1,
+        0,
+        "largest batch Triton forms; 0 keeps the model's, or "
+        f"{ServingSettings.max_batch_size} for a new model",
+        minimum=0,
     ),
     Param(
         "preferred_batch_size",
@@ -65,6 +66,17 @@ def model_folder(output: Path, options: TargetOptions) -> Path:
     name = str(options["name"]) or output.name
     check_model_name(name)
     return output.parent / name
+
+
+def current_max_batch_size(model_folder: Path) -> int:
+    """The existing model's ``max_batch_size`` (its clients may rely on it), or the default."""
+    from layerport.serving.repository import read_config
+
+    if (model_folder / "config.pbtxt").is_file():
+        current = int(read_config(model_folder).get("max_batch_size", 0))
+        if current > 0:
+            return current
+    return ServingSettings.max_batch_size
 
 
 def _check(backend: str) -> Callable[[Path, TargetOptions], None]:
@@ -115,7 +127,7 @@ def _write(backend: str) -> Callable[[ExportResult, Path, TargetOptions], Path]:
         model = onnx.load_from_string(result.model_bytes)
         inputs, outputs = model_interface(model)
         settings = ServingSettings(
-            max_batch_size=int(options["max_batch_size"]),
+            max_batch_size=int(options["max_batch_size"]) or current_max_batch_size(folder),
             preferred_batch_size=int(options["preferred_batch_size"]),
             max_queue_delay_us=int(options["max_queue_delay_us"]),
             instance_kind=str(options["instance_kind"]),

@@ -13,6 +13,7 @@ Protocol: https://kserve.github.io/website/latest/modelserving/data_plane/v2_pro
 from __future__ import annotations
 
 import contextlib
+import http.client
 import re
 import time
 import urllib.error
@@ -118,6 +119,12 @@ def _probe(address: str, url: str) -> None:
         raise BadFile(
             f"{url} answers, but not as a Triton (KServe v2) server: /v2/health/live gave "
             f"HTTP {error.code}"
+        ) from error
+    except http.client.HTTPException as error:
+        # A gRPC port (HTTP/2), or anything else that does not speak HTTP/1.1.
+        raise BadFile(
+            f"{url} answers, but not as a Triton (KServe v2) HTTP server ({type(error).__name__}); "
+            "give Triton's HTTP port, 8000 by default, not its gRPC port"
         ) from error
     except (OSError, ValueError) as error:
         reason = getattr(error, "reason", error)

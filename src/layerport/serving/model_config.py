@@ -46,7 +46,9 @@ class ServingSettings:
     """How Triton schedules a model: batching and instances (``--target-option``s)."""
 
     max_batch_size: int = 32
-    """The largest batch Triton forms, in samples; requests above it are refused."""
+    """The largest batch Triton forms, in samples; requests above it are refused.
+
+    A new version of a model keeps the model's unless given (``keep_max_batch_size``)."""
 
     preferred_batch_size: int = 8
     """The batch size the dynamic batcher aims for, at most ``max_batch_size``."""
@@ -175,14 +177,14 @@ def signature_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str 
         return f"its backend is {old['backend']}, the new export's is {new['backend']}"
     if old["batched"] != new["batched"]:
         return "one batches requests and the other cannot"
+    for kind in ("input", "output"):
+        if old[kind] != new[kind]:
+            return f"its {kind}s are {_describe(old[kind])}, the new export's are {_describe(new[kind])}"
     if new["max_batch_size"] < old["max_batch_size"]:
         return (
             f"its max_batch_size is {old['max_batch_size']} and the new export's "
             f"{new['max_batch_size']} would refuse the batches its clients may send"
         )
-    for kind in ("input", "output"):
-        if old[kind] != new[kind]:
-            return f"its {kind}s are {_describe(old[kind])}, the new export's are {_describe(new[kind])}"
     return None
 
 

@@ -40,7 +40,7 @@ def check_model_name(name: str) -> None:
     if not _MODEL_NAME.match(name) or name.endswith(".tmp"):
         raise UserInputError(
             f"model name {name!r} must be letters, digits, '_', '.' and '-', starting with "
-            "a letter or digit"
+            "a letter or digit and not ending in '.tmp' (a write's temporary folder)"
         )
 
 

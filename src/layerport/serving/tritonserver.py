@@ -18,6 +18,7 @@ each measured here:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -99,9 +100,21 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGTERM it when its parent dies, even by SIGKILL (Linux's PR_SET_PDEATHSIG).
+
+    The server runs in a session of its own, so that Ctrl-C reaches layerport
+    first; without this, a killed ``layerport serve`` would leave it running.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
 def port_is_free(port: int) -> bool:
     """Whether nothing listens on ``port`` of 127.0.0.1 (so a ready answer there is ours)."""
     with socket.socket() as probe:
+        # As a server binds: a port whose old connections wait out TIME_WAIT is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
@@ -191,7 +204,12 @@ def start_tritonserver(
     started = time.perf_counter()
     with open(workspace / "tritonserver.log", "wb") as log:
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
     server = TritonServer(process, http_port, grpc_port, workspace, shm_prefix, 0.0)
     deadline = started + timeout
