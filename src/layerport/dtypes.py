@@ -141,6 +141,17 @@ def kserve_datatype(name: str) -> str:
     return _KSERVE_DATATYPES[name]
 
 
+def kserve_element_type_name(datatype: str) -> str:
+    """The element type name (``float32``) of a KServe v2 datatype (``FP32``): ``kserve_datatype``'s inverse.
+
+    A datatype outside the table keeps its own name in lower case.
+    """
+    for name in (*PRECISIONS, *_KSERVE_DATATYPES):
+        if kserve_datatype(name) == datatype:
+            return name
+    return datatype.lower()
+
+
 def element_bits(element_type: int) -> int | None:
     """Bits per element of an ONNX element type, or ``None`` for strings and unknown types.
 

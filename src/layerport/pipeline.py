@@ -181,7 +181,6 @@ def verify_file(
     also checks onnxruntime against onnx's reference evaluator (see
     ``verify_model``). Returns the rebuilt configuration and the report.
     """
-
     model = read_model(path)
     record = ExportRecord.from_model(model)
     if record is None:
@@ -190,16 +189,15 @@ def verify_file(
             "verify cannot rebuild its layer; 'layerport inspect' and 'infer' still work on it"
         )
     config, module = rebuild_layer(registry, record, weights=weights, dims=dims)
-    quantize = record.quantization["quantize"] if record.quantization else None
     report = verify_model(
         config,
         module,
         model,
         name=str(path),
         optional_inputs=record.optional_inputs,
-        tolerance=config.tolerance(atol, rtol, quantize=quantize),
+        tolerance=config.tolerance(atol, rtol, quantize=record.quantize),
         trials=trials,
-        quantize=quantize,
+        quantize=record.quantize,
         second_opinion=second_opinion,
     )
     _note_plugin_version(report, config, record, "file")
@@ -287,7 +285,6 @@ def verify_server(
                 Setting("dims", f"{batch}={served.max_batch_size}"),
                 " or less",
             )
-        quantize = record.quantization["quantize"] if record.quantization else None
         inputs, outputs = served.interface()
         # The onnxruntime backend cannot fill an optional input in: its config
         # requires h0, so every draw sends it (serving.model_config).
@@ -298,7 +295,7 @@ def verify_server(
             ServerEngine(served),
             EagerEngine(module, config),
             config.dims,
-            tolerance=config.tolerance(atol, rtol, quantize=quantize),
+            tolerance=config.tolerance(atol, rtol, quantize=record.quantize),
             trials=trials,
             structure_problems=structure_problems(
                 config, inputs, outputs, where="the served config"
@@ -309,7 +306,7 @@ def verify_server(
             else None,
             leave_out_optional=set(spec_optional) <= declared_optional,
         )
-        report.quantization = quantize
+        report.quantization = record.quantize
         required = sorted(set(spec_optional) - declared_optional)
         if required:
             report.notes.append(

@@ -50,6 +50,11 @@ class ExportRecord:
     format: int = FORMAT_VERSION
 
     @property
+    def quantize(self) -> str | None:
+        """The quantization recipe of the file (``int8``), or ``None`` for a float file."""
+        return self.quantization["quantize"] if self.quantization else None
+
+    @property
     def selection(self) -> str | dict[str, str] | None:
         """The tensors' selection in the weights file, as ``weights_prefix`` arguments take it."""
         return self.weights_parts if self.weights_parts is not None else self.weights_prefix

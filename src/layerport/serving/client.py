@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from layerport.dtypes import PRECISIONS, kserve_datatype
+from layerport.dtypes import kserve_datatype, kserve_element_type_name
 from layerport.errors import BadFile, WorkFailed, one_line
 from layerport.runtime.arrays import ArraySpec
 from layerport.runtime.metadata import ExportRecord
@@ -204,7 +204,7 @@ class ServedModel:
                         f"{entry['name']}_axis{axis}" if int(size) < 0 else int(size)
                         for axis, size in enumerate(entry["shape"])
                     ),
-                    dtype=_dtype_name(entry["datatype"]),
+                    dtype=kserve_element_type_name(entry["datatype"]),
                 )
                 for entry in self.metadata.get(kind, [])
             ]
@@ -241,13 +241,6 @@ class ServedModel:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.client.close()
-
-
-def _dtype_name(datatype: str) -> str:
-    for precision in PRECISIONS.values():
-        if precision.kserve_datatype == datatype:
-            return precision.name
-    return datatype.lower()
 
 
 class ServerEngine:
