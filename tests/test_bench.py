@@ -145,6 +145,8 @@ def test_timing_settings_are_checked() -> None:
         TimingSettings(min_seconds=0).check()
     with pytest.raises(UserInputError, match="calls"):
         TimingSettings(min_calls=10, max_calls=5).check()
+    with pytest.raises(UserInputError, match="settle time"):
+        TimingSettings(settle_seconds=-1).check()
 
 
 def test_time_engines_meets_the_minimums_and_respects_the_cap() -> None:
@@ -161,6 +163,8 @@ def test_time_engines_meets_the_minimums_and_respects_the_cap() -> None:
     timed = order[4:]
     assert order[:4] == ["a", "a", "b", "b"]
     assert timed.index("b") < len(timed) - 1 - timed[::-1].index("a")
+    # Each block starts with one untimed call, after the pause: more calls than samples.
+    assert order.count("a") > len(samples["a"]) + 2
 
 
 def test_layerport_command_runs_the_cli() -> None:

@@ -37,7 +37,14 @@ def _lstm_params(cli, *args: str) -> dict:  # type: ignore[no-untyped-def]
     return json.loads(result.stdout)["params"]
 
 
-INFERRED = {"input_size": 6, "hidden_size": 5, "num_layers": 2, "bidirectional": True, "bias": True}
+INFERRED = {
+    "input_size": 6,
+    "hidden_size": 5,
+    "num_layers": 2,
+    "bidirectional": True,
+    "bias": True,
+    "proj_size": 0,
+}
 
 
 def test_a_training_checkpoint_loads_with_its_sizes_inferred(cli, tmp_path, tagger) -> None:
@@ -77,6 +84,35 @@ def test_a_given_parameter_must_agree_with_the_weights(cli, tmp_path, tagger) ->
         f"Error: parameter hidden_size is 10, but the weights in {path} imply hidden_size=5",
     )
     assert _lstm_params(cli, "--weights", str(path), "-p", "num_layers=2") == INFERRED
+
+
+def test_a_projecting_lstm_reads_proj_size_from_its_weights(cli, tmp_path) -> None:
+    torch.manual_seed(0)
+    lstm = nn.LSTM(6, 5, num_layers=2, proj_size=3, batch_first=True)
+    path = tmp_path / "lstmp.pt"
+    torch.save(lstm.state_dict(), path)
+    params = _lstm_params(cli, "--weights", str(path))
+    assert params == {**INFERRED, "bidirectional": False, "proj_size": 3}
+    assert_refused(
+        cli("run", "lstm", "--weights", str(path), "-p", "proj_size=2"),
+        2,
+        f"Error: parameter proj_size is 2, but the weights in {path} imply proj_size=3",
+    )
+    plain = tmp_path / "lstm.pt"
+    torch.save(nn.LSTM(6, 5, batch_first=True).state_dict(), plain)
+    assert_refused(
+        cli("run", "lstm", "--weights", str(plain), "-p", "proj_size=3"),
+        2,
+        f"Error: parameter proj_size is 3, but the weights in {plain} imply proj_size=0",
+    )
+
+
+def test_proj_size_must_be_below_hidden_size(cli) -> None:
+    assert_refused(
+        cli("run", "lstm", "-p", "hidden_size=5", "-p", "proj_size=5"),
+        2,
+        "Error: proj_size=5 must be smaller than hidden_size=5 (proj_size=0 for no projection)",
+    )
 
 
 def test_a_whole_model_without_a_prefix_suggests_one(cli, tmp_path, tagger) -> None:

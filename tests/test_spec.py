@@ -191,6 +191,26 @@ def test_a_dim_can_be_a_formula_over_parameters() -> None:
     assert spec.shape(spec.outputs[0], one_way, {"batch": 7}) == (3, 7, 5)
 
 
+def test_an_integer_parameter_is_true_unless_zero() -> None:
+    # torch's convention for nn.LSTM's proj_size: 0 means no projection.
+    spec = LayerSpec(
+        name="projected",
+        description="A layer whose state may be projected.",
+        build=print,
+        weights=dict,
+        params=(
+            Param("hidden_size", int, 5, "hidden", minimum=1),
+            Param("proj_size", int, 0, "projection, 0 for none", minimum=0),
+        ),
+        dims=(Dim("batch", 4),),
+        inputs=(Tensor("x", ("batch", "hidden_size")),),
+        outputs=(Tensor("h", ("batch", "proj_size if proj_size else hidden_size")),),
+    )
+    h = spec.outputs[0]
+    assert spec.shape(h, spec.resolve_params(), {"batch": 2}) == (2, 5)
+    assert spec.shape(h, spec.resolve_params({"proj_size": 3}), {"batch": 2}) == (2, 3)
+
+
 @pytest.mark.parametrize(
     ("formula", "problem"),
     [
@@ -198,7 +218,7 @@ def test_a_dim_can_be_a_formula_over_parameters() -> None:
         ("num_layers ** 2", "uses Pow"),
         ("num_layers * 2.5", "uses Constant"),
         ("width * 2", "uses 'width', which is not an integer or boolean parameter"),
-        ("2 if hidden_size else 1", "tests 'hidden_size' with 'if', which is not a boolean"),
+        ("2 if batch else 1", "tests 'batch' with 'if', which is not a boolean or integer"),
         ("num_layers *", "is not a formula"),
     ],
 )

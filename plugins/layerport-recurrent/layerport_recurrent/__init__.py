@@ -19,7 +19,10 @@ from layerport import Dim, LayerSpec, Param, Streaming, Tensor, hookimpl
 from layerport.spec import ALL_PRECISIONS, Params
 from layerport.spec.torch_layout import (
     OUTPUT_DIMS,
+    PROJECTED_OUTPUT_DIMS,
+    PROJECTED_STATE_DIMS,
     STATE_DIMS,
+    lstm_sizes,
     matmul_flops,
     torch_layout_sizes,
     torch_layout_weights,
@@ -44,6 +47,7 @@ def build_lstm(params: Params) -> nn.Module:
         num_layers=int(params["num_layers"]),
         bidirectional=bool(params["bidirectional"]),
         bias=bool(params["bias"]),
+        proj_size=int(params["proj_size"]),
     )
 
 
@@ -71,16 +75,25 @@ LSTM = LayerSpec(
         Param("num_layers", int, 1, "stacked LSTM layers", minimum=1, maximum=16),
         Param("bidirectional", bool, False, "also run the sequence backwards"),
         Param("bias", bool, True, "learn the bias_ih and bias_hh vectors"),
+        Param(
+            "proj_size",
+            int,
+            0,
+            "project h to this size with weight_hr (0: none); below hidden_size",
+            minimum=0,
+        ),
     ),
     dims=BATCH_AND_SEQ,
     inputs=(
         Tensor("x", ("batch", "seq", "input_size"), "input sequence"),
-        Tensor("h0", STATE_DIMS, "initial hidden states; zeros if omitted", optional=True),
+        Tensor(
+            "h0", PROJECTED_STATE_DIMS, "initial hidden states; zeros if omitted", optional=True
+        ),
         Tensor("c0", STATE_DIMS, "initial cell states; zeros if omitted", optional=True),
     ),
     outputs=(
-        Tensor("y", OUTPUT_DIMS, "last layer's h at every step"),
-        Tensor("h_n", STATE_DIMS, "hidden states after the last step"),
+        Tensor("y", PROJECTED_OUTPUT_DIMS, "last layer's h at every step"),
+        Tensor("h_n", PROJECTED_STATE_DIMS, "hidden states after the last step"),
         Tensor("c_n", STATE_DIMS, "cell states after the last step"),
     ),
     # The backward direction needs the whole sequence, so a bidirectional LSTM cannot stream.
@@ -89,7 +102,7 @@ LSTM = LayerSpec(
     flops=lambda params, dims: matmul_flops(torch_layout_weights(params, 4), dims),
     batch_dim="batch",
     precisions=ALL_PRECISIONS,
-    params_from_weights=torch_layout_sizes,
+    params_from_weights=lstm_sizes,
 )
 
 

@@ -24,13 +24,20 @@ class LSTM(nn.LSTM):
 
     Exported in float32 it stays ``nn.LSTM``, which torch.onnx turns into the ONNX
     ``LSTM`` op: the fastest form in onnxruntime, and one TensorRT and OpenVINO
-    accelerate. onnxruntime 1.32 has float32 ``LSTM`` kernels only, so in every other precision the
-    same function exports through ``run_stacked`` as ONNX ``Scan``. Verification
-    holds each form to ``nn.LSTM``'s own result, over the grid.
+    accelerate. onnxruntime 1.32 has float32 ``LSTM`` kernels only, and the ONNX
+    op has no projection, so in every other precision, and with ``proj_size``,
+    the same function exports through ``run_stacked`` as ONNX ``Scan``.
+    Verification holds each form to ``nn.LSTM``'s own result, over the grid.
     """
 
     def __init__(
-        self, input_size: int, hidden_size: int, num_layers: int, bidirectional: bool, bias: bool
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int,
+        bidirectional: bool,
+        bias: bool,
+        proj_size: int = 0,
     ) -> None:
         super().__init__(
             input_size,
@@ -39,6 +46,7 @@ class LSTM(nn.LSTM):
             bias=bias,
             batch_first=True,
             bidirectional=bidirectional,
+            proj_size=proj_size,
         )
 
     def reference_call(self, twin: nn.LSTM) -> Callable[..., tuple[torch.Tensor, ...]]:
@@ -49,8 +57,8 @@ class LSTM(nn.LSTM):
         ) -> tuple[torch.Tensor, ...]:
             state = None
             if h0 is not None or c0 is not None:
-                zeros = x.new_zeros(torch_state_shape(self, x.shape[0]))
-                state = (zeros if h0 is None else h0, zeros if c0 is None else c0)
+                h0, c0 = self._initial_states(x, h0, c0)
+                state = (h0, c0)
             y, (h_n, c_n) = twin(x, state)
             return y, h_n, c_n
 
@@ -59,9 +67,8 @@ class LSTM(nn.LSTM):
     def forward(  # type: ignore[override]
         self, x: torch.Tensor, h0: torch.Tensor | None = None, c0: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        h0 = x.new_zeros(torch_state_shape(self, x.shape[0])) if h0 is None else h0
-        c0 = x.new_zeros(torch_state_shape(self, x.shape[0])) if c0 is None else c0
-        if torch.compiler.is_exporting() and x.dtype != torch.float32:
+        h0, c0 = self._initial_states(x, h0, c0)
+        if torch.compiler.is_exporting() and (x.dtype != torch.float32 or self.proj_size):
             (h_n, c_n), y = run_stacked(
                 self._cell,
                 functools.partial(torch_projection, self),
@@ -74,6 +81,15 @@ class LSTM(nn.LSTM):
         y, (h_n, c_n) = super().forward(x, (h0, c0))
         return y, h_n, c_n
 
+    def _initial_states(
+        self, x: torch.Tensor, h0: torch.Tensor | None, c0: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``h0`` and ``c0``, zeros where omitted; with ``proj_size`` their widths differ."""
+        batch = x.shape[0]
+        h0 = x.new_zeros(torch_state_shape(self, batch)) if h0 is None else h0
+        c0 = x.new_zeros(torch_state_shape(self, batch, cell=True)) if c0 is None else c0
+        return h0, c0
+
     def _cell(
         self, index: int, state: tuple[torch.Tensor, ...], projected_t: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,7 +98,10 @@ class LSTM(nn.LSTM):
         gates = torch.addmm(projected_t, h, torch_weight(self, index, "weight_hh").t())
         input_gate, forget_gate, candidate, output_gate = gates.chunk(4, dim=-1)
         c_next = torch.sigmoid(forget_gate) * c + torch.sigmoid(input_gate) * torch.tanh(candidate)
-        return torch.sigmoid(output_gate) * torch.tanh(c_next), c_next
+        h_next = torch.sigmoid(output_gate) * torch.tanh(c_next)
+        if self.proj_size:
+            h_next = h_next @ torch_weight(self, index, "weight_hr").t()
+        return h_next, c_next
 
 
 class StackedElman(nn.RNN):

@@ -33,13 +33,16 @@ PAIRWISE = [
 ]
 
 
-def _export(tmp_path: Path, num_layers: int, bidirectional: bool, bias: bool, dtype: str):  # type: ignore[no-untyped-def]
+def _export(  # type: ignore[no-untyped-def]
+    tmp_path: Path, num_layers: int, bidirectional: bool, bias: bool, dtype: str, proj_size: int = 0
+):
     params = {
         "input_size": 6,
         "hidden_size": 5,
         "num_layers": num_layers,
         "bidirectional": bidirectional,
         "bias": bias,
+        "proj_size": proj_size,
     }
     config = resolve_config(
         get_registry(), "lstm", params=params, dims={"batch": 3, "seq": 4}, dtype=dtype
@@ -59,17 +62,18 @@ def _check_against_nn_lstm(config, path: Path) -> None:  # type: ignore[no-untyp
         bias=module.bias,
         batch_first=True,
         bidirectional=module.bidirectional,
+        proj_size=module.proj_size,
         dtype=module.weight_ih_l0.dtype,
     )
     reference.load_state_dict(module.state_dict())
     session = load_model(path)
-    directions = 2 if module.bidirectional else 1
+    states = module.num_layers * (2 if module.bidirectional else 1)
     tolerance = 1e-5 if config.dtype == "float32" else 1e-12
     rng = np.random.default_rng(1)
     for batch, seq in [(1, 1), (5, 17), (2, 40)]:  # never the traced 3 x 4
         x = rng.standard_normal((batch, seq, 6)).astype(config.dtype)
-        state = rng.standard_normal((2, module.num_layers * directions, batch, 5))
-        h0, c0 = state.astype(config.dtype)
+        h0 = rng.standard_normal((states, batch, module.proj_size or 5)).astype(config.dtype)
+        c0 = rng.standard_normal((states, batch, 5)).astype(config.dtype)
         with torch.no_grad():
             y, (h_n, c_n) = reference(
                 torch.from_numpy(x), (torch.from_numpy(h0), torch.from_numpy(c0))
@@ -89,8 +93,11 @@ def _form_and_dims_are_right(result, bidirectional: bool) -> None:  # type: igno
 
     model = onnx.load_model_from_string(result.model_bytes)
     ops = {node.op_type for node in model.graph.node}
-    # float32 keeps the ONNX LSTM op; onnxruntime has no double LSTM kernel, so float64 is Scan.
-    assert ("LSTM" in ops) == (result.config.dtype == "float32"), ops
+    # float32 keeps the ONNX LSTM op; onnxruntime has no double LSTM kernel, so float64 is
+    # Scan, and so is a projection, which the op does not have.
+    uses_the_op = result.config.dtype == "float32" and not result.config.params["proj_size"]
+    assert ("LSTM" in ops) == uses_the_op, ops
+    assert ("Scan" in ops) != uses_the_op, ops
     for value in model.graph.output:
         dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
         assert "batch" in dims, (value.name, dims)
@@ -118,6 +125,19 @@ def test_lstm_matches_nn_lstm_pairwise(tmp_path, num_layers, bidirectional, bias
 )
 def test_lstm_matches_nn_lstm_full_matrix(tmp_path, num_layers, bidirectional, bias, dtype) -> None:
     config, result, path = _export(tmp_path, num_layers, bidirectional, bias, dtype)
+    _form_and_dims_are_right(result, bidirectional)
+    _check_against_nn_lstm(config, path)
+
+
+@pytest.mark.parametrize(
+    ("num_layers", "bidirectional", "bias", "dtype", "proj_size"),
+    [(1, False, True, "float32", 3), (2, True, False, "float64", 2)],
+)
+def test_a_projecting_lstm_matches_nn_lstm(  # type: ignore[no-untyped-def]
+    tmp_path, num_layers, bidirectional, bias, dtype, proj_size
+) -> None:
+    # nn.LSTM(proj_size=P): h = weight_hr @ (o * tanh(c)) is P wide, c stays hidden_size wide.
+    config, result, path = _export(tmp_path, num_layers, bidirectional, bias, dtype, proj_size)
     _form_and_dims_are_right(result, bidirectional)
     _check_against_nn_lstm(config, path)
 

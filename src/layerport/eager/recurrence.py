@@ -100,10 +100,17 @@ def run_stacked(
     return stacked, layer_input
 
 
-def torch_state_shape(module: torch.nn.RNNBase, batch: int) -> tuple[int, int, int]:
-    """torch's state layout for ``module``: (num_layers x directions, batch, hidden_size)."""
+def torch_state_shape(
+    module: torch.nn.RNNBase, batch: int, *, cell: bool = False
+) -> tuple[int, int, int]:
+    """torch's state layout for ``module``: (num_layers x directions, batch, size).
+
+    ``size`` is ``hidden_size``, except for the hidden state of an LSTM with
+    ``proj_size > 0``: ``proj_size``. Its cell state (``cell=True``) stays ``hidden_size``.
+    """
     directions = 2 if module.bidirectional else 1
-    return (module.num_layers * directions, batch, module.hidden_size)
+    size = module.proj_size if module.proj_size and not cell else module.hidden_size
+    return (module.num_layers * directions, batch, size)
 
 
 def torch_weight(module: torch.nn.RNNBase, index: int, kind: str) -> torch.Tensor:

@@ -534,7 +534,8 @@ def _validate_spec(spec: LayerSpec) -> None:
     if not spec.inputs or not spec.outputs:
         fail("a layer needs at least one input and one output")
     int_params = {param.name for param in spec.params if param.type is int}
-    flag_params = {param.name for param in spec.params if param.type is bool}
+    # An integer parameter may be an 'if' test too: torch's proj_size=0 means none.
+    flag_params = {param.name for param in spec.params if param.type in (bool, int)}
     for tensor in spec.inputs + spec.outputs:
         # An output's size may follow from an input's: a convolution's length.
         numbers = int_params | set(dim_names) if tensor in spec.outputs else int_params
@@ -622,7 +623,7 @@ def _formula_problem(text: str, numbers: set[str], flags: set[str]) -> str | Non
         )
     not_flags = sorted(used_as_flags - flags)
     if not_flags:
-        return f"tests {not_flags[0]!r} with 'if', which is not a boolean parameter"
+        return f"tests {not_flags[0]!r} with 'if', which is not a boolean or integer parameter"
     return None
 
 

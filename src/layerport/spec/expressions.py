@@ -7,7 +7,9 @@ layer's parameters, such as ``"num_layers * (2 if bidirectional else 1)"``.
 A formula is parsed with Python's own parser (``ast.parse(..., mode="eval")``)
 and then evaluated here, node by node, over a small whitelist: integer
 literals, names, ``+``, ``-``, ``*``, ``//``, unary ``-``, parentheses, and
-``A if FLAG else B`` where ``FLAG`` names a boolean parameter. Nothing is
+``A if FLAG else B`` where ``FLAG`` names a boolean or integer parameter (an
+integer is true unless 0, as in Python: ``proj_size if proj_size else
+hidden_size`` is torch's LSTM convention that 0 means none). Nothing is
 passed to ``eval``: a plugin's string can only ever compute an integer. The
 formula's text is what ``show`` prints, without torch.
 """
@@ -46,7 +48,7 @@ def parse_formula(text: str) -> ast.expr:
         if not allowed:
             raise FormulaError(
                 f"{text!r} uses {type(node).__name__}; formulas take integers, names, "
-                "+ - * //, parentheses and 'A if FLAG else B'"
+                "+ - * //, parentheses and 'A if PARAMETER else B'"
             )
     return tree
 
