@@ -57,8 +57,7 @@ class LSTM(nn.LSTM):
         ) -> tuple[torch.Tensor, ...]:
             state = None
             if h0 is not None or c0 is not None:
-                h0, c0 = self._initial_states(x, h0, c0)
-                state = (h0, c0)
+                state = self._initial_states(x, h0, c0)
             y, (h_n, c_n) = twin(x, state)
             return y, h_n, c_n
 
