@@ -184,6 +184,38 @@ def test_a_file_exported_from_a_checkpoint_verifies_from_it(cli, tmp_path, tagge
     )
 
 
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_each_command_reads_a_checkpoint_once(cli, tmp_path, tagger, monkeypatch, suffix) -> None:
+    """export and verify FILE read the weights file once, and pass it down (issue 21)."""
+    import layerport.weights
+
+    path = tmp_path / f"ckpt{suffix}"
+    state = {k: v.contiguous() for k, v in tagger.state_dict().items()}
+    if suffix == ".pt":
+        torch.save(state, path)
+    else:
+        from safetensors.torch import save_file
+
+        save_file(state, path)
+    reads: list[str] = []
+    reader = layerport.weights.read_weights_file
+
+    def counted(source):  # type: ignore[no-untyped-def]
+        reads.append(source.name)
+        return reader(source)
+
+    monkeypatch.setattr(layerport.weights, "read_weights_file", counted)
+    model = tmp_path / "lstm.onnx"
+    exported = cli(
+        "export", "lstm", "--weights", str(path), "--weights-prefix", "lstm.", "-o", str(model),
+        "--dim", "batch=2", "--dim", "seq=3", "--trials", "1",
+    )  # fmt: skip
+    assert_succeeded(exported)
+    assert reads == [path.name]
+    assert_succeeded(cli("verify", str(model), "--weights", str(path), "--trials", "1"))
+    assert reads == [path.name] * 2
+
+
 def test_a_stacked_bidirectional_rnn_checkpoint_loads_without_p(cli, tmp_path) -> None:
     rnn = torch.nn.RNN(4, 3, num_layers=2, bidirectional=True, batch_first=True)
     path = tmp_path / "rnn.pt"

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from hostile import BUILTINS_ONLY, assert_refused, assert_succeeded
-from layerport.eager.weights import tensors_sha256
+from layerport.weights import tensors_sha256
 
 from conftest import run_process
 

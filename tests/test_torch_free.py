@@ -98,7 +98,7 @@ def test_the_runtime_imports_neither_the_registry_nor_the_configuration() -> Non
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     loaded = set(completed.stdout.split())
     assert "layerport.runtime.limits" in loaded, completed.stderr
-    assert not loaded & {"layerport.registry", "layerport.config", "layerport.eager.weights"}
+    assert not loaded & {"layerport.registry", "layerport.config", "layerport.weights"}
 
 
 def test_infer_matches_run(rnn_file: Path, tmp_path: Path) -> None:

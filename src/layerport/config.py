@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,8 +23,8 @@ from layerport.spec import LayerSpec, ParamValue, Tensor
 if TYPE_CHECKING:
     import numpy as np
 
-    from layerport.eager.weights import Checkpoint
     from layerport.runtime.arrays import ArraySpec
+    from layerport.weights import Checkpoint, WeightsFile
 
 
 @dataclass(frozen=True)
@@ -41,21 +41,13 @@ class LayerConfig:
     weights_prefix: str | Mapping[str, str] | None = None
     weights_dtype: str | None = None  # the weights file's own dtype, before any conversion
     notes: tuple[str, ...] = ()  # how the weights were found, for the user
+    # The layer's tensors from ``weights``, named as the layer names them: read
+    # once by ``resolve_config`` and handed down to every stage that needs them.
+    checkpoint: Checkpoint | None = field(default=None, repr=False, compare=False)
 
     @property
     def spec(self) -> LayerSpec:
         return self.layer.spec
-
-    def checkpoint(self) -> Checkpoint:
-        """The layer's tensors from ``weights``, named as the layer names them (imports torch).
-
-        Raises ``ValueError`` without ``weights``; ``BadFile`` for an unreadable file.
-        """
-        if self.weights is None:
-            raise ValueError("this configuration has no weights file")
-        from layerport.eager.weights import read_layer_checkpoint
-
-        return read_layer_checkpoint(self.weights, self.weights_prefix, self.spec.weight_parts)
 
     def shape(self, tensor: Tensor, dims: Mapping[str, int] | None = None) -> tuple[int, ...]:
         """The concrete shape of ``tensor``, at ``dims`` or at this configuration's dims."""
@@ -135,10 +127,14 @@ def resolve_config(
     dims: Mapping[str, int] | None = None,
     dtype: str | None = None,
     seed: int = 0,
-    weights: Path | None = None,
+    weights: Path | WeightsFile | None = None,
     weights_prefix: str | Mapping[str, str] | None = None,
 ) -> LayerConfig:
     """Look the layer up and check every choice against its spec.
+
+    ``weights`` is a weights file's path, or the file already read
+    (``layerport.weights.read_weights_file``); either way it is read once, and
+    the layer's tensors travel on the configuration (``LayerConfig.checkpoint``).
 
     ``dtype`` ``None`` means the weights' own dtype, or float32 without weights.
     A ``dtype`` that differs from the weights' converts them (with a note): a
@@ -164,10 +160,13 @@ def resolve_config(
     resolved = layer.spec.resolve_params(params)
     notes: tuple[str, ...] = ()
     weights_dtype = None
+    checkpoint = None
     if weights is not None:
-        from layerport.eager.weights import read_layer_checkpoint, weights_dtype_of
+        from layerport.weights import layer_checkpoint, read_weights_file, weights_dtype_of
 
-        checkpoint = read_layer_checkpoint(weights, weights_prefix, layer.spec.weight_parts)
+        source = weights if not isinstance(weights, Path) else read_weights_file(weights)
+        weights = source.path
+        checkpoint = layer_checkpoint(source, weights_prefix, layer.spec.weight_parts)
         notes = checkpoint.notes
         shapes = {name: tuple(tensor.shape) for name, tensor in checkpoint.tensors.items()}
         resolved = _params_from_weights(layer, resolved, params or {}, shapes, weights)
@@ -188,6 +187,7 @@ def resolve_config(
         weights_prefix=weights_prefix,
         weights_dtype=weights_dtype,
         notes=notes,
+        checkpoint=checkpoint,
     )
     check_memory(config)
     return config
@@ -304,7 +304,7 @@ def config_from_record(
 
     A file exported from a weights file needs that file again; the pipeline
     checks that its tensors are the ones recorded, or the check would compare
-    against other weights.
+    against other weights. The file is read once, here.
     """
     if record.weights_sha256 is not None:
         if weights is None:
@@ -327,6 +327,11 @@ def config_from_record(
             f"this file was exported by {record.plugin} {record.plugin_version} (layer "
             f"{record.layer}), which is not installed; install it to rebuild the layer ({error})"
         ) from error
+    source = None
+    if weights is not None:
+        from layerport.weights import read_weights_file
+
+        source = read_weights_file(weights)
     return resolve_config(
         registry,
         record.qualified_name,
@@ -334,23 +339,25 @@ def config_from_record(
         dims=export_dims,
         dtype=record.dtype,
         seed=record.seed if record.seed is not None else 0,
-        weights=weights,
-        weights_prefix=_recorded_prefix(record, weights),
+        weights=source,
+        weights_prefix=_recorded_prefix(record, source),
     )
 
 
-def _recorded_prefix(record: ExportRecord, weights: Path | None) -> str | dict[str, str] | None:
-    """The selection the file records, if ``weights`` holds tensors under it.
+def _recorded_prefix(
+    record: ExportRecord, source: WeightsFile | None
+) -> str | dict[str, str] | None:
+    """The selection the file records, if ``source`` holds tensors under it.
 
     The same tensors saved on their own (no prefix, the layer's own names) are
     the same weights: the content hash, checked next, is what decides.
     """
     selection = record.selection
-    if weights is None or not selection:
+    if source is None or not selection:
         return None
-    from layerport.eager.weights import read_checkpoint
+    from layerport.weights import select_checkpoint
 
-    names = read_checkpoint(weights).tensors
+    names = select_checkpoint(source).tensors
     prefixes = selection.values() if isinstance(selection, dict) else [selection]
     held = all(any(name.startswith(prefix) for name in names) for prefix in prefixes)
     return selection if held else None

@@ -217,20 +217,18 @@ def rebuild_layer(
     content hash is checked against the record (``BadFile`` if it differs).
     """
     from layerport.eager.build import build_module
-    from layerport.eager.weights import tensors_sha256
+    from layerport.weights import tensors_sha256
 
     config = config_from_record(registry, record, weights=weights, dims=dims)
-    tensors = None
-    if config.weights is not None and record.weights_sha256 is not None:
-        tensors = config.checkpoint().tensors
-        digest = tensors_sha256(tensors)
+    if config.checkpoint is not None and record.weights_sha256 is not None:
+        digest = tensors_sha256(config.checkpoint.tensors)
         if digest != record.weights_sha256:
             raise BadFile(
                 f"weights file {config.weights} does not match the one this file was exported "
                 f"from (its tensors' sha256 is {digest[:12]}..., "
                 f"recorded {record.weights_sha256[:12]}...)"
             )
-    return config, build_module(config, tensors)
+    return config, build_module(config)
 
 
 def _note_plugin_version(
@@ -417,9 +415,9 @@ def export_record(
     """
     import torch
 
-    from layerport.eager.weights import tensors_sha256
+    from layerport.weights import tensors_sha256
 
-    checkpoint = config.checkpoint() if config.weights else None
+    checkpoint = config.checkpoint
     smallest = {dim.name: dim.smallest(config.params) for dim in config.spec.dims}
     return ExportRecord(
         layer=config.spec.name,

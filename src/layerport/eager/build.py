@@ -17,17 +17,12 @@ from torch import nn
 
 from layerport.config import LayerConfig
 from layerport.dtypes import precision
-from layerport.eager.weights import check_weights
 from layerport.errors import InvalidSpec, UserInputError
+from layerport.weights import check_weights
 
 
-def build_module(
-    config: LayerConfig, tensors: Mapping[str, torch.Tensor] | None = None
-) -> nn.Module:
-    """Build the layer in eval mode, with seeded weights or the weights file's.
-
-    ``tensors`` are the weights file's, when the caller has read them already.
-    """
+def build_module(config: LayerConfig) -> nn.Module:
+    """Build the layer in eval mode, with seeded weights or its checkpoint's tensors."""
     with torch.random.fork_rng(devices=[]), config.layer.plugin_code("build()"):
         torch.manual_seed(config.seed)
         module = config.spec.build(config.params)
@@ -43,9 +38,8 @@ def build_module(
         raise InvalidSpec(
             f"layer {config.spec.name}: weights() declares {declared}, but the module holds {actual}"
         )
-    if config.weights is not None:
-        if tensors is None:
-            tensors = config.checkpoint().tensors
+    if config.checkpoint is not None and config.weights is not None:
+        tensors = config.checkpoint.tensors
         check_weights(tensors, declared, config.dtype, config.weights, config.spec.weight_parts)
         module.load_state_dict(tensors, strict=True)
     return module

@@ -39,7 +39,7 @@ class ExportRecord:
     opset: int
     versions: dict[str, str]
     seed: int | None = None
-    weights_sha256: str | None = None  # of the tensors' content: see eager.weights.tensors_sha256
+    weights_sha256: str | None = None  # of the tensors' content: see weights.tensors_sha256
     weights_prefix: str | None = None  # the submodule selected from a whole-model checkpoint
     weights_parts: dict[str, str] | None = None  # or the prefix of each of the layer's weight parts
     weights_key: str | None = None  # the training checkpoint's entry that held the tensors

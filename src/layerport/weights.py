@@ -1,4 +1,10 @@
-"""Reading weights files safely and checking them against a layer's declared weights.
+"""Reading weights files safely, selecting a layer's tensors, and checking them.
+
+The readers live at the top level because every stage needs them: ``config``
+reads a file once per command and infers sizes from it, ``eager`` loads the
+tensors into the module, and the pipeline records their content hash. A file is
+read once, into a ``WeightsFile``; everything after that (``select_checkpoint``,
+``layer_checkpoint``) works on that object in memory, passed down explicitly.
 
 Two formats: ``.safetensors`` (no code can run from it by design) and PyTorch
 state-dict files (``.pt``/``.pth``/``.bin``), read with ``weights_only=True`` passed
@@ -7,14 +13,13 @@ a bare ``torch.load`` back into a full unpickler that runs the file's code, but
 an explicit argument wins over it.
 
 Floating-point weights convert to the layer's dtype only when asked: a layer
-takes its weights' own dtype unless ``--dtype`` says otherwise, and the
+takes its weights' own dtype unless a dtype is asked for, and the
 conversion is noted (``config.resolve_config``). Integer and other tensors are
 refused, as are values a narrower dtype cannot hold (they would become Inf).
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import pickle
 import re
@@ -39,6 +44,20 @@ TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 
 
 @dataclass(frozen=True)
+class WeightsFile:
+    """A weights file, read once: its path and its top-level entries as loaded.
+
+    ``entries`` is a state dict (name -> tensor) or a training script's wrapper
+    dict around one (``{"model_state_dict": {...}, "epoch": 3}``). Selecting a
+    layer's tensors from it (``select_checkpoint``, ``layer_checkpoint``) reads
+    nothing more.
+    """
+
+    path: Path
+    entries: Mapping[Any, Any]
+
+
+@dataclass(frozen=True)
 class Checkpoint:
     """The tensors a weights file holds for one layer, and how they were found in it.
 
@@ -54,13 +73,30 @@ class Checkpoint:
     notes: tuple[str, ...] = ()
 
 
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Read a weights file into a flat name -> tensor dict, without running code from it."""
-    return read_checkpoint(path).tensors
+def read_weights_file(path: Path) -> WeightsFile:
+    """Read ``path`` once, without running code from it.
+
+    Raises ``BadFile`` for a file that is missing, too large for the memory
+    limit, of an unknown suffix, or not valid in its format.
+    """
+    if not path.is_file():
+        raise BadFile(
+            f"weights file {path} does not exist" if not path.exists() else f"{path} is not a file"
+        )
+    check_allocation(path.stat().st_size, f"reading weights file {path}")
+    suffix = path.suffix.lower()
+    if suffix in SAFETENSORS_SUFFIXES:
+        return WeightsFile(path, _read_safetensors(path))
+    if suffix in TORCH_SUFFIXES:
+        return WeightsFile(path, _read_state_dict(path))
+    raise BadFile(
+        f"weights file {path} must end in .safetensors, .pt, .pth or .bin, "
+        f"got {suffix or 'no suffix'!r}"
+    )
 
 
-def read_checkpoint(path: Path, prefix: str | None = None) -> Checkpoint:
-    """Read the tensors of one layer from a weights file, as training scripts save them.
+def select_checkpoint(source: WeightsFile, prefix: str | None = None) -> Checkpoint:
+    """The tensors of one layer in ``source``, as training scripts save them.
 
     Accepted: a bare state dict; a wrapper dict with one entry of named tensors
     (``{"model_state_dict": ..., "epoch": 3, "optimizer": ...}``: the rest is
@@ -68,23 +104,16 @@ def read_checkpoint(path: Path, prefix: str | None = None) -> Checkpoint:
     of ``torch.compile`` (stripped). ``prefix`` selects one submodule: only the
     keys that start with it, stripped of it. When a wrapper holds several dicts
     of tensors, ``prefix`` may start with the entry's name (``ema.lstm.``).
-    Nothing in the file is run: ``.pt`` files load with ``weights_only=True``.
 
-    Raises ``BadFile`` for a file that cannot be read or holds no such tensors.
+    Raises ``BadFile`` for a file that holds no such tensors.
     """
-    if not path.is_file():
-        raise BadFile(
-            f"weights file {path} does not exist" if not path.exists() else f"{path} is not a file"
-        )
     if prefix and not prefix.endswith("."):
         prefix += "."  # a submodule's keys always continue with a dot: "lstm" means "lstm."
-    info = path.stat()
-    loaded = _load(path, path.resolve(), info.st_mtime_ns, info.st_size)
     notes: list[str] = []
-    tensors, key, prefix = _unwrap(loaded, path, prefix, notes)
+    tensors, key, prefix = _unwrap(source.entries, source.path, prefix, notes)
     tensors = _strip_wrapping_prefixes(tensors, notes)
     if prefix:
-        tensors = _select(tensors, prefix, path)
+        tensors = _select(tensors, prefix, source.path)
         notes.append(_selected(prefix))
     return Checkpoint(tensors, key, prefix, tuple(notes))
 
@@ -93,22 +122,22 @@ def _selected(prefix: object) -> str:
     return f"using the tensors under {prefix!r}, with the prefix stripped"
 
 
-def read_layer_checkpoint(
-    path: Path, prefix: WeightsPrefix | None, parts: Sequence[WeightPart] = ()
+def layer_checkpoint(
+    source: WeightsFile, prefix: WeightsPrefix | None, parts: Sequence[WeightPart] = ()
 ) -> Checkpoint:
     """The tensors of one layer, named as the layer names them.
 
-    ``prefix`` is one submodule's prefix (see ``read_checkpoint``), or a mapping
+    ``prefix`` is one submodule's prefix (see ``select_checkpoint``), or a mapping
     from the names of the layer's ``weight_parts`` to the prefix that holds each
     (``{"recurrence": "rnn.", "head": "fc."}``): each part's torch key names are
     then renamed to the layer's. A key a part does not map keeps its full name,
     so the weights check reports it as unexpected.
 
     Raises ``UserInputError`` for a part the layer does not have, and ``BadFile``
-    as ``read_checkpoint`` does.
+    as ``select_checkpoint`` does.
     """
     if not isinstance(prefix, Mapping):
-        return read_checkpoint(path, prefix)
+        return select_checkpoint(source, prefix)
     known = {part.name: part for part in parts}
     left_out = [name for name in known if name not in prefix]
     if left_out and all(name in known for name in prefix):
@@ -126,7 +155,7 @@ def read_layer_checkpoint(
                 f"{_unknown_part(name, parts)}; give the weights' prefix alone with ",
                 Setting("weights_prefix", "PREFIX"),
             )
-        checkpoint = read_checkpoint(path, part_prefix)
+        checkpoint = select_checkpoint(source, part_prefix)
         key = checkpoint.key
         notes += [
             note
@@ -134,8 +163,8 @@ def read_layer_checkpoint(
             if note not in notes and note != _selected(checkpoint.prefix)
         ]
         renames = known[name].keys
-        for source, tensor in checkpoint.tensors.items():
-            tensors[renames.get(source, f"{checkpoint.prefix}{source}")] = tensor
+        for torch_name, tensor in checkpoint.tensors.items():
+            tensors[renames.get(torch_name, f"{checkpoint.prefix}{torch_name}")] = tensor
         notes.append(
             f"reading {name} ({known[name].description}) from the tensors under "
             f"{checkpoint.prefix!r}"
@@ -147,23 +176,6 @@ def _unknown_part(name: str, parts: Sequence[WeightPart]) -> str:
     if not parts:
         return f"this layer has no weight parts, so {name}= names none"
     return f"unknown weight part {name!r}; this layer's parts: {', '.join(p.name for p in parts)}"
-
-
-@functools.lru_cache(maxsize=1)
-def _load(path: Path, resolved: Path, mtime_ns: int, size: int) -> Mapping[Any, Any]:
-    # Cached by the file's identity (``resolved``, its time and size), so that
-    # inferring a layer's sizes, reading each weight part and building the layer
-    # read a large checkpoint once.
-    check_allocation(size, f"reading weights file {path}")
-    suffix = path.suffix.lower()
-    if suffix in SAFETENSORS_SUFFIXES:
-        return _read_safetensors(path)
-    if suffix in TORCH_SUFFIXES:
-        return _read_state_dict(path)
-    raise BadFile(
-        f"weights file {path} must end in .safetensors, .pt, .pth or .bin, "
-        f"got {suffix or 'no suffix'!r}"
-    )
 
 
 def _is_tensor_dict(value: object) -> bool:
