@@ -20,9 +20,11 @@ PACKAGE = Path(layerport.__file__).parent
 FLAG = re.compile(r"(?<![\w./-])(--[a-z][a-z0-9-]+|-p [a-z])")
 
 
-def test_the_top_level_holds_at_most_twelve_modules() -> None:
+def test_the_top_level_holds_at_most_fourteen_modules() -> None:
+    # What every stage shares: errors, dtypes, the spec's registry and config,
+    # the weights readers, the export's result, and the plugin author's API.
     modules = sorted(path.name for path in PACKAGE.glob("*.py"))
-    assert len(modules) <= 12, modules
+    assert len(modules) <= 14, modules
 
 
 def test_the_runtime_imports_no_torch_import_by_import() -> None:

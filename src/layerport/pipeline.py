@@ -8,8 +8,11 @@ the file carries. This module calls them in order:
 - ``export_layer``: build, export, verify (unless told not to), then build the
   record once and write it into the model once;
 - ``verify_layer``: the same without keeping the file, for ``verify LAYER``;
-- ``verify_file``: rebuild an exported file's layer from its record, and verify
-  the file against it.
+- ``verify_file``: rebuild an exported file's layer from its record
+  (``verify.rebuild``), and verify the file against it.
+
+A served model is verified by ``verify.server.verify_server``, beside the
+engine that runs it.
 
 A file that fails verification is never returned, so it is never written.
 """
@@ -19,53 +22,28 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import onnx
 
 from layerport import __version__
-from layerport.config import LayerConfig, config_from_record
+from layerport.config import LayerConfig
 from layerport.dtypes import Tolerance, precision
-from layerport.errors import BadFile, ExportFailed, Setting, UserInputError, VerificationFailed
+from layerport.errors import BadFile, ExportFailed, VerificationFailed
 from layerport.export import DEFAULT_OPSET
 from layerport.registry import Registry
-from layerport.runtime.files import atomic_write_bytes
+from layerport.results import ExportResult
 from layerport.runtime.inspection import initializer_bytes
 from layerport.runtime.metadata import ExportRecord
 from layerport.runtime.modelfile import read_model
 from layerport.runtime.session import Session, SessionSettings
-from layerport.verify import DEFAULT_TRIALS
+from layerport.verify import DEFAULT_TRIALS, VerifyOptions
+from layerport.verify.rebuild import note_plugin_version, rebuild_layer
 from layerport.verify.report import VerificationReport
 
 if TYPE_CHECKING:
     from torch import nn
-
-
-@dataclass(frozen=True)
-class ExportResult:
-    """An exported model with its record, in memory until a target writes it.
-
-    ``report`` is ``None`` when the export was not verified.
-    """
-
-    config: LayerConfig
-    model_bytes: bytes
-    record: ExportRecord
-    node_count: int
-    weight_bytes: int  # the initializers' data, as ``inspect`` counts it
-    report: VerificationReport | None
-    export_seconds: float
-    verify_seconds: float
-
-    @property
-    def size(self) -> int:
-        return len(self.model_bytes)
-
-    def write(self, path: Path) -> None:
-        """Write the model to ``path`` atomically: a failure keeps any existing file."""
-        atomic_write_bytes(path, self.model_bytes)
 
 
 def export_layer(
@@ -165,22 +143,19 @@ def _export(module: nn.Module, config: LayerConfig, opset: int) -> onnx.ModelPro
 def verify_file(
     registry: Registry,
     path: Path,
+    options: VerifyOptions | None = None,
     *,
-    weights: Path | None = None,
-    dims: dict[str, int] | None = None,
-    atol: float | None = None,
-    rtol: float | None = None,
-    trials: int = DEFAULT_TRIALS,
     second_opinion: bool = False,
 ) -> tuple[LayerConfig, VerificationReport]:
     """Rebuild the layer an exported file records, and verify the file against it.
 
-    ``weights`` must be the weights file the export was made from, if any;
-    ``dims`` overrides the traced sizes the grid is built around; ``atol`` and
-    ``rtol`` override the layer's tolerance for the file's dtype; ``second_opinion``
-    also checks onnxruntime against onnx's reference evaluator (see
-    ``verify_model``). Returns the rebuilt configuration and the report.
+    ``options`` say which weights the export was made from, the sizes to build
+    the grid around and any fixed tolerance (``VerifyOptions``);
+    ``second_opinion`` also checks onnxruntime against onnx's reference
+    evaluator (see ``verify_model``). Returns the rebuilt configuration and the
+    report.
     """
+    options = options or VerifyOptions()
     model = read_model(path)
     record = ExportRecord.from_model(model)
     if record is None:
@@ -188,132 +163,19 @@ def verify_file(
             f"{path} was not exported by layerport (it has no layerport metadata), so "
             "verify cannot rebuild its layer; 'layerport inspect' and 'infer' still work on it"
         )
-    config, module = rebuild_layer(registry, record, weights=weights, dims=dims)
+    config, module = rebuild_layer(registry, record, weights=options.weights, dims=options.dims)
     report = verify_model(
         config,
         module,
         model,
         name=str(path),
         optional_inputs=record.optional_inputs,
-        tolerance=config.tolerance(atol, rtol, quantize=record.quantize),
-        trials=trials,
+        tolerance=config.tolerance(options.atol, options.rtol, quantize=record.quantize),
+        trials=options.trials,
         quantize=record.quantize,
         second_opinion=second_opinion,
     )
-    _note_plugin_version(report, config, record, "file")
-    return config, report
-
-
-def rebuild_layer(
-    registry: Registry,
-    record: ExportRecord,
-    *,
-    weights: Path | None = None,
-    dims: dict[str, int] | None = None,
-) -> tuple[LayerConfig, nn.Module]:
-    """The configuration and eager module an export's ``record`` describes.
-
-    ``weights`` must hold the very tensors the export was made from: their
-    content hash is checked against the record (``BadFile`` if it differs).
-    """
-    from layerport.eager.build import build_module
-    from layerport.weights import tensors_sha256
-
-    config = config_from_record(registry, record, weights=weights, dims=dims)
-    if config.checkpoint is not None and record.weights_sha256 is not None:
-        digest = tensors_sha256(config.checkpoint.tensors)
-        if digest != record.weights_sha256:
-            raise BadFile(
-                f"weights file {config.weights} does not match the one this file was exported "
-                f"from (its tensors' sha256 is {digest[:12]}..., "
-                f"recorded {record.weights_sha256[:12]}...)"
-            )
-    return config, build_module(config)
-
-
-def _note_plugin_version(
-    report: VerificationReport, config: LayerConfig, record: ExportRecord, what: str
-) -> None:
-    installed = config.layer.plugin.version
-    if record.plugin_version != installed:
-        report.notes.append(
-            f"the {what} was exported by {record.plugin} {record.plugin_version} and "
-            f"{installed} is installed, so the layer's code may have changed"
-        )
-
-
-def verify_server(
-    registry: Registry,
-    url: str,
-    name: str,
-    *,
-    weights: Path | None = None,
-    dims: dict[str, int] | None = None,
-    atol: float | None = None,
-    rtol: float | None = None,
-    trials: int = DEFAULT_TRIALS,
-    wait: float = 0.0,
-) -> tuple[LayerConfig, VerificationReport]:
-    """Verify model ``name`` as the server at ``url`` serves it, against eager PyTorch.
-
-    The layer is rebuilt from the layerport metadata in the served config's
-    ``parameters`` (``weights`` as for ``verify_file``), and every grid point is
-    a request to the server: the declared inputs and outputs are checked for
-    pinned dims first, the first draw leaves optional inputs out, and batch and
-    sequence sizes span the grid. Raises ``BadFile`` for a server or model that
-    cannot be reached (after waiting up to ``wait`` seconds for the model to be
-    ready), ``WorkFailed`` when the served model fails a request.
-    """
-    from layerport.serving.client import ServedModel, ServerEngine, wait_until_ready
-    from layerport.verify.engines import EagerEngine
-    from layerport.verify.structure import structure_problems
-    from layerport.verify.verification import verify_engines
-
-    if wait > 0:
-        wait_until_ready(url, name, wait)
-    served = ServedModel(url, name)
-    try:
-        record = served.record()
-        config, module = rebuild_layer(registry, record, weights=weights, dims=dims)
-        batch = config.spec.batch_dim
-        if served.batched and batch and config.dims.get(batch, 0) > served.max_batch_size:
-            raise UserInputError(
-                f"{batch}={config.dims[batch]} is above the served max_batch_size "
-                f"{served.max_batch_size}, which Triton refuses; give ",
-                Setting("dims", f"{batch}={served.max_batch_size}"),
-                " or less",
-            )
-        inputs, outputs = served.interface()
-        # The onnxruntime backend cannot fill an optional input in: its config
-        # requires h0, so every draw sends it (serving.model_config).
-        declared_optional = served.optional_inputs()
-        spec_optional = [tensor.name for tensor in config.spec.inputs if tensor.optional]
-        report = verify_engines(
-            config,
-            ServerEngine(served),
-            EagerEngine(module, config),
-            config.dims,
-            tolerance=config.tolerance(atol, rtol, quantize=record.quantize),
-            trials=trials,
-            structure_problems=structure_problems(
-                config, inputs, outputs, where="the served config"
-            ),
-            # Triton refuses a request above the config's max_batch_size.
-            largest={config.spec.batch_dim: served.max_batch_size}
-            if served.batched and config.spec.batch_dim
-            else None,
-            leave_out_optional=set(spec_optional) <= declared_optional,
-        )
-        report.quantization = record.quantize
-        required = sorted(set(spec_optional) - declared_optional)
-        if required:
-            report.notes.append(
-                f"{', '.join(required)} never left out: the served config requires "
-                f"{'them' if len(required) > 1 else 'it'}"
-            )
-    finally:
-        served.close()
-    _note_plugin_version(report, config, record, "served model")
+    note_plugin_version(report, config, record, "file")
     return config, report
 
 

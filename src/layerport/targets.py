@@ -18,7 +18,7 @@ from layerport.errors import InvalidSpec, UserInputError
 from layerport.spec import Param, ParamValue, resolve_values
 
 if TYPE_CHECKING:
-    from layerport.pipeline import ExportResult
+    from layerport.results import ExportResult
 
 TargetOptions = Mapping[str, ParamValue]
 _NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")

@@ -39,7 +39,7 @@ from layerport.spec import LayerSpec, Param, ParamValue
 if TYPE_CHECKING:
     from torch import nn
 
-    from layerport.pipeline import ExportResult
+    from layerport.results import ExportResult
 
 __all__ = [
     "CHECKS",

@@ -24,7 +24,7 @@ from layerport.runtime.limits import format_bytes
 
 if TYPE_CHECKING:
     from layerport.bench.benchmark import BenchResult
-    from layerport.pipeline import ExportResult
+    from layerport.results import ExportResult
     from layerport.runtime.inspection import ModelDescription
     from layerport.verify.report import VerificationReport
 

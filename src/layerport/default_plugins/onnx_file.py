@@ -11,7 +11,7 @@ from layerport.runtime.files import atomic_write_bytes, check_writable_target
 from layerport.targets import ExportTarget, TargetOptions
 
 if TYPE_CHECKING:
-    from layerport.pipeline import ExportResult
+    from layerport.results import ExportResult
 
 
 def write_onnx_file(result: ExportResult, output: Path, options: TargetOptions) -> Path:

@@ -22,7 +22,7 @@ from layerport.spec import Param
 from layerport.targets import ExportTarget, TargetOptions
 
 if TYPE_CHECKING:
-    from layerport.pipeline import ExportResult
+    from layerport.results import ExportResult
 
 OPTIONS = (
     Param("name", str, "", "model name in the repository (default: the layer's name)"),

@@ -1,8 +1,7 @@
 """A model served by Triton (or any KServe v2 server), through ``tritonclient.http``.
 
 ``ServedModel`` connects, checks that the model is ready, and reads its config
-and metadata; its engine (``ServerEngine``) runs named arrays through the
-server, so ``verify --server`` compares what is *served* with eager PyTorch
+and metadata; ``verify.engines.ServerEngine`` runs named arrays through it, so ``verify --server`` compares what is *served* with eager PyTorch
 over the same grid as ``verify FILE``. A server that cannot be reached, a model
 that is not ready or does not exist is bad input (``BadFile``, exit 2), as an
 unreadable file is; a served model that fails a request is failed work.
@@ -19,7 +18,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -241,20 +240,3 @@ class ServedModel:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.client.close()
-
-
-class ServerEngine:
-    """A served model as a verification or bench engine (``verify.engines.Engine``)."""
-
-    name = "triton"
-
-    def __init__(self, model: ServedModel) -> None:
-        self.model = model
-        self.name = f"triton:{model.name}"
-
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.model.infer(inputs)
-
-    def bind(self, inputs: Mapping[str, np.ndarray]) -> Callable[[], Any]:
-        model, arrays = self.model, dict(inputs)
-        return lambda: model.infer(arrays)

@@ -8,7 +8,8 @@ reference) is one new engine here, not edits across verification and bench.
 - ``torch-reference``: the layer's declared independent torch implementation,
   ``LayerSpec.reference`` (for the rnn, ``nn.RNN`` + ``nn.Linear``);
 - ``onnxruntime``: a CPU session on the exported model;
-- ``onnx-reference``: the exported model in onnx's ``ReferenceEvaluator``.
+- ``onnx-reference``: the exported model in onnx's ``ReferenceEvaluator``;
+- ``triton:NAME``: a model a Triton server serves (``serving.client.ServedModel``).
 
 Each engine takes numpy arrays by input name (an optional input may be left out)
 and returns numpy arrays by output name. ``bind`` prepares a call on fixed
@@ -28,6 +29,8 @@ from layerport.runtime.session import Session
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from layerport.serving.client import ServedModel
 
 
 class Engine(Protocol):
@@ -101,3 +104,18 @@ class FileEngine:
 
     def bind(self, inputs: Mapping[str, np.ndarray]) -> Callable[[], Any]:
         return self.session.bind(inputs)
+
+
+class ServerEngine:
+    """A served model as a verification or bench engine (``verify.engines.Engine``)."""
+
+    def __init__(self, model: ServedModel) -> None:
+        self.model = model
+        self.name = f"triton:{model.name}"
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.model.infer(inputs)
+
+    def bind(self, inputs: Mapping[str, np.ndarray]) -> Callable[[], Any]:
+        model, arrays = self.model, dict(inputs)
+        return lambda: model.infer(arrays)

@@ -37,7 +37,7 @@ from layerport.runtime.files import check_writable_target
 from layerport.targets import ExportTarget, resolve_target
 
 if TYPE_CHECKING:
-    from layerport.pipeline import ExportResult
+    from layerport.results import ExportResult
 
 DEFAULT_EXPORT_DIR = Path("exported")
 

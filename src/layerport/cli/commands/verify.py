@@ -83,30 +83,29 @@ def verify(
       layerport verify --server 127.0.0.1:8000 rnn --wait 60
     """
     require_dependencies("torch", "onnxscript")
-    from layerport.pipeline import verify_file, verify_layer, verify_server
+    from layerport.pipeline import verify_file, verify_layer
+    from layerport.verify import VerifyOptions
+    from layerport.verify.server import verify_server
 
     report_path = verification.report_path
     if report_path is not None:
         check_writable_target(report_path)
     if server is None and wait:
         raise click.UsageError("--wait applies to a served model: give --server URL")
+    options = VerifyOptions(
+        weights=layer_options.weights,
+        dims=layer_options.dims,
+        atol=verification.atol,
+        rtol=verification.rtol,
+        trials=verification.trials,
+    )
     if server is not None:
         for name in given_explicitly(ctx, *_LAYER_ONLY, "second_opinion"):
             option = "--second-opinion" if name == "second_opinion" else _LAYER_ONLY[name]
             raise click.UsageError(
                 f"{option} does not apply to a served model: it records its own configuration"
             )
-        config, report = verify_server(
-            get_registry(),
-            server,
-            target,
-            weights=layer_options.weights,
-            dims=layer_options.dims,
-            atol=verification.atol,
-            rtol=verification.rtol,
-            trials=verification.trials,
-            wait=wait,
-        )
+        config, report = verify_server(get_registry(), server, target, options, wait=wait)
         _finish(report, report_path, f"{target} on {server}", json_)
         return
     # Layer names never contain "." or "/", so anything that does is a file; a
@@ -117,14 +116,7 @@ def verify(
                 f"{_LAYER_ONLY[name]} does not apply to a file: it records its own configuration"
             )
         config, report = verify_file(
-            get_registry(),
-            Path(target),
-            weights=layer_options.weights,
-            dims=layer_options.dims,
-            atol=verification.atol,
-            rtol=verification.rtol,
-            trials=verification.trials,
-            second_opinion=second_opinion,
+            get_registry(), Path(target), options, second_opinion=second_opinion
         )
         shown = target
     else:
