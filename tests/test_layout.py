@@ -99,3 +99,57 @@ def test_every_command_module_is_registered() -> None:
         path.stem.replace("_", "-") for path in (PACKAGE / "cli" / "commands").glob("*.py")
     } - {"--init--"}
     assert modules <= set(cli.list_commands(None)), modules - set(cli.list_commands(None))
+
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+def layerport_imports(source: str) -> set[str]:
+    """The ``layerport`` modules a piece of Python source imports from."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        found |= {name for name in names if name == "layerport" or name.startswith("layerport.")}
+    return found
+
+
+def test_plugins_import_only_layerport_plugin() -> None:
+    """A plugin author needs one module (issue 21): the examples and the scaffold show it."""
+    from layerport.cli import scaffold
+
+    sources = {
+        str(path.relative_to(REPOSITORY)): path.read_text()
+        for path in sorted((REPOSITORY / "plugins").rglob("*.py"))
+    }
+    sources |= {
+        f"scaffold {name}": getattr(scaffold, name).replace("$", "x")
+        for name in ("_SPEC", "_MODULE", "_TESTS")
+    }
+    assert len(sources) >= 15
+    imports = {
+        where: layerport_imports(source) - {"layerport.plugin"} for where, source in sources.items()
+    }
+    assert not {where: found for where, found in imports.items() if found}
+
+
+def test_the_plugin_import_check_can_fail() -> None:
+    assert layerport_imports("from layerport.spec import Dim\nimport layerport.testing") == {
+        "layerport.spec",
+        "layerport.testing",
+    }
+
+
+def test_layerport_plugin_declares_without_torch_and_builds_with_it() -> None:
+    probe = (
+        "import sys, layerport.plugin as plugin\n"
+        "before = 'torch' in sys.modules\n"
+        "plugin.run_stacked, plugin.CHECKS\n"
+        "print(before, 'torch' in sys.modules, sorted(set(plugin.__all__) - set(dir(plugin)) - set(plugin._LAZY)))\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert completed.stdout.strip() == "False True []", completed.stdout + completed.stderr

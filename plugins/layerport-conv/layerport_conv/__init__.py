@@ -13,8 +13,19 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from layerport import Dim, InvalidParameter, LayerSpec, Param, Tensor, hookimpl
-from layerport.spec import Dims, Params, ParamValue
+from layerport.plugin import (
+    Dim,
+    Dims,
+    InvalidParameter,
+    LayerSpec,
+    Param,
+    Params,
+    ParamValue,
+    Tensor,
+    evaluate,
+    hookimpl,
+    parse_formula,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -101,8 +112,6 @@ def _params_from_weights(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Par
 
 def _flops(spatial: tuple[str, ...]) -> Callable[[Params, Dims], int]:
     def flops(params: Params, dims: Dims) -> int:
-        from layerport.spec.expressions import evaluate, parse_formula
-
         values: dict[str, int | bool] = {
             name: value for name, value in params.items() if isinstance(value, (int, bool))
         }

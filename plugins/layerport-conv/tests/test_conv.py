@@ -17,9 +17,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from layerport.cli import cli as layerport_cli
-from layerport.runtime.session import load_model
-from layerport.testing import CHECKS, build_layer
+from layerport.plugin import CHECKS, build_layer, load_model
+from layerport.plugin import cli as layerport_cli
 
 
 def _cli(*args: str):  # type: ignore[no-untyped-def]

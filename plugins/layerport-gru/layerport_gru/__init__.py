@@ -14,15 +14,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from layerport import Dim, LayerSpec, Param, Params, Streaming, Tensor, hookimpl
-from layerport.spec import ALL_PRECISIONS
-from layerport.spec.torch_layout import (
+from layerport.plugin import (
+    BATCH_AND_SEQ,
     OUTPUT_DIMS,
     STATE_DIMS,
-    matmul_flops,
-    torch_layout_sizes,
-    torch_layout_weights,
-    torch_reference,
+    LayerSpec,
+    Param,
+    Params,
+    Streaming,
+    Tensor,
+    hookimpl,
+    torch_layout_arguments,
+    torch_layout_fields,
 )
 
 if TYPE_CHECKING:
@@ -32,20 +35,13 @@ if TYPE_CHECKING:
 def build_gru(params: Params) -> nn.Module:
     from layerport_gru.module import GRU
 
-    return GRU(
-        input_size=int(params["input_size"]),
-        hidden_size=int(params["hidden_size"]),
-        num_layers=int(params["num_layers"]),
-        bidirectional=bool(params["bidirectional"]),
-        bias=bool(params["bias"]),
-    )
+    return GRU(**torch_layout_arguments(params))
 
 
 GRU = LayerSpec(
     name="gru",
     description="Gated recurrent unit, stacked or bidirectional: torch.nn.GRU(batch_first=True).",
     build=build_gru,
-    weights=lambda params: torch_layout_weights(params, gates=3),
     params=(
         Param("input_size", int, 32, "features per time step", minimum=1),
         Param("hidden_size", int, 48, "size of each hidden state", minimum=1),
@@ -53,10 +49,7 @@ GRU = LayerSpec(
         Param("bidirectional", bool, False, "also run the sequence backwards"),
         Param("bias", bool, True, "learn the biases bias_ih and bias_hh"),
     ),
-    dims=(
-        Dim("batch", 8, "number of sequences", check_size=37),
-        Dim("seq", 32, "time steps per sequence", check_size=301),
-    ),
+    dims=BATCH_AND_SEQ,
     inputs=(
         Tensor("x", ("batch", "seq", "input_size"), "input sequence"),
         Tensor("h0", STATE_DIMS, "initial hidden states; zeros if omitted", optional=True),
@@ -67,12 +60,7 @@ GRU = LayerSpec(
     ),
     # The backward direction needs the whole sequence, so a bidirectional GRU cannot stream.
     streaming=Streaming(dim="seq", carry=(("h0", "h_n"),), unless="bidirectional"),
-    reference=torch_reference("GRU"),
-    # The two matmuls per step and layer; the gates' elementwise work is a rounding error.
-    flops=lambda params, dims: matmul_flops(torch_layout_weights(params, 3), dims),
-    batch_dim="batch",
-    precisions=ALL_PRECISIONS,
-    params_from_weights=torch_layout_sizes,
+    **torch_layout_fields("GRU"),
 )
 
 

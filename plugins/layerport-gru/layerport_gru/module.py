@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from layerport.eager.recurrence import run_stacked, torch_state_shape, torch_weight
+from layerport.plugin import run_stacked, torch_state_shape, torch_weight
 
 
 class GRU(nn.GRU):

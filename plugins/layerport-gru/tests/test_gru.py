@@ -12,7 +12,7 @@ import torch
 from layerport_gru import GRU
 from torch import nn
 
-from layerport.testing import CHECKS, build_layer
+from layerport.plugin import CHECKS, build_layer
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 ATOL = {"float32": 1e-5, "float64": 1e-12}
@@ -81,11 +81,13 @@ def test_matches_nn_gru(
 def test_the_export_runs_at_untraced_sizes_like_nn_gru(dtype: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import numpy as np
 
-    from layerport.config import resolve_config
-    from layerport.eager.build import build_module
-    from layerport.pipeline import export_layer
-    from layerport.plugins import get_registry
-    from layerport.runtime.session import load_model
+    from layerport.plugin import (
+        build_module,
+        export_layer,
+        get_registry,
+        load_model,
+        resolve_config,
+    )
 
     params = {"input_size": 6, "hidden_size": 5, "num_layers": 2, "bidirectional": True}
     config = resolve_config(

@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from layerport import Dim, Dims, LayerSpec, Param, Params, Tensor, hookimpl
-from layerport.spec import ALL_PRECISIONS
+from layerport.plugin import ALL_PRECISIONS, Dim, Dims, LayerSpec, Param, Params, Tensor, hookimpl
 
 if TYPE_CHECKING:
     import torch

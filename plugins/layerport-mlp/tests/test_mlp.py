@@ -12,7 +12,7 @@ from layerport_mlp import MLP
 from torch import nn
 from torch.nn import functional
 
-from layerport.testing import CHECKS, build_layer
+from layerport.plugin import CHECKS, build_layer
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 ATOL = {"float32": 1e-5, "float64": 1e-12}

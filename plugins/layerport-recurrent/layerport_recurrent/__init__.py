@@ -15,60 +15,42 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from layerport import Dim, LayerSpec, Param, Streaming, Tensor, hookimpl
-from layerport.spec import ALL_PRECISIONS, Params
-from layerport.spec.torch_layout import (
+from layerport.plugin import (
+    BATCH_AND_SEQ,
     OUTPUT_DIMS,
     PROJECTED_OUTPUT_DIMS,
     PROJECTED_STATE_DIMS,
     STATE_DIMS,
-    lstm_sizes,
-    matmul_flops,
-    torch_layout_sizes,
-    torch_layout_weights,
-    torch_reference,
+    LayerSpec,
+    Param,
+    Params,
+    Streaming,
+    Tensor,
+    hookimpl,
+    torch_layout_arguments,
+    torch_layout_fields,
 )
 
 if TYPE_CHECKING:
     from torch import nn
 
-BATCH_AND_SEQ = (
-    Dim("batch", 8, "number of sequences", check_size=37),
-    Dim("seq", 32, "time steps per sequence", check_size=301),
-)
-
 
 def build_lstm(params: Params) -> nn.Module:
     from layerport_recurrent.module import LSTM
 
-    return LSTM(
-        input_size=int(params["input_size"]),
-        hidden_size=int(params["hidden_size"]),
-        num_layers=int(params["num_layers"]),
-        bidirectional=bool(params["bidirectional"]),
-        bias=bool(params["bias"]),
-        proj_size=int(params["proj_size"]),
-    )
+    return LSTM(**torch_layout_arguments(params), proj_size=int(params["proj_size"]))
 
 
 def build_elman(params: Params) -> nn.Module:
     from layerport_recurrent.module import StackedElman
 
-    return StackedElman(
-        input_size=int(params["input_size"]),
-        hidden_size=int(params["hidden_size"]),
-        num_layers=int(params["num_layers"]),
-        nonlinearity=str(params["nonlinearity"]),
-        bias=bool(params["bias"]),
-        bidirectional=bool(params["bidirectional"]),
-    )
+    return StackedElman(**torch_layout_arguments(params), nonlinearity=str(params["nonlinearity"]))
 
 
 LSTM = LayerSpec(
     name="lstm",
     description="LSTM over a sequence, stacked or bidirectional: torch.nn.LSTM(batch_first=True).",
     build=build_lstm,
-    weights=lambda params: torch_layout_weights(params, gates=4),
     params=(
         Param("input_size", int, 32, "features per time step", minimum=1),
         Param("hidden_size", int, 32, "size of each hidden state", minimum=1),
@@ -98,11 +80,7 @@ LSTM = LayerSpec(
     ),
     # The backward direction needs the whole sequence, so a bidirectional LSTM cannot stream.
     streaming=Streaming(dim="seq", carry=(("h0", "h_n"), ("c0", "c_n")), unless="bidirectional"),
-    reference=torch_reference("LSTM"),
-    flops=lambda params, dims: matmul_flops(torch_layout_weights(params, 4), dims),
-    batch_dim="batch",
-    precisions=ALL_PRECISIONS,
-    params_from_weights=lstm_sizes,
+    **torch_layout_fields("LSTM"),
 )
 
 
@@ -110,7 +88,6 @@ ELMAN = LayerSpec(
     name="elman",
     description="Elman RNN, stacked or bidirectional, without a head: torch.nn.RNN(batch_first=True).",
     build=build_elman,
-    weights=lambda params: torch_layout_weights(params, gates=1),
     params=(
         Param("input_size", int, 32, "features per time step", minimum=1),
         Param("hidden_size", int, 32, "size of each hidden state", minimum=1),
@@ -129,11 +106,7 @@ ELMAN = LayerSpec(
         Tensor("h_n", STATE_DIMS, "hidden states after the last step"),
     ),
     streaming=Streaming(dim="seq", carry=(("h0", "h_n"),), unless="bidirectional"),
-    reference=torch_reference("RNN"),
-    flops=lambda params, dims: matmul_flops(torch_layout_weights(params, 1), dims),
-    batch_dim="batch",
-    precisions=ALL_PRECISIONS,
-    params_from_weights=torch_layout_sizes,
+    **torch_layout_fields("RNN"),
 )
 
 

@@ -11,12 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from layerport.eager.recurrence import (
-    run_stacked,
-    torch_projection,
-    torch_state_shape,
-    torch_weight,
-)
+from layerport.plugin import run_stacked, torch_projection, torch_state_shape, torch_weight
 
 
 class LSTM(nn.LSTM):

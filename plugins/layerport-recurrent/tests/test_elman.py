@@ -13,11 +13,7 @@ import onnx
 import pytest
 import torch
 
-from layerport.config import resolve_config
-from layerport.eager.build import build_module
-from layerport.pipeline import export_layer
-from layerport.plugins import get_registry
-from layerport.runtime.session import load_model
+from layerport.plugin import build_module, export_layer, get_registry, load_model, resolve_config
 
 CASES = [
     (1, False, "tanh", True, "float32"),

@@ -15,11 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from layerport.config import resolve_config
-from layerport.eager.build import build_module
-from layerport.pipeline import export_layer
-from layerport.plugins import get_registry
-from layerport.runtime.session import load_model
+from layerport.plugin import build_module, export_layer, get_registry, load_model, resolve_config
 
 MATRIX = list(itertools.product([1, 2, 3], [False, True], [True, False], ["float32", "float64"]))
 # Every pair of values of any two factors appears at least once.

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from layerport.testing import CHECKS
+from layerport.plugin import CHECKS
 
 
 @pytest.mark.parametrize("layer", ["lstm", "elman"])

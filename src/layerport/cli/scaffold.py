@@ -40,7 +40,7 @@ packages = ["layerport_$name"]
 _SPEC = '''\
 """layerport-$name: root-mean-square layer normalisation as a layerport layer type."""
 
-from layerport import Dim, LayerSpec, Param, Tensor, hookimpl
+from layerport.plugin import Dim, LayerSpec, Param, Tensor, hookimpl
 
 
 def build(params):
@@ -90,10 +90,7 @@ _TESTS = """\
 import numpy as np
 import pytest
 
-from layerport.config import resolve_config
-from layerport.eager.build import run_layer
-from layerport.plugins import get_registry
-from layerport.testing import CHECKS
+from layerport.plugin import CHECKS, get_registry, resolve_config, run_layer
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda check: check.__name__)

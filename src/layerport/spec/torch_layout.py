@@ -8,7 +8,9 @@ its hidden state: ``weight_hr_l{k}`` is (proj_size, hidden_size), and the
 hidden state, ``weight_hh`` and the next layer's input are proj_size wide
 while the cell state stays hidden_size wide. A layer type that keeps that layout declares its
 ``weights``, ``params_from_weights`` and ``reference`` with these, so trained
-torch modules load as they are. torch is imported only when a reference is built.
+torch modules load as they are (``torch_layout_fields`` gives them all at once,
+and ``torch_layout_arguments`` the module's constructor arguments). torch is
+imported only when a reference is built.
 """
 
 from __future__ import annotations
@@ -17,7 +19,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from layerport.errors import InvalidParameter
-from layerport.spec import Dims, Params, ParamValue
+from layerport.spec import ALL_PRECISIONS, Dim, Dims, Params, ParamValue
+
+# Gate blocks per weight matrix, by torch module.
+GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
+# A batch of sequences, verified at sizes that are not multiples of the traced ones.
+BATCH_AND_SEQ = (
+    Dim("batch", 8, "number of sequences", check_size=37),
+    Dim("seq", 32, "time steps per sequence", check_size=301),
+)
 
 # torch's state layout as Tensor dims: h0, h_n (and an LSTM's c0, c_n) are
 # (num_layers x directions, batch, hidden_size); y is (batch, seq, directions x hidden_size).
@@ -78,6 +88,36 @@ def torch_layout_weights(params: Params, gates: int) -> dict[str, tuple[int, ...
             if projection:
                 weights[f"weight_hr_l{layer}{suffix}"] = (projection, hidden_size)
     return weights
+
+
+def torch_layout_arguments(params: Params) -> dict[str, Any]:
+    """The constructor arguments torch's recurrent modules share, from a layer's parameters."""
+    return {
+        "input_size": int(params["input_size"]),
+        "hidden_size": int(params["hidden_size"]),
+        "num_layers": int(params["num_layers"]),
+        "bidirectional": bool(params["bidirectional"]),
+        "bias": bool(params["bias"]),
+    }
+
+
+def torch_layout_fields(kind: str) -> dict[str, Any]:
+    """The ``LayerSpec`` fields of a layer in ``torch.nn.<kind>``'s layout (RNN, GRU, LSTM).
+
+    Its weights, the sizes they imply, its reference (``torch.nn.<kind>`` itself),
+    its flops, batch dim and precisions: what the recurrent plugins would
+    otherwise each write out, as ``LayerSpec(name=..., **torch_layout_fields("GRU"))``.
+    """
+    gates = GATES[kind]
+    return {
+        "weights": lambda params: torch_layout_weights(params, gates),
+        "reference": torch_reference(kind),
+        # The two matmuls per step and layer; the gates' elementwise work is a rounding error.
+        "flops": lambda params, dims: matmul_flops(torch_layout_weights(params, gates), dims),
+        "batch_dim": "batch",
+        "precisions": ALL_PRECISIONS,
+        "params_from_weights": lstm_sizes if kind == "LSTM" else torch_layout_sizes,
+    }
 
 
 def matmul_flops(weights: Mapping[str, tuple[int, ...]], dims: Dims) -> int:
