@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from hostile import BUILTINS_ONLY, assert_refused, assert_succeeded
 from layerport.runtime import isolation
-from layerport.runtime.session import crashes_nchwc_transformer
+from layerport.runtime.failures import crashes_nchwc_transformer
 
 from conftest import Result, run_process
 

@@ -9,7 +9,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from hostile import assert_succeeded, gemm_model
-from layerport.runtime.session import Session, generated_inputs
+from layerport.runtime.interface import generated_inputs
+from layerport.runtime.session import Session
 
 
 def _checked(graph: onnx.GraphProto) -> onnx.ModelProto:

@@ -9,7 +9,7 @@ through the ``register_export_targets`` hook, the way datasette's publishers add
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +36,9 @@ class ExportTarget:
     - ``write(result, output, options)``: write ``result`` at ``output``
       atomically, so a failure leaves what was there; returns the path of the
       model file written.
+    - ``notes(result, options)``: what the user should know about what was
+      written (how a server will treat it), said after a successful write;
+      library code never prints, so a target returns its notes for the CLI.
 
     A ``repository`` target writes a folder of models (a serving repository)
     rather than a file: ``-o`` names that folder, for one layer as for ``--all``,
@@ -50,11 +53,12 @@ class ExportTarget:
     write: Callable[[ExportResult, Path, TargetOptions], Path]
     options: tuple[Param, ...] = ()
     repository: bool = False
+    notes: Callable[[ExportResult, TargetOptions], Sequence[str]] = lambda result, options: ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
             raise InvalidSpec(f"export target name {self.name!r} must be a lowercase name")
-        for attribute in ("output_in", "check", "write"):
+        for attribute in ("output_in", "check", "write", "notes"):
             if not callable(getattr(self, attribute)):
                 raise InvalidSpec(f"export target {self.name}: {attribute} must be callable")
 

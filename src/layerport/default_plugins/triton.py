@@ -98,9 +98,9 @@ def _write(backend: str) -> Callable[[ExportResult, Path, TargetOptions], Path]:
     def write(result: ExportResult, output: Path, options: TargetOptions) -> Path:
         import onnx
 
-        from layerport.cli.output import note
-        from layerport.runtime.session import crashes_nchwc_transformer, model_interface
-        from layerport.serving.model_config import batching, model_config
+        from layerport.runtime.failures import crashes_nchwc_transformer
+        from layerport.runtime.interface import model_interface
+        from layerport.serving.model_config import model_config
         from layerport.serving.python_backend import MODEL_FILE, MODEL_PY
         from layerport.serving.repository import write_version
 
@@ -147,18 +147,29 @@ def _write(backend: str) -> Callable[[ExportResult, Path, TargetOptions], Path]:
         if backend == "python":
             files["model.py"] = MODEL_PY.encode()
         version = write_version(folder, config, files)
-        reason = batching(spec).reason
-        if reason is not None:
-            note(f"Triton will not batch {spec.name}: {reason}")
-        required = [t.name for t in spec.inputs if t.optional and backend == "onnxruntime"]
-        if required:
-            note(
-                f"Triton's onnxruntime backend cannot leave out {', '.join(required)}: the config "
-                "requires it (send zeros); the triton-python target fills it in"
-            )
         return version / MODEL_FILE
 
     return write
+
+
+def _notes(backend: str) -> Callable[[ExportResult, TargetOptions], list[str]]:
+    def notes(result: ExportResult, options: TargetOptions) -> list[str]:
+        from layerport.serving.model_config import batching
+
+        spec = result.config.spec
+        said = []
+        reason = batching(spec).reason
+        if reason is not None:
+            said.append(f"Triton will not batch {spec.name}: {reason}")
+        required = [t.name for t in spec.inputs if t.optional and backend == "onnxruntime"]
+        if required:
+            said.append(
+                f"Triton's onnxruntime backend cannot leave out {', '.join(required)}: the config "
+                "requires it (send zeros); the triton-python target fills it in"
+            )
+        return said
+
+    return notes
 
 
 def repository_target(name: str, backend: str, description: str) -> ExportTarget:
@@ -169,6 +180,7 @@ def repository_target(name: str, backend: str, description: str) -> ExportTarget
         output_in=lambda folder, stem: folder / stem,
         check=_check(backend),
         write=_write(backend),
+        notes=_notes(backend),
         options=OPTIONS,
         repository=True,
     )

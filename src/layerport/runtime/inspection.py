@@ -16,9 +16,9 @@ import onnx
 
 from layerport.dtypes import element_bits, element_type_name
 from layerport.runtime.arrays import ArraySpec
+from layerport.runtime.interface import array_spec_of
 from layerport.runtime.metadata import ExportRecord
 from layerport.runtime.modelfile import iter_graphs, read_model
-from layerport.runtime.session import array_spec_of
 
 
 @dataclass(frozen=True)

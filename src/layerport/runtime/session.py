@@ -12,16 +12,18 @@ layerport's error instead of onnxruntime's, and fills omitted optional inputs
 (such as an RNN's ``h0``) with zeros. Which inputs are optional is the caller's
 to say: a file's layerport metadata lists them, and a fresh export knows them
 from its spec.
+
+Beside it: ``interface`` (a file's inputs and outputs, and generated inputs),
+``failures`` (what crashes onnxruntime, and its errors in one line) and
+``reference`` (onnx's reference evaluator as a session).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
-import re
 import sys
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,19 +31,19 @@ from typing import Any
 import numpy as np
 import onnx
 
-from layerport.dtypes import element_type_name
 from layerport.errors import (
-    BadFile,
-    LayerportError,
     Setting,
     UserInputError,
     WorkFailed,
     one_line,
 )
 from layerport.runtime import OPTIMIZATION_LEVELS, RUNTIMES, isolation, noise
-from layerport.runtime.arrays import ArraySpec, check_arrays, random_inputs
+from layerport.runtime.arrays import check_arrays
+from layerport.runtime.failures import crashes_nchwc_transformer, creation_error, without_source
+from layerport.runtime.interface import model_interface
 from layerport.runtime.metadata import ExportRecord
-from layerport.runtime.modelfile import iter_graphs, read_model
+from layerport.runtime.modelfile import read_model
+from layerport.runtime.reference import ReferenceSession
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,7 @@ class Session:
             results = self._session.run(None, dict(complete), run_options())
         except Exception as error:
             raise WorkFailed(
-                f"{self.runtime} failed to run {self.name}: {one_line(_without_source(str(error)))}"
+                f"{self.runtime} failed to run {self.name}: {one_line(without_source(str(error)))}"
             ) from error
         return {
             spec.name: np.asarray(result)
@@ -136,18 +138,6 @@ class Session:
         options = run_options()
         session = self._session
         return lambda: session.run(names, feed, options)
-
-
-# onnxruntime's messages carry the C++ file, line and function that raised, which
-# would fill the one error line before the reason: "/onnxruntime_src/.../x.h:91
-# onnxruntime::ReshapeHelper::ReshapeHelper(...) size == size was false. The ...".
-_SOURCE_LOCATION = re.compile(r"\S*onnxruntime_src/\S+:\d+ (?:onnxruntime::)?\S*?\(.*?\) ")
-_ONNXRUNTIME_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
-
-
-def _without_source(message: str) -> str:
-    """onnxruntime's message without its error-code prefix and C++ source locations."""
-    return _SOURCE_LOCATION.sub("", _ONNXRUNTIME_PREFIX.sub("", message))
 
 
 def load_model(path: Path, settings: SessionSettings | None = None) -> Session:
@@ -239,33 +229,6 @@ def open_session(
         raise creation_error(error, model, name, ort.__version__) from error
 
 
-class ReferenceSession:
-    """``onnx.reference.ReferenceEvaluator`` behind the slice of onnxruntime's API we use.
-
-    The evaluator is onnx's own implementation of every operator in numpy: slow
-    (7x to 20x onnxruntime on the rnn), but independent of onnxruntime, and it
-    runs the precisions onnxruntime's CPU provider has no kernels for (bfloat16).
-    It is pure Python, so it needs no crash isolation.
-    """
-
-    def __init__(self, model: onnx.ModelProto, name: str) -> None:
-        from onnx.reference import ReferenceEvaluator
-
-        self.outputs = [value.name for value in model.graph.output]
-        try:
-            self._evaluator = ReferenceEvaluator(model)
-        except Exception as error:
-            raise BadFile(
-                f"onnx's reference evaluator cannot load {name}: {one_line(str(error))}"
-            ) from error
-
-    def run(
-        self, names: list[str] | None, feed: Mapping[str, np.ndarray], options: Any = None
-    ) -> list[Any]:
-        results = self._evaluator.run(names, dict(feed))
-        return list(results)
-
-
 def onnxruntime_module() -> Any:
     """onnxruntime, set to layerport's log level, and imported without a word.
 
@@ -292,197 +255,3 @@ def run_options() -> Any:
     options = ort.RunOptions()
     options.log_severity_level = noise.onnxruntime_log_level()
     return options
-
-
-# ---------------------------------------------------------------------------
-# Known onnxruntime failures
-
-
-def crashes_nchwc_transformer(model: onnx.ModelProto) -> bool:
-    """Whether onnxruntime 1.32's NCHWc transformer would crash on ``model``.
-
-    It dereferences a null pointer (SIGSEGV, while the session is created at
-    the ``all`` optimization level, on x86-64) on a graph that holds a
-    control-flow node (Scan, Loop, If: anything with a subgraph) and feeds a
-    Transpose into a MatMul's first input through a Cast: a Cast or CastLike in
-    the file, from any type, or the Cast onnxruntime inserts itself before a
-    float16 MatMul, which its CPU provider computes in float32. A float16 rnn
-    exported through Scan is one (issue 10; microsoft/onnxruntime#28392, closed
-    as stale, so re-check on every onnxruntime upgrade). The float32 rnn has the
-    same Scan -> Transpose -> MatMul with no Cast, and is safe. Disabling that
-    one transformer avoids the crash and keeps NCHWc for every other graph, such
-    as float32 Conv models. The check is one pass over the nodes and the types
-    the file declares; a MatMul whose types it does not declare counts as
-    float16, and any Transpose counts, though those that swap the last two
-    axes were not seen to crash.
-    """
-    types = declared_types(model)
-    return any(_holds_crashing_chain(graph, types) for graph in iter_graphs(model.graph))
-
-
-def _holds_crashing_chain(graph: onnx.GraphProto, types: Mapping[str, int]) -> bool:
-    if not any(_has_subgraph(node) for node in graph.node):
-        return False
-    producers = {output: node for node in graph.node for output in node.output}
-    for node in graph.node:
-        if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or not node.input:
-            continue
-        source = producers.get(node.input[0])
-        if source is None:
-            continue
-        if source.op_type in ("Cast", "CastLike") and source.input:
-            before = producers.get(source.input[0])
-            if before is not None and before.op_type == "Transpose":
-                return True
-        elif source.op_type == "Transpose":
-            known = [
-                types[name]
-                for name in (*source.input[:1], *node.input, *node.output)
-                if name in types
-            ]
-            if not known or onnx.TensorProto.FLOAT16 in known:
-                return True
-    return False
-
-
-def _has_subgraph(node: onnx.NodeProto) -> bool:
-    return any(attribute.HasField("g") or attribute.graphs for attribute in node.attribute)
-
-
-def declared_types(model: onnx.ModelProto) -> dict[str, int]:
-    """The element type of every value the file declares, in any graph, by name."""
-    types: dict[str, int] = {}
-    for graph in iter_graphs(model.graph):
-        for value in (*graph.input, *graph.output, *graph.value_info):
-            if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type:
-                types[value.name] = value.type.tensor_type.elem_type
-        for tensor in graph.initializer:
-            types[tensor.name] = tensor.data_type
-        for node in graph.node:
-            if node.op_type == "Cast" and node.output:
-                for attribute in node.attribute:
-                    if attribute.name == "to":
-                        types[node.output[0]] = attribute.i
-    return types
-
-
-# onnxruntime's words when its CPU provider has no kernel for a node's types.
-_NO_KERNEL = re.compile(
-    r"Could not find an implementation for (\S+?)\(\d+\) node with name '([^']*)'"
-)
-
-
-def creation_error(
-    error: Exception, model: onnx.ModelProto, name: str, version: str
-) -> LayerportError:
-    """The layerport error for onnxruntime's refusal to create a session on ``model``.
-
-    A missing kernel is ``WorkFailed``: the file is valid (it passed onnx's
-    checker), and this onnxruntime cannot run it. Anything else is ``BadFile``.
-    """
-    found = _NO_KERNEL.search(str(error))
-    if found is None:
-        return BadFile(f"onnxruntime cannot load {name}: {one_line(error)}")
-    op_type, node_name = found.groups()
-    dtypes = sorted(set(_input_types(model, op_type, node_name)))
-    kernel = f"{dtypes[0]} kernel" if len(dtypes) == 1 else "kernel in this file's types"
-    node = f"node {node_name!r}" if node_name else "an unnamed node"
-    return WorkFailed(
-        f"onnxruntime {version} cannot run {name}: it has no {kernel} for {op_type} ({node}); "
-        "onnx's reference evaluator can (",
-        Setting("runtime", "onnx-reference"),
-        ")",
-    )
-
-
-def _input_types(model: onnx.ModelProto, op_type: str, node_name: str) -> Iterator[str]:
-    """The type of the first typed input of each node ``op_type`` called ``node_name``.
-
-    The file's declarations, completed by onnx's shape inference where it can.
-    """
-    # A model onnx cannot infer still has the types it declares.
-    with contextlib.suppress(Exception):
-        model = onnx.shape_inference.infer_shapes(model)
-    types = declared_types(model)
-    for graph in iter_graphs(model.graph):
-        for node in graph.node:
-            if node.op_type == op_type and node.name == node_name:
-                typed = [types[value] for value in node.input if value in types]
-                if typed:
-                    yield element_type_name(typed[0])
-
-
-def model_interface(
-    model: onnx.ModelProto, optional_inputs: Collection[str] = ()
-) -> tuple[list[ArraySpec], list[ArraySpec]]:
-    """The model's inputs and outputs, in the graph's order.
-
-    Graph inputs that an initializer also defines (constants, in opsets before 9
-    style) are not inputs a caller feeds, so they are left out.
-    """
-    initializers = {tensor.name for tensor in model.graph.initializer}
-    inputs = [
-        array_spec_of(value, optional_inputs)
-        for value in model.graph.input
-        if value.name not in initializers
-    ]
-    return inputs, [array_spec_of(value) for value in model.graph.output]
-
-
-def array_spec_of(value: onnx.ValueInfoProto, optional: Collection[str] = ()) -> ArraySpec:
-    """A graph input's or output's name, dims (symbolic names or sizes) and dtype."""
-    tensor_type = value.type.tensor_type
-    dims: list[str | int] = []
-    for axis, dim in enumerate(tensor_type.shape.dim):
-        if dim.HasField("dim_value"):
-            dims.append(dim.dim_value)
-        else:
-            dims.append(dim.dim_param or f"{value.name}_axis{axis}")
-    return ArraySpec(
-        name=value.name,
-        dims=tuple(dims),
-        dtype=element_type_name(tensor_type.elem_type),
-        optional=value.name in optional,
-    )
-
-
-def generated_inputs(
-    session: Session, dims: Mapping[str, int], seed: int | None
-) -> dict[str, np.ndarray]:
-    """Inputs drawn as ``layerport run`` draws them: standard normal, from the seed.
-
-    Symbolic dims take their size from ``dims``, else from the sizes the file
-    records it was traced at. Each input has its own dtype. Optional inputs are
-    left out (zeros); a file with no inputs gets none.
-    """
-    record = ExportRecord.from_model(session.proto)
-    sizes = dict(record.dynamic_dims) if record else {}
-    unknown = sorted(
-        set(dims) - {d for spec in session.inputs for d in spec.dims if isinstance(d, str)}
-    )
-    if unknown:
-        known = sorted({d for spec in session.inputs for d in spec.dims if isinstance(d, str)})
-        close = difflib.get_close_matches(unknown[0], known, n=1)
-        suggestion = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UserInputError(
-            f"the file has no symbolic dim {unknown[0]!r}{suggestion}; "
-            f"its symbolic dims: {', '.join(known) or '(none)'}"
-        )
-    sizes.update(dims)
-    shapes = {}
-    dtypes = {}
-    for spec in session.inputs:
-        if spec.optional:
-            continue
-        missing = [dim for dim in spec.dims if isinstance(dim, str) and dim not in sizes]
-        if missing:
-            raise UserInputError(
-                f"give the size of dim {missing[0]} with ",
-                Setting("dims", f"{missing[0]}=SIZE"),
-                ", or pass ",
-                Setting("inputs"),
-            )
-        shapes[spec.name] = tuple(sizes[dim] if isinstance(dim, str) else dim for dim in spec.dims)
-        dtypes[spec.name] = spec.dtype
-    default_seed = record.seed if record and record.seed is not None else 0
-    return random_inputs(shapes, dtypes, default_seed if seed is None else seed)

@@ -35,9 +35,6 @@ from layerport.runtime.metadata import ExportRecord
 from layerport.serving.pbtxt import Enum, as_list
 from layerport.spec import LayerSpec
 
-# Triton's backends for an ONNX file: its own onnxruntime backend, or its python
-# backend running layerport's torch-free runtime (``serving.python_backend``).
-BACKENDS = ("onnxruntime", "python")
 INSTANCE_KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 
 
@@ -98,12 +95,12 @@ def model_config(
 ) -> dict[str, Any]:
     """The ``config.pbtxt`` of model ``name``, as a message for ``pbtxt.render``.
 
-    ``inputs`` and ``outputs`` are the file's (``runtime.session.array_spec_of``),
+    ``inputs`` and ``outputs`` are the file's (``runtime.interface.array_spec_of``),
     in the spec's order and with its names, as every verified export has them.
     ``avoid_layout_optimizations`` asks the onnxruntime backend for its
     ``extended`` graph level (``optimization { graph { level: 1 } }``, see the
     backend's README), which leaves out the layout transformers, for a file
-    that crashes onnxruntime's NCHWc transformer (``runtime.session.crashes_nchwc_transformer``).
+    that crashes onnxruntime's NCHWc transformer (``runtime.failures.crashes_nchwc_transformer``).
     """
     batched = batching(spec).batched
     optional = (

@@ -127,9 +127,10 @@ def export(
             path = export_target.output_in(folder, _file_stem(layer, registry))
             export_target.check(path, settings)
             result = _export(config, opset, not no_verify, verification, quantize)
-            return LayerOutcome(
-                layer, path=export_target.write(result, path, settings), export=result
-            )
+            written = export_target.write(result, path, settings)
+            for message in export_target.notes(result, settings):
+                note(message)
+            return LayerOutcome(layer, path=written, export=result)
 
         outcomes = for_each_layer("exporting", export_one, dtype=layer_options.dtype)
         print_export_all(outcomes, json_)
@@ -157,6 +158,8 @@ def export(
         write_report(failure.report, verification.report_path)
         raise
     written = export_target.write(result, output, settings)
+    for message in export_target.notes(result, settings):
+        note(message)
     write_report(result.report, verification.report_path)
     print_export(result, written, json_)
 

@@ -65,8 +65,9 @@ def infer(
       layerport infer exported/rnn.onnx --input x=x.npy --output out.npz
     """
     from layerport.runtime.files import check_writable_target
+    from layerport.runtime.interface import generated_inputs
     from layerport.runtime.npy import read_arrays
-    from layerport.runtime.session import SessionSettings, generated_inputs, load_model
+    from layerport.runtime.session import SessionSettings, load_model
 
     if output is not None:
         check_writable_target(output)
