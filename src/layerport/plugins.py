@@ -116,13 +116,15 @@ def _contain(error: BaseException, strict: bool) -> None:
     if strict:
         if isinstance(error, Exception):
             raise error
-        raise PluginFailed(f"a plugin raised {type(error).__name__}: {one_line(error)}") from error
+        raise PluginFailed(
+            f"a plugin raised {type(error).__name__}: {_error_text(error)}"
+        ) from error
 
 
 def _registered_before(
     plugin: Any, name: str, entry_point: metadata.EntryPoint, info: PluginInfo
 ) -> bool:
-    """Whether an earlier entry point registered ``plugin`` (or, for ``info``, ``name``).
+    """Whether an earlier entry point registered ``plugin``, or ``info``'s copy of ``name``.
 
     The same object is often reached twice: two entry points of one distribution
     (an alias kept for old configurations), or one distribution on the path twice
