@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -76,6 +79,11 @@ BROKEN = {
         "from layerport import hookimpl\n\n@hookimpl\ndef register_layers(register):\n"
         "    return []\n"
     ),
+    "imports-a-missing-name": "from json import no_such_name\n",
+    "shows-a-module": (
+        "import json\nfrom layerport import hookimpl\n\n@hookimpl\n"
+        "def register_layers(register):\n    raise TypeError(f'expected a LayerSpec, got {json}')\n"
+    ),
 }
 BROKEN_MESSAGES = {
     "import-error": "No module named 'layerport_no_such_module_anywhere'",
@@ -87,6 +95,13 @@ BROKEN_MESSAGES = {
     "exits-in-hook": "its register_layers hook raised: SystemExit: 3",
     "unmarked-hook": "defines register_layers but does not mark it @hookimpl",
     "returns-specs": "its register_layers hook returned a list; hooks return nothing",
+    # Python's message ends with the path of json/__init__.py, which the leak check
+    # below refuses: the module's name says as much.
+    "imports-a-missing-name": (
+        "cannot load entry point 'layerport_imports_a_missing_name': ImportError: cannot import "
+        "name 'no_such_name' from 'json'"
+    ),
+    "shows-a-module": "TypeError: expected a LayerSpec, got module json",
 }
 
 
@@ -97,15 +112,26 @@ def make_distribution(
     (or, with ``attribute``, an object in it)."""
     module = name.replace("-", "_")
     (site / f"{module}.py").write_text(textwrap.dedent(source))
-    info = site / f"{module}-1.2.3.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.2.3\n")
     value = f"{module}:{attribute}" if attribute else module
-    (info / "entry_points.txt").write_text(f"[layerport]\n{entry_name or module} = {value}\n")
+    make_dist_info(site, name, {entry_name or module: value})
 
 
-def layerport(site: Path, *args: str, **env: str) -> Result:
-    pythonpath = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+def make_dist_info(
+    site: Path, name: str, entry_points: dict[str, str], version: str = "1.2.3"
+) -> None:
+    """Install only the metadata of a distribution ``name``: its ``layerport`` entry points
+    (name = value), naming modules that may come from another distribution."""
+    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    lines = "".join(f"{entry} = {value}\n" for entry, value in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[layerport]\n{lines}")
+
+
+def layerport(site: Path | list[Path], *args: str, **env: str) -> Result:
+    """Run layerport with ``site`` (or each folder of a list, in order) first on the path."""
+    folders = [str(folder) for folder in ([site] if isinstance(site, Path) else site)]
+    pythonpath = os.pathsep.join(filter(None, [*folders, os.environ.get("PYTHONPATH")]))
     return run_process(*args, env={"PYTHONPATH": pythonpath, **env})
 
 
@@ -140,6 +166,9 @@ def test_a_broken_plugin_is_reported_once_and_isolated(site: Path, case: str) ->
     assert warnings[0].startswith(f"Warning: plugin {name} is disabled: ")
     assert BROKEN_MESSAGES[case] in warnings[0]
     assert "Traceback" not in listed.stderr
+    # No repr of a module or a dict, and no file path from inside the environment.
+    assert not re.search(r"<module |\{'[^']*': ", listed.stderr), listed.stderr
+    assert os.sep not in listed.stderr, listed.stderr
     assert "fake" in listed.stdout and "linear" in listed.stdout
     assert layerport(site, "run", "fake").exit_code == 0
     assert layerport(site, "run", "linear").exit_code == 0
@@ -267,6 +296,192 @@ def test_name_clash_between_plugins_needs_a_qualified_name(site: Path) -> None:
         for command in (["run"], ["show"], ["verify", "--trials", "1"]):
             result = layerport(site, *command, qualified)
             assert result.exit_code == 0, (command, result.stderr)
+
+
+def plugin_rows(site: Path | list[Path]) -> tuple[dict[str, dict[str, object]], list[str]]:
+    """``plugins --json``: its rows by plugin name, and its warnings."""
+    result = layerport(site, "plugins", "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    return {row["name"]: row for row in report["plugins"]}, report["warnings"]
+
+
+def layer_rows(site: Path | list[Path], layer: str) -> list[dict[str, object]]:
+    """The rows of ``list --json`` for the bare name ``layer``, after asserting no warning."""
+    listed = layerport(site, "list", "--json")
+    assert listed.exit_code == 0 and listed.stderr == "", listed.stderr
+    return [row for row in json.loads(listed.stdout) if row["name"] == layer]
+
+
+# An alias kept for old configurations: the same module under a second name, or
+# the same object re-exported by another module of the distribution.
+ALIASES = {
+    "same-module": "layerport_alias",
+    "re-exported": "layerport_alias_compat:plugin",
+}
+
+
+@pytest.mark.parametrize("alias", sorted(ALIASES))
+def test_two_entry_points_to_one_object_register_it_once(site: Path, alias: str) -> None:
+    make_distribution(site, "layerport-alias", GOOD_PLUGIN.format(layer="aliased"))
+    (site / "layerport_alias_compat.py").write_text("import layerport_alias as plugin\n")
+    (site / "layerport_alias-1.2.3.dist-info" / "entry_points.txt").write_text(
+        f"[layerport]\naliased = layerport_alias\nold-name = {ALIASES[alias]}\n"
+    )
+    assert [row["plugin"] for row in layer_rows(site, "aliased")] == ["layerport-alias"]
+    for name in ("aliased", "layerport-alias:aliased"):
+        ran = layerport(site, "run", name, "--json")
+        assert ran.exit_code == 0 and ran.stderr == "", ran.stderr
+        assert json.loads(ran.stdout)["outputs"]["y"]["shape"] == [4, 2]
+    rows, warnings = plugin_rows(site)
+    assert warnings == []
+    assert rows["layerport-alias"] == {
+        "name": "layerport-alias",
+        "version": "1.2.3",
+        "status": "ok",
+        "error": None,
+        "layers": ["aliased"],
+        "entry_points": ["aliased", "old-name"],
+    }
+    table = layerport(site, "plugins")
+    assert table.exit_code == 0 and table.stderr == ""
+    row = next(line for line in table.stdout.splitlines() if "layerport-alias" in line)
+    assert row.split() == ["layerport-alias", "1.2.3", "aliased", "aliased,", "old-name", "ok"]
+
+
+def test_two_entry_points_to_one_broken_module_warn_once(site: Path) -> None:
+    make_distribution(site, "layerport-alias", BROKEN["hook-raises"])
+    (site / "layerport_alias-1.2.3.dist-info" / "entry_points.txt").write_text(
+        "[layerport]\naliased = layerport_alias\nold-name = layerport_alias\n"
+    )
+    listed = layerport(site, "list")
+    assert listed.exit_code == 0
+    assert listed.stderr == (
+        "Warning: plugin layerport-alias is disabled: its register_layers hook raised: "
+        "RuntimeError: the hook blew up\n"
+    )
+    rows, _ = plugin_rows(site)
+    assert rows["layerport-alias"]["status"] == "failed"
+    assert rows["layerport-alias"]["error"] == (
+        "its register_layers hook raised: RuntimeError: the hook blew up"
+    )
+    assert rows["layerport-alias"]["entry_points"] == ["aliased", "old-name"]
+
+
+# Which distribution's registration is used follows the path, as import does.
+SHARED_MODULE_WARNINGS = {
+    "layerport-a": "plugins layerport-a and layerport-b both provide layerport_a; "
+    "using it from layerport-a",
+    "layerport-b": "plugins layerport-b and layerport-a both provide layerport_a; "
+    "using it from layerport-b",
+}
+
+
+@pytest.mark.parametrize("first", sorted(SHARED_MODULE_WARNINGS))
+def test_one_module_in_two_distributions_is_used_from_the_first(tmp_path: Path, first: str) -> None:
+    # layerport-b ships no code of its own: its entry point names layerport-a's
+    # module (a fork, or a package renamed with its old name still installed).
+    folders = {"layerport-a": tmp_path / "a", "layerport-b": tmp_path / "b"}
+    for folder in folders.values():
+        folder.mkdir()
+    make_distribution(folders["layerport-a"], "layerport-a", GOOD_PLUGIN.format(layer="shared"))
+    make_dist_info(folders["layerport-b"], "layerport-b", {"shared": "layerport_a"})
+    second = "layerport-b" if first == "layerport-a" else "layerport-a"
+    path = [folders[first], folders[second]]
+    expected = SHARED_MODULE_WARNINGS[first]
+    listed = layerport(path, "list", "--json")
+    assert listed.exit_code == 0
+    assert listed.stderr == f"Warning: {expected}\n"
+    shared = [row for row in json.loads(listed.stdout) if row["name"] == "shared"]
+    assert [row["plugin"] for row in shared] == [first]
+    ran = layerport(path, "run", "shared")
+    assert ran.exit_code == 0 and ran.stderr == f"Warning: {expected}\n"
+    rows, warnings = plugin_rows(path)
+    assert warnings == [expected]
+    assert rows[first]["status"] == "ok" and rows[first]["layers"] == ["shared"]
+    assert second not in rows  # it provides nothing: the warning says why
+
+
+def make_two_copies(tmp_path: Path) -> list[Path]:
+    """layerport-twice on the path twice: an editable 1.3.0 first, then a regular 1.2.3."""
+    editable, regular = tmp_path / "editable", tmp_path / "regular"
+    for folder, version, layer in ((editable, "1.3.0", "twice"), (regular, "1.2.3", "twice")):
+        folder.mkdir()
+        (folder / "layerport_twice.py").write_text(GOOD_PLUGIN.format(layer=layer))
+        make_dist_info(folder, "layerport-twice", {"twice": "layerport_twice"}, version)
+    return [editable, regular]
+
+
+def test_one_distribution_on_the_path_twice_is_loaded_once(tmp_path: Path) -> None:
+    path = make_two_copies(tmp_path)
+    assert [(row["plugin"], row["version"]) for row in layer_rows(path, "twice")] == [
+        ("layerport-twice", "1.3.0")
+    ]
+    ran = layerport(path, "run", "twice")
+    assert ran.exit_code == 0 and ran.stderr == "", ran.stderr
+    rows, warnings = plugin_rows(path)
+    assert warnings == []
+    assert rows["layerport-twice"]["status"] == "ok"
+    assert rows["layerport-twice"]["version"] == "1.3.0"
+    assert rows["layerport-twice"]["entry_points"] == ["twice"]
+
+
+# importlib.metadata folds a distribution seen twice into the first copy; an
+# environment whose metadata does not (an older importlib_metadata backport, a
+# custom finder) must not make layerport warn either.
+UNFOLDED = """
+import importlib.metadata as metadata
+import sys
+
+def entry_points(group):
+    return [ep for dist in metadata.distributions() for ep in dist.entry_points if ep.group == group]
+
+metadata.entry_points = entry_points
+from layerport.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("second_module", ["layerport_twice", "layerport_twice_old"])
+def test_one_distribution_seen_twice_by_unfolded_metadata_is_loaded_once(
+    tmp_path: Path, second_module: str
+) -> None:
+    editable, regular = make_two_copies(tmp_path)
+    # With a module of another name, the second copy is a different object under
+    # the same distribution and entry point: the first copy on the path wins.
+    (regular / "layerport_twice_old.py").write_text(GOOD_PLUGIN.format(layer="twice"))
+    (regular / "layerport_twice-1.2.3.dist-info" / "entry_points.txt").write_text(
+        f"[layerport]\ntwice = {second_module}\n"
+    )
+    script = tmp_path / "unfolded.py"
+    script.write_text(UNFOLDED)
+    pythonpath = os.pathsep.join(
+        filter(None, [str(editable), str(regular), os.environ.get("PYTHONPATH")])
+    )
+    env = {**os.environ, "PYTHONPATH": pythonpath}
+
+    def unfolded(*args: str) -> Result:
+        done = subprocess.run(
+            [sys.executable, str(script), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+        return Result(done.returncode, done.stdout, done.stderr)
+
+    listed = unfolded("list", "--json")
+    assert listed.exit_code == 0 and listed.stderr == "", listed.stderr
+    twice = [row for row in json.loads(listed.stdout) if row["name"] == "twice"]
+    assert [(row["plugin"], row["version"]) for row in twice] == [("layerport-twice", "1.3.0")]
+    ran = unfolded("run", "twice")
+    assert ran.exit_code == 0 and ran.stderr == "", ran.stderr
+    plugins_json = unfolded("plugins", "--json")
+    assert plugins_json.exit_code == 0 and plugins_json.stderr == ""
+    report = json.loads(plugins_json.stdout)
+    assert report["warnings"] == []
+    rows = [row for row in report["plugins"] if row["name"] == "layerport-twice"]
+    assert [(row["status"], row["entry_points"]) for row in rows] == [("ok", ["twice"])]
 
 
 def test_register_commands_adds_a_subcommand(site: Path) -> None:

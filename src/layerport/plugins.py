@@ -4,7 +4,8 @@ Built-in layer types are ordinary plugins listed in ``DEFAULT_PLUGINS`` and take
 the same path as third-party ones. Third-party plugins are distributions with an
 entry point in the ``layerport`` group. Each one loads on its own: a plugin that
 fails to import, registers a misspelled hook or raises in its hook is recorded
-as a ``PluginFailure`` and every other plugin keeps working.
+as a ``PluginFailure`` and every other plugin keeps working. An object reached
+through several entry points is registered once, under the first.
 
 ``LAYERPORT_LOAD_PLUGINS`` selects plugins: a comma-separated list of
 distribution names loads only those; an empty value loads only the built-ins.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from importlib import metadata
@@ -47,6 +49,8 @@ HOOK_NAMES = tuple(
 
 # The distribution behind each plugin that registered, by its pluggy name.
 _plugin_info: dict[str, PluginInfo] = {}
+# The entry points read for each distribution, by its name, in order.
+_entry_point_names: dict[str, list[str]] = {}
 _load_failures: list[PluginFailure] = []
 _warnings: list[str] = []
 _loaded = False
@@ -67,6 +71,9 @@ def load_plugins(*, strict: bool = False) -> None:
         register_plugin(importlib.import_module(module_name), module_name, BUILTIN)
     for entry_point in _selected_entry_points():
         info = _plugin_info_for(entry_point)
+        names = _entry_point_names.setdefault(info.name, [])
+        if entry_point.name not in names:
+            names.append(entry_point.name)
         try:
             plugin = entry_point.load()
         except BaseException as error:
@@ -83,8 +90,11 @@ def load_plugins(*, strict: bool = False) -> None:
                 PluginFailure(info.name, message, InvalidSpec(message), entry_point.name)
             )
             continue
+        name = f"{info.name}:{entry_point.name}"
+        if _registered_before(plugin, name, entry_point, info):
+            continue
         try:
-            register_plugin(plugin, f"{info.name}:{entry_point.name}", info)
+            register_plugin(plugin, name, info)
         except BaseException as error:
             _contain(error, strict)
             failure = _failure(
@@ -106,7 +116,33 @@ def _contain(error: BaseException, strict: bool) -> None:
     if strict:
         if isinstance(error, Exception):
             raise error
-        raise PluginFailed(f"a plugin raised {type(error).__name__}: {one_line(error)}") from error
+        raise PluginFailed(
+            f"a plugin raised {type(error).__name__}: {_error_text(error)}"
+        ) from error
+
+
+def _registered_before(
+    plugin: Any, name: str, entry_point: metadata.EntryPoint, info: PluginInfo
+) -> bool:
+    """Whether an earlier entry point registered ``plugin``, or ``info``'s copy of ``name``.
+
+    The same object is often reached twice: two entry points of one distribution
+    (an alias kept for old configurations), or one distribution on the path twice
+    (an editable and a regular install). pluggy refuses a second registration with
+    a message full of module reprs, so the object stays registered once, under
+    the first entry point, and the first copy on the path wins, as it does for
+    ``import``. Only where another distribution registered the object first is
+    there something to tell: which distribution's registration is used.
+    """
+    if not pm.is_registered(plugin):
+        return pm.has_plugin(name)
+    owner = plugin_info(plugin)
+    if normalize_name(owner.name) != normalize_name(info.name):
+        _warn_once(
+            f"plugins {owner.name} and {info.name} both provide {entry_point.value}; "
+            f"using it from {owner.name}"
+        )
+    return True
 
 
 def _not_a_plugin(plugin: Any) -> str | None:
@@ -185,9 +221,25 @@ def _distribution_name(entry_point: metadata.EntryPoint) -> str:
 
 
 def _failure(plugin: str, what: str, error: BaseException) -> PluginFailure:
-    detail = one_line(error)
+    detail = _error_text(error)
     message = f"{what}: {type(error).__name__}" + (f": {detail}" if detail else "")
     return PluginFailure(plugin=plugin, message=message, error=error)
+
+
+_MODULE_REPR = re.compile(r"<module '([^']+)'[^>]*>")
+
+
+def _error_text(error: BaseException) -> str:
+    """A plugin's error in one line, without the environment's file paths or module reprs.
+
+    An ``ImportError`` ends with the path of the module it searched, and an error
+    that shows a module shows ``<module 'name' from '/path'>``; the module's name
+    says as much to the user, and the path is noise (``--debug`` has it all).
+    """
+    text = str(error)
+    if isinstance(error, ImportError) and error.path:
+        text = text.replace(f" ({error.path})", "")
+    return one_line(_MODULE_REPR.sub(r"module \1", text))
 
 
 def plugin_info(plugin: Any) -> PluginInfo:
@@ -199,7 +251,15 @@ def plugin_info(plugin: Any) -> PluginInfo:
     name = pm.get_name(plugin)
     if name in _plugin_info:
         return _plugin_info[name]
-    return PluginInfo(name=name or repr(plugin), version="unknown")
+    return PluginInfo(
+        name=name or getattr(plugin, "__name__", None) or type(plugin).__name__,
+        version="unknown",
+    )
+
+
+def entry_point_names(distribution: str) -> list[str]:
+    """The names of ``distribution``'s entry points, aliases included; none for a built-in."""
+    return list(_entry_point_names.get(distribution, []))
 
 
 def warnings() -> list[str]:

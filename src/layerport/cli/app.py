@@ -139,8 +139,12 @@ def _report_plugin_problems(registry: Registry) -> None:
         _State.warned = True
         for message in plugins.warnings():
             warn(message)
+        reported: set[str] = set()
         for failure in registry.failures:
-            warn(f"plugin {failure.plugin} is disabled: {failure.message}")
+            message = f"plugin {failure.plugin} is disabled: {failure.message}"
+            if message not in reported:  # aliases of one broken module fail alike
+                reported.add(message)
+                warn(message)
 
 
 def resolve_layer(name: str, options: LayerOptions) -> LayerConfig:

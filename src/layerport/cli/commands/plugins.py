@@ -15,7 +15,7 @@ from layerport.cli.output import print_json, print_table, warn
 @click.command(name="plugins")
 @json_option
 def plugins_command(json_: bool) -> None:
-    """List the loaded plugins, the layers each provides, and plugins that failed.
+    """List the loaded plugins, their layers and entry points, and plugins that failed.
 
     \b
     Example:
@@ -25,7 +25,9 @@ def plugins_command(json_: bool) -> None:
     registry = get_registry()
     errors: dict[str, list[str]] = {}
     for failure in registry.failures:
-        errors.setdefault(failure.plugin, []).append(failure.message)
+        messages = errors.setdefault(failure.plugin, [])
+        if failure.message not in messages:  # aliases of one broken module fail alike
+            messages.append(failure.message)
     loaded = plugins.loaded_plugins()
     rows: list[dict[str, Any]] = [
         {
@@ -34,6 +36,7 @@ def plugins_command(json_: bool) -> None:
             "status": "failed" if info.name in errors else "ok",
             "error": "; ".join(errors.get(info.name, [])) or None,
             "layers": [layer.name for layer in registry if layer.plugin.name == info.name],
+            "entry_points": plugins.entry_point_names(info.name),
         }
         for info in loaded
     ]
@@ -46,6 +49,7 @@ def plugins_command(json_: bool) -> None:
             "status": "failed",
             "error": "; ".join(messages),
             "layers": [],
+            "entry_points": plugins.entry_point_names(name),
         }
         for name, messages in errors.items()
         if name not in loaded_names
@@ -54,12 +58,13 @@ def plugins_command(json_: bool) -> None:
         print_json({"plugins": rows, "warnings": plugins.warnings()})
         return
     print_table(
-        ("plugin", "version", "layers", "status"),
+        ("plugin", "version", "layers", "entry points", "status"),
         (
             (
                 row["name"],
                 row["version"],
                 ", ".join(row["layers"]) or "-",
+                ", ".join(row["entry_points"]) or "-",
                 row["status"] if row["status"] == "ok" else f"failed: {row['error']}",
             )
             for row in rows
