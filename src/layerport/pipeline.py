@@ -27,7 +27,7 @@ import onnx
 
 from layerport import __version__
 from layerport.config import LayerConfig, config_from_record
-from layerport.dtypes import Tolerance, precision
+from layerport.dtypes import Tolerance
 from layerport.errors import BadFile, ExportFailed, Setting, UserInputError, VerificationFailed
 from layerport.export import DEFAULT_OPSET
 from layerport.registry import Registry
@@ -41,6 +41,8 @@ from layerport.verify.report import VerificationReport
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from layerport.verify.engines import EagerEngine
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ def export_layer(
             config,
             module,
             model,
-            tolerance=tolerance or config.tolerance(quantize=quantize),
+            tolerance=tolerance or config.judged_tolerance(quantize=quantize),
             trials=trials,
             quantize=quantize,
         )
@@ -195,7 +197,7 @@ def verify_file(
         model,
         name=str(path),
         optional_inputs=record.optional_inputs,
-        tolerance=config.tolerance(atol, rtol, quantize=record.quantize),
+        tolerance=config.judged_tolerance(atol, rtol, quantize=record.quantize),
         trials=trials,
         quantize=record.quantize,
         second_opinion=second_opinion,
@@ -295,11 +297,12 @@ def verify_server(
             ServerEngine(served),
             EagerEngine(module, config),
             config.dims,
-            tolerance=config.tolerance(atol, rtol, quantize=record.quantize),
+            tolerance=config.judged_tolerance(atol, rtol, quantize=record.quantize),
             trials=trials,
             structure_problems=structure_problems(
                 config, inputs, outputs, where="the served config"
             ),
+            baseline=float64_baseline(config, record.quantize),
             # Triton refuses a request above the config's max_batch_size.
             largest={config.spec.batch_dim: served.max_batch_size}
             if served.batched and config.spec.batch_dim
@@ -315,8 +318,21 @@ def verify_server(
             )
     finally:
         served.close()
+    _note_underflow(report, config)
     _note_plugin_version(report, config, record, "served model")
     return config, report
+
+
+def _note_underflow(report: VerificationReport, config: LayerConfig) -> None:
+    """Name the weights the conversion flushed as the likely cause of a failure."""
+    if report.passed or not config.underflow:
+        return
+    tensors = "; ".join(config.underflow)
+    report.notes.insert(
+        0,
+        f"converting the weights to {config.dtype} made non-zero values zero or subnormal "
+        f"({tensors}), the likely cause",
+    )
 
 
 def verify_model(
@@ -339,16 +355,16 @@ def verify_model(
     onnxruntime within the same tolerance: a disagreement is a runtime's bug.
 
     onnxruntime runs the file, or onnx's reference evaluator for a precision the
-    spec declares that way (``LayerSpec.precisions``). For a precision narrower
-    than float32, the report also gives what it costs: the file against the
-    layer in float64, built from the same source weights.
+    spec declares that way (``LayerSpec.precisions``). Unless ``tolerance`` is
+    given, a float file is judged against the layer in float64, built from the
+    same source weights, by what eager in its precision itself loses
+    (``verify.verdict``); the report gives both figures.
 
     ``optional_inputs`` are the inputs the model may be run without (default:
     the spec's optional inputs). A ``name`` says the model came from that file,
     whose session is then created in a child process first (see
     ``runtime.isolation``).
     """
-    from layerport.eager.build import build_module
     from layerport.verify.engines import EagerEngine, FileEngine
     from layerport.verify.structure import structure_problems
     from layerport.verify.verification import verify_engines
@@ -362,12 +378,7 @@ def verify_model(
         optional_inputs=optional_inputs,
         isolate=name is not None,  # a file from disk may crash onnxruntime; our exports are guarded
     )
-    baseline = None
-    if precision(config.dtype).reduced:
-        # What the precision costs: the same function in float64, from the same
-        # source weights (converted exactly), on the same inputs.
-        in_float64 = dataclasses.replace(config, dtype="float64")
-        baseline = EagerEngine(build_module(in_float64), in_float64)
+    baseline = float64_baseline(config, quantize)
     report = verify_engines(
         config,
         FileEngine(session),
@@ -379,6 +390,7 @@ def verify_model(
         baseline=baseline,
     )
     report.quantization = quantize
+    _note_underflow(report, config)
     if second_opinion and session.runtime != "onnx-reference":
         reference = Session(
             model,
@@ -386,19 +398,38 @@ def verify_model(
             SessionSettings(runtime="onnx-reference"),
             optional_inputs=optional_inputs,
         )
+        # The file in the second runtime, judged as the first was: a failure there
+        # after a pass here is a runtime's bug.
         report.second_opinion = verify_engines(
             config,
             FileEngine(reference),
-            FileEngine(session),
+            EagerEngine(module, config),
             config.dims,
             tolerance=report.tolerance,
             trials=1,
+            baseline=baseline,
         )
     elif second_opinion:
         report.notes.append(
             f"no second opinion: {config.dtype} files are verified in onnx-reference already"
         )
     return report
+
+
+def float64_baseline(config: LayerConfig, quantize: str | None = None) -> EagerEngine | None:
+    """The layer in float64, from the same source weights (converted exactly), or ``None``.
+
+    It prices every float precision but float64 itself, and judges the file by
+    the float64 verdict unless a fixed tolerance is given. A quantized file is
+    judged by its recipe's tolerance, without it.
+    """
+    from layerport.eager.build import build_module
+    from layerport.verify.engines import EagerEngine
+
+    if config.dtype == "float64" or quantize is not None:
+        return None
+    in_float64 = dataclasses.replace(config, dtype="float64")
+    return EagerEngine(build_module(in_float64), in_float64)
 
 
 def export_record(

@@ -54,6 +54,15 @@ _LAYER_ONLY = {
     metavar="SECONDS",
     help="With --server: wait up to SECONDS for the model to be ready (a server just started).",
 )
+@click.option(
+    "--save-failures",
+    "failures_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    metavar="DIR",
+    help="For a file: on failure, write the first failing cases' inputs and every engine's "
+    "outputs (.npz) to DIR, with the 'layerport infer' commands that rerun them.",
+)
 @json_option
 @click.pass_context
 def verify(
@@ -65,6 +74,7 @@ def verify(
     second_opinion: bool,
     server: str | None,
     wait: float,
+    failures_dir: Path | None,
     json_: bool,
 ) -> None:
     """Check that an export computes what eager PyTorch computes, at every size.
@@ -80,6 +90,7 @@ def verify(
       layerport verify rnn --dim seq=64
       layerport verify exported/rnn.onnx --trials 5 --report report.md
       layerport verify exported/rnn.onnx --second-opinion
+      layerport verify exported/rnn.onnx --save-failures failures/
       layerport verify --server 127.0.0.1:8000 rnn --wait 60
     """
     require_dependencies("torch", "onnxscript")
@@ -88,6 +99,11 @@ def verify(
     report_path = verification.report_path
     if report_path is not None:
         check_writable_target(report_path)
+    if failures_dir is not None and (server is not None or not _is_file(target)):
+        raise click.UsageError(
+            "--save-failures reruns a failure with 'layerport infer', which needs a file: "
+            "give an .onnx file (export the layer with --no-verify to get one)"
+        )
     if server is None and wait:
         raise click.UsageError("--wait applies to a served model: give --server URL")
     if server is not None:
@@ -111,7 +127,7 @@ def verify(
         return
     # Layer names never contain "." or "/", so anything that does is a file; a
     # stray file named like a layer must not hijack the layer.
-    if any(character in target for character in (".", "/", os.sep)):
+    if _is_file(target):
         for name in given_explicitly(ctx, *_LAYER_ONLY):
             raise click.UsageError(
                 f"{_LAYER_ONLY[name]} does not apply to a file: it records its own configuration"
@@ -127,6 +143,8 @@ def verify(
             second_opinion=second_opinion,
         )
         shown = target
+        if failures_dir is not None and not report.passed:
+            _save_failures(report, Path(target), failures_dir)
     else:
         if second_opinion:
             raise click.UsageError("--second-opinion checks a file: give an .onnx file")
@@ -134,11 +152,46 @@ def verify(
         report = verify_layer(
             config,
             opset=opset,
-            tolerance=config.tolerance(verification.atol, verification.rtol),
+            tolerance=config.judged_tolerance(verification.atol, verification.rtol),
             trials=verification.trials,
         )
         shown = report.layer
     _finish(report, report_path, shown, json_)
+
+
+def _is_file(target: str) -> bool:
+    return any(character in target for character in (".", "/", os.sep))
+
+
+def _save_failures(report: VerificationReport, path: Path, directory: Path) -> None:
+    """Write each kept failing case's arrays to ``directory``, and how to rerun it.
+
+    ``reproduce.sh`` holds one ``layerport infer`` command a case; its output
+    compares with the saved ``onnxruntime`` (or ``onnx-reference``) outputs.
+    """
+    import shlex
+
+    from layerport.runtime.arrays import savable
+    from layerport.runtime.files import atomic_save_npz, atomic_write_bytes
+
+    directory.mkdir(parents=True, exist_ok=True)
+    runtime = report.engines[0]
+    lines = [f"# {len(report.failures)} failing comparisons of {path}; the first cases:"]
+    for number, run in enumerate(report.failed_runs, start=1):
+        stem = directory / f"failure-{number}"
+        atomic_save_npz(stem.with_name(f"{stem.name}-inputs.npz"), savable(run.inputs)[0])
+        for engine, outputs in run.outputs.items():
+            name = engine.replace(" ", "-")
+            atomic_save_npz(stem.with_name(f"{stem.name}-{name}.npz"), savable(outputs)[0])
+        command = [
+            "layerport", "infer", str(path),
+            "--input", f"{stem}-inputs.npz",
+            "--output", f"{stem}-rerun.npz",
+            "--runtime", runtime,
+        ]  # fmt: skip
+        lines += [f"# {run.case}", shlex.join(command)]
+    atomic_write_bytes(directory / "reproduce.sh", ("\n".join(lines) + "\n").encode())
+    report.notes.append(f"the failing cases' inputs and outputs are in {directory}")
 
 
 def _finish(report: VerificationReport, report_path: Path | None, shown: str, json_: bool) -> None:
