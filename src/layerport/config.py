@@ -198,7 +198,7 @@ def resolve_config(
         weights_dtype = weights_dtype_of(checkpoint.tensors)
         if dtype is None and weights_dtype is not None:
             dtype = _weights_precision(layer.spec, weights_dtype, weights)
-        elif dtype != weights_dtype and weights_dtype is not None:
+        elif dtype is not None and dtype != weights_dtype and weights_dtype is not None:
             notes += (f"converting the weights from {weights_dtype} to {dtype}",)
             underflow = conversion_underflow(checkpoint.tensors, dtype)
             notes += tuple(f"converting to {dtype}, {words}" for words in underflow)
