@@ -240,6 +240,10 @@ def test_a_silently_pinned_dim_fails_the_export(cli, register_plugin, tmp_path: 
     result = cli("export", "unrolled", "-o", str(target))
     assert result.exit_code == 1
     assert "torch.onnx pinned the dynamic dim seq of x to 6" in result.stderr
+    assert (
+        "a Python loop over seq in forward() is unrolled at the traced size: loop with "
+        "layerport.eager.recurrence.run_over_time, which exports as one Scan" in result.stderr
+    )
     assert not target.exists()
     with pytest.raises(ExportFailed):
         export_layer(resolve_config(get_registry(), "unrolled"), verify=False)

@@ -41,6 +41,8 @@ class LayerConfig:
     weights_prefix: str | Mapping[str, str] | None = None
     weights_dtype: str | None = None  # the weights file's own dtype, before any conversion
     notes: tuple[str, ...] = ()  # how the weights were found, for the user
+    # Per tensor, the non-zero weights converting to ``dtype`` made zero or subnormal.
+    underflow: tuple[str, ...] = ()
     # The layer's tensors from ``weights``, named as the layer names them: read
     # once by ``resolve_config`` and handed down to every stage that needs them.
     checkpoint: Checkpoint | None = field(default=None, repr=False, compare=False)
@@ -84,6 +86,23 @@ class LayerConfig:
         return Tolerance(
             atol=default.atol if atol is None else atol, rtol=default.rtol if rtol is None else rtol
         )
+
+    def judged_tolerance(
+        self, atol: float | None = None, rtol: float | None = None, quantize: str | None = None
+    ) -> Tolerance | None:
+        """The fixed tolerance verification judges by, or ``None`` for the float64 verdict.
+
+        The verdict (``verify.verdict``) judges float32, float16 and bfloat16
+        files; a given ``atol`` or ``rtol``, a tolerance the layer declares for
+        the dtype (``LayerSpec.tolerances``), a float64 file and a quantized one
+        are judged element by element instead (see ``tolerance``).
+        """
+        from layerport.verify.verdict import applies
+
+        explicit = atol is not None or rtol is not None or self.dtype in self.spec.tolerances
+        if quantize is None and not explicit and applies(self.dtype):
+            return None
+        return self.tolerance(atol, rtol, quantize)
 
     def input_specs(self) -> list[ArraySpec]:
         """What each input must look like: dynamic dims by name, fixed dims by size."""
@@ -159,10 +178,16 @@ def resolve_config(
         )
     resolved = layer.spec.resolve_params(params)
     notes: tuple[str, ...] = ()
+    underflow: tuple[str, ...] = ()
     weights_dtype = None
     checkpoint = None
     if weights is not None:
-        from layerport.weights import layer_checkpoint, read_weights_file, weights_dtype_of
+        from layerport.weights import (
+            conversion_underflow,
+            layer_checkpoint,
+            read_weights_file,
+            weights_dtype_of,
+        )
 
         source = weights if not isinstance(weights, Path) else read_weights_file(weights)
         weights = source.path
@@ -173,8 +198,10 @@ def resolve_config(
         weights_dtype = weights_dtype_of(checkpoint.tensors)
         if dtype is None and weights_dtype is not None:
             dtype = _weights_precision(layer.spec, weights_dtype, weights)
-        elif dtype != weights_dtype and weights_dtype is not None:
+        elif dtype is not None and dtype != weights_dtype and weights_dtype is not None:
             notes += (f"converting the weights from {weights_dtype} to {dtype}",)
+            underflow = conversion_underflow(checkpoint.tensors, dtype)
+            notes += tuple(f"converting to {dtype}, {words}" for words in underflow)
     dtype = dtype or DEFAULT_DTYPE
     layer.spec.check_precision(dtype)
     config = LayerConfig(
@@ -187,6 +214,7 @@ def resolve_config(
         weights_prefix=weights_prefix,
         weights_dtype=weights_dtype,
         notes=notes,
+        underflow=underflow,
         checkpoint=checkpoint,
     )
     check_memory(config)

@@ -49,6 +49,12 @@ class Precision:
     itemsize: int  # bytes per element
     tolerance: Tolerance
     kserve_datatype: str  # the KServe v2 protocol's name, which Triton uses too
+    significand_bits: int  # the implicit bit included: 24 for float32
+
+    @property
+    def epsilon(self) -> float:
+        """One unit in the last place of 1.0: ``2 ** -23`` for float32."""
+        return 2.0 ** (1 - self.significand_bits)
 
     @property
     def numpy_dtype(self) -> np.dtype[Any]:
@@ -76,15 +82,16 @@ class Precision:
         return dtype
 
 
-# name, ONNX element type, bytes per element, default tolerance, KServe datatype.
+# name, ONNX element type, bytes per element, default tolerance, KServe datatype,
+# significand bits.
 # 11 and 8 significant bits: one float16 or bfloat16 rounding is 4.9e-4 and 3.9e-3 of the value.
 PRECISIONS: dict[str, Precision] = {
     precision.name: precision
     for precision in (
-        Precision("float32", 1, 4, Tolerance(1e-5, 1e-4), "FP32"),
-        Precision("float64", 11, 8, Tolerance(1e-10, 1e-8), "FP64"),
-        Precision("float16", 10, 2, Tolerance(1e-2, 1e-2), "FP16"),
-        Precision("bfloat16", 16, 2, Tolerance(5e-2, 5e-2), "BF16"),
+        Precision("float32", 1, 4, Tolerance(1e-5, 1e-4), "FP32", 24),
+        Precision("float64", 11, 8, Tolerance(1e-10, 1e-8), "FP64", 53),
+        Precision("float16", 10, 2, Tolerance(1e-2, 1e-2), "FP16", 11),
+        Precision("bfloat16", 16, 2, Tolerance(5e-2, 5e-2), "BF16", 8),
     )
 }
 DTYPES = tuple(PRECISIONS)

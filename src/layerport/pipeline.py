@@ -19,7 +19,6 @@ A file that fails verification is never returned, so it is never written.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,7 +28,7 @@ import onnx
 
 from layerport import __version__
 from layerport.config import LayerConfig
-from layerport.dtypes import Tolerance, precision
+from layerport.dtypes import Tolerance
 from layerport.errors import BadFile, ExportFailed, VerificationFailed
 from layerport.export import DEFAULT_OPSET
 from layerport.registry import Registry
@@ -39,8 +38,8 @@ from layerport.runtime.metadata import ExportRecord
 from layerport.runtime.modelfile import read_model
 from layerport.runtime.session import Session, SessionSettings
 from layerport.verify import DEFAULT_TRIALS, VerifyOptions
-from layerport.verify.rebuild import note_plugin_version, rebuild_layer
-from layerport.verify.report import VerificationReport
+from layerport.verify.rebuild import rebuild_layer
+from layerport.verify.report import VerificationReport, note_plugin_version, note_underflow
 
 if TYPE_CHECKING:
     from torch import nn
@@ -87,7 +86,7 @@ def export_layer(
             config,
             module,
             model,
-            tolerance=tolerance or config.tolerance(quantize=quantize),
+            tolerance=tolerance or config.judged_tolerance(quantize=quantize),
             trials=trials,
             quantize=quantize,
         )
@@ -170,11 +169,12 @@ def verify_file(
         model,
         name=str(path),
         optional_inputs=record.optional_inputs,
-        tolerance=config.tolerance(options.atol, options.rtol, quantize=record.quantize),
+        tolerance=config.judged_tolerance(options.atol, options.rtol, quantize=record.quantize),
         trials=options.trials,
         quantize=record.quantize,
         second_opinion=second_opinion,
     )
+    note_underflow(report, config)
     note_plugin_version(report, config, record, "file")
     return config, report
 
@@ -199,17 +199,17 @@ def verify_model(
     onnxruntime within the same tolerance: a disagreement is a runtime's bug.
 
     onnxruntime runs the file, or onnx's reference evaluator for a precision the
-    spec declares that way (``LayerSpec.precisions``). For a precision narrower
-    than float32, the report also gives what it costs: the file against the
-    layer in float64, built from the same source weights.
+    spec declares that way (``LayerSpec.precisions``). Unless ``tolerance`` is
+    given, a float file is judged against the layer in float64, built from the
+    same source weights, by what eager in its precision itself loses
+    (``verify.verdict``); the report gives both figures.
 
     ``optional_inputs`` are the inputs the model may be run without (default:
     the spec's optional inputs). A ``name`` says the model came from that file,
     whose session is then created in a child process first (see
     ``runtime.isolation``).
     """
-    from layerport.eager.build import build_module
-    from layerport.verify.engines import EagerEngine, FileEngine
+    from layerport.verify.engines import EagerEngine, FileEngine, float64_baseline
     from layerport.verify.structure import structure_problems
     from layerport.verify.verification import verify_engines
 
@@ -222,12 +222,7 @@ def verify_model(
         optional_inputs=optional_inputs,
         isolate=name is not None,  # a file from disk may crash onnxruntime; our exports are guarded
     )
-    baseline = None
-    if precision(config.dtype).reduced:
-        # What the precision costs: the same function in float64, from the same
-        # source weights (converted exactly), on the same inputs.
-        in_float64 = dataclasses.replace(config, dtype="float64")
-        baseline = EagerEngine(build_module(in_float64), in_float64)
+    baseline = float64_baseline(config, quantize)
     report = verify_engines(
         config,
         FileEngine(session),
@@ -239,6 +234,7 @@ def verify_model(
         baseline=baseline,
     )
     report.quantization = quantize
+    note_underflow(report, config)
     if second_opinion and session.runtime != "onnx-reference":
         reference = Session(
             model,
@@ -246,13 +242,16 @@ def verify_model(
             SessionSettings(runtime="onnx-reference"),
             optional_inputs=optional_inputs,
         )
+        # The file in the second runtime, judged as the first was: a failure there
+        # after a pass here is a runtime's bug.
         report.second_opinion = verify_engines(
             config,
             FileEngine(reference),
-            FileEngine(session),
+            EagerEngine(module, config),
             config.dims,
             tolerance=report.tolerance,
             trials=1,
+            baseline=baseline,
         )
     elif second_opinion:
         report.notes.append(

@@ -392,6 +392,39 @@ def weights_dtype_of(tensors: Mapping[str, torch.Tensor]) -> str | None:
     return " and ".join(found) or None
 
 
+def conversion_underflow(tensors: Mapping[str, torch.Tensor], dtype: str) -> tuple[str, ...]:
+    """Per tensor, in words: the non-zero values that converting to ``dtype`` makes zero or subnormal.
+
+    float16's smallest normal value is 6.1e-5, so a trained checkpoint's tiny
+    weights flush to zero, or keep a few significant bits, silently; a failed
+    verification then has its likely cause named. Tensors that lose nothing
+    are left out; ``dtype`` is a precision's name.
+    """
+    import torch
+
+    target = getattr(torch, dtype)
+    smallest_normal = float(torch.finfo(target).tiny)
+    found = []
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        if not tensor.is_floating_point() or tensor.dtype == target or tensor.numel() == 0:
+            continue
+        source = tensor.detach().to(torch.float64)
+        converted = tensor.detach().to(target).to(torch.float64).abs()
+        nonzero = source != 0
+        zero = nonzero & (converted == 0)
+        subnormal = nonzero & (converted > 0) & (converted < smallest_normal)
+        zeros, subnormals = int(zero.sum()), int(subnormal.sum())
+        if zeros == 0 and subnormals == 0:
+            continue
+        lost = source[zero if zeros else subnormal].abs().min()
+        found.append(
+            f"{name}: {zeros} of {int(nonzero.sum())} non-zero values become 0 and "
+            f"{subnormals} subnormal (smallest magnitude lost {float(lost):.3g})"
+        )
+    return tuple(found)
+
+
 def _dtype_name(tensor: torch.Tensor) -> str:
     return str(tensor.dtype).removeprefix("torch.")
 

@@ -250,13 +250,14 @@ verification_options = collected(
         "--atol",
         type=click.FloatRange(min=0),
         default=None,
-        help="Absolute tolerance (default: the layer's, by dtype).",
+        help="Absolute tolerance, element by element against eager in the same precision "
+        "(default: float files are judged against float64 eager; see the README's Verification).",
     ),
     click.option(
         "--rtol",
         type=click.FloatRange(min=0),
         default=None,
-        help="Relative tolerance (default: the layer's, by dtype).",
+        help="Relative tolerance, as --atol (default: the layer's, by dtype).",
     ),
     click.option(
         "--trials",

@@ -251,8 +251,10 @@ def _passed(report: VerificationReport) -> str:
     # A quantized file's error is what int8 costs, so the relative error is given too.
     relative = f" (relative {report.max_rel_error():.3g})" if report.quantization else ""
     judged = f"{report.quantization} against float32 eager, " if report.quantization else ""
+    error = "export error" if report.tolerance is None else "max abs error"
+    against = " against float64 eager" if report.tolerance is None else ""
     return (
-        f"passed{_runtime_words(report)}: {judged}max abs error {report.max_abs_error():.3g}"
+        f"passed{_runtime_words(report)}: {judged}{error} {report.max_abs_error():.3g}{against}"
         f"{relative} over {summary['cases']} cases ({grid}{streaming})"
         + (f"; {cost}" if cost else "")
     )
@@ -265,10 +267,9 @@ def _runtime_words(report: VerificationReport) -> str:
 
 
 def _second_opinion_words(second: VerificationReport) -> str:
-    ours, theirs = second.engines
     grid = ", ".join(f"{name} {sizes}" for name, sizes in second.grid.items()) or "fixed shape"
     return (
-        f"{ours} agrees with {theirs}: max abs error {second.max_abs_error():.3g} over "
+        f"{second.engines[0]} also passes: export error {second.max_abs_error():.3g} over "
         f"{second.summary()['cases']} cases ({grid}, {second.trials} draw per size)"
     )
 
@@ -342,10 +343,11 @@ def print_verification(report: VerificationReport, target: str, json_: bool) -> 
             ("verified", target),
             (
                 "result",
-                f"passed: {report.summary()['cases']} cases, {report.tolerance.describe()}",
+                f"passed: {report.summary()['cases']} cases, {report.rule()}",
             ),
             ("grid", ", ".join(f"{n} {s}" for n, s in report.grid.items()) or "fixed shape"),
             ("streaming", report.streaming or "not applicable"),
+            *([("inconclusive", report.inconclusive_words())] if report.inconclusive else []),
             *(
                 [
                     (
@@ -365,10 +367,18 @@ def print_verification(report: VerificationReport, target: str, json_: bool) -> 
             ),
         ]
     )
+    costs = report.worst(report.costs) if report.costs else {}
     print_table(
-        ("output", "max abs error", "at", "max rel error", "at"),
+        ("output", "max abs error", "at", "max rel error", "at", "precision cost"),
         (
-            (name, worst["max_abs_error"], worst["case"], worst["max_rel_error"], worst["rel_case"])
+            (
+                name,
+                worst["max_abs_error"],
+                worst["case"],
+                worst["max_rel_error"],
+                worst["rel_case"],
+                costs[name]["max_abs_error"] if name in costs else None,
+            )
             for name, worst in report.worst().items()
         ),
     )
@@ -393,8 +403,12 @@ def report_markdown(report: VerificationReport) -> str:
         f"- result: **{'passed' if report.passed else 'FAILED'}**",
         f"- engines: {actual} against {expected}",
         *([f"- precision: {cost_words(report)}"] if report.costs else []),
-        f"- tolerance: {report.tolerance.describe()} "
-        f"(pass when |{actual} - {expected}| <= atol + rtol * |{expected}|)",
+        (
+            f"- tolerance: {report.tolerance.describe()} "
+            f"(pass when |{actual} - {expected}| <= atol + rtol * |{expected}|)"
+            if report.tolerance is not None
+            else f"- rule: {report.rule()}"
+        ),
         f"- traced at: {format_dims(report.export_dims)}",
         f"- grid: {', '.join(f'{name} in {sizes}' for name, sizes in report.grid.items()) or 'none'},"
         f" {report.trials} random draws each",

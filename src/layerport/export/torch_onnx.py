@@ -150,7 +150,7 @@ def _check_and_name_dynamic_dims(model: onnx.ModelProto, config: LayerConfig) ->
                 raise ExportFailed(
                     f"torch.onnx pinned the dynamic dim {name} of {tensor.name} to "
                     f"{shape[axis].dim_value}; the layer's forward() must not branch on or "
-                    "specialize that size"
+                    f"specialize that size{_unrolled_hint(config, name, shape[axis].dim_value)}"
                 )
             else:
                 shape[axis].dim_param = name
@@ -162,6 +162,20 @@ def _check_and_name_dynamic_dims(model: onnx.ModelProto, config: LayerConfig) ->
         for dim in value.type.tensor_type.shape.dim:
             if dim.HasField("dim_param") and dim.dim_param in renames:
                 dim.dim_param = renames[dim.dim_param]
+
+
+def _unrolled_hint(config: LayerConfig, dim: str, pinned: int) -> str:
+    """Where a dim is pinned to its traced size, the likely cause: a Python loop over it.
+
+    torch.onnx unrolls ``for t in range(x.shape[1])`` into one copy of the body
+    per traced step, which pins the dim; the recurrence helper exports as one Scan.
+    """
+    if pinned != config.dims.get(dim):
+        return ""
+    return (
+        f"; a Python loop over {dim} in forward() is unrolled at the traced size: "
+        "loop with layerport.eager.recurrence.run_over_time, which exports as one Scan"
+    )
 
 
 def _numeric(params: Mapping[str, object]) -> dict[str, int | bool]:

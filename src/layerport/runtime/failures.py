@@ -27,8 +27,11 @@ from layerport.runtime.modelfile import iter_graphs
 # onnxruntime's messages carry the C++ file, line and function that raised, which
 # would fill the one error line before the reason: "/onnxruntime_src/.../x.h:91
 # onnxruntime::ReshapeHelper::ReshapeHelper(...) size == size was false. The ...".
-_SOURCE_LOCATION = re.compile(r"\S*onnxruntime_src/\S+:\d+ (?:onnxruntime::)?\S*?\(.*?\) ")
-_ONNXRUNTIME_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+# The function may follow its return type: "onnxruntime::AutoPadType onnxruntime::StringTo...(...)".
+_SOURCE_LOCATION = re.compile(r"\S*onnxruntime_src/\S+:\d+ (?:[\w:<>]+ )?\S*?\(.*?\) ")
+_ONNXRUNTIME_PREFIX = re.compile(
+    r"^\[ONNXRuntimeError\] : \d+ : \w+ : (?:Exception during initialization: )?"
+)
 
 
 def without_source(message: str) -> str:
@@ -120,7 +123,15 @@ def creation_error(
     """
     found = _NO_KERNEL.search(str(error))
     if found is None:
-        return BadFile(f"onnxruntime cannot load {name}: {one_line(error)}")
+        reason = one_line(without_source(str(error)))
+        if _reference_loads(model):
+            return BadFile(
+                f"onnxruntime {version} cannot load {name}: {reason}; onnx's reference "
+                "evaluator loads it (",
+                Setting("runtime", "onnx-reference"),
+                ")",
+            )
+        return BadFile(f"onnxruntime {version} cannot load {name}: {reason}")
     op_type, node_name = found.groups()
     dtypes = sorted(set(_input_types(model, op_type, node_name)))
     kernel = f"{dtypes[0]} kernel" if len(dtypes) == 1 else "kernel in this file's types"
@@ -131,6 +142,17 @@ def creation_error(
         Setting("runtime", "onnx-reference"),
         ")",
     )
+
+
+def _reference_loads(model: onnx.ModelProto) -> bool:
+    """Whether onnx's reference evaluator takes ``model``: then it is the runtime to suggest."""
+    from onnx.reference import ReferenceEvaluator
+
+    try:
+        ReferenceEvaluator(model)
+    except Exception:
+        return False
+    return True
 
 
 def _input_types(model: onnx.ModelProto, op_type: str, node_name: str) -> Iterator[str]:

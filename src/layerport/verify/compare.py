@@ -34,6 +34,11 @@ class Comparison:
     needed_atol: float = 0.0
     needed_rtol: float = 0.0
     engines: tuple[str, str] = ("onnxruntime", "eager")  # (actual, expected)
+    # Under the float64 verdict (verify.verdict): eager's own error in the file's
+    # precision, the error allowed, and whether eager was too far off to judge by.
+    precision_cost: float | None = None
+    allowed: float | None = None
+    inconclusive: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -41,16 +46,32 @@ class Comparison:
         data["engines"] = list(self.engines)
         return data
 
+    @property
+    def overshoot(self) -> float:
+        """How far over its bound it came: error / allowed under the verdict, else the atol needed."""
+        if self.allowed is not None:
+            return self.max_abs_error / self.allowed if self.allowed > 0 else math.inf
+        return self.needed_atol
+
     def describe(self) -> str:
         """One line for a failure message."""
         if self.problem:
             return f"{self.output} at {self.case}: {self.problem}"
+        worst = (
+            f"worst element {list(self.worst_index)} ({self.engines[0]} {self.worst_actual:.6g}, "
+            f"{self.engines[1]} {self.worst_expected:.6g})"
+        )
+        if self.allowed is not None:
+            return (
+                f"{self.output} at {self.case}: export error {self.max_abs_error:.3g} against "
+                f"{self.engines[1]}, precision cost {self.precision_cost:.3g}, allowed "
+                f"{self.allowed:.3g}; {worst}"
+            )
         # The worst element is the one furthest over the tolerance, which need not
         # be the one with the largest absolute error.
         return (
-            f"{self.output} at {self.case}: max abs error {self.max_abs_error:.3g}; worst "
-            f"element {list(self.worst_index)} ({self.engines[0]} {self.worst_actual:.6g}, "
-            f"{self.engines[1]} {self.worst_expected:.6g}); would pass with atol >= {self.needed_atol:.3g} "
+            f"{self.output} at {self.case}: max abs error {self.max_abs_error:.3g}; {worst}; "
+            f"would pass with atol >= {self.needed_atol:.3g} "
             f"or rtol >= {self.needed_rtol:.3g}"
         )
 

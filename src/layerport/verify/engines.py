@@ -18,6 +18,7 @@ inputs for timing, with the conversion done once, outside the call.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -119,3 +120,18 @@ class ServerEngine:
     def bind(self, inputs: Mapping[str, np.ndarray]) -> Callable[[], Any]:
         model, arrays = self.model, dict(inputs)
         return lambda: model.infer(arrays)
+
+
+def float64_baseline(config: LayerConfig, quantize: str | None = None) -> EagerEngine | None:
+    """The layer in float64, from the same source weights (converted exactly), or ``None``.
+
+    It prices every float precision but float64 itself, and judges the file by
+    the float64 verdict unless a fixed tolerance is given. A quantized file is
+    judged by its recipe's tolerance, without it.
+    """
+    from layerport.eager.build import build_module
+
+    if config.dtype == "float64" or quantize is not None:
+        return None
+    in_float64 = dataclasses.replace(config, dtype="float64")
+    return EagerEngine(build_module(in_float64), in_float64)

@@ -14,7 +14,6 @@ from layerport.config import LayerConfig, config_from_record
 from layerport.errors import BadFile
 from layerport.registry import Registry
 from layerport.runtime.metadata import ExportRecord
-from layerport.verify.report import VerificationReport
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -47,15 +46,3 @@ def rebuild_layer(
                 f"recorded {record.weights_sha256[:12]}...)"
             )
     return config, build_module(config)
-
-
-def note_plugin_version(
-    report: VerificationReport, config: LayerConfig, record: ExportRecord, what: str
-) -> None:
-    """Say first when the installed plugin is not the one that made the export."""
-    installed = config.layer.plugin.version
-    if record.plugin_version != installed:
-        report.notes.append(
-            f"the {what} was exported by {record.plugin} {record.plugin_version} and "
-            f"{installed} is installed, so the layer's code may have changed"
-        )

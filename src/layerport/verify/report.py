@@ -4,10 +4,29 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from layerport.dtypes import Tolerance
 from layerport.verify.compare import Comparison
+
+if TYPE_CHECKING:
+    from layerport.config import LayerConfig
+    from layerport.runtime.metadata import ExportRecord
+
+# Failing cases whose inputs and outputs a report keeps: enough to hand one on,
+# without holding every case's arrays.
+KEPT_FAILURES = 3
+
+
+@dataclass(frozen=True)
+class FailedRun:
+    """One failing grid case: its inputs, and every engine's outputs on them, by engine name."""
+
+    case: str
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, dict[str, np.ndarray]]
 
 
 @dataclass
@@ -15,11 +34,14 @@ class VerificationReport:
     """Everything a verification checked, and how close each output came.
 
     ``engines`` is (actual, expected): the engine under test and the one trusted.
+    ``tolerance`` ``None`` means the float64 verdict (``verify.verdict``): every
+    judged comparison is then the engine against float64 eager, and ``costs``
+    what eager in ``dtype`` loses against float64 at the same case.
     """
 
     layer: str
     dtype: str
-    tolerance: Tolerance
+    tolerance: Tolerance | None
     export_dims: dict[str, int]
     grid: dict[str, list[int]]
     trials: int
@@ -28,11 +50,13 @@ class VerificationReport:
     comparisons: list[Comparison] = field(default_factory=list)
     streaming: str | None = None
     notes: list[str] = field(default_factory=list)  # what may explain a failure, said first
-    # A narrower precision's cost: the file against the layer in float64; never judged.
+    # The precision's cost: eager in ``dtype`` against the layer in float64, by case.
     costs: list[Comparison] = field(default_factory=list)
     quantization: str | None = None  # the recipe of a quantized file (int8), if any
     # Optional inputs the first draw at every size leaves out, so their zero default is checked.
     left_out: list[str] = field(default_factory=list)
+    # The first failing grid cases' arrays (at most KEPT_FAILURES), to reproduce them.
+    failed_runs: list[FailedRun] = field(default_factory=list)
     # The same file in a second runtime (onnx-reference) against the first, if asked for.
     second_opinion: VerificationReport | None = None
 
@@ -42,6 +66,33 @@ class VerificationReport:
             not self.structure_problems
             and all(c.passed for c in self.comparisons)
             and (self.second_opinion is None or self.second_opinion.passed)
+        )
+
+    @property
+    def inconclusive(self) -> list[Comparison]:
+        """Cases where eager in ``dtype`` was itself too far from float64 to judge the file by."""
+        return [comparison for comparison in self.comparisons if comparison.inconclusive]
+
+    def rule(self) -> str:
+        """How the comparisons were judged, in words: the tolerance, or the verdict's rule."""
+        if self.tolerance is not None:
+            return self.tolerance.describe()
+        from layerport.verify.verdict import rule_words
+
+        return rule_words(self.dtype)
+
+    def inconclusive_words(self) -> str | None:
+        """What the inconclusive cases say, or ``None`` when there are none."""
+        cases = self.inconclusive
+        if not cases:
+            return None
+        worst = max(cases, key=lambda c: c.precision_cost or 0.0)
+        return (
+            f"inconclusive at {len(cases)} of {len(self.comparisons)} comparisons: eager "
+            f"{self.dtype} itself is {worst.precision_cost:.3g} from float64 on {worst.output} "
+            f"at {worst.case}, half its significant digits or more: the layer is ill-conditioned "
+            f"at that size in {self.dtype}, and the export's error {worst.max_abs_error:.3g} "
+            "cannot be judged by it"
         )
 
     @property
@@ -84,8 +135,11 @@ class VerificationReport:
             "trials": self.trials,
             "streaming": self.streaming,
             **({"optional_left_out": self.left_out} if self.left_out else {}),
-            "atol": self.tolerance.atol,
-            "rtol": self.tolerance.rtol,
+            **(
+                {"atol": self.tolerance.atol, "rtol": self.tolerance.rtol}
+                if self.tolerance is not None
+                else {"verdict": self.verdict_summary()}
+            ),
             "max_abs_error": {name: _round(w["max_abs_error"]) for name, w in self.worst().items()},
             "max_rel_error": {name: _round(w["max_rel_error"]) for name, w in self.worst().items()},
             **({"quantization": self.quantization} if self.quantization else {}),
@@ -95,6 +149,17 @@ class VerificationReport:
                 else {}
             ),
             **({"precision_cost": self.cost_summary()} if self.costs else {}),
+        }
+
+    def verdict_summary(self) -> dict[str, Any]:
+        """The float64 verdict's rule and what was inconclusive, for the record."""
+        from layerport.verify.verdict import FACTOR, FLOAT64, FLOOR_ULPS
+
+        return {
+            "against": FLOAT64,
+            "factor": FACTOR,
+            "floor_ulps": FLOOR_ULPS,
+            **({"inconclusive": self.inconclusive_words()} if self.inconclusive else {}),
         }
 
     def cost_summary(self) -> dict[str, Any]:
@@ -114,21 +179,21 @@ class VerificationReport:
         notes = "".join(f"{note}; " for note in self.notes)
         second = self.second_opinion
         if second is not None and not second.passed and not self.failures:
-            ours, theirs = second.engines
-            worst = max(second.failures, key=lambda c: (c.problem is not None, c.needed_atol))
+            ours = second.engines[0]
+            worst = max(second.failures, key=lambda c: (c.problem is not None, c.overshoot))
             return (
-                f"{notes}the export passed against eager, but {ours} and {theirs} disagree on "
-                f"it in {len(second.failures)} of {len(second.comparisons)} comparisons "
-                f"({second.tolerance.describe()}); worst: {worst.describe()}; that points at "
+                f"{notes}the export passed in {self.engines[0]}, but fails in {ours} in "
+                f"{len(second.failures)} of {len(second.comparisons)} comparisons "
+                f"({second.rule()}); worst: {worst.describe()}; that points at "
                 f"a bug in one of the runtimes, not in the export"
             )
         if self.structure_problems:
             return f"{notes}verification failed: " + "; ".join(self.structure_problems)
         failures = self.failures
-        worst = max(failures, key=lambda c: (c.problem is not None, c.needed_atol))
+        worst = max(failures, key=lambda c: (c.problem is not None, c.overshoot))
         return (
             f"{notes}verification failed in {len(failures)} of {len(self.comparisons)} "
-            f"comparisons ({self.tolerance.describe()}); worst: {worst.describe()}"
+            f"comparisons ({self.rule()}); worst: {worst.describe()}"
         )
 
 
@@ -140,3 +205,27 @@ def format_dims(dims: Mapping[str, int]) -> str:
 def _round(value: float) -> float:
     # Three significant digits keep the metadata byte-for-byte stable across runs.
     return float(f"{value:.3g}")
+
+
+def note_plugin_version(
+    report: VerificationReport, config: LayerConfig, record: ExportRecord, what: str
+) -> None:
+    """Say first when the installed plugin is not the one that made the export."""
+    installed = config.layer.plugin.version
+    if record.plugin_version != installed:
+        report.notes.append(
+            f"the {what} was exported by {record.plugin} {record.plugin_version} and "
+            f"{installed} is installed, so the layer's code may have changed"
+        )
+
+
+def note_underflow(report: VerificationReport, config: LayerConfig) -> None:
+    """Name the weights the conversion flushed as the likely cause of a failure."""
+    if report.passed or not config.underflow:
+        return
+    tensors = "; ".join(config.underflow)
+    report.notes.insert(
+        0,
+        f"converting the weights to {config.dtype} made non-zero values zero or subnormal "
+        f"({tensors}), the likely cause",
+    )

@@ -12,9 +12,9 @@ from layerport.config import LayerConfig
 from layerport.errors import Setting, UserInputError
 from layerport.registry import Registry
 from layerport.verify import VerifyOptions
-from layerport.verify.engines import EagerEngine, ServerEngine
-from layerport.verify.rebuild import note_plugin_version, rebuild_layer
-from layerport.verify.report import VerificationReport
+from layerport.verify.engines import EagerEngine, ServerEngine, float64_baseline
+from layerport.verify.rebuild import rebuild_layer
+from layerport.verify.report import VerificationReport, note_plugin_version, note_underflow
 from layerport.verify.structure import structure_problems
 from layerport.verify.verification import verify_engines
 
@@ -64,11 +64,12 @@ def verify_server(
             ServerEngine(served),
             EagerEngine(module, config),
             config.dims,
-            tolerance=config.tolerance(options.atol, options.rtol, quantize=record.quantize),
+            tolerance=config.judged_tolerance(options.atol, options.rtol, quantize=record.quantize),
             trials=options.trials,
             structure_problems=structure_problems(
                 config, inputs, outputs, where="the served config"
             ),
+            baseline=float64_baseline(config, record.quantize),
             # Triton refuses a request above the config's max_batch_size.
             largest={config.spec.batch_dim: served.max_batch_size}
             if served.batched and config.spec.batch_dim
@@ -84,5 +85,6 @@ def verify_server(
             )
     finally:
         served.close()
+    note_underflow(report, config)
     note_plugin_version(report, config, record, "served model")
     return config, report

@@ -20,7 +20,8 @@ from layerport.verify import DEFAULT_TRIALS
 from layerport.verify.compare import Comparison, compare_arrays
 from layerport.verify.engines import Engine
 from layerport.verify.grid import grid_points, size_grid, streaming_chunks
-from layerport.verify.report import VerificationReport, format_dims
+from layerport.verify.report import KEPT_FAILURES, FailedRun, VerificationReport, format_dims
+from layerport.verify.verdict import FLOAT64, judge_outputs
 
 
 def verify_engines(
@@ -39,9 +40,12 @@ def verify_engines(
     """Compare ``actual`` with ``expected`` over the grid for a file traced at ``export_dims``.
 
     ``structure_problems``, found in the file before any run, fail the report
-    without running anything. ``baseline``, the layer in float64, measures what
-    a narrower precision costs: ``actual`` against it on the same inputs, as
-    figures in ``report.costs`` that never fail the report. ``largest`` caps
+    without running anything. ``baseline`` is the layer in float64: with it and
+    no ``tolerance``, ``actual`` is judged against it by the float64 verdict
+    (``verify.verdict``), with ``expected`` (eager in the file's precision) as
+    the measure of what the precision costs; with a ``tolerance``, ``actual`` is
+    compared with ``expected`` element by element, and the cost is reported
+    (``report.costs``) but never judged. ``largest`` caps
     dims that ``actual`` limits (see ``size_grid``). ``leave_out_optional``
     false sends every input in every draw, to an engine that requires them all
     (a served model whose backend cannot fill optional inputs in).
@@ -51,7 +55,9 @@ def verify_engines(
     report = VerificationReport(
         layer=config.layer.qualified_name,
         dtype=config.dtype,
-        tolerance=tolerance or spec.tolerance(config.dtype),
+        tolerance=tolerance
+        if tolerance is not None or baseline is not None
+        else spec.tolerance(config.dtype),
         export_dims=dict(export_dims),
         grid=grid,
         trials=trials,
@@ -75,20 +81,18 @@ def verify_engines(
                 config.seed + 7919 * draw, include_optional=trial > 0 or not leave_out_optional
             )
             case = f"{format_dims(dims)} draw {trial}"
-            outputs = actual.run(inputs)
-            report.comparisons += compare_outputs(
-                case, expected.run(inputs), outputs, report.tolerance, report.engines
-            )
-            if baseline is not None:
-                report.costs += compare_outputs(
-                    case,
-                    baseline.run(_in_float64(inputs)),
-                    _in_float64(outputs),
-                    report.tolerance,
-                    (actual.name, f"float64 {baseline.name}"),
-                )
+            exact = None if baseline is None else baseline.run(_in_float64(inputs))
+            outputs, own = actual.run(inputs), expected.run(inputs)
+            judged = len(report.comparisons)
+            _judge(report, case, outputs, own, exact)
+            failed = not all(c.passed for c in report.comparisons[judged:])
+            if failed and len(report.failed_runs) < KEPT_FAILURES:
+                ran = {actual.name: outputs, expected.name: own}
+                if exact is not None:
+                    ran[FLOAT64] = exact
+                report.failed_runs.append(FailedRun(case, dict(inputs), ran))
     if spec.streaming is not None and spec.streaming.applies(config.params):
-        _verify_streaming(report, config, actual, expected, export_dims)
+        _verify_streaming(report, config, actual, expected, export_dims, baseline)
     elif spec.streaming is not None:
         report.streaming = f"skipped: a layer with {spec.streaming.unless}=true cannot stream"
     return report
@@ -114,8 +118,10 @@ def _verify_streaming(
     actual: Engine,
     expected: Engine,
     export_dims: Mapping[str, int],
+    baseline: Engine | None,
 ) -> None:
-    """A long sequence in uneven chunks through ``actual``, against one pass of ``expected``."""
+    """A long sequence in uneven chunks through ``actual``, against one pass of ``expected``
+    (and of ``baseline``, in float64, for the verdict)."""
     streaming = config.spec.streaming
     assert streaming is not None
     length = report.grid[streaming.dim][-1]
@@ -123,6 +129,7 @@ def _verify_streaming(
     whole = config.with_dims({**export_dims, streaming.dim: length})
     inputs = whole.random_inputs(config.seed + 104729, include_optional=True)
     reference = expected.run(inputs)
+    exact = None if baseline is None else baseline.run(_in_float64(inputs))
     carried = dict(inputs)
     pieces: dict[str, list[np.ndarray]] = {}
     start = 0
@@ -143,9 +150,31 @@ def _verify_streaming(
         axis = _axis_of(config, tensor.name, streaming.dim, inputs=False)
         parts = pieces[tensor.name]
         streamed[tensor.name] = parts[-1] if axis is None else np.concatenate(parts, axis=axis)
-    report.comparisons += compare_outputs(
-        f"streaming {report.streaming}", reference, streamed, report.tolerance, report.engines
-    )
+    _judge(report, f"streaming {report.streaming}", streamed, reference, exact)
+
+
+def _judge(
+    report: VerificationReport,
+    case: str,
+    outputs: Mapping[str, np.ndarray],
+    own: Mapping[str, np.ndarray],
+    exact: Mapping[str, np.ndarray] | None,
+) -> None:
+    """One case: by the float64 verdict where ``exact`` is given and no tolerance, else by it.
+
+    ``own`` is the trusted engine's outputs (eager in the file's precision);
+    ``exact`` the float64 baseline's, which also prices the precision.
+    """
+    if exact is None:
+        assert report.tolerance is not None
+        report.comparisons += compare_outputs(case, own, outputs, report.tolerance, report.engines)
+        return
+    judged, costs = judge_outputs(case, exact, own, outputs, report.dtype, report.engines)
+    report.costs += costs
+    if report.tolerance is None:
+        report.comparisons += judged
+    else:
+        report.comparisons += compare_outputs(case, own, outputs, report.tolerance, report.engines)
 
 
 def _in_float64(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -177,7 +177,7 @@ def _export(
         config,
         opset=opset,
         verify=verify,
-        tolerance=config.tolerance(verification.atol, verification.rtol, quantize=quantize),
+        tolerance=config.judged_tolerance(verification.atol, verification.rtol, quantize=quantize),
         trials=verification.trials,
         quantize=quantize,
     )

@@ -54,6 +54,15 @@ _LAYER_ONLY = {
     metavar="SECONDS",
     help="With --server: wait up to SECONDS for the model to be ready (a server just started).",
 )
+@click.option(
+    "--save-failures",
+    "failures_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    metavar="DIR",
+    help="For a file: on failure, write the first failing cases' inputs and every engine's "
+    "outputs (.npz) to DIR, with the 'layerport infer' commands that rerun them.",
+)
 @json_option
 @click.pass_context
 def verify(
@@ -65,6 +74,7 @@ def verify(
     second_opinion: bool,
     server: str | None,
     wait: float,
+    failures_dir: Path | None,
     json_: bool,
 ) -> None:
     """Check that an export computes what eager PyTorch computes, at every size.
@@ -80,16 +90,23 @@ def verify(
       layerport verify rnn --dim seq=64
       layerport verify exported/rnn.onnx --trials 5 --report report.md
       layerport verify exported/rnn.onnx --second-opinion
+      layerport verify exported/rnn.onnx --save-failures failures/
       layerport verify --server 127.0.0.1:8000 rnn --wait 60
     """
     require_dependencies("torch", "onnxscript")
     from layerport.pipeline import verify_file, verify_layer
     from layerport.verify import VerifyOptions
+    from layerport.verify.failures import save_failures
     from layerport.verify.server import verify_server
 
     report_path = verification.report_path
     if report_path is not None:
         check_writable_target(report_path)
+    if failures_dir is not None and (server is not None or not _is_file(target)):
+        raise click.UsageError(
+            "--save-failures reruns a failure with 'layerport infer', which needs a file: "
+            "give an .onnx file (export the layer with --no-verify to get one)"
+        )
     if server is None and wait:
         raise click.UsageError("--wait applies to a served model: give --server URL")
     options = VerifyOptions(
@@ -110,7 +127,7 @@ def verify(
         return
     # Layer names never contain "." or "/", so anything that does is a file; a
     # stray file named like a layer must not hijack the layer.
-    if any(character in target for character in (".", "/", os.sep)):
+    if _is_file(target):
         for name in given_explicitly(ctx, *_LAYER_ONLY):
             raise click.UsageError(
                 f"{_LAYER_ONLY[name]} does not apply to a file: it records its own configuration"
@@ -119,6 +136,8 @@ def verify(
             get_registry(), Path(target), options, second_opinion=second_opinion
         )
         shown = target
+        if failures_dir is not None and not report.passed:
+            save_failures(report, Path(target), failures_dir)
     else:
         if second_opinion:
             raise click.UsageError("--second-opinion checks a file: give an .onnx file")
@@ -126,11 +145,15 @@ def verify(
         report = verify_layer(
             config,
             opset=opset,
-            tolerance=config.tolerance(verification.atol, verification.rtol),
+            tolerance=config.judged_tolerance(verification.atol, verification.rtol),
             trials=verification.trials,
         )
         shown = report.layer
     _finish(report, report_path, shown, json_)
+
+
+def _is_file(target: str) -> bool:
+    return any(character in target for character in (".", "/", os.sep))
 
 
 def _finish(report: VerificationReport, report_path: Path | None, shown: str, json_: bool) -> None:
