@@ -48,7 +48,8 @@ lint: $(VENV)/.installed
 
 test: lint
 	# One thread per xdist worker: two workers on two cores must not each start two.
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 tests $(wildcard plugins/*/tests) $(PYTEST_ARGS)
+	# pytest collects tests/ and every example plugin's tests (testpaths, pyproject.toml).
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(SERVE_ENV) exported/*.onnx exported/triton exported/triton-python

@@ -1,12 +1,14 @@
-"""The README is the user's manual, so its examples run under test.
+"""The README and docs/ are the user's manual, so their examples run under test.
 
 - every ``$ layerport ...`` line in a ``console`` block runs and exits 0;
 - the Python API example runs;
 - the plugin tutorial's files, extracted as they stand, install with pip, load
   through their entry point, export, and pass their own tests;
-- the CLI reference is each command's current ``--help``.
+- the CLI reference (docs/cli.md) is each command's current ``--help``, and the
+  spec reference (docs/plugins.md) the spec's current fields;
+- the README stays short, maps every page of docs/, and every link resolves.
 
-Run ``python tests/test_docs.py --update`` to regenerate the CLI reference.
+Run ``python tests/test_docs.py --update`` to regenerate both references.
 """
 
 from __future__ import annotations
@@ -23,7 +25,12 @@ from click.testing import CliRunner
 
 from conftest import install_for_test, run_package_tests, run_process
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+PAGES = [README, *sorted(DOCS.glob("*.md"))]
+CLI_PAGE, MODELS_PAGE, PLUGINS_PAGE = DOCS / "cli.md", DOCS / "models.md", DOCS / "plugins.md"
+RELIABILITY_PAGE = DOCS / "reliability.md"
 START, END = "<!-- cli-reference:start -->", "<!-- cli-reference:end -->"
 
 
@@ -33,9 +40,10 @@ SERVING = re.compile(r"<!-- serving:start -->(.*?)<!-- serving:end -->", re.DOTA
 
 
 def code_blocks(language: str, text: str | None = None) -> list[str]:
-    """The README's blocks in ``language``; the walk-through's and serving's run in their own tests."""
+    """The manual's blocks in ``language``; the walk-through's and serving's run in their own tests."""
     if text is None:
-        text = SERVING.sub("", WALKTHROUGH.sub("", README.read_text()))
+        whole = "\n".join(page.read_text() for page in PAGES)
+        text = SERVING.sub("", WALKTHROUGH.sub("", whole))
     return re.findall(rf"```{language}\n(.*?)```", text, flags=re.DOTALL)
 
 
@@ -45,12 +53,12 @@ def cli_reference() -> str:
     sections = []
     for name in cli.list_commands(None):  # type: ignore[arg-type]
         result = CliRunner().invoke(cli, [name, "--help"], terminal_width=88, prog_name="layerport")
-        sections.append(f"### layerport {name}\n\n```text\n{result.output.rstrip()}\n```\n")
+        sections.append(f"## layerport {name}\n\n```text\n{result.output.rstrip()}\n```\n")
     return "\n".join(sections)
 
 
 def test_cli_reference_is_current() -> None:
-    text = README.read_text()
+    text = CLI_PAGE.read_text()
     current = text[text.index(START) + len(START) : text.index(END)].strip()
     assert current == cli_reference().strip(), "run: python tests/test_docs.py --update"
 
@@ -73,7 +81,7 @@ def test_export_a_trained_model_walkthrough_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Its Python blocks and its commands, in order, in one folder, as a reader runs them."""
-    section = WALKTHROUGH.search(README.read_text())
+    section = WALKTHROUGH.search(MODELS_PAGE.read_text())
     assert section is not None
     blocks = re.findall(r"```(python|console)\n(.*?)```", section.group(1), flags=re.DOTALL)
     assert [language for language, _ in blocks] == ["python", "console", "python"]
@@ -85,7 +93,7 @@ def test_export_a_trained_model_walkthrough_runs(
     namespace: dict[str, object] = {"__name__": "walkthrough"}
     for language, body in blocks:
         if language == "python":
-            exec(compile(body, "README.md", "exec"), namespace)
+            exec(compile(body, "docs/models.md", "exec"), namespace)
             continue
         for line in body.splitlines():
             if line.startswith("$ layerport "):
@@ -99,7 +107,7 @@ def test_export_a_trained_model_walkthrough_runs(
 def test_python_api_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     example = next(block for block in code_blocks("python") if "load_model" in block)
     monkeypatch.chdir(tmp_path)
-    exec(compile(example, "README.md", "exec"), {"__name__": "readme_example"})
+    exec(compile(example, "docs", "exec"), {"__name__": "readme_example"})
     assert (tmp_path / "rnn32.onnx").is_file()
 
 
@@ -109,7 +117,7 @@ def test_weight_parts_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv(
         "PATH", os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
     )
-    exec(compile(example, "README.md", "exec"), {"__name__": "readme_example"})
+    exec(compile(example, "docs", "exec"), {"__name__": "readme_example"})
     verified = run_process("verify", "rnn.onnx", "--weights", "captioner.pt", cwd=tmp_path)
     assert verified.exit_code == 0 and "result:    passed" in verified.stdout, verified
 
@@ -191,7 +199,7 @@ def spec_reference() -> str:
             annotation = ast.unparse(node.annotation).replace("|", "\\|")
             rows.append(f"| `{node.target.id}` | `{annotation}` | {default} | {meaning} |")
         sections.append(
-            f"#### `{name}`\n\n{summary}\n\n| field | type | default | meaning and example |\n"
+            f"### `{name}`\n\n{summary}\n\n| field | type | default | meaning and example |\n"
             "| --- | --- | --- | --- |\n" + "\n".join(rows) + "\n"
         )
     from layerport import testing
@@ -207,38 +215,40 @@ def spec_reference() -> str:
         # Annotations are strings under `from __future__ import annotations`; unquote them.
         signature = re.sub(r"(: |-> )'([^']*)'", r"\1\2", str(inspect.signature(value)))
         lines.append(f"- `{item}{signature}`: {doc}".replace("``", "`"))
-    sections.append("#### `layerport.testing`\n\n" + "\n".join(lines) + "\n")
+    sections.append(
+        "### The conformance kit (`layerport.plugin`, from `layerport.testing`)\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
     return "\n".join(sections)
 
 
 def test_spec_reference_is_current() -> None:
-    text = README.read_text()
+    text = PLUGINS_PAGE.read_text()
     current = text[text.index(SPEC_START) + len(SPEC_START) : text.index(SPEC_END)].strip()
     assert current == spec_reference().strip(), "run: python tests/test_docs.py --update"
 
 
-def update_readme() -> None:
-    text = README.read_text()
-    for start, end, body in (
-        (START, END, cli_reference()),
-        (SPEC_START, SPEC_END, spec_reference()),
+def update_docs() -> None:
+    for page, start, end, body in (
+        (CLI_PAGE, START, END, cli_reference()),
+        (PLUGINS_PAGE, SPEC_START, SPEC_END, spec_reference()),
     ):
-        before, rest = text.split(start)
+        before, rest = page.read_text().split(start)
         _, after = rest.split(end)
-        text = f"{before}{start}\n{body}\n{end}{after}"
-    README.write_text(text)
+        page.write_text(f"{before}{start}\n{body}\n{end}{after}")
 
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--update"]:
-        update_readme()
+        update_docs()
     else:
         print(__doc__)
 
 
 def test_every_reliability_row_is_tested() -> None:
     """Each message the reliability table promises appears, word for word, in a test."""
-    text = README.read_text()
+    text = RELIABILITY_PAGE.read_text()
     table = text[text.index("<!-- reliability:start -->") : text.index("<!-- reliability:end -->")]
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert len(rows) >= 50
@@ -264,9 +274,50 @@ def _string_literals(path: Path) -> list[str]:
 
 
 def test_plugin_readmes_work_from_any_clone() -> None:
-    for readme in (README.parent / "plugins").glob("*/README.md"):
+    for readme in (ROOT / "plugins").glob("*/README.md"):
         text = readme.read_text()
         assert "/work/" not in text, f"{readme} names a local checkout"
         for line in text.splitlines():
             if "pip install" in line:
                 assert "-c constraints.txt" in line, f"{readme}: {line.strip()}"
+
+
+def test_the_readme_starts_short_and_maps_every_page() -> None:
+    text = README.read_text()
+    assert len(text.splitlines()) < 400
+    for heading in ("## Install: the two commands", "## Quick start", "## Documentation"):
+        assert heading in text
+    pages = {page.name for page in DOCS.glob("*.md")}
+    assert len(pages) >= 10
+    linked = set(re.findall(r"\]\(docs/([\w\-]+\.md)\)", text))
+    assert linked == pages, f"pages not in the README's map: {sorted(pages - linked)}"
+
+
+def _anchors(text: str) -> set[str]:
+    """GitHub's anchors for a page's headings (outside code blocks)."""
+    text = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
+    headings = re.findall(r"^#+ (.*)$", text, flags=re.MULTILINE)
+    return {
+        re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-") for heading in headings
+    }
+
+
+def test_every_link_in_the_manual_resolves() -> None:
+    broken = []
+    for page in PAGES:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"^[a-z]+://", target):
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists() or (
+                anchor and linked.suffix == ".md" and anchor not in _anchors(linked.read_text())
+            ):
+                broken.append(f"{page.name}: {target}")
+    assert not broken, broken
+
+
+def test_the_link_check_can_fail() -> None:
+    assert "quick-start" in _anchors("# x\n## Quick start\n```\n# not a heading\n```")
+    assert "not-a-heading" not in _anchors("```\n# not a heading\n```")

@@ -1,4 +1,4 @@
-"""``layerport new-plugin``: a package that works as generated, and the README's tutorial is it."""
+"""``layerport new-plugin``: a package that works as generated, and the guide's tutorial is it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from layerport.cli.scaffold import plugin_files
 
 from conftest import install_for_test, run_package_tests, run_process
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+GUIDE = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"
 
 
 def test_a_new_plugin_installs_registers_exports_and_passes_its_tests(tmp_path) -> None:
@@ -35,11 +35,11 @@ def test_a_new_plugin_installs_registers_exports_and_passes_its_tests(tmp_path) 
 
 def test_the_readme_tutorial_is_what_new_plugin_writes() -> None:
     blocks = re.findall(r"```(?:toml|python)\n# file: layerport-rmsnorm/(\S+)\n(.*?)```",
-                        README.read_text(), flags=re.DOTALL)  # fmt: skip
+                        GUIDE.read_text(), flags=re.DOTALL)  # fmt: skip
     generated = plugin_files("rmsnorm")
     assert {path for path, _ in blocks} == set(generated) - {"README.md"}
     for path, body in blocks:
-        assert body == generated[path], f"README's {path} differs from new-plugin's"
+        assert body == generated[path], f"the guide's {path} differs from new-plugin's"
 
 
 def test_new_plugin_refuses_bad_names_and_existing_folders(tmp_path) -> None:

@@ -32,7 +32,7 @@ from conftest import Result, run_process
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+SERVING_PAGE = ROOT / "docs" / "serving.md"
 SERVING = re.compile(r"<!-- serving:start -->(.*?)<!-- serving:end -->", re.DOTALL)
 Cli = Callable[..., Result]
 
@@ -133,7 +133,7 @@ def server(serving_env: Path, repository: Path) -> Iterator[TritonServer]:
 
 def test_readme_serving_section_runs(serving_env: Path, tmp_path: Path) -> None:
     """Its commands, in order, in one folder, as a reader runs them; ports made free."""
-    section = SERVING.search(README.read_text())
+    section = SERVING.search(SERVING_PAGE.read_text())
     assert section is not None
     lines = [
         line.removeprefix("$ ")
