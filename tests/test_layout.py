@@ -153,3 +153,84 @@ def test_layerport_plugin_declares_without_torch_and_builds_with_it() -> None:
     )
     completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert completed.stdout.strip() == "False True []", completed.stdout + completed.stderr
+
+
+# The stages, lowest first: a module may import from its own stage and those
+# below it, never from one above. The longest matching prefix decides.
+STAGES = (
+    ("layerport", 0),  # the package's __init__: the spec's names, for plugins
+    ("layerport.errors", 0),
+    ("layerport.dtypes", 0),
+    ("layerport.hookspecs", 0),
+    ("layerport.spec", 0),
+    ("layerport.runtime", 0),
+    ("layerport.serving", 1),
+    ("layerport.registry", 1),
+    ("layerport.targets", 1),
+    ("layerport.weights", 1),
+    ("layerport.config", 2),
+    ("layerport.plugins", 2),
+    ("layerport.eager", 3),
+    ("layerport.export", 4),
+    ("layerport.verify", 5),
+    ("layerport.results", 6),
+    ("layerport.pipeline", 6),
+    ("layerport.bench", 6),
+    ("layerport.default_plugins", 7),
+    ("layerport.testing", 7),
+    ("layerport.plugin", 8),
+    ("layerport.cli", 8),
+    # The built-in commands are a plugin of the CLI's own hook: they are the CLI.
+    ("layerport.default_plugins.commands", 8),
+    ("layerport.__main__", 9),
+)
+
+
+def stage_of(module: str) -> int:
+    matches = [
+        (len(prefix), rank)
+        for prefix, rank in STAGES
+        if module == prefix or module.startswith(prefix + ".")
+    ]
+    return max(matches)[1]
+
+
+def climbs(package: Path) -> list[str]:
+    """Every import, at any depth (lazy ones included), from a stage above the importer's.
+
+    Imports under ``if TYPE_CHECKING:`` are names for annotations, not a dependency.
+    """
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        module = ".".join(path.relative_to(package.parent).with_suffix("").parts)
+        module = module.removesuffix(".__init__")
+        tree = ast.parse(path.read_text())
+        annotations_only = {
+            id(inner)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for inner in ast.walk(node)
+        }
+        for node in ast.walk(tree):
+            if id(node) in annotations_only or not isinstance(node, ast.ImportFrom):
+                continue
+            target = node.module or ""
+            if target.startswith("layerport") and stage_of(target) > stage_of(module):
+                found.append(f"{module} imports {target}")
+    return found
+
+
+def test_no_module_imports_from_a_stage_above_it() -> None:
+    """Following an export's configuration never climbs back up (issue 21: at most 5; now 0)."""
+    assert climbs(PACKAGE) == []
+
+
+def test_the_climb_check_can_fail(tmp_path: Path) -> None:
+    package = tmp_path / "layerport"
+    (package / "runtime").mkdir(parents=True)
+    (package / "runtime" / "session.py").write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from layerport.config import LayerConfig\n"
+        "def f():\n    from layerport.eager.build import build_module\n"
+    )
+    assert climbs(package) == ["layerport.runtime.session imports layerport.eager.build"]

@@ -87,23 +87,6 @@ class LayerConfig:
             atol=default.atol if atol is None else atol, rtol=default.rtol if rtol is None else rtol
         )
 
-    def judged_tolerance(
-        self, atol: float | None = None, rtol: float | None = None, quantize: str | None = None
-    ) -> Tolerance | None:
-        """The fixed tolerance verification judges by, or ``None`` for the float64 verdict.
-
-        The verdict (``verify.verdict``) judges float32, float16 and bfloat16
-        files; a given ``atol`` or ``rtol``, a tolerance the layer declares for
-        the dtype (``LayerSpec.tolerances``), a float64 file and a quantized one
-        are judged element by element instead (see ``tolerance``).
-        """
-        from layerport.verify.verdict import applies
-
-        explicit = atol is not None or rtol is not None or self.dtype in self.spec.tolerances
-        if quantize is None and not explicit and applies(self.dtype):
-            return None
-        return self.tolerance(atol, rtol, quantize)
-
     def input_specs(self) -> list[ArraySpec]:
         """What each input must look like: dynamic dims by name, fixed dims by size."""
         from layerport.runtime.arrays import ArraySpec

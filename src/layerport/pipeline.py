@@ -40,6 +40,7 @@ from layerport.runtime.session import Session, SessionSettings
 from layerport.verify import DEFAULT_TRIALS, VerifyOptions
 from layerport.verify.rebuild import rebuild_layer
 from layerport.verify.report import VerificationReport, note_plugin_version, note_underflow
+from layerport.verify.verdict import judged_tolerance
 
 if TYPE_CHECKING:
     from torch import nn
@@ -86,7 +87,7 @@ def export_layer(
             config,
             module,
             model,
-            tolerance=tolerance or config.judged_tolerance(quantize=quantize),
+            tolerance=tolerance or judged_tolerance(config, quantize=quantize),
             trials=trials,
             quantize=quantize,
         )
@@ -169,7 +170,7 @@ def verify_file(
         model,
         name=str(path),
         optional_inputs=record.optional_inputs,
-        tolerance=config.judged_tolerance(options.atol, options.rtol, quantize=record.quantize),
+        tolerance=judged_tolerance(config, options.atol, options.rtol, quantize=record.quantize),
         trials=options.trials,
         quantize=record.quantize,
         second_opinion=second_opinion,

@@ -16,6 +16,7 @@ from layerport.verify.engines import EagerEngine, ServerEngine, float64_baseline
 from layerport.verify.rebuild import rebuild_layer
 from layerport.verify.report import VerificationReport, note_plugin_version, note_underflow
 from layerport.verify.structure import structure_problems
+from layerport.verify.verdict import judged_tolerance
 from layerport.verify.verification import verify_engines
 
 
@@ -64,7 +65,9 @@ def verify_server(
             ServerEngine(served),
             EagerEngine(module, config),
             config.dims,
-            tolerance=config.judged_tolerance(options.atol, options.rtol, quantize=record.quantize),
+            tolerance=judged_tolerance(
+                config, options.atol, options.rtol, quantize=record.quantize
+            ),
             trials=options.trials,
             structure_problems=structure_problems(
                 config, inputs, outputs, where="the served config"

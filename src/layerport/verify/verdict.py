@@ -24,11 +24,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from layerport.dtypes import Tolerance, precision
 from layerport.verify.compare import Comparison, compare_arrays
+
+if TYPE_CHECKING:
+    from layerport.config import LayerConfig
 
 # Both the file and eager round the same function in the same precision, in a
 # different order (fused kernels, Scan against a Python loop), so the file's
@@ -43,6 +47,25 @@ FACTOR = 4.0
 # LSTM's worst such case (export error / floor at most 1.97).
 FLOOR_ULPS = 8.0
 FLOAT64 = "float64 eager"
+
+
+def judged_tolerance(
+    config: LayerConfig,
+    atol: float | None = None,
+    rtol: float | None = None,
+    quantize: str | None = None,
+) -> Tolerance | None:
+    """The fixed tolerance verification judges ``config``'s file by, or ``None`` for the verdict.
+
+    The verdict judges float32, float16 and bfloat16 files; a given ``atol`` or
+    ``rtol``, a tolerance the layer declares for the dtype
+    (``LayerSpec.tolerances``), a float64 file and a quantized one are judged
+    element by element instead (``LayerConfig.tolerance``).
+    """
+    explicit = atol is not None or rtol is not None or config.dtype in config.spec.tolerances
+    if quantize is None and not explicit and applies(config.dtype):
+        return None
+    return config.tolerance(atol, rtol, quantize)
 
 
 def applies(dtype: str) -> bool:

@@ -172,12 +172,13 @@ def _export(
     quantize: str | None,
 ) -> ExportResult:
     from layerport.pipeline import export_layer
+    from layerport.verify.verdict import judged_tolerance
 
     result = export_layer(
         config,
         opset=opset,
         verify=verify,
-        tolerance=config.judged_tolerance(verification.atol, verification.rtol, quantize=quantize),
+        tolerance=judged_tolerance(config, verification.atol, verification.rtol, quantize=quantize),
         trials=verification.trials,
         quantize=quantize,
     )

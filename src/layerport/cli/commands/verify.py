@@ -94,10 +94,11 @@ def verify(
       layerport verify --server 127.0.0.1:8000 rnn --wait 60
     """
     require_dependencies("torch", "onnxscript")
+    from layerport.cli.failures import save_failures
     from layerport.pipeline import verify_file, verify_layer
     from layerport.verify import VerifyOptions
-    from layerport.verify.failures import save_failures
     from layerport.verify.server import verify_server
+    from layerport.verify.verdict import judged_tolerance
 
     report_path = verification.report_path
     if report_path is not None:
@@ -145,7 +146,7 @@ def verify(
         report = verify_layer(
             config,
             opset=opset,
-            tolerance=config.judged_tolerance(verification.atol, verification.rtol),
+            tolerance=judged_tolerance(config, verification.atol, verification.rtol),
             trials=verification.trials,
         )
         shown = report.layer

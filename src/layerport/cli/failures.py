@@ -1,8 +1,9 @@
-"""A failed verification handed on: its failing cases' arrays, and how to rerun them.
+"""``verify --save-failures``: a failed verification's failing cases, and how to rerun them.
 
 Whoever gets the folder needs neither layerport's grid nor torch to see the
 failure again: ``reproduce.sh`` runs the file on the saved inputs with
-``layerport infer``, whose outputs compare with the saved ones.
+``layerport infer``, whose outputs compare with the saved ones. It writes CLI
+commands, so it lives with the CLI.
 """
 
 from __future__ import annotations
