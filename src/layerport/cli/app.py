@@ -26,7 +26,8 @@ import click
 
 from layerport import __version__, plugins
 from layerport.cli.options import LayerOptions
-from layerport.cli.output import LayerOutcome, Progress, note, warn
+from layerport.cli.outcomes import LayerOutcome
+from layerport.cli.output import Progress, note, warn
 from layerport.config import LayerConfig, resolve_config
 from layerport.errors import LayerportError, MissingDependency, Setting, WorkFailed, one_line
 from layerport.registry import RegisteredLayer, Registry

@@ -3,7 +3,8 @@
 Tables go to stdout; warnings, progress and errors go to stderr, so that
 ``layerport ... --json | jq`` always sees clean JSON. Commands hand this module
 typed results (an ``ExportResult``, a ``VerificationReport``, a ``BenchResult``);
-it decides how each looks.
+it decides how each looks. A verification report written to a file is
+``cli.report``'s; what ``--all`` did to each layer, ``cli.outcomes``'.
 """
 
 from __future__ import annotations
@@ -13,17 +14,15 @@ import math
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from layerport.registry import RegisteredLayer
 from layerport.runtime.limits import format_bytes
 
 if TYPE_CHECKING:
-    from layerport.bench.benchmark import BenchResult
+    from layerport.cli.outcomes import LayerOutcome
     from layerport.results import ExportResult
     from layerport.runtime.inspection import ModelDescription
     from layerport.verify.report import VerificationReport
@@ -284,29 +283,6 @@ def cost_words(report: VerificationReport) -> str | None:
     return f"{report.dtype} costs max abs error {worst_abs:.3g} (relative {worst_rel:.3g}) against float64"
 
 
-@dataclass(frozen=True)
-class LayerOutcome:
-    """What happened to one layer of ``export --all`` or ``bench --all``."""
-
-    layer: RegisteredLayer
-    path: Path | None = None
-    export: ExportResult | None = None
-    bench: BenchResult | None = None
-    error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        if self.error is not None:
-            return {
-                "layer": self.layer.qualified_name,
-                "name": self.layer.name,
-                "status": "failed",
-                "error": self.error,
-            }
-        data = export_summary(self.export, self.path) if self.export else {}
-        data |= self.bench.to_dict() if self.bench else {}
-        return {**data, "status": "ok"}
-
-
 def print_export_all(outcomes: Sequence[LayerOutcome], json_: bool) -> None:
     if json_:
         print_json([outcome.to_dict() for outcome in outcomes])
@@ -382,70 +358,6 @@ def print_verification(report: VerificationReport, target: str, json_: bool) -> 
             for name, worst in report.worst().items()
         ),
     )
-
-
-def write_report(report: VerificationReport | None, path: Path | None) -> None:
-    """Write ``report`` as Markdown to ``path``, atomically, when both are given."""
-    from layerport.runtime.files import atomic_write_bytes
-
-    if report is not None and path is not None:
-        atomic_write_bytes(path, report_markdown(report).encode())
-
-
-def report_markdown(report: VerificationReport) -> str:
-    """A verification report a person can read, or attach to a bug report."""
-    from layerport.verify.report import format_dims
-
-    actual, expected = report.engines
-    lines = [
-        f"# Verification of {report.layer} ({report.dtype})",
-        "",
-        f"- result: **{'passed' if report.passed else 'FAILED'}**",
-        f"- engines: {actual} against {expected}",
-        *([f"- precision: {cost_words(report)}"] if report.costs else []),
-        (
-            f"- tolerance: {report.tolerance.describe()} "
-            f"(pass when |{actual} - {expected}| <= atol + rtol * |{expected}|)"
-            if report.tolerance is not None
-            else f"- rule: {report.rule()}"
-        ),
-        f"- traced at: {format_dims(report.export_dims)}",
-        f"- grid: {', '.join(f'{name} in {sizes}' for name, sizes in report.grid.items()) or 'none'},"
-        f" {report.trials} random draws each",
-        f"- streaming: {report.streaming or 'not applicable'}",
-        "",
-    ]
-    if report.structure_problems:
-        lines += (
-            ["## Structure problems", ""] + [f"- {p}" for p in report.structure_problems] + [""]
-        )
-    lines += [
-        "## Worst error per output",
-        "",
-        "| output | max abs error | at | worst element | max rel error | at |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for name, worst in report.worst().items():
-        lines.append(
-            f"| {name} | {worst['max_abs_error']:.3g} | {worst['case']} | {worst['index']} "
-            f"| {worst['max_rel_error']:.3g} | {worst['rel_case']} |"
-        )
-    lines += [
-        "",
-        "Relative error: max |error| / max |expected| over each output.",
-        "",
-        "## Every comparison",
-        "",
-        "| case | output | result | max abs | max rel | needed atol | needed rtol |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for c in report.comparisons:
-        result = "pass" if c.passed else f"FAIL{': ' + c.problem if c.problem else ''}"
-        lines.append(
-            f"| {c.case} | {c.output} | {result} | {c.max_abs_error:.3g} | {c.max_rel_error:.3g} "
-            f"| {c.needed_atol:.3g} | {c.needed_rtol:.3g} |"
-        )
-    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from layerport.cli.app import (
     resolve_layer,
 )
 from layerport.cli.options import LayerOptions, json_option, layer_options, threads_option
-from layerport.cli.output import LayerOutcome, print_bench
+from layerport.cli.outcomes import LayerOutcome
+from layerport.cli.output import print_bench
 from layerport.config import resolve_config
 from layerport.dtypes import QUANTIZATIONS
 from layerport.registry import RegisteredLayer

@@ -22,13 +22,9 @@ from layerport.cli.options import (
     json_option,
     target_options,
 )
-from layerport.cli.output import (
-    LayerOutcome,
-    note,
-    print_export,
-    print_export_all,
-    write_report,
-)
+from layerport.cli.outcomes import LayerOutcome
+from layerport.cli.output import note, print_export, print_export_all
+from layerport.cli.report import write_report
 from layerport.config import LayerConfig, resolve_config
 from layerport.dtypes import QUANTIZATIONS
 from layerport.errors import BadFile, VerificationFailed

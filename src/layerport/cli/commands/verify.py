@@ -15,7 +15,8 @@ from layerport.cli.options import (
     given_explicitly,
     json_option,
 )
-from layerport.cli.output import print_verification, warn, write_report
+from layerport.cli.output import print_verification, warn
+from layerport.cli.report import write_report
 from layerport.errors import VerificationFailed
 from layerport.runtime.files import check_writable_target
 from layerport.verify.report import VerificationReport
