@@ -27,7 +27,7 @@ import onnx
 
 from layerport import __version__
 from layerport.config import LayerConfig, config_from_record
-from layerport.dtypes import Tolerance, precision
+from layerport.dtypes import INT8_AGAINST_FLOAT, Tolerance, precision
 from layerport.errors import BadFile, ExportFailed, Setting, UserInputError, VerificationFailed
 from layerport.export import DEFAULT_OPSET
 from layerport.registry import Registry
@@ -41,6 +41,8 @@ from layerport.verify.report import VerificationReport
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from layerport.verify.engines import Engine
 
 
 @dataclass(frozen=True)
@@ -80,11 +82,12 @@ def export_layer(
     """Export ``config``'s layer to ONNX and, unless ``verify`` is false, verify it.
 
     ``quantize="int8"`` quantizes the float32 export with onnxruntime's dynamic
-    quantizer (``export.quantize``); it is verified against float32 eager, within
-    the layer's int8 tolerance. Raises ``VerificationFailed`` (with ``.report``
+    quantizer (``export.quantize``); it is verified against a run of the same
+    quantization (``verify.quantized``), within the layer's int8 tolerance. Raises ``VerificationFailed`` (with ``.report``
     attached) when the export does not compute what eager PyTorch computes,
     ``ExportFailed`` when torch.onnx cannot export the layer or pins a dynamic
-    dim, ``UserInputError`` for a quantization of anything but float32.
+    dim, ``UserInputError`` for a quantization of anything but float32, or of a
+    layer where nothing would be quantized.
     """
     from layerport.eager.build import build_module
     from layerport.export.quantize import check_quantizable
@@ -94,12 +97,12 @@ def export_layer(
     check_quantizable(config, quantize)
     started = time.perf_counter()
     module = build_module(config)
-    model = _export(module, config, opset)
+    model = source = _export(module, config, opset)
     quantization = None
     if quantize is not None:
         from layerport.export.quantize import quantize_int8
 
-        model, quantization = quantize_int8(model)
+        model, quantization = quantize_int8(model, config.spec.name)
     export_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -112,6 +115,7 @@ def export_layer(
             tolerance=tolerance or config.tolerance(quantize=quantize),
             trials=trials,
             quantize=quantize,
+            source=source,
         )
         if not report.passed:
             raise VerificationFailed(report.failure_message(), report=report)
@@ -189,6 +193,8 @@ def verify_file(
             "verify cannot rebuild its layer; 'layerport inspect' and 'infer' still work on it"
         )
     config, module = rebuild_layer(registry, record, weights=weights, dims=dims)
+    # An int8 file is judged against the same quantization of the layer's float32 export.
+    source = _export(module, config, record.opset) if record.quantize else None
     report = verify_model(
         config,
         module,
@@ -199,6 +205,7 @@ def verify_file(
         trials=trials,
         quantize=record.quantize,
         second_opinion=second_opinion,
+        source=source,
     )
     _note_plugin_version(report, config, record, "file")
     return config, report
@@ -295,7 +302,10 @@ def verify_server(
             ServerEngine(served),
             EagerEngine(module, config),
             config.dims,
-            tolerance=config.tolerance(atol, rtol, quantize=record.quantize),
+            # No int8 reference here (the served file is not at hand): what int8 costs.
+            tolerance=INT8_AGAINST_FLOAT
+            if record.quantize and atol is None and rtol is None
+            else config.tolerance(atol, rtol, quantize=record.quantize),
             trials=trials,
             structure_problems=structure_problems(
                 config, inputs, outputs, where="the served config"
@@ -330,10 +340,13 @@ def verify_model(
     trials: int = DEFAULT_TRIALS,
     quantize: str | None = None,
     second_opinion: bool = False,
+    source: onnx.ModelProto | None = None,
 ) -> VerificationReport:
     """Verify ``model`` against ``module`` in eager PyTorch, in the dtype's declared runtime.
 
-    ``quantize`` names the recipe of a quantized ``model``, for the report. With
+    ``quantize`` names the recipe of a quantized ``model``, made from ``source``,
+    the layer's float32 export: ``model`` is then held to the same quantization of
+    ``source`` (``verify.quantized``), and its cost measured against float64. With
     ``second_opinion``, the file also runs in onnx's reference evaluator over the
     same grid (one draw per size: it is 7x to 20x slower), which must agree with
     onnxruntime within the same tolerance: a disagreement is a runtime's bug.
@@ -362,8 +375,11 @@ def verify_model(
         optional_inputs=optional_inputs,
         isolate=name is not None,  # a file from disk may crash onnxruntime; our exports are guarded
     )
+    expected: Engine = EagerEngine(module, config)
+    if quantize is not None:
+        expected = _same_quantization(model, source, session.name, optional_inputs)
     baseline = None
-    if precision(config.dtype).reduced:
+    if precision(config.dtype).reduced or quantize is not None:
         # What the precision costs: the same function in float64, from the same
         # source weights (converted exactly), on the same inputs.
         in_float64 = dataclasses.replace(config, dtype="float64")
@@ -371,14 +387,18 @@ def verify_model(
     report = verify_engines(
         config,
         FileEngine(session),
-        EagerEngine(module, config),
+        expected,
         config.dims,
         tolerance=tolerance,
         trials=trials,
         structure_problems=structure_problems(config, session.inputs, session.outputs),
         baseline=baseline,
+        # int8 quantizes each call's activations over that call's range.
+        chunk_expected=quantize is not None,
     )
     report.quantization = quantize
+    if quantize is not None and not report.passed:
+        _explain_int8_failure(report, config, session, model, source, optional_inputs)
     if second_opinion and session.runtime != "onnx-reference":
         reference = Session(
             model,
@@ -399,6 +419,47 @@ def verify_model(
             f"no second opinion: {config.dtype} files are verified in onnx-reference already"
         )
     return report
+
+
+def _same_quantization(
+    model: onnx.ModelProto,
+    source: onnx.ModelProto | None,
+    name: str,
+    optional_inputs: list[str],
+    saturating: bool = False,
+) -> Engine:
+    """The int8 reference for ``model`` (``verify.quantized``), from its float32 ``source``."""
+    from layerport.export.quantize import gemm_as_matmul
+    from layerport.verify.quantized import SameQuantizationEngine
+
+    if source is None:
+        raise ValueError("an int8 model is verified against its float32 source; none given")
+    return SameQuantizationEngine(
+        model,
+        gemm_as_matmul(source),
+        name,
+        optional_inputs=optional_inputs,
+        saturating=saturating,
+    )
+
+
+def _explain_int8_failure(
+    report: VerificationReport,
+    config: LayerConfig,
+    session: Session,
+    model: onnx.ModelProto,
+    source: onnx.ModelProto | None,
+    optional_inputs: list[str],
+) -> None:
+    """Note saturation first when onnxruntime computed the saturating arithmetic."""
+    from layerport.verify.quantized import saturation_note
+
+    inputs = config.random_inputs(config.seed, include_optional=True)
+    exact = _same_quantization(model, source, session.name, optional_inputs)
+    saturating = _same_quantization(model, source, session.name, optional_inputs, True)
+    note = saturation_note(session.run(inputs), exact.run(inputs), saturating.run(inputs))
+    if note is not None:
+        report.notes.insert(0, note)
 
 
 def export_record(

@@ -35,6 +35,7 @@ def verify_engines(
     baseline: Engine | None = None,
     largest: Mapping[str, int] | None = None,
     leave_out_optional: bool = True,
+    chunk_expected: bool = False,
 ) -> VerificationReport:
     """Compare ``actual`` with ``expected`` over the grid for a file traced at ``export_dims``.
 
@@ -45,6 +46,9 @@ def verify_engines(
     dims that ``actual`` limits (see ``size_grid``). ``leave_out_optional``
     false sends every input in every draw, to an engine that requires them all
     (a served model whose backend cannot fill optional inputs in).
+    ``chunk_expected`` streams ``expected`` in the same chunks as ``actual``, for
+    a reference whose result depends on the call's inputs as a whole (int8's
+    dynamic activation ranges), instead of one pass over the whole sequence.
     """
     spec = config.spec
     grid = size_grid(spec, export_dims, config.params, largest)
@@ -88,7 +92,7 @@ def verify_engines(
                     (actual.name, f"float64 {baseline.name}"),
                 )
     if spec.streaming is not None and spec.streaming.applies(config.params):
-        _verify_streaming(report, config, actual, expected, export_dims)
+        _verify_streaming(report, config, actual, expected, export_dims, chunk_expected)
     elif spec.streaming is not None:
         report.streaming = f"skipped: a layer with {spec.streaming.unless}=true cannot stream"
     return report
@@ -114,15 +118,32 @@ def _verify_streaming(
     actual: Engine,
     expected: Engine,
     export_dims: Mapping[str, int],
+    chunk_expected: bool = False,
 ) -> None:
-    """A long sequence in uneven chunks through ``actual``, against one pass of ``expected``."""
+    """A long sequence in uneven chunks through ``actual``, against one pass of ``expected``
+    (or the same chunks of it, with ``chunk_expected``)."""
     streaming = config.spec.streaming
     assert streaming is not None
     length = report.grid[streaming.dim][-1]
     chunks = streaming_chunks(length, export_dims[streaming.dim])
     whole = config.with_dims({**export_dims, streaming.dim: length})
     inputs = whole.random_inputs(config.seed + 104729, include_optional=True)
-    reference = expected.run(inputs)
+    report.streaming = f"{streaming.dim}={length} in chunks {'+'.join(map(str, chunks))}"
+    streamed = _run_in_chunks(config, actual, inputs, chunks)
+    reference = (
+        _run_in_chunks(config, expected, inputs, chunks) if chunk_expected else expected.run(inputs)
+    )
+    report.comparisons += compare_outputs(
+        f"streaming {report.streaming}", reference, streamed, report.tolerance, report.engines
+    )
+
+
+def _run_in_chunks(
+    config: LayerConfig, engine: Engine, inputs: Mapping[str, np.ndarray], chunks: list[int]
+) -> dict[str, np.ndarray]:
+    """``engine`` over ``inputs`` in consecutive chunks of the streaming dim, state carried."""
+    streaming = config.spec.streaming
+    assert streaming is not None
     carried = dict(inputs)
     pieces: dict[str, list[np.ndarray]] = {}
     start = 0
@@ -131,21 +152,18 @@ def _verify_streaming(
             name: _slice(array, _axis_of(config, name, streaming.dim, inputs=True), start, size)
             for name, array in carried.items()
         }
-        outputs = actual.run(chunk)
+        outputs = engine.run(chunk)
         for name, array in outputs.items():
             pieces.setdefault(name, []).append(array)
         for input_name, output_name in streaming.carry:
             carried[input_name] = outputs[output_name]
         start += size
-    report.streaming = f"{streaming.dim}={length} in chunks {'+'.join(map(str, chunks))}"
     streamed = {}
     for tensor in config.spec.outputs:
         axis = _axis_of(config, tensor.name, streaming.dim, inputs=False)
         parts = pieces[tensor.name]
         streamed[tensor.name] = parts[-1] if axis is None else np.concatenate(parts, axis=axis)
-    report.comparisons += compare_outputs(
-        f"streaming {report.streaming}", reference, streamed, report.tolerance, report.engines
-    )
+    return streamed
 
 
 def _in_float64(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
