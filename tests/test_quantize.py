@@ -71,13 +71,13 @@ def _swap_output_rows(path: Path, out: Path) -> None:
 
 
 def _with_8_bit_weights(path: Path, out: Path) -> None:
-    """The file as the old recipe wrote it: weights over all of int8, [-127, 127]."""
+    """The file as the old recipe wrote it: the layer's weights over all of int8, [-127, 127]."""
     model = onnx.load(path)
     initializers = {tensor.name: tensor for tensor in model.graph.initializer}
     name = next(name for name in initializers if name.endswith("_quantized"))
     base = name[: -len("_quantized")]
-    weight = numpy_helper.to_array(initializers[name]).astype(np.float32)
-    weight *= numpy_helper.to_array(initializers[f"{base}_scale"])
+    source = {tensor.name: tensor for tensor in _float_source(512).graph.initializer}
+    weight = numpy_helper.to_array(source[base])
     scale = np.float32(np.abs(weight).max() / 127)
     wide = np.clip(np.rint(weight / scale), -127, 127).astype(np.int8)
     initializers[name].CopyFrom(numpy_helper.from_array(wide, name))
