@@ -83,8 +83,9 @@ def export_layer(
 
     ``quantize="int8"`` quantizes the float32 export with onnxruntime's dynamic
     quantizer (``export.quantize``); it is verified against a run of the same
-    quantization (``verify.quantized``), within the layer's int8 tolerance. Raises ``VerificationFailed`` (with ``.report``
-    attached) when the export does not compute what eager PyTorch computes,
+    quantization (``verify.quantized``), within the layer's int8 tolerance.
+    Raises ``VerificationFailed`` (with ``.report`` attached) when the export
+    does not compute what eager PyTorch computes,
     ``ExportFailed`` when torch.onnx cannot export the layer or pins a dynamic
     dim, ``UserInputError`` for a quantization of anything but float32, or of a
     layer where nothing would be quantized.
