@@ -53,6 +53,18 @@ def test_needed_tolerances_are_the_smallest_that_pass() -> None:
     ).passed
 
 
+def test_a_tolerance_of_the_range_judges_an_element_near_zero_by_the_output_s_range() -> None:
+    """int8's rule: 0.001 of max |expected|, where an element-wise rtol cannot hold."""
+    expected = np.array([-0.0037, 2.0])
+    near = compare_arrays("y", "c", expected + 0.0019, expected, Tolerance(0.0, 0.0, 1e-3))
+    assert near.passed and near.max_rel_error == pytest.approx(0.0019 / 2.0)
+    assert not compare_arrays("y", "c", expected + 0.0021, expected, Tolerance(0, 0, 1e-3)).passed
+    assert Tolerance(0.0, 0.0, 1e-3).describe() == "0.001 of the output's range"
+    assert (
+        Tolerance(1e-5, 0.0, 1e-3).describe() == "atol 1e-05, rtol 0, 0.001 of the output's range"
+    )
+
+
 @pytest.mark.parametrize(
     ("actual", "expected", "problem"),
     [

@@ -83,6 +83,8 @@ class LayerConfig:
         """The layer's tolerance for this dtype, or for the ``quantize`` recipe's files, with
         ``atol`` or ``rtol`` overridden if given."""
         default = self.spec.tolerance(quantize or self.dtype)
+        if atol is None and rtol is None:
+            return default
         return Tolerance(
             atol=default.atol if atol is None else atol, rtol=default.rtol if rtol is None else rtol
         )

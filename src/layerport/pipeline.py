@@ -45,6 +45,8 @@ from layerport.verify.verdict import judged_tolerance
 if TYPE_CHECKING:
     from torch import nn
 
+    from layerport.verify.engines import Engine
+
 
 def export_layer(
     config: LayerConfig,
@@ -58,11 +60,13 @@ def export_layer(
     """Export ``config``'s layer to ONNX and, unless ``verify`` is false, verify it.
 
     ``quantize="int8"`` quantizes the float32 export with onnxruntime's dynamic
-    quantizer (``export.quantize``); it is verified against float32 eager, within
-    the layer's int8 tolerance. Raises ``VerificationFailed`` (with ``.report``
-    attached) when the export does not compute what eager PyTorch computes,
+    quantizer (``export.quantize``); it is verified against a run of the same
+    quantization (``verify.quantized``), within the layer's int8 tolerance.
+    Raises ``VerificationFailed`` (with ``.report`` attached) when the export
+    does not compute what eager PyTorch computes,
     ``ExportFailed`` when torch.onnx cannot export the layer or pins a dynamic
-    dim, ``UserInputError`` for a quantization of anything but float32.
+    dim, ``UserInputError`` for a quantization of anything but float32, or of a
+    layer where nothing would be quantized.
     """
     from layerport.eager.build import build_module
     from layerport.export.quantize import check_quantizable
@@ -72,12 +76,12 @@ def export_layer(
     check_quantizable(config, quantize)
     started = time.perf_counter()
     module = build_module(config)
-    model = _export(module, config, opset)
+    model = source = _export(module, config, opset)
     quantization = None
     if quantize is not None:
         from layerport.export.quantize import quantize_int8
 
-        model, quantization = quantize_int8(model)
+        model, quantization = quantize_int8(model, config.spec.name)
     export_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -90,6 +94,7 @@ def export_layer(
             tolerance=tolerance or judged_tolerance(config, quantize=quantize),
             trials=trials,
             quantize=quantize,
+            source=source,
         )
         if not report.passed:
             raise VerificationFailed(report.failure_message(), report=report)
@@ -164,6 +169,8 @@ def verify_file(
             "verify cannot rebuild its layer; 'layerport inspect' and 'infer' still work on it"
         )
     config, module = rebuild_layer(registry, record, weights=options.weights, dims=options.dims)
+    # An int8 file is judged against the same quantization of the layer's float32 export.
+    source = _export(module, config, record.opset) if record.quantize else None
     report = verify_model(
         config,
         module,
@@ -174,6 +181,7 @@ def verify_file(
         trials=options.trials,
         quantize=record.quantize,
         second_opinion=second_opinion,
+        source=source,
     )
     note_underflow(report, config)
     note_plugin_version(report, config, record, "file")
@@ -191,10 +199,13 @@ def verify_model(
     trials: int = DEFAULT_TRIALS,
     quantize: str | None = None,
     second_opinion: bool = False,
+    source: onnx.ModelProto | None = None,
 ) -> VerificationReport:
     """Verify ``model`` against ``module`` in eager PyTorch, in the dtype's declared runtime.
 
-    ``quantize`` names the recipe of a quantized ``model``, for the report. With
+    ``quantize`` names the recipe of a quantized ``model``, made from ``source``,
+    the layer's float32 export: ``model`` is then held to the same quantization of
+    ``source`` (``verify.quantized``), and its cost measured against float64. With
     ``second_opinion``, the file also runs in onnx's reference evaluator over the
     same grid (one draw per size: it is 7x to 20x slower), which must agree with
     onnxruntime within the same tolerance: a disagreement is a runtime's bug.
@@ -223,18 +234,25 @@ def verify_model(
         optional_inputs=optional_inputs,
         isolate=name is not None,  # a file from disk may crash onnxruntime; our exports are guarded
     )
-    baseline = float64_baseline(config, quantize)
+    expected: Engine = EagerEngine(module, config)
+    if quantize is not None:
+        expected = _same_quantization(model, source, session.name, optional_inputs)
+    baseline = float64_baseline(config)
     report = verify_engines(
         config,
         FileEngine(session),
-        EagerEngine(module, config),
+        expected,
         config.dims,
         tolerance=tolerance,
         trials=trials,
         structure_problems=structure_problems(config, session.inputs, session.outputs),
         baseline=baseline,
+        # int8 quantizes each call's activations over that call's range.
+        chunk_expected=quantize is not None,
     )
     report.quantization = quantize
+    if quantize is not None and not report.passed:
+        _explain_int8_failure(report, config, session, model, source, optional_inputs)
     note_underflow(report, config)
     if second_opinion and session.runtime != "onnx-reference":
         reference = Session(
@@ -259,6 +277,47 @@ def verify_model(
             f"no second opinion: {config.dtype} files are verified in onnx-reference already"
         )
     return report
+
+
+def _same_quantization(
+    model: onnx.ModelProto,
+    source: onnx.ModelProto | None,
+    name: str,
+    optional_inputs: list[str],
+    saturating: bool = False,
+) -> Engine:
+    """The int8 reference for ``model`` (``verify.quantized``), from its float32 ``source``."""
+    from layerport.export.quantize import gemm_as_matmul
+    from layerport.verify.quantized import SameQuantizationEngine
+
+    if source is None:
+        raise ValueError("an int8 model is verified against its float32 source; none given")
+    return SameQuantizationEngine(
+        model,
+        gemm_as_matmul(source),
+        name,
+        optional_inputs=optional_inputs,
+        saturating=saturating,
+    )
+
+
+def _explain_int8_failure(
+    report: VerificationReport,
+    config: LayerConfig,
+    session: Session,
+    model: onnx.ModelProto,
+    source: onnx.ModelProto | None,
+    optional_inputs: list[str],
+) -> None:
+    """Note saturation first when onnxruntime computed the saturating arithmetic."""
+    from layerport.verify.quantized import saturation_note
+
+    inputs = config.random_inputs(config.seed, include_optional=True)
+    exact = _same_quantization(model, source, session.name, optional_inputs)
+    saturating = _same_quantization(model, source, session.name, optional_inputs, True)
+    note = saturation_note(session.run(inputs), exact.run(inputs), saturating.run(inputs))
+    if note is not None:
+        report.notes.insert(0, note)
 
 
 def export_record(

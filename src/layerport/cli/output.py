@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from layerport.runtime.int8 import INT16_MAX
 from layerport.runtime.limits import format_bytes
 
 if TYPE_CHECKING:
@@ -206,6 +207,7 @@ def export_summary(result: ExportResult, path: Path | None) -> dict[str, Any]:
         "path": str(path) if path else None,
         "size": result.size,
         "weight_bytes": result.weight_bytes,
+        "quantization": result.record.quantization,
         "nodes": result.node_count,
         "opset": result.record.opset,
         "dtype": result.config.dtype,
@@ -231,6 +233,11 @@ def print_export(result: ExportResult, path: Path | None, json_: bool) -> None:
                 "size",
                 f"{format_bytes(result.size)} ({format_bytes(result.weight_bytes)} of weights)",
             ),
+            *(
+                [("quantized", quantization_words(result.record.quantization))]
+                if result.record.quantization
+                else []
+            ),
             ("nodes", result.node_count),
             ("opset", result.record.opset),
             (
@@ -247,9 +254,13 @@ def _passed(report: VerificationReport) -> str:
     grid = ", ".join(f"{name} {sizes}" for name, sizes in report.grid.items())
     streaming = f"; streaming {report.streaming}" if report.streaming else ""
     cost = cost_words(report)
-    # A quantized file's error is what int8 costs, so the relative error is given too.
+    # A quantized file is judged against the same quantization, relative to the range.
     relative = f" (relative {report.max_rel_error():.3g})" if report.quantization else ""
-    judged = f"{report.quantization} against float32 eager, " if report.quantization else ""
+    judged = (
+        f"{report.quantization} against the same quantization in numpy, "
+        if report.quantization
+        else ""
+    )
     error = "export error" if report.tolerance is None else "max abs error"
     against = " against float64 eager" if report.tolerance is None else ""
     return (
@@ -280,7 +291,8 @@ def cost_words(report: VerificationReport) -> str | None:
     cost = report.cost_summary()
     worst_abs = max(cost["max_abs_error"].values())
     worst_rel = max(cost["max_rel_error"].values())
-    return f"{report.dtype} costs max abs error {worst_abs:.3g} (relative {worst_rel:.3g}) against float64"
+    what = report.quantization or report.dtype
+    return f"{what} costs max abs error {worst_abs:.3g} (relative {worst_rel:.3g}) against float64"
 
 
 def print_export_all(outcomes: Sequence[LayerOutcome], json_: bool) -> None:
@@ -364,9 +376,27 @@ def print_verification(report: VerificationReport, target: str, json_: bool) -> 
 # Inspect
 
 
-def _quantization_words(recipe: dict[str, Any]) -> str:
+def quantization_words(recipe: dict[str, Any]) -> str:
+    """An int8 recipe in words: what it quantized, how many bytes, and on which CPUs it is right."""
     ops = ", ".join(f"{op} {n}" for op, n in recipe["ops"].items()) or "no op"
-    return f"{recipe['quantize']} {recipe['mode']} ({recipe['weight_type']} weights; {ops}), by {recipe['library']}"
+    bits = recipe.get("weight_bits", 8)
+    words = (
+        f"{recipe['quantize']} {recipe['mode']} ({bits}-bit {recipe['weight_type']} weights; "
+        f"{ops}), by {recipe['library']}"
+    )
+    if "quantized_bytes" in recipe:
+        words += f"; {format_bytes(recipe['quantized_bytes'])} of weights quantized"
+    worst = recipe.get("worst_pair_sum")
+    if worst is None:
+        return words
+    if worst <= INT16_MAX:
+        return (
+            words + f"; right on every CPU (a weight pair sums to at most {worst} <= {INT16_MAX})"
+        )
+    return words + (
+        f"; needs VNNI: wrong on x86 CPUs without it (a weight pair sums to {worst} > "
+        f"{INT16_MAX}, which saturates in AVX2's 16-bit sums)"
+    )
 
 
 def print_inspection(description: ModelDescription, json_: bool) -> None:
@@ -390,8 +420,8 @@ def print_inspection(description: ModelDescription, json_: bool) -> None:
                 or "none",
             ),
             *(
-                [("quantized", _quantization_words(description.record.quantization))]
-                if description.record and description.record.quantization
+                [("quantized", quantization_words(description.quantization))]
+                if description.quantization
                 else []
             ),
             ("ir version", description.ir_version),

@@ -16,6 +16,7 @@ import onnx
 
 from layerport.dtypes import element_bits, element_type_name
 from layerport.runtime.arrays import ArraySpec
+from layerport.runtime.int8 import INT16_MAX, int8_weights_worst_pair_sum, quantized_weight_bytes
 from layerport.runtime.interface import array_spec_of
 from layerport.runtime.metadata import ExportRecord
 from layerport.runtime.modelfile import iter_graphs, read_model
@@ -44,6 +45,9 @@ class ModelDescription:
     metadata: dict[str, str]
     # element type -> (initializers, bytes), subgraphs included: an int8 file's int8 weights
     initializer_types: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    # An int8 file's recipe, as recorded, with the bytes quantized and the largest
+    # weight-pair sum measured on the file itself (``runtime.int8``).
+    quantization: dict[str, Any] | None = None
 
     @property
     def nodes(self) -> int:
@@ -67,6 +71,7 @@ class ModelDescription:
                 dtype: {"count": count, "bytes": size}
                 for dtype, (count, size) in self.initializer_types.items()
             },
+            "quantization": self.quantization,
             "layerport": None if self.record is None else dataclasses.asdict(self.record),
             "metadata": dict(self.metadata),
         }
@@ -105,6 +110,14 @@ def describe_model(path: Path) -> ModelDescription:
         weight_bytes=initializer_bytes(model),
         record=record,
         initializer_types=dict(sorted(types.items())),
+        quantization={
+            **record.quantization,
+            "quantized_bytes": quantized_weight_bytes(model),
+            "worst_pair_sum": int8_weights_worst_pair_sum(model),
+            "int16_max": INT16_MAX,
+        }
+        if record and record.quantization
+        else None,
         metadata={
             prop.key: prop.value
             for prop in model.metadata_props

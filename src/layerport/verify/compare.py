@@ -124,14 +124,16 @@ def compare_arrays(
     wide_actual, wide_expected = actual.astype(np.float64), expected.astype(np.float64)
     error = np.abs(wide_actual - wide_expected)
     magnitude = np.abs(wide_expected)
+    # A tolerance of the output's range adds to atol, once per output (int8's rule).
+    atol = tolerance.atol + tolerance.of_range * float(magnitude.max())
     excess = error - tolerance.rtol * magnitude
-    worst = np.unravel_index(int(np.argmax(excess - tolerance.atol)), error.shape)
+    worst = np.unravel_index(int(np.argmax(excess - atol)), error.shape)
     with np.errstate(divide="ignore", invalid="ignore"):
-        needed_rtol = np.where(error <= tolerance.atol, 0.0, (error - tolerance.atol) / magnitude)
+        needed_rtol = np.where(error <= atol, 0.0, (error - atol) / magnitude)
     return Comparison(
         output=output,
         case=case,
-        passed=bool(np.all(error <= tolerance.atol + tolerance.rtol * magnitude)),
+        passed=bool(np.all(error <= atol + tolerance.rtol * magnitude)),
         max_abs_error=float(error.max()),
         max_rel_error=relative_error(float(error.max()), float(magnitude.max())),
         worst_index=tuple(int(i) for i in worst),

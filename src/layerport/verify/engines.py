@@ -122,16 +122,17 @@ class ServerEngine:
         return lambda: model.infer(arrays)
 
 
-def float64_baseline(config: LayerConfig, quantize: str | None = None) -> EagerEngine | None:
+def float64_baseline(config: LayerConfig) -> EagerEngine | None:
     """The layer in float64, from the same source weights (converted exactly), or ``None``.
 
-    It prices every float precision but float64 itself, and judges the file by
-    the float64 verdict unless a fixed tolerance is given. A quantized file is
-    judged by its recipe's tolerance, without it.
+    It prices every precision but float64 itself, int8's quantization included,
+    and judges a float file by the float64 verdict unless a fixed tolerance is
+    given (a quantized file is judged by its recipe's tolerance, against the
+    same quantization).
     """
     from layerport.eager.build import build_module
 
-    if config.dtype == "float64" or quantize is not None:
+    if config.dtype == "float64":
         return None
     in_float64 = dataclasses.replace(config, dtype="float64")
     return EagerEngine(build_module(in_float64), in_float64)

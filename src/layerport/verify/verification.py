@@ -36,6 +36,7 @@ def verify_engines(
     baseline: Engine | None = None,
     largest: Mapping[str, int] | None = None,
     leave_out_optional: bool = True,
+    chunk_expected: bool = False,
 ) -> VerificationReport:
     """Compare ``actual`` with ``expected`` over the grid for a file traced at ``export_dims``.
 
@@ -49,6 +50,9 @@ def verify_engines(
     dims that ``actual`` limits (see ``size_grid``). ``leave_out_optional``
     false sends every input in every draw, to an engine that requires them all
     (a served model whose backend cannot fill optional inputs in).
+    ``chunk_expected`` streams ``expected`` in the same chunks as ``actual``, for
+    a reference whose result depends on the call's inputs as a whole (int8's
+    dynamic activation ranges), instead of one pass over the whole sequence.
     """
     spec = config.spec
     grid = size_grid(spec, export_dims, config.params, largest)
@@ -92,7 +96,7 @@ def verify_engines(
                     ran[FLOAT64] = exact
                 report.failed_runs.append(FailedRun(case, dict(inputs), ran))
     if spec.streaming is not None and spec.streaming.applies(config.params):
-        _verify_streaming(report, config, actual, expected, export_dims, baseline)
+        _verify_streaming(report, config, actual, expected, export_dims, baseline, chunk_expected)
     elif spec.streaming is not None:
         report.streaming = f"skipped: a layer with {spec.streaming.unless}=true cannot stream"
     return report
@@ -119,17 +123,32 @@ def _verify_streaming(
     expected: Engine,
     export_dims: Mapping[str, int],
     baseline: Engine | None,
+    chunk_expected: bool = False,
 ) -> None:
     """A long sequence in uneven chunks through ``actual``, against one pass of ``expected``
-    (and of ``baseline``, in float64, for the verdict)."""
+    (or the same chunks of it, with ``chunk_expected``; and of ``baseline``, in float64,
+    for the verdict)."""
     streaming = config.spec.streaming
     assert streaming is not None
     length = report.grid[streaming.dim][-1]
     chunks = streaming_chunks(length, export_dims[streaming.dim])
     whole = config.with_dims({**export_dims, streaming.dim: length})
     inputs = whole.random_inputs(config.seed + 104729, include_optional=True)
-    reference = expected.run(inputs)
+    report.streaming = f"{streaming.dim}={length} in chunks {'+'.join(map(str, chunks))}"
+    streamed = _run_in_chunks(config, actual, inputs, chunks)
+    reference = (
+        _run_in_chunks(config, expected, inputs, chunks) if chunk_expected else expected.run(inputs)
+    )
     exact = None if baseline is None else baseline.run(_in_float64(inputs))
+    _judge(report, f"streaming {report.streaming}", streamed, reference, exact)
+
+
+def _run_in_chunks(
+    config: LayerConfig, engine: Engine, inputs: Mapping[str, np.ndarray], chunks: list[int]
+) -> dict[str, np.ndarray]:
+    """``engine`` over ``inputs`` in consecutive chunks of the streaming dim, state carried."""
+    streaming = config.spec.streaming
+    assert streaming is not None
     carried = dict(inputs)
     pieces: dict[str, list[np.ndarray]] = {}
     start = 0
@@ -138,19 +157,18 @@ def _verify_streaming(
             name: _slice(array, _axis_of(config, name, streaming.dim, inputs=True), start, size)
             for name, array in carried.items()
         }
-        outputs = actual.run(chunk)
+        outputs = engine.run(chunk)
         for name, array in outputs.items():
             pieces.setdefault(name, []).append(array)
         for input_name, output_name in streaming.carry:
             carried[input_name] = outputs[output_name]
         start += size
-    report.streaming = f"{streaming.dim}={length} in chunks {'+'.join(map(str, chunks))}"
     streamed = {}
     for tensor in config.spec.outputs:
         axis = _axis_of(config, tensor.name, streaming.dim, inputs=False)
         parts = pieces[tensor.name]
         streamed[tensor.name] = parts[-1] if axis is None else np.concatenate(parts, axis=axis)
-    _judge(report, f"streaming {report.streaming}", streamed, reference, exact)
+    return streamed
 
 
 def _judge(

@@ -56,8 +56,9 @@ DEFAULT_EXPORT_DIR = Path("exported")
     "--quantize",
     type=click.Choice(QUANTIZATIONS),
     default=None,
-    help="Quantize the float32 export with onnxruntime's dynamic quantizer (int8 weights; "
-    "inputs and outputs stay float32); verified against float32 eager.",
+    help="Quantize the float32 export with onnxruntime's dynamic quantizer (7-bit int8 "
+    "weights, right on every x86 CPU; inputs and outputs stay float32); verified against "
+    "the same quantization of the layer, its cost against float64 reported.",
 )
 @json_option
 @click.pass_context
@@ -178,12 +179,6 @@ def _export(
         trials=verification.trials,
         quantize=quantize,
     )
-    quantization = result.record.quantization
-    if quantization is not None and not quantization["ops"]:
-        note(
-            f"onnxruntime's quantizer found nothing to quantize in {config.spec.name}: "
-            "the file computes in float32"
-        )
     return result
 
 
