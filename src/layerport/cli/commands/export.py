@@ -59,6 +59,12 @@ DEFAULT_EXPORT_DIR = Path("exported")
     help="Quantize the float32 export with onnxruntime's dynamic quantizer (int8 weights; "
     "inputs and outputs stay float32); verified against float32 eager.",
 )
+@click.option(
+    "--external-data",
+    is_flag=True,
+    help="Write the initializers to a data file beside the model, named after it "
+    "(MODEL.onnx.data), as files past protobuf's 2 GiB limit must be.",
+)
 @json_option
 @click.pass_context
 def export(
@@ -73,6 +79,7 @@ def export(
     target_settings: dict[str, str],
     no_verify: bool,
     quantize: str | None,
+    external_data: bool,
     json_: bool,
 ) -> None:
     """Export a layer to ONNX, then verify it against eager PyTorch.
@@ -87,6 +94,7 @@ def export(
       layerport export linear -p activation=sigmoid -o classifier.onnx
       layerport export --all -o exported/
       layerport export linear -p in_features=512 -p out_features=512 --quantize int8
+      layerport export linear --external-data -o linear.onnx
     """
     require_dependencies("torch", "onnxscript")
     from layerport.plugins import get_export_targets
@@ -122,7 +130,7 @@ def export(
             )
             path = export_target.output_in(folder, _file_stem(layer, registry))
             export_target.check(path, settings)
-            result = _export(config, opset, not no_verify, verification, quantize)
+            result = _export(config, opset, not no_verify, verification, quantize, external_data)
             written = export_target.write(result, path, settings)
             for message in export_target.notes(result, settings):
                 note(message)
@@ -149,7 +157,7 @@ def export(
     if verification.report_path is not None:
         check_writable_target(verification.report_path)
     try:
-        result = _export(config, opset, not no_verify, verification, quantize)
+        result = _export(config, opset, not no_verify, verification, quantize, external_data)
     except VerificationFailed as failure:
         write_report(failure.report, verification.report_path)
         raise
@@ -166,6 +174,7 @@ def _export(
     verify: bool,
     verification: VerificationOptions,
     quantize: str | None,
+    external_data: bool = False,
 ) -> ExportResult:
     from layerport.pipeline import export_layer
     from layerport.verify.verdict import judged_tolerance
@@ -177,6 +186,7 @@ def _export(
         tolerance=judged_tolerance(config, verification.atol, verification.rtol, quantize=quantize),
         trials=verification.trials,
         quantize=quantize,
+        external_data=external_data,
     )
     quantization = result.record.quantization
     if quantization is not None and not quantization["ops"]:
