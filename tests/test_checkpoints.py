@@ -384,3 +384,151 @@ def test_a_parameter_the_weights_do_not_determine_can_be_given(cli, tmp_path, la
     )  # fmt: skip
     assert_succeeded(result)
     assert json.loads(result.stdout)["params"]["nonlinearity"] == "relu"
+
+
+class Encoder(nn.Module):
+    """An LSTM with a projection beside it, so ``encoder.`` holds more than the layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(6, 5, num_layers=2, bidirectional=True, batch_first=True)
+        self.proj = nn.Linear(10, 3)
+
+
+class Translator(nn.Module):
+    """Two LSTMs of the same sizes: two prefixes fit the lstm layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.encoder = Encoder()
+        self.decoder = Encoder()
+
+
+def _advised(stderr: str) -> list[str]:
+    """The prefixes the error's advice names: "the file holds them under 'a.', 'b.': ..."."""
+    import re
+
+    listed = re.search(r"the file holds them under ((?:'[^']+'(?:, )?)+): select", stderr)
+    assert listed, stderr
+    return re.findall(r"'([^']+)'", listed.group(1))
+
+
+def _lightning(state: dict) -> dict:
+    """A Lightning checkpoint: the LightningModule's state dict, its model under ``model.``."""
+    return {
+        "state_dict": {f"model.{name}": tensor for name, tensor in state.items()},
+        "epoch": 3,
+        "global_step": 120,
+        "optimizer_states": [
+            {"state": {0: {"step": torch.tensor(120.0)}}, "param_groups": [{"lr": 0.1}]}
+        ],
+        "lr_schedulers": [],
+    }
+
+
+def _fsdp(state: dict) -> dict:
+    """Keys as FSDP's auto-wrap policy saves them: each wrapped block adds a segment."""
+    wrapped = "_fsdp_wrapped_module."
+    return {
+        wrapped
+        + name.replace("encoder.", f"encoder.{wrapped}").replace(
+            "decoder.", "decoder._checkpoint_wrapped_module."
+        ): tensor
+        for name, tensor in state.items()
+    }
+
+
+# Each case: the file's content, the prefix typed (None: none), and the prefixes
+# the advice must name, in full, as they are typed back.
+ADVICE_CASES = {
+    "lightning, no prefix": (_lightning, None, ["model.encoder.lstm.", "model.decoder.lstm."]),
+    "lightning, too broad": (_lightning, "model.encoder.", ["model.encoder.lstm.", "model.decoder.lstm."]),
+    "too short": (dict, "enc.", ["encoder.lstm.", "decoder.lstm."]),
+    "fsdp, no prefix": (_fsdp, None, ["encoder.lstm.", "decoder.lstm."]),
+    "fsdp, too broad": (_fsdp, "_fsdp_wrapped_module.encoder.", ["encoder.lstm.", "decoder.lstm."]),
+    "dataparallel, no prefix": (
+        lambda state: {f"module.{k}": v for k, v in state.items()},
+        None,
+        ["encoder.lstm.", "decoder.lstm."],
+    ),
+    "several dicts, no prefix": (
+        lambda state: {"model": state, "ema": state, "step": 7},
+        None,
+        ["model.encoder.lstm.", "model.decoder.lstm.", "ema.encoder.lstm.", "ema.decoder.lstm."],
+    ),
+    "several dicts, too broad": (
+        lambda state: {"model": state, "ema": state, "step": 7},
+        "ema.encoder.",
+        ["model.encoder.lstm.", "model.decoder.lstm.", "ema.encoder.lstm.", "ema.decoder.lstm."],
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ADVICE_CASES)
+def test_prefix_advice_names_every_fitting_prefix_and_each_loads(cli, tmp_path, case) -> None:
+    """Issue 22: the advice comes from the file's full names, never from a stripped selection."""
+    wrap, typed, fitting = ADVICE_CASES[case]
+    path = tmp_path / "model.pt"
+    torch.save(wrap(Translator().state_dict()), path)
+    prefix_flags = ["--weights-prefix", typed] if typed else []
+    refused = cli("run", "lstm", "--weights", str(path), *prefix_flags)
+    assert refused.exit_code == 2, refused.stderr
+    advised = _advised(refused.stderr)
+    assert advised == fitting
+    assert f"select one with --weights-prefix {fitting[0]}" in refused.stderr
+    for prefix in advised:
+        assert _lstm_params(cli, "--weights", str(path), "--weights-prefix", prefix) == INFERRED
+
+
+def test_a_too_short_prefix_lists_the_fitting_ones_in_full(cli, tmp_path) -> None:
+    path = tmp_path / "model.pt"
+    torch.save(Translator().state_dict(), path)
+    assert_refused(
+        cli("run", "lstm", "--weights", str(path), "--weights-prefix", "enc."),
+        2,
+        "starts with 'enc.'; its prefixes: decoder., decoder.lstm., decoder.proj., encoder., "
+        "encoder.lstm., encoder.proj.; the file holds them under 'encoder.lstm.', "
+        "'decoder.lstm.': select one with --weights-prefix encoder.lstm.",
+    )
+
+
+def test_a_lightning_checkpoint_names_its_model_prefix(cli, tmp_path) -> None:
+    path = tmp_path / "last.ckpt.pt"
+    torch.save(_lightning(Encoder().state_dict()), path)
+    assert_refused(
+        cli("run", "lstm", "--weights", str(path)),
+        2,
+        "the file holds them under 'model.lstm.': select them with --weights-prefix model.lstm.",
+    )
+    assert_refused(
+        cli("run", "lstm", "--weights", str(path), "--weights-prefix", "model."),
+        2,
+        "the file holds them under 'model.lstm.': select them with --weights-prefix model.lstm.",
+    )
+    assert _lstm_params(cli, "--weights", str(path), "--weights-prefix", "model.lstm.") == INFERRED
+
+
+def test_fsdp_and_checkpoint_wrappers_are_stripped_inside_names(cli, tmp_path) -> None:
+    """FSDP's and activation checkpointing's segments go, as torch.compile's do, with a note;
+    the prefix may be typed as the file holds it or as stripped."""
+    path = tmp_path / "fsdp.pt"
+    torch.save(_fsdp(Translator().state_dict()), path)
+    result = cli("run", "lstm", "--weights", str(path), "--weights-prefix", "encoder.lstm.")
+    assert_succeeded(result)
+    assert "Note: stripped the '_fsdp_wrapped_module.' that FSDP adds to names" in result.stderr
+    assert (
+        "Note: stripped the '_checkpoint_wrapped_module.' that activation checkpointing adds "
+        "to names"
+    ) in result.stderr
+    as_held = "_fsdp_wrapped_module.encoder._fsdp_wrapped_module.lstm."
+    assert _lstm_params(cli, "--weights", str(path), "--weights-prefix", as_held) == INFERRED
+    as_held = "_fsdp_wrapped_module.decoder._checkpoint_wrapped_module.lstm."
+    assert _lstm_params(cli, "--weights", str(path), "--weights-prefix", as_held) == INFERRED
+
+
+def test_a_dataparallel_prefix_may_be_typed_as_the_file_holds_it(cli, tmp_path, tagger) -> None:
+    path = tmp_path / "dp.pt"
+    torch.save({f"module.{k}": v for k, v in tagger.state_dict().items()}, path)
+    for prefix in ("lstm.", "module.lstm."):
+        assert _lstm_params(cli, "--weights", str(path), "--weights-prefix", prefix) == INFERRED

@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from layerport.dtypes import DEFAULT_DTYPE, DTYPES, Tolerance, precision
-from layerport.errors import InvalidParameter, Setting, UnknownLayer, UserInputError
+from layerport.errors import (
+    InvalidParameter,
+    LayerportError,
+    Setting,
+    UnknownLayer,
+    UserInputError,
+)
 from layerport.registry import RegisteredLayer, Registry
 from layerport.runtime.limits import check_allocation
 from layerport.runtime.metadata import ExportRecord
@@ -24,7 +30,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from layerport.runtime.arrays import ArraySpec
-    from layerport.weights import Checkpoint, WeightsFile
+    from layerport.weights import Checkpoint, Fits, WeightsFile
 
 
 @dataclass(frozen=True)
@@ -169,6 +175,7 @@ def resolve_config(
     if weights is not None:
         from layerport.weights import (
             conversion_underflow,
+            fitting_prefixes,
             layer_checkpoint,
             read_weights_file,
             weights_dtype_of,
@@ -176,9 +183,14 @@ def resolve_config(
 
         source = weights if not isinstance(weights, Path) else read_weights_file(weights)
         weights = source.path
-        checkpoint = layer_checkpoint(source, weights_prefix, layer.spec.weight_parts)
+        fits = _fits(layer, resolved)
+        checkpoint = layer_checkpoint(source, weights_prefix, layer.spec.weight_parts, fits)
         notes = checkpoint.notes
         shapes = {name: tuple(tensor.shape) for name, tensor in checkpoint.tensors.items()}
+        if not isinstance(weights_prefix, Mapping) and not fits(shapes):
+            # check_weights will refuse them: name every prefix that would fit.
+            fitting = tuple(fitting_prefixes(source, fits))
+            checkpoint = dataclasses.replace(checkpoint, fitting=fitting)
         resolved = _params_from_weights(layer, resolved, params or {}, shapes, weights)
         weights_dtype = weights_dtype_of(checkpoint.tensors)
         if dtype is None and weights_dtype is not None:
@@ -204,6 +216,26 @@ def resolve_config(
     )
     check_memory(config)
     return config
+
+
+def _fits(layer: RegisteredLayer, resolved: dict[str, ParamValue]) -> Fits:
+    """Whether tensors (by name, with shapes) are the whole of ``layer``'s weights.
+
+    The sizes are read from the shapes where the layer can (``params_from_weights``),
+    so a prefix fits by its names: a ``-p`` that contradicts it is refused after
+    it is chosen, saying so.
+    """
+
+    def fits(shapes: Mapping[str, tuple[int, ...]]) -> bool:
+        try:
+            params = _params_from_weights(layer, resolved, {}, shapes, Path())
+            with layer.plugin_code("weights()"):
+                expected = layer.spec.weights(params)
+        except LayerportError:
+            return False
+        return set(expected) == set(shapes)
+
+    return fits
 
 
 def _weights_precision(spec: LayerSpec, weights_dtype: str, path: Path) -> str:
@@ -368,9 +400,13 @@ def _recorded_prefix(
     selection = record.selection
     if source is None or not selection:
         return None
+    from layerport.errors import BadFile
     from layerport.weights import select_checkpoint
 
-    names = select_checkpoint(source).tensors
     prefixes = selection.values() if isinstance(selection, dict) else [selection]
-    held = all(any(name.startswith(prefix) for name in names) for prefix in prefixes)
-    return selection if held else None
+    try:
+        for prefix in prefixes:
+            select_checkpoint(source, prefix)
+    except BadFile:
+        return None
+    return selection

@@ -56,8 +56,12 @@ def export_layer(
     tolerance: Tolerance | None = None,
     trials: int = DEFAULT_TRIALS,
     quantize: str | None = None,
+    external_data: bool = False,
 ) -> ExportResult:
     """Export ``config``'s layer to ONNX and, unless ``verify`` is false, verify it.
+
+    With ``external_data``, the result is written with its initializers in a
+    data file beside the model (``ExportResult.files``).
 
     ``quantize="int8"`` quantizes the float32 export with onnxruntime's dynamic
     quantizer (``export.quantize``); it is verified against a run of the same
@@ -109,6 +113,7 @@ def export_layer(
         report=report,
         export_seconds=export_seconds,
         verify_seconds=time.perf_counter() - started,
+        external_data=external_data,
     )
 
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from layerport.config import LayerConfig
-from layerport.runtime.files import atomic_write_bytes
+from layerport.runtime.external import external_layout
+from layerport.runtime.files import atomic_write_files
 from layerport.runtime.metadata import ExportRecord
 from layerport.verify.report import VerificationReport
 
@@ -19,7 +20,9 @@ from layerport.verify.report import VerificationReport
 class ExportResult:
     """An exported model with its record, in memory until a target writes it.
 
-    ``report`` is ``None`` when the export was not verified.
+    ``report`` is ``None`` when the export was not verified. With
+    ``external_data``, the model is written with its initializers in a data
+    file beside it (``runtime.external``).
     """
 
     config: LayerConfig
@@ -30,11 +33,18 @@ class ExportResult:
     report: VerificationReport | None
     export_seconds: float
     verify_seconds: float
+    external_data: bool = False
 
     @property
     def size(self) -> int:
         return len(self.model_bytes)
 
+    def files(self, name: str) -> dict[str, bytes]:
+        """The files that hold the model written as ``name``, by name: it, and its data file."""
+        if not self.external_data:
+            return {name: self.model_bytes}
+        return external_layout(self.model_bytes, name)
+
     def write(self, path: Path) -> None:
-        """Write the model to ``path`` atomically: a failure keeps any existing file."""
-        atomic_write_bytes(path, self.model_bytes)
+        """Write the model to ``path`` atomically: a failure keeps any existing file or pair."""
+        atomic_write_files(path, self.files(path.name))

@@ -24,7 +24,7 @@ import hashlib
 import pickle
 import re
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,14 +63,20 @@ class Checkpoint:
 
     ``key`` is the entry of a training script's wrapper dict that held them
     (``model_state_dict``), ``prefix`` the submodule prefix selected and
-    stripped (``encoder.lstm.``); ``notes`` say both, and any ``module.`` or
-    ``_orig_mod.`` prefix stripped, in words for the user.
+    stripped (``encoder.lstm.``); ``notes`` say both, and any wrapper's segment
+    stripped (``module.``, ``_orig_mod.``, ``_fsdp_wrapped_module.``), in words
+    for the user. ``file_names`` are every tensor's name in the file as a
+    prefix is typed (``ema.encoder.lstm.weight_ih_l0``, wrappers stripped), for
+    advice; ``fitting`` the prefixes under which the file holds tensors that
+    fit the layer, filled in where the selection does not.
     """
 
     tensors: dict[str, torch.Tensor]
     key: str | None = None
     prefix: WeightsPrefix | None = None
     notes: tuple[str, ...] = ()
+    file_names: tuple[str, ...] = ()
+    fitting: tuple[str, ...] = ()
 
 
 def read_weights_file(path: Path) -> WeightsFile:
@@ -95,27 +101,37 @@ def read_weights_file(path: Path) -> WeightsFile:
     )
 
 
-def select_checkpoint(source: WeightsFile, prefix: str | None = None) -> Checkpoint:
+# Whether the tensors under one prefix (named as the layer names them, with
+# their shapes) fit a layer; ``config`` builds it from the layer's spec.
+Fits = Callable[[Mapping[str, tuple[int, ...]]], bool]
+
+
+def select_checkpoint(
+    source: WeightsFile, prefix: str | None = None, fits: Fits | None = None
+) -> Checkpoint:
     """The tensors of one layer in ``source``, as training scripts save them.
 
     Accepted: a bare state dict; a wrapper dict with one entry of named tensors
     (``{"model_state_dict": ..., "epoch": 3, "optimizer": ...}``: the rest is
-    ignored); the ``module.`` prefix of ``DataParallel`` and the ``_orig_mod.``
-    of ``torch.compile`` (stripped). ``prefix`` selects one submodule: only the
-    keys that start with it, stripped of it. When a wrapper holds several dicts
-    of tensors, ``prefix`` may start with the entry's name (``ema.lstm.``).
+    ignored); the segments that torch's wrappers add to names (stripped, see
+    ``strip_wrappers``). ``prefix`` selects one submodule: only the keys that
+    start with it, stripped of it; it may be typed with or without the
+    wrappers' segments, as the file holds it or as layerport strips it. When a
+    wrapper holds several dicts of tensors, ``prefix`` may start with the
+    entry's name (``ema.lstm.``).
 
-    Raises ``BadFile`` for a file that holds no such tensors.
+    Raises ``BadFile`` for a file that holds no such tensors, or none under
+    ``prefix``: the message names every prefix whose tensors ``fits`` accepts.
     """
     if prefix and not prefix.endswith("."):
         prefix += "."  # a submodule's keys always continue with a dot: "lstm" means "lstm."
     notes: list[str] = []
-    tensors, key, prefix = _unwrap(source.entries, source.path, prefix, notes)
-    tensors = _strip_wrapping_prefixes(tensors, notes)
+    entry, key, prefix = _unwrap(source, prefix, notes, fits)
+    tensors, stripped = strip_wrappers(entry, notes)
     if prefix:
-        tensors = _select(tensors, prefix, source.path)
+        tensors, prefix = _select(tensors, _stripped_prefixes(prefix, stripped), source, fits)
         notes.append(_selected(prefix))
-    return Checkpoint(tensors, key, prefix, tuple(notes))
+    return Checkpoint(tensors, key, prefix, tuple(notes), tuple(_file_shapes(source)))
 
 
 def _selected(prefix: object) -> str:
@@ -123,7 +139,10 @@ def _selected(prefix: object) -> str:
 
 
 def layer_checkpoint(
-    source: WeightsFile, prefix: WeightsPrefix | None, parts: Sequence[WeightPart] = ()
+    source: WeightsFile,
+    prefix: WeightsPrefix | None,
+    parts: Sequence[WeightPart] = (),
+    fits: Fits | None = None,
 ) -> Checkpoint:
     """The tensors of one layer, named as the layer names them.
 
@@ -137,7 +156,7 @@ def layer_checkpoint(
     as ``select_checkpoint`` does.
     """
     if not isinstance(prefix, Mapping):
-        return select_checkpoint(source, prefix)
+        return select_checkpoint(source, prefix, fits)
     known = {part.name: part for part in parts}
     left_out = [name for name in known if name not in prefix]
     if left_out and all(name in known for name in prefix):
@@ -149,6 +168,7 @@ def layer_checkpoint(
     tensors: dict[str, torch.Tensor] = {}
     notes: list[str] = []
     key = None
+    file_names: tuple[str, ...] = ()
     for name, part_prefix in prefix.items():
         if name not in known:
             raise UserInputError(
@@ -156,6 +176,7 @@ def layer_checkpoint(
                 Setting("weights_prefix", "PREFIX"),
             )
         checkpoint = select_checkpoint(source, part_prefix)
+        file_names = checkpoint.file_names
         key = checkpoint.key
         notes += [
             note
@@ -169,7 +190,7 @@ def layer_checkpoint(
             f"reading {name} ({known[name].description}) from the tensors under "
             f"{checkpoint.prefix!r}"
         )
-    return Checkpoint(tensors, key, dict(prefix), tuple(notes))
+    return Checkpoint(tensors, key, dict(prefix), tuple(notes), file_names)
 
 
 def _unknown_part(name: str, parts: Sequence[WeightPart]) -> str:
@@ -189,9 +210,10 @@ def _is_tensor_dict(value: object) -> bool:
 
 
 def _unwrap(
-    loaded: Mapping[Any, Any], path: Path, prefix: str | None, notes: list[str]
+    source: WeightsFile, prefix: str | None, notes: list[str], fits: Fits | None
 ) -> tuple[dict[str, torch.Tensor], str | None, str | None]:
-    """The state dict in ``loaded``, the wrapper key it sat under, and the prefix left."""
+    """The state dict in ``source``, the wrapper key it sat under, and the prefix left."""
+    loaded, path = source.entries, source.path
     if _is_tensor_dict(loaded):
         return dict(loaded), None, prefix
     candidates = [key for key, value in loaded.items() if _is_tensor_dict(value)]
@@ -207,11 +229,13 @@ def _unwrap(
         )
         return dict(loaded[key]), key, prefix or None
     if len(candidates) > 1:
+        fitting = fitting_prefixes(source, fits) if fits is not None else []
         raise BadFile(
             f"{path} holds several dicts of tensors ({', '.join(map(repr, candidates))}); "
             "choose one by starting ",
             Setting("weights_prefix", f"{candidates[0]}."),
             " with its name",
+            *(["; ", *_fitting_advice(fitting)] if fitting else []),
         )
     not_named_tensors = [repr(key) for key in loaded if not isinstance(key, str)] or [
         repr(key) for key, value in loaded.items() if not _is_tensor(value)
@@ -227,40 +251,93 @@ def _is_tensor(value: object) -> bool:
     return isinstance(value, torch.Tensor)
 
 
-# DataParallel saves its module under "module."; torch.compile under "_orig_mod.".
-_WRAPPING_PREFIXES = ("module.", "_orig_mod.")
+# DataParallel saves its module under "module.": stripped only where every name
+# starts with it, since a model may well have a submodule of that name. The other
+# wrappers' segments are distinctive, and they wrap submodules as often as whole
+# models (FSDP's auto-wrap policy wraps each block: "_fsdp_wrapped_module.encoder.
+# _fsdp_wrapped_module.lstm.weight_ih_l0"), so they are stripped wherever they
+# stand in a name, as torch's own load_state_dict hooks for them do.
+_LEADING_WRAPPER = "module."
+_WRAPPER_SEGMENTS = {
+    "_orig_mod": "torch.compile",
+    "_fsdp_wrapped_module": "FSDP",
+    "_checkpoint_wrapped_module": "activation checkpointing",
+}
 
 
-def _strip_wrapping_prefixes(
-    tensors: dict[str, torch.Tensor], notes: list[str]
-) -> dict[str, torch.Tensor]:
-    stripped = True
-    while stripped:
-        stripped = False
-        for wrapping in _WRAPPING_PREFIXES:
-            if tensors and all(name.startswith(wrapping) for name in tensors):
-                tensors = {name.removeprefix(wrapping): t for name, t in tensors.items()}
-                notes.append(f"stripped the {wrapping!r} prefix that torch wrappers add")
-                stripped = True
-    # torch.compile on a submodule leaves "_orig_mod." inside the names.
-    if any("._orig_mod." in name for name in tensors):
-        tensors = {name.replace("._orig_mod.", "."): t for name, t in tensors.items()}
-        notes.append("stripped the '_orig_mod.' that torch.compile adds inside names")
-    return tensors
+@dataclass(frozen=True)
+class _Stripped:
+    """What ``strip_wrappers`` took out of a file's names, to take it out of a prefix too."""
+
+    leading: int = 0
+    segments: frozenset[str] = frozenset()
 
 
-def _select(tensors: dict[str, torch.Tensor], prefix: str, path: Path) -> dict[str, torch.Tensor]:
-    selected = {
-        name.removeprefix(prefix): tensor
-        for name, tensor in tensors.items()
-        if name.startswith(prefix)
-    }
-    if not selected:
-        raise BadFile(
-            f"no tensor in {path} starts with {prefix!r}; its prefixes: "
-            f"{', '.join(submodule_prefixes(tensors)) or '(none)'}"
-        )
-    return selected
+def strip_wrappers(
+    tensors: Mapping[str, torch.Tensor], notes: list[str]
+) -> tuple[dict[str, torch.Tensor], _Stripped]:
+    """``tensors`` named as the unwrapped module names them, and what was stripped.
+
+    A note in ``notes`` names each wrapper's segment stripped.
+    """
+    found = sorted(
+        {part for name in tensors for part in name.split(".")[:-1] if part in _WRAPPER_SEGMENTS}
+    )
+    named = dict(tensors)
+    if found:
+        named = {_without_segments(name, found): tensor for name, tensor in named.items()}
+        notes += [
+            f"stripped the {part + '.'!r} that {_WRAPPER_SEGMENTS[part]} adds to names"
+            for part in found
+        ]
+    leading = 0
+    while named and all(name.startswith(_LEADING_WRAPPER) for name in named):
+        named = {name.removeprefix(_LEADING_WRAPPER): tensor for name, tensor in named.items()}
+        leading += 1
+    if leading:
+        notes.append(f"stripped the {_LEADING_WRAPPER!r} prefix that torch wrappers add")
+    return named, _Stripped(leading, frozenset(found))
+
+
+def _without_segments(name: str, segments: Iterable[str]) -> str:
+    *path, own = name.split(".")
+    return ".".join([part for part in path if part not in segments] + [own])
+
+
+def _stripped_prefixes(prefix: str, stripped: _Stripped) -> list[str]:
+    """``prefix`` as the stripped names hold it: as typed first, then shorn of ``module.``.
+
+    A prefix typed as the file holds it (``module.encoder.``,
+    ``_fsdp_wrapped_module.encoder.``) selects what its stripped form does.
+    """
+    prefix = _without_segments(prefix, stripped.segments)
+    forms = [prefix]
+    for _ in range(stripped.leading):
+        if not prefix.startswith(_LEADING_WRAPPER):
+            break
+        prefix = prefix.removeprefix(_LEADING_WRAPPER)
+        forms.append(prefix)
+    return forms
+
+
+def _select(
+    tensors: dict[str, torch.Tensor], prefixes: list[str], source: WeightsFile, fits: Fits | None
+) -> tuple[dict[str, torch.Tensor], str]:
+    """The tensors under the first of ``prefixes`` that holds any, stripped of it, and that prefix."""
+    for prefix in prefixes:
+        selected = {
+            name.removeprefix(prefix): tensor
+            for name, tensor in tensors.items()
+            if name.startswith(prefix)
+        }
+        if selected:
+            return selected, prefix
+    fitting = fitting_prefixes(source, fits) if fits is not None else []
+    raise BadFile(
+        f"no tensor in {source.path} starts with {prefixes[0]!r}; its prefixes: "
+        f"{', '.join(submodule_prefixes(_file_shapes(source))) or '(none)'}",
+        *(["; ", *_fitting_advice(fitting)] if fitting else []),
+    )
 
 
 def submodule_prefixes(names: Iterable[str]) -> list[str]:
@@ -270,6 +347,53 @@ def submodule_prefixes(names: Iterable[str]) -> list[str]:
         parts = name.split(".")[:-1]
         prefixes |= {".".join(parts[: end + 1]) + "." for end in range(len(parts))}
     return sorted(prefixes)
+
+
+def _file_shapes(source: WeightsFile) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape in ``source``, by its name as a prefix selects it.
+
+    That is the name with wrappers' segments stripped, after the entry's name
+    where a wrapper dict holds several dicts of tensors (``ema.lstm.weight_ih_l0``).
+    """
+    entries = source.entries
+    if _is_tensor_dict(entries):
+        groups = {"": entries}
+    else:
+        candidates = {key: value for key, value in entries.items() if _is_tensor_dict(value)}
+        groups = (
+            {"": next(iter(candidates.values()))}
+            if len(candidates) == 1
+            else {f"{key}.": value for key, value in candidates.items()}
+        )
+    shapes: dict[str, tuple[int, ...]] = {}
+    for head, tensors in groups.items():
+        named, _ = strip_wrappers(tensors, [])
+        shapes |= {head + name: tuple(tensor.shape) for name, tensor in named.items()}
+    return shapes
+
+
+def fitting_prefixes(source: WeightsFile, fits: Fits) -> list[str]:
+    """Every prefix under which ``source`` holds tensors that ``fits`` accepts, in the file's order.
+
+    Each is named as it is typed back (see ``_file_shapes``), so selecting it
+    gives exactly those tensors.
+    """
+    groups: dict[str, dict[str, tuple[int, ...]]] = {}
+    for name, shape in _file_shapes(source).items():
+        parts = name.split(".")
+        for end in range(1, len(parts)):
+            prefix = ".".join(parts[:end]) + "."
+            groups.setdefault(prefix, {})[".".join(parts[end:])] = shape
+    return [prefix for prefix, shapes in groups.items() if fits(shapes)]
+
+
+def _fitting_advice(fitting: Sequence[str]) -> list[str | Setting]:
+    """Every prefix that fits, in full, and how to select one."""
+    return [
+        f"the file holds them under {', '.join(map(repr, fitting))}: "
+        f"select {'them' if len(fitting) == 1 else 'one'} with ",
+        Setting("weights_prefix", fitting[0]),
+    ]
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -334,12 +458,14 @@ def check_weights(
     dtype: str,
     path: Path,
     parts: Sequence[WeightPart] = (),
+    checkpoint: Checkpoint | None = None,
 ) -> None:
     """Compare a file's tensors with the layer's declared names and shapes.
 
     The tensors must be floating point, finite, and within ``dtype``'s range, the
-    dtype they are converted to. ``parts`` are the layer's weight parts, for advice on a whole-model
-    checkpoint that holds them. Raises ``BadFile`` naming every problem.
+    dtype they are converted to. ``parts`` are the layer's weight parts and
+    ``checkpoint`` the selection ``tensors`` came from, for advice on a
+    whole-model checkpoint that holds them. Raises ``BadFile`` naming every problem.
     """
     import torch
 
@@ -368,7 +494,9 @@ def check_weights(
                 f"{name} holds {float(tensor.abs().max()):.6g}, beyond {dtype}'s largest value "
                 f"{_largest(dtype):.6g}: converting it would make it Inf"
             )
-    advice = _prefix_advice(tensors, expected, parts) if missing and unexpected else []
+    advice = (
+        _prefix_advice(checkpoint, expected, parts) if missing and unexpected and checkpoint else []
+    )
     if problems:
         raise BadFile(
             f"weights in {path} do not fit the layer: {'; '.join(problems)}",
@@ -446,31 +574,30 @@ def _listed(names: list[str], most: int = 6) -> str:
 
 
 def _prefix_advice(
-    tensors: Mapping[str, torch.Tensor],
-    expected: Mapping[str, tuple[int, ...]],
-    parts: Sequence[WeightPart],
+    checkpoint: Checkpoint, expected: Mapping[str, tuple[int, ...]], parts: Sequence[WeightPart]
 ) -> list[str | Setting]:
-    """Advice for a whole-model checkpoint: which prefix holds the layer's tensors."""
-    fitting = _holders(tensors, expected)
-    if fitting:
-        return [
-            f"the file holds them under {fitting[0]!r}: select them with ",
-            Setting("weights_prefix", fitting[0]),
-        ]
+    """Advice for a whole-model checkpoint: every prefix that holds the layer's tensors.
+
+    Computed from the file's full names, not from the selection that failed.
+    """
+    if checkpoint.fitting:
+        return _fitting_advice(checkpoint.fitting)
+    names = checkpoint.file_names
     part_holders = {
-        part.name: _holders(tensors, [key for key, name in part.keys.items() if name in expected])
+        part.name: _holders(names, [key for key, name in part.keys.items() if name in expected])
         for part in parts
     }
     if parts and all(part_holders.values()):
         chosen = [f"{name}={holders[0]}" for name, holders in part_holders.items()]
         described = ", ".join(
-            f"{part.description} under {part_holders[part.name][0]!r}" for part in parts
+            f"{part.description} under {' or '.join(map(repr, part_holders[part.name]))}"
+            for part in parts
         )
         return [
             f"the file holds them as {described}: select them with ",
             Setting("weights_prefix", chosen[0], tuple(chosen[1:])),
         ]
-    prefixes = [p for p in submodule_prefixes(tensors) if p.count(".") == 1]
+    prefixes = [p for p in submodule_prefixes(names) if p.count(".") == 1]
     if prefixes:
         return [
             f"its tensors are under {', '.join(prefixes[:6])}: select one with ",
@@ -479,11 +606,12 @@ def _prefix_advice(
     return []
 
 
-def _holders(tensors: Mapping[str, torch.Tensor], wanted: Iterable[str]) -> list[str]:
-    """The prefixes under which ``tensors`` holds every one of the ``wanted`` names."""
+def _holders(names: Iterable[str], wanted: Iterable[str]) -> list[str]:
+    """The prefixes under which ``names`` holds every one of the ``wanted`` names."""
     wanted = list(wanted)
-    candidates = {name[: -len(w)] for w in wanted for name in tensors if name.endswith("." + w)}
-    return sorted(p for p in candidates if all(p + w in tensors for w in wanted))
+    names = set(names)
+    candidates = {name[: -len(w)] for w in wanted for name in names if name.endswith("." + w)}
+    return sorted(p for p in candidates if all(p + w in names for w in wanted))
 
 
 def _storage_problem(name: str, tensor: torch.Tensor) -> str | None:

@@ -143,7 +143,7 @@ def _write(backend: str) -> Callable[[ExportResult, Path, TargetOptions], Path]:
             settings,
             avoid_layout_optimizations=crashes_nchwc_transformer(model),
         )
-        files = {MODEL_FILE: result.model_bytes}
+        files = result.files(MODEL_FILE)
         if backend == "python":
             files["model.py"] = MODEL_PY.encode()
         version = write_version(folder, config, files)

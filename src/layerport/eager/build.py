@@ -39,8 +39,10 @@ def build_module(config: LayerConfig) -> nn.Module:
             f"layer {config.spec.name}: weights() declares {declared}, but the module holds {actual}"
         )
     if config.checkpoint is not None and config.weights is not None:
-        tensors = config.checkpoint.tensors
-        check_weights(tensors, declared, config.dtype, config.weights, config.spec.weight_parts)
+        checkpoint = config.checkpoint
+        tensors = checkpoint.tensors
+        parts = config.spec.weight_parts
+        check_weights(tensors, declared, config.dtype, config.weights, parts, checkpoint)
         module.load_state_dict(tensors, strict=True)
     return module
 

@@ -68,6 +68,19 @@ def _temporary_file(path: Path) -> tuple[int, str]:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically, keeping any existing file on failure."""
     check_writable_target(path)
+    temporary = _written_temporary(path, data)
+    try:
+        os.replace(temporary, path)
+    except BaseException as error:  # KeyboardInterrupt and SIGTERM included
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        if isinstance(error, OSError):
+            raise BadFile(f"cannot write {path}: {error.strerror}") from error
+        raise
+
+
+def _written_temporary(path: Path, data: bytes) -> str:
+    """A temporary file beside ``path`` holding ``data``, flushed, with ``path``'s mode."""
     try:
         descriptor, temporary = _temporary_file(path)
     except OSError as error:
@@ -80,13 +93,61 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         # mkstemp creates the file 0600: give it the mode of the file it replaces,
         # or the mode an ordinary new file would get.
         os.chmod(temporary, _mode_for(path))
-        os.replace(temporary, path)
-    except BaseException as error:  # KeyboardInterrupt and SIGTERM included
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         if isinstance(error, OSError):
             raise BadFile(f"cannot write {path}: {error.strerror}") from error
         raise
+    return temporary
+
+
+def atomic_write_files(path: Path, files: Mapping[str, bytes]) -> None:
+    """Write the file ``path`` and the files beside it that it reads (its external data).
+
+    ``files`` maps names in ``path``'s folder to contents, ``path.name`` among
+    them. Every file is written to a temporary one first; then the others are
+    moved into place, each one's old version set aside, and ``path`` last. A
+    failure or an interrupt before ``path`` is replaced puts the old versions
+    back, so the folder keeps the old pair whole or holds the new one whole.
+    """
+    folder = path.parent
+    check_writable_target(path)
+    for name in files:
+        check_writable_target(folder / name)
+    temporaries: dict[str, str] = {}
+    set_aside: dict[Path, str | None] = {}  # each companion replaced, and its old version
+    try:
+        for name, data in files.items():
+            temporaries[name] = _written_temporary(folder / name, data)
+        for name, temporary in temporaries.items():
+            if name == path.name:
+                continue
+            target = folder / name
+            old = None
+            if target.exists() or target.is_symlink():
+                old = f"{temporary}.old"
+                os.replace(target, old)
+            set_aside[target] = old
+            os.replace(temporary, target)
+        os.replace(temporaries[path.name], path)
+    except BaseException as error:
+        for target, old in set_aside.items():
+            with contextlib.suppress(OSError):
+                if old is None:
+                    os.unlink(target)
+                else:
+                    os.replace(old, target)
+        for temporary in temporaries.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+        if isinstance(error, OSError):
+            raise BadFile(f"cannot write {path}: {error.strerror}") from error
+        raise
+    for old in set_aside.values():
+        if old is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(old)
 
 
 def _mode_for(path: Path) -> int:

@@ -60,6 +60,12 @@ DEFAULT_EXPORT_DIR = Path("exported")
     "weights, right on every x86 CPU; inputs and outputs stay float32); verified against "
     "the same quantization of the layer, its cost against float64 reported.",
 )
+@click.option(
+    "--external-data",
+    is_flag=True,
+    help="Write the initializers to a data file beside the model, named after it "
+    "(MODEL.onnx.data), as files past protobuf's 2 GiB limit must be.",
+)
 @json_option
 @click.pass_context
 def export(
@@ -74,6 +80,7 @@ def export(
     target_settings: dict[str, str],
     no_verify: bool,
     quantize: str | None,
+    external_data: bool,
     json_: bool,
 ) -> None:
     """Export a layer to ONNX, then verify it against eager PyTorch.
@@ -88,6 +95,7 @@ def export(
       layerport export linear -p activation=sigmoid -o classifier.onnx
       layerport export --all -o exported/
       layerport export linear -p in_features=512 -p out_features=512 --quantize int8
+      layerport export linear --external-data -o linear.onnx
     """
     require_dependencies("torch", "onnxscript")
     from layerport.plugins import get_export_targets
@@ -123,7 +131,7 @@ def export(
             )
             path = export_target.output_in(folder, _file_stem(layer, registry))
             export_target.check(path, settings)
-            result = _export(config, opset, not no_verify, verification, quantize)
+            result = _export(config, opset, not no_verify, verification, quantize, external_data)
             written = export_target.write(result, path, settings)
             for message in export_target.notes(result, settings):
                 note(message)
@@ -150,7 +158,7 @@ def export(
     if verification.report_path is not None:
         check_writable_target(verification.report_path)
     try:
-        result = _export(config, opset, not no_verify, verification, quantize)
+        result = _export(config, opset, not no_verify, verification, quantize, external_data)
     except VerificationFailed as failure:
         write_report(failure.report, verification.report_path)
         raise
@@ -167,6 +175,7 @@ def _export(
     verify: bool,
     verification: VerificationOptions,
     quantize: str | None,
+    external_data: bool = False,
 ) -> ExportResult:
     from layerport.pipeline import export_layer
     from layerport.verify.verdict import judged_tolerance
@@ -178,6 +187,7 @@ def _export(
         tolerance=judged_tolerance(config, verification.atol, verification.rtol, quantize=quantize),
         trials=verification.trials,
         quantize=quantize,
+        external_data=external_data,
     )
     return result
 
