@@ -165,11 +165,16 @@ def resolve_config(
     notes: tuple[str, ...] = ()
     weights_dtype = None
     if weights is not None:
-        from layerport.eager.weights import read_layer_checkpoint, weights_dtype_of
+        from layerport.eager.weights import (
+            check_weight_ranks,
+            read_layer_checkpoint,
+            weights_dtype_of,
+        )
 
         checkpoint = read_layer_checkpoint(weights, weights_prefix, layer.spec.weight_parts)
         notes = checkpoint.notes
         shapes = {name: tuple(tensor.shape) for name, tensor in checkpoint.tensors.items()}
+        check_weight_ranks(shapes, layer.spec, resolved, weights)
         resolved = _params_from_weights(layer, resolved, params or {}, shapes, weights)
         weights_dtype = weights_dtype_of(checkpoint.tensors)
         if dtype is None and weights_dtype is not None:
