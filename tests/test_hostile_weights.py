@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import random
+import sys
 import warnings
 import zipfile
 
@@ -438,3 +439,23 @@ def test_corrupt_record_in_a_weights_file_is_a_bad_file(cli, tmp_path, make, wor
         f"{path} is not a valid PyTorch weights file",
         words,
     )
+
+
+# ---------------------------------------------------------------------------
+# Fuzzing (issue 30): every format, each mutant in a child of its own
+
+
+@pytest.mark.slow
+def test_mutants_of_weights_files_never_crash_run() -> None:
+    from fuzz_weights import LIMIT, fuzz
+
+    summary = fuzz(200, seed=20261206, jobs=2)
+    print(summary.line(), file=sys.stderr)
+    assert summary.runs == 200
+    assert not summary.signals, summary.signals
+    assert not summary.internal_errors, summary.internal_errors
+    assert not summary.problems, summary.problems
+    assert not summary.over_limit, (LIMIT, summary.over_limit)
+    assert set(summary.exit_codes) <= {0, 1, 2}
+    # Most mutants are refused; some still load. Both kinds must have been tried.
+    assert summary.exit_codes[2] > 0 and summary.exit_codes[0] > 0
