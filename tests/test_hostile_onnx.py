@@ -275,6 +275,14 @@ def test_external_data_length_past_the_end_is_refused(cli, model_folder) -> None
         ("layerport.params", '"x"'),
         ("layerport.dynamic_dims", "[1, 2]"),
         ("layerport.seed", '"abc"'),
+        # issue 30: a recipe without its ops was a KeyError in inspect.
+        ("layerport.quantization", '{"quantize": "int8", "library": "x", "mode": "dynamic"}'),
+        (
+            "layerport.quantization",
+            '{"quantize": "int8", "library": "x", "mode": "dynamic", '
+            '"weight_type": "QInt8", "ops": {"MatMulInteger": "2"}}',
+        ),
+        ("layerport.verification", "[" * 100_000),
     ],
 )
 def test_metadata_of_the_wrong_type_is_damaged_metadata(cli, tmp_path, key, value) -> None:

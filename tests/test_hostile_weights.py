@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pickle
 import random
+import sys
 import warnings
+import zipfile
 
 import pytest
 import torch
@@ -317,3 +320,142 @@ def test_weights_that_are_not_plain_dense_tensors_are_refused(cli, tmp_path, mak
     path = tmp_path / "w.pt"
     torch.save(make(), path)
     assert_refused(cli("run", "linear", "--weights", str(path)), 2, "do not fit the layer", message)
+
+
+# ---------------------------------------------------------------------------
+# Weights of the wrong rank (issue 30): the file's fault, named before plugin code runs
+
+
+def _dropped(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return shape[:-1]
+
+
+def _added(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return (*shape, 1)
+
+
+@pytest.mark.parametrize(
+    ("layer", "tensor", "reshape"),
+    [
+        pytest.param("linear", "weight", _dropped, id="linear-1d"),
+        pytest.param("linear", "weight", _added, id="linear-3d"),
+        pytest.param("rnn", "wi.weight", _dropped, id="rnn"),
+        pytest.param("mlp", "fc1.weight", _added, id="mlp"),
+        pytest.param("gru", "weight_ih_l0", _dropped, id="gru"),
+        pytest.param("lstm", "weight_hh_l0", _added, id="lstm"),
+        pytest.param("elman", "weight_ih_l0", _dropped, id="elman"),
+        pytest.param("conv1d", "weight", _dropped, id="conv1d"),
+        pytest.param("conv2d", "weight", _dropped, id="conv2d"),
+        pytest.param("conv2d", "bias", _added, id="conv2d-bias"),
+    ],
+)
+def test_weight_of_the_wrong_rank_is_the_files_fault(cli, tmp_path, layer, tensor, reshape) -> None:
+    from layerport.plugins import get_registry
+
+    spec = get_registry().resolve(layer).spec
+    expected = spec.weights(spec.resolve_params())
+    tensors = {name: torch.zeros(shape) for name, shape in expected.items()}
+    tensors[tensor] = torch.zeros(reshape(expected[tensor]))
+    path = tmp_path / "w.safetensors"
+    save_file(tensors, path)
+    shape = tuple(tensors[tensor].shape)
+    assert_refused(
+        cli("run", layer, "--weights", str(path)),
+        2,
+        f"weights in {path} do not fit layer {layer}: {tensor} has shape {shape}",
+        f"expected a {len(expected[tensor])}-d shape such as {expected[tensor]}",
+    )
+
+
+def test_a_flat_linear_weight_names_the_shape_it_should_have(cli, tmp_path) -> None:
+    path = tmp_path / "w.safetensors"
+    save_file({"weight": torch.zeros(8), "bias": torch.zeros(2)}, path)
+    result = cli("run", "linear", "--weights", str(path))
+    assert_refused(
+        result,
+        2,
+        "do not fit layer linear: weight has shape (8,)",
+        "expected a 2-d shape such as (2, 8)",
+    )
+    assert "plugin" not in result.stderr
+
+
+def test_a_later_layers_weight_of_the_wrong_rank_is_named(cli, tmp_path) -> None:
+    # weight_ih_l1 is not among the default lstm's weights; its rank is weight_ih_l0's.
+    shapes = {"weight_ih_l0": (128, 16), "weight_hh_l0": (128, 32), "weight_ih_l1": (128,)}
+    path = tmp_path / "w.safetensors"
+    save_file({name: torch.zeros(shape) for name, shape in shapes.items()}, path)
+    assert_refused(
+        cli("run", "lstm", "--weights", str(path)), 2, "weight_ih_l1 has shape (128,) (1-d)"
+    )
+
+
+# ---------------------------------------------------------------------------
+# Corrupt records inside a valid container (issue 30): bad files, not internal errors
+
+
+def _legacy_bytes() -> bytes:
+    buffer = io.BytesIO()
+    torch.save(good_weights(), buffer, _use_new_zipfile_serialization=False)
+    return buffer.getvalue()
+
+
+def _zip_with_pickle_byte(position: int, value: int) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(good_weights(), buffer)
+    members = {}
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as archive:
+        members = {info.filename: archive.read(info) for info in archive.infolist()}
+    changed = io.BytesIO()
+    with zipfile.ZipFile(changed, "w") as archive:
+        for name, data in members.items():
+            if name.endswith("data.pkl"):
+                data = data[:position] + bytes([value]) + data[position + 1 :]
+            archive.writestr(name, data)
+    return changed.getvalue()
+
+
+def _element_count(data: bytes) -> bytes:
+    # The weight's storage records 16 elements (BININT1 16); say 64, more than its 64 bytes hold.
+    return data.replace(b"cpuq\x06K\x10t", b"cpuq\x06K@t", 1)
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        pytest.param(lambda: _legacy_bytes()[:3], "IndexError", id="legacy-cut-at-3"),
+        pytest.param(lambda: _legacy_bytes()[:18], "error: unpack requires", id="short-record"),
+        pytest.param(lambda: _zip_with_pickle_byte(57, 0), "IndexError", id="bad-pickle-index"),
+        pytest.param(lambda: _zip_with_pickle_byte(188, 0), "AttributeError", id="not-a-tensor"),
+        pytest.param(lambda: _element_count(_zip_with_pickle_byte(0, 0x80)), "", id="count"),
+    ],
+)
+def test_corrupt_record_in_a_weights_file_is_a_bad_file(cli, tmp_path, make, words) -> None:
+    path = tmp_path / "w.pt"
+    path.write_bytes(make())
+    assert_refused(
+        cli("run", "linear", "--weights", str(path)),
+        2,
+        f"{path} is not a valid PyTorch weights file",
+        words,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Fuzzing (issue 30): every format, each mutant in a child of its own
+
+
+@pytest.mark.slow
+def test_mutants_of_weights_files_never_crash_run() -> None:
+    from fuzz_weights import LIMIT, fuzz
+
+    summary = fuzz(200, seed=20261206, jobs=2)
+    print(summary.line(), file=sys.stderr)
+    assert summary.runs == 200
+    assert not summary.signals, summary.signals
+    assert not summary.internal_errors, summary.internal_errors
+    assert not summary.problems, summary.problems
+    assert not summary.over_limit, (LIMIT, summary.over_limit)
+    assert set(summary.exit_codes) <= {0, 1, 2}
+    # Most mutants are refused; some still load. Both kinds must have been tried.
+    assert summary.exit_codes[2] > 0 and summary.exit_codes[0] > 0

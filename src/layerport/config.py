@@ -174,6 +174,7 @@ def resolve_config(
     checkpoint = None
     if weights is not None:
         from layerport.weights import (
+            check_weight_ranks,
             conversion_underflow,
             fitting_prefixes,
             layer_checkpoint,
@@ -187,6 +188,7 @@ def resolve_config(
         checkpoint = layer_checkpoint(source, weights_prefix, layer.spec.weight_parts, fits)
         notes = checkpoint.notes
         shapes = {name: tuple(tensor.shape) for name, tensor in checkpoint.tensors.items()}
+        check_weight_ranks(shapes, layer.spec, resolved, weights)
         if not isinstance(weights_prefix, Mapping) and not fits(shapes):
             # check_weights will refuse them: name every prefix that would fit.
             fitting = tuple(fitting_prefixes(source, fits))

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from layerport.errors import BadFile, Setting, UserInputError
+from layerport.errors import BadFile, ResourceLimit, Setting, UserInputError
 from layerport.runtime.limits import check_allocation
-from layerport.spec import WeightPart
+from layerport.spec import LayerSpec, Params, WeightPart, possible_shape
 
 if TYPE_CHECKING:
     import torch
@@ -404,6 +404,10 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise BadFile(f"{path} is not a valid safetensors file: {_first_line(error)}") from error
+    except Exception as error:  # any other failure on these bytes is the file's, too
+        raise BadFile(
+            f"{path} is not a valid safetensors file: {type(error).__name__}: {_first_line(error)}"
+        ) from error
 
 
 def _read_state_dict(path: Path) -> Mapping[Any, Any]:
@@ -416,6 +420,8 @@ def _read_state_dict(path: Path) -> Mapping[Any, Any]:
         raise BadFile(f"weights file {path} is empty")
     if head != b"PK" and head[:1] != b"\x80":
         raise BadFile(f"{path} is not a PyTorch weights file (neither a zip archive nor a pickle)")
+    if head == b"PK":
+        _check_unpacked_size(path)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -428,9 +434,38 @@ def _read_state_dict(path: Path) -> Mapping[Any, Any]:
         raise BadFile(
             f"{path} is not a valid PyTorch weights file: {_first_line(error)}"
         ) from error
+    except MemoryError as error:
+        raise ResourceLimit(
+            f"reading weights file {path} ran out of memory: the sizes it records are larger "
+            "than this machine can hold"
+        ) from error
+    except Exception as error:
+        # torch's unpickler fails on malformed bytes with whatever Python raises
+        # where it stands: IndexError (a bad memo index), TypeError, struct.error
+        # (a truncated record). Each is the file's fault, not layerport's.
+        raise BadFile(
+            f"{path} is not a valid PyTorch weights file: "
+            f"{type(error).__name__}: {_first_line(error)}"
+        ) from error
     if not isinstance(loaded, Mapping):
         raise BadFile(f"{path} holds a {type(loaded).__name__}, not a state dict of name -> tensor")
     return loaded
+
+
+def _check_unpacked_size(path: Path) -> None:
+    """Refuse a zip checkpoint whose members unpack to more than the memory limit.
+
+    A deflated member of a few megabytes can inflate to gigabytes; the sizes in
+    the zip's directory say so before anything is inflated (torch's reader
+    allocates each record at its recorded size, and never past it). A zip
+    Python cannot read is left to torch, which says why in its own words.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError):
+        return
+    check_allocation(unpacked, f"reading weights file {path} (unpacked from its zip)")
 
 
 def _unsafe_globals(path: Path, error: Exception) -> str:
@@ -450,6 +485,28 @@ def _unsafe_globals(path: Path, error: Exception) -> str:
         wanted = re.search(r"GLOBAL (\S+)", str(error))
         names = [wanted.group(1)] if wanted else []
     return f"it would import {', '.join(names)}" if names else "objects other than tensors"
+
+
+def check_weight_ranks(
+    shapes: Mapping[str, tuple[int, ...]], spec: LayerSpec, params: Params, path: Path
+) -> None:
+    """Refuse a tensor whose rank is not its weight's, before any plugin code reads the shapes.
+
+    ``params_from_weights`` unpacks shapes (``out_features, in_features =
+    shapes["weight"]``); a 1-d weight would make that the plugin's failure, when
+    it is the file's. Sizes are checked later (``check_weights``), once the
+    parameters they imply are known. Raises ``BadFile`` naming the tensor, its
+    shape and a shape of the rank the layer expects.
+    """
+    possible = spec.possible_weights(params)
+    for name, shape in shapes.items():
+        expected = possible_shape(possible, name)
+        if expected is not None and len(shape) != len(expected):
+            raise BadFile(
+                f"weights in {path} do not fit layer {spec.name}: {name} has shape "
+                f"{tuple(shape)} ({len(shape)}-d), expected a {len(expected)}-d shape "
+                f"such as {expected}"
+            )
 
 
 def check_weights(

@@ -9,8 +9,8 @@ modules ``layerport.errors`` and ``layerport.dtypes``.
 - ``modelfile``: reading and validating an untrusted ``.onnx`` file;
 - ``session``: an onnxruntime session on it, with checked inputs, guarded against
   onnxruntime's known crashes, or onnx's reference evaluator in its place;
-- ``isolation``: creating a session for a file in a child process first, so a
-  crash in onnxruntime becomes an error, not a signal;
+- ``isolation``: checking a file with onnx and creating its session in a child
+  process first, so a crash in onnx or onnxruntime becomes an error, not a signal;
 - ``arrays``: what an input must look like, checking arrays, the one input generator;
 - ``npy``: reading ``.npy``/``.npz`` files without unpickling;
 - ``metadata``: the ``layerport.*`` record an exported file carries;

@@ -134,7 +134,13 @@ def check_arrays(
                 f"cannot fill optional input {spec.name}: dim {unbound[0]} is unknown"
             )
         shape = tuple(dim if isinstance(dim, int) else bound[dim][0] for dim in spec.dims)
-        complete[spec.name] = np.zeros(shape, dtype=numpy_dtype(spec.dtype))
+        dtype = numpy_dtype(spec.dtype)
+        # A file's fixed dims are its own to choose: 2**32 zeros would be 16 GiB.
+        check_allocation(
+            math.prod(shape) * dtype.itemsize,
+            f"filling optional input {spec.name} {shape} with zeros",
+        )
+        complete[spec.name] = np.zeros(shape, dtype=dtype)
     return complete, notes
 
 

@@ -69,8 +69,20 @@ def crash_in_child(work: Callable[[], object]) -> ChildCrash | None:
     child, then propagates; a child ended by SIGINT alone raises
     ``KeyboardInterrupt`` here.
     """
+    outcome = outcome_in_child(work)
+    return outcome if isinstance(outcome, ChildCrash) else None
+
+
+def outcome_in_child(work: Callable[[], object]) -> ChildCrash | bool:
+    """Do ``work`` in a forked child: ``True`` if it finished, ``False`` if it raised.
+
+    For work whose only result is whether it raises (a validity check), the
+    caller need not repeat a finished check in-process; on ``False`` it repeats
+    the work for the exception. ``False`` too where there is no fork. A crash
+    is a ``ChildCrash``; interrupts go as in ``crash_in_child``.
+    """
     if not can_isolate():
-        return None
+        return False
     with warnings.catch_warnings():
         # Python 3.12+ warns on fork in a process with other threads, and numpy's
         # BLAS pool starts some at import. The child gets only this thread; the
@@ -83,7 +95,7 @@ def crash_in_child(work: Callable[[], object]) -> ChildCrash | None:
     try:
         _, status = os.waitpid(pid, 0)
     except ChildProcessError:
-        return None  # the embedding program reaps children itself (SIGCHLD ignored)
+        return False  # the embedding program reaps children itself (SIGCHLD ignored)
     except BaseException:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
@@ -96,7 +108,7 @@ def crash_in_child(work: Callable[[], object]) -> ChildCrash | None:
         return ChildCrash(signal_number=number)
     code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
     if code in (0, WORK_RAISED):
-        return None
+        return code == 0
     return ChildCrash(exit_status=code)
 
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from layerport.dtypes import QUANTIZATIONS
-from layerport.errors import BadFile
+from layerport.errors import BadFile, one_line
 
 if TYPE_CHECKING:
     import onnx
@@ -97,8 +97,8 @@ class ExportRecord:
                 if key in _FIELDS
             }
             record = cls(**values)
-        except (TypeError, ValueError) as error:
-            raise BadFile(f"the file's layerport metadata is damaged: {error}") from error
+        except (TypeError, ValueError, RecursionError) as error:  # RecursionError: [[[[...
+            raise BadFile(f"the file's layerport metadata is damaged: {one_line(error)}") from error
         problem = record._type_problem()
         if problem:
             raise BadFile(f"the file's layerport metadata is damaged: {problem}")
@@ -154,13 +154,21 @@ class ExportRecord:
                     isinstance(k, str) and _is_int(v) and v >= 1 for k, v in self.min_dims.items()
                 )
             ),
-            "quantization must be an object naming its recipe": self.quantization is None
-            or (
-                isinstance(self.quantization, dict)
-                and self.quantization.get("quantize") in QUANTIZATIONS
-            ),
+            "quantization must be an object naming its recipe, library, mode, weight_type "
+            "and ops": self.quantization is None or _is_recipe(self.quantization),
         }
         return next((message for message, ok in checks.items() if not ok), None)
+
+
+def _is_recipe(value: object) -> bool:
+    """Whether ``value`` is a quantization recipe as ``export.quantize`` writes it."""
+    return (
+        isinstance(value, dict)
+        and value.get("quantize") in QUANTIZATIONS
+        and all(isinstance(value.get(key), str) for key in ("library", "mode", "weight_type"))
+        and isinstance(value.get("ops"), dict)
+        and all(isinstance(k, str) and _is_int(v) for k, v in value["ops"].items())
+    )
 
 
 def _is_int(value: object) -> bool:

@@ -21,10 +21,11 @@ model, layerport:
 - checks every tensor's ``raw_data`` size against its shape, then runs
   ``onnx.checker`` with ``full_check`` for unknown ops, dangling inputs and types.
 
-Models are read in-process: 44,000 mutants of small models (bit flips,
-truncations, and edge values written into parsed fields) never crashed onnx or
-onnxruntime once they had passed these checks. Valid files can still crash
-onnxruntime's session creation, which ``runtime.session`` guards against and
+Models are parsed in-process, and onnx's checker (with its C++ shape
+inference) runs in a forked child first: issue 30's campaign found files that
+abort it (SIGABRT in ``std::clamp``, for a size declared -1, which is now also
+refused before the checker runs). Valid files can still crash onnxruntime's
+session creation, which ``runtime.session`` guards against and
 ``runtime.isolation`` contains.
 """
 
@@ -44,6 +45,7 @@ from onnx.external_data_helper import load_external_data_for_tensor
 
 from layerport.dtypes import element_bits
 from layerport.errors import BadFile, one_line
+from layerport.runtime import isolation
 
 MAX_MODEL_BYTES = 2**31 - 1  # protobuf cannot serialize a larger message
 MIN_IR_VERSION = 3  # the first IR version with opset imports
@@ -67,11 +69,48 @@ def read_model(path: Path) -> onnx.ModelProto:
             raise BadFile(f"{path}: tensor {tensor.name!r} lists external data but is not external")
         _check_raw_data_size(tensor, str(path))
     _check_values_defined(model.graph, set(), str(path))
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except Exception as error:
-        raise BadFile(f"{path} is not a valid ONNX model: {one_line(error)}") from error
+    _check_declared_dims(model.graph, str(path))
+    _check_model(model, str(path))
     return model
+
+
+def _check_declared_dims(graph: onnx.GraphProto, name: str) -> None:
+    """Refuse a negative size declared for any value: onnx 1.23's inference aborts on some."""
+    for inner in iter_graphs(graph):
+        for value in [*inner.input, *inner.output, *inner.value_info]:
+            for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+                if dim.HasField("dim_value") and dim.dim_value < 0:
+                    raise BadFile(
+                        f"{name} is not a valid ONNX model: it declares axis {axis} of "
+                        f"{value.name!r} as {dim.dim_value} (a size cannot be negative)"
+                    )
+
+
+def _check_model(model: onnx.ModelProto, name: str) -> None:
+    """Run onnx's checker, with shape inference, where a native abort cannot end layerport.
+
+    onnx 1.23's shape inference aborts the process on some malformed files (a
+    failed ``std::clamp`` assertion, SIGABRT, for a ``Shape`` feeding a ``Slice``
+    with a dim declared -1), and no ``try`` catches a signal. The check runs
+    first in a forked child, which costs the fork; a check that finished there
+    is not repeated, one that raised is repeated here for its message.
+    """
+
+    def check() -> None:
+        onnx.checker.check_model(model, full_check=True)
+
+    outcome = isolation.outcome_in_child(check)
+    if isinstance(outcome, isolation.ChildCrash):
+        raise BadFile(
+            f"{name} is not a valid ONNX model: onnx {onnx.__version__}'s checker "
+            f"{outcome.words()} reading it"
+        )
+    if outcome:
+        return
+    try:
+        check()
+    except Exception as error:
+        raise BadFile(f"{name} is not a valid ONNX model: {one_line(error)}") from error
 
 
 def parse_model(data: bytes, name: str) -> onnx.ModelProto:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import functools
 import math
 import os
+import tokenize
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, BinaryIO
@@ -103,7 +105,16 @@ def _read_npz(handle: BinaryIO, path: Path, budget: _Budget) -> dict[str, np.nda
                     f"{path} (array {key})",
                     budget,
                 )
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as error:
+    except (
+        zipfile.BadZipFile,  # also a member whose CRC does not match
+        zipfile.LargeZipFile,
+        zlib.error,  # a deflated member that does not inflate
+        EOFError,
+        NotImplementedError,  # a compression method zipfile lacks
+        RuntimeError,  # an encrypted member
+        OSError,
+        ValueError,
+    ) as error:
         raise BadFile(f"{path} is a damaged .npz file: {one_line(error)}") from error
     if not arrays:
         raise BadFile(f"{path} holds no arrays")
@@ -135,5 +146,13 @@ def _read_array(
         budget.reserve(needed, f"reading {what}")
         with open_array() as handle:
             return np.lib.format.read_array(handle, allow_pickle=False)
-    except (ValueError, EOFError, KeyError, SyntaxError) as error:
+    except (
+        ValueError,
+        EOFError,
+        KeyError,
+        SyntaxError,
+        TypeError,
+        OverflowError,
+        tokenize.TokenError,  # numpy tokenizes the header's dict literal
+    ) as error:
         raise BadFile(f"{what} is not a valid .npy array: {one_line(error)}") from error

@@ -40,6 +40,7 @@ from layerport.errors import (
 from layerport.runtime import OPTIMIZATION_LEVELS, RUNTIMES, isolation, noise
 from layerport.runtime.arrays import check_arrays
 from layerport.runtime.failures import crashes_nchwc_transformer, creation_error, without_source
+from layerport.runtime.footprint import check_run_memory
 from layerport.runtime.interface import model_interface
 from layerport.runtime.metadata import ExportRecord
 from layerport.runtime.modelfile import read_model
@@ -72,7 +73,8 @@ class Session:
     ``optional_inputs`` names the inputs that may be left out (filled with zeros),
     ``smallest`` the symbolic dims' smallest valid sizes, where above 1.
     ``isolate`` creates the session in a child process first, for files from
-    strangers (see ``open_session``); layerport's own exports do without.
+    strangers (see ``open_session``), and sizes what each run will make before
+    it runs (``runtime.footprint``); layerport's own exports do without.
     """
 
     def __init__(
@@ -90,6 +92,8 @@ class Session:
         self.proto = model
         self.inputs, self.outputs = model_interface(model, optional_inputs)
         self.settings = settings or SessionSettings()
+        self.isolated = isolate
+        self._checked_shapes: dict[str, tuple[int, ...]] | None = None
         if self.settings.runtime == "onnx-reference":
             self._session: Any = ReferenceSession(model, name)
         else:
@@ -108,7 +112,14 @@ class Session:
         Returns the complete arrays for ``run_checked``, and notes worth telling
         the user (such as non-finite values).
         """
-        return check_arrays(arrays, self.inputs, self.smallest)
+        complete, notes = check_arrays(arrays, self.inputs, self.smallest)
+        if self.isolated:
+            # A stranger's file may make far more than its inputs: check what it will make.
+            shapes = {name: tuple(array.shape) for name, array in complete.items()}
+            if shapes != self._checked_shapes:
+                check_run_memory(self.proto, shapes, self.name)
+                self._checked_shapes = shapes
+        return complete, notes
 
     def run(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model on named arrays and return its outputs by name."""

@@ -423,6 +423,34 @@ class LayerSpec:
         """The concrete shape of ``tensor`` for these parameters and dim sizes."""
         return tuple(_dim_size(dim, params, dims) for dim in tensor.dims)
 
+    def possible_weights(self, params: Params) -> dict[str, tuple[int, ...]]:
+        """Every weight a file may hold for this layer, by name, with a shape of its rank.
+
+        ``weights(params)`` names the weights of one configuration; a file read
+        before its sizes are known (``params_from_weights``) may hold others: a
+        second layer's ``weight_ih_l1``, a projection's ``weight_hr_l0``. So the
+        names of the configurations one parameter away count too (each flag
+        flipped, each integer one larger), and a name's digits stand for any
+        index (``weight_ih_l#``). A configuration ``weights`` refuses is skipped.
+        """
+        variants: list[Params] = [params]
+        for param in self.params:
+            value = params.get(param.name, param.default)
+            if param.type is bool:
+                variants.append({**params, param.name: not value})
+            elif param.type is int and isinstance(value, int):
+                variants.append({**params, param.name: value + 1})
+        possible: dict[str, tuple[int, ...]] = {}
+        for variant in variants:
+            try:
+                shapes = self.weights(variant)
+            except Exception:  # a variant the plugin refuses names no weights
+                continue
+            for name, shape in shapes.items():
+                possible.setdefault(name, tuple(shape))
+                possible.setdefault(_index_pattern(name), tuple(shape))
+        return possible
+
     def tolerance(self, dtype: str) -> Tolerance:
         """The tolerance for a dtype's exports, or for a quantization recipe's (``int8``)."""
         return self.tolerances.get(dtype, DEFAULT_TOLERANCES[dtype])
@@ -451,6 +479,16 @@ def resolve_values(
         param = known[name]
         resolved[name] = param.parse(value) if isinstance(value, str) else param.check(value)
     return resolved
+
+
+def possible_shape(possible: Mapping[str, tuple[int, ...]], name: str) -> tuple[int, ...] | None:
+    """The shape ``LayerSpec.possible_weights`` gives ``name``; ``None`` for a name it does not know."""
+    return possible.get(name, possible.get(_index_pattern(name)))
+
+
+def _index_pattern(name: str) -> str:
+    """``weight_ih_l#`` for ``weight_ih_l3``: layers and directions repeat one weight's rank."""
+    return re.sub(r"\d+", "#", name)
 
 
 def _why_smallest(dim: Dim, params: Params) -> str:

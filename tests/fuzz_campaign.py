@@ -1,0 +1,91 @@
+"""The hostile-files campaign of issue 30: every built-in layer's export in every precision, and weights files.
+
+    python tests/fuzz_campaign.py 2000            # 2,000 mutants of each export, and of the weights
+    python tests/fuzz_campaign.py 2000 --seed 7 --jobs 2
+
+Exports ``linear`` and ``rnn`` at small sizes in float32, float64, float16,
+bfloat16 and int8, fuzzes ``inspect`` and ``infer`` on each (``fuzz_onnx``),
+then ``run --weights`` on mutated weights files in every format
+(``fuzz_weights``), all under ``LAYERPORT_MAX_MEMORY=256M``. Prints one line per
+target and a total; exits 1 on any signal, internal error, bad output or
+breach of the limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import fuzz_onnx
+import fuzz_weights
+
+LAYERS = {
+    "linear": ("-p", "in_features=4", "-p", "out_features=3", "--dim", "batch=2"),
+    "rnn": fuzz_onnx.SMALL_RNN,
+}
+PRECISIONS = (
+    ("--dtype", "float32"),
+    ("--dtype", "float64"),
+    ("--dtype", "float16"),
+    ("--dtype", "bfloat16"),
+    ("--quantize", "int8"),
+)
+
+
+def export(layer: str, precision: tuple[str, str], folder: Path) -> Path:
+    target = folder / f"{layer}-{precision[1]}.onnx"
+    options = [*LAYERS[layer], *precision, "-o", str(target)]
+    subprocess.run(
+        [sys.executable, "-m", "layerport", "export", layer, *options],
+        check=True,
+        capture_output=True,
+    )
+    return target
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("count", type=int, help="mutants of each export, and of the weights")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
+    options = parser.parse_args(argv)
+    os.environ["LAYERPORT_MAX_MEMORY"] = fuzz_weights.LIMIT
+    started = time.monotonic()
+    runs = mutants = 0
+    clean = True
+    with tempfile.TemporaryDirectory(prefix="fuzz-campaign-") as scratch:
+        folder = Path(scratch)
+        for layer in LAYERS:
+            for precision in PRECISIONS:
+                model = export(layer, precision, folder)
+                summary = fuzz_onnx.fuzz(model, options.count, seed=options.seed, jobs=options.jobs)
+                print(f"{model.name}: {summary.line()}", flush=True)
+                for line in summary.crashes + summary.problems + summary.internal_errors:
+                    print("  " + line)
+                runs += summary.runs
+                mutants += summary.mutants
+                clean = clean and not (
+                    summary.crashes or summary.problems or summary.internal_errors
+                )
+    weights = fuzz_weights.fuzz(options.count, seed=options.seed, jobs=options.jobs)
+    print(f"weights files: {weights.line()}")
+    for line in weights.signals + weights.problems + weights.internal_errors + weights.over_limit:
+        print("  " + line)
+    runs += weights.runs
+    mutants += weights.runs
+    clean = clean and weights.clean
+    print(
+        f"total: {mutants} mutants, {runs} runs in {time.monotonic() - started:.0f} s: "
+        + ("clean" if clean else "PROBLEMS")
+    )
+    return 0 if clean else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
