@@ -9,6 +9,8 @@ modules ``layerport.errors`` and ``layerport.dtypes``.
 - ``modelfile``: reading and validating an untrusted ``.onnx`` file;
 - ``session``: an onnxruntime session on it, with checked inputs, guarded against
   onnxruntime's known crashes, or onnx's reference evaluator in its place;
+- ``runtimes``: the named runtimes of the runtime matrix (optimization levels,
+  ``openvino``: the optional OpenVINO session, ``ort-cuda``), and which are missing;
 - ``isolation``: creating a session for a file in a child process first, so a
   crash in onnxruntime becomes an error, not a signal;
 - ``arrays``: what an input must look like, checking arrays, the one input generator;
