@@ -209,3 +209,32 @@ def test_the_rnn_passes_in_openvino(cli, tmp_path) -> None:
     result = cli("verify", str(path), "--runtimes", "openvino", "--trials", "1", "--json")
     assert_succeeded(result)
     assert json.loads(result.stdout)["runtimes"]["openvino"]["passed"] is True
+
+
+def test_openvino_named_without_the_extra_is_bad_input(cli, linear_file) -> None:
+    if NAMED_RUNTIMES["openvino"].missing() is None:
+        pytest.skip("OpenVINO is installed here")
+    assert_refused(
+        cli("verify", str(linear_file), "--runtimes", "openvino"),
+        2,
+        "runtime openvino cannot run here: openvino is not installed "
+        "(install: pip install 'layerport[openvino]')",
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "level"),
+    [
+        ("ort", "ORT_ENABLE_ALL"),
+        ("ort-noopt", "ORT_DISABLE_ALL"),
+        ("ort-basic", "ORT_ENABLE_BASIC"),
+        ("ort-extended", "ORT_ENABLE_EXTENDED"),
+    ],
+)
+def test_each_onnxruntime_level_opens_its_session_at_that_level(linear_file, name, level) -> None:
+    import onnx
+    import onnxruntime
+
+    session = NAMED_RUNTIMES[name].open(onnx.load(linear_file), "linear")
+    options = session._session.get_session_options()
+    assert options.graph_optimization_level == getattr(onnxruntime.GraphOptimizationLevel, level)
