@@ -20,7 +20,7 @@ A file that fails verification is never returned, so it is never written.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,7 @@ import onnx
 from layerport import __version__
 from layerport.config import LayerConfig
 from layerport.dtypes import Tolerance
-from layerport.errors import BadFile, ExportFailed, VerificationFailed
+from layerport.errors import BadFile, ExportFailed, UserInputError, VerificationFailed, WorkFailed
 from layerport.export import DEFAULT_OPSET
 from layerport.registry import Registry
 from layerport.results import ExportResult
@@ -45,6 +45,7 @@ from layerport.verify.verdict import judged_tolerance
 if TYPE_CHECKING:
     from torch import nn
 
+    from layerport.runtime.runtimes import NamedRuntime
     from layerport.verify.engines import Engine
 
 
@@ -156,13 +157,15 @@ def verify_file(
     options: VerifyOptions | None = None,
     *,
     second_opinion: bool = False,
+    runtimes: Sequence[NamedRuntime] = (),
 ) -> tuple[LayerConfig, VerificationReport]:
     """Rebuild the layer an exported file records, and verify the file against it.
 
     ``options`` say which weights the export was made from, the sizes to build
     the grid around and any fixed tolerance (``VerifyOptions``);
     ``second_opinion`` also checks onnxruntime against onnx's reference
-    evaluator (see ``verify_model``). Returns the rebuilt configuration and the
+    evaluator (see ``verify_model``), and ``runtimes`` runs the file in each of
+    them too (the runtime matrix). Returns the rebuilt configuration and the
     report.
     """
     options = options or VerifyOptions()
@@ -187,6 +190,7 @@ def verify_file(
         quantize=record.quantize,
         second_opinion=second_opinion,
         source=source,
+        runtimes=runtimes,
     )
     note_underflow(report, config)
     note_plugin_version(report, config, record, "file")
@@ -205,6 +209,7 @@ def verify_model(
     quantize: str | None = None,
     second_opinion: bool = False,
     source: onnx.ModelProto | None = None,
+    runtimes: Sequence[NamedRuntime] = (),
 ) -> VerificationReport:
     """Verify ``model`` against ``module`` in eager PyTorch, in the dtype's declared runtime.
 
@@ -214,6 +219,9 @@ def verify_model(
     ``second_opinion``, the file also runs in onnx's reference evaluator over the
     same grid (one draw per size: it is 7x to 20x slower), which must agree with
     onnxruntime within the same tolerance: a disagreement is a runtime's bug.
+    Each of ``runtimes`` runs the same grid, with the same trials, judged the
+    same way (``report.runtimes``); one that cannot run the file at all is in
+    ``report.runtime_errors``. Either fails the report.
 
     onnxruntime runs the file, or onnx's reference evaluator for a precision the
     spec declares that way (``LayerSpec.precisions``). Unless ``tolerance`` is
@@ -281,6 +289,23 @@ def verify_model(
         report.notes.append(
             f"no second opinion: {config.dtype} files are verified in onnx-reference already"
         )
+    for runtime in runtimes:
+        if quantize is not None:
+            raise UserInputError(f"the runtime matrix verifies float files; this one is {quantize}")
+        # A runtime that cannot open or run the file fails the matrix, not the command.
+        try:
+            other = runtime.open(model, session.name, optional_inputs=optional_inputs)
+            report.runtimes[runtime.name] = verify_engines(
+                config,
+                FileEngine(other, runtime.name),
+                EagerEngine(module, config),
+                config.dims,
+                tolerance=report.tolerance,
+                trials=trials,
+                baseline=baseline,
+            )
+        except (WorkFailed, BadFile) as error:
+            report.runtime_errors[runtime.name] = str(error)
     return report
 
 

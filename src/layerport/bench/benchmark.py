@@ -41,6 +41,7 @@ from layerport.bench.timing import EngineTiming, TimingSettings, significant, ti
 from layerport.config import LayerConfig
 from layerport.dtypes import INT8_AGAINST_FLOAT, Tolerance, precision
 from layerport.errors import UserInputError, VerificationFailed
+from layerport.runtime.runtimes import NamedRuntime
 from layerport.verify.verification import compare_outputs
 
 
@@ -99,14 +100,18 @@ def bench_layer(
     timing: TimingSettings | None = None,
     quantize: str | None = None,
     precisions: Sequence[str] = (),
+    runtimes: Sequence[NamedRuntime] = (),
 ) -> BenchResult:
     """Export ``config``'s layer and time its engines on the same inputs.
 
     With ``quantize="int8"``, the quantized file is timed too, as the engine
     ``onnxruntime-int8``; each of ``precisions`` adds the layer's file in that
     precision (``onnxruntime-float16``, ``onnx-reference-bfloat16``), fed the
-    same inputs converted. Every engine takes turns with the others, and each
-    ratio is the file's time in ``config.dtype`` over that engine's.
+    same inputs converted. Each of ``runtimes`` (``runtime.runtimes``) adds the
+    same file in that runtime, as an engine of its name (``ort-noopt``,
+    ``openvino``); ``ort`` is the ``onnxruntime`` engine already there. Every
+    engine takes turns with the others, and each ratio is the file's time in
+    ``config.dtype`` over that engine's.
 
     Raises ``VerificationFailed`` if an engine's outputs differ from eager's beyond
     the layer's tolerance: timing engines that compute different things is pointless.
@@ -139,7 +144,10 @@ def bench_layer(
     check_quantizable(config, quantize)
     optional = [tensor.name for tensor in config.spec.inputs if tensor.optional]
     # Several files take turns: none may keep the CPU spinning between its calls.
-    several = quantize is not None or any(dtype != config.dtype for dtype in precisions)
+    runtimes = [runtime for runtime in runtimes if runtime.name != "ort"]
+    several = (
+        quantize is not None or bool(runtimes) or any(dtype != config.dtype for dtype in precisions)
+    )
     settings = SessionSettings(
         threads=threads, runtime=config.spec.precisions[config.dtype], spinning=not several
     )
@@ -162,6 +170,11 @@ def bench_layer(
             # the same quantization instead).
             (FileEngine(quantized, f"onnxruntime-{quantize}"), INT8_AGAINST_FLOAT)
         )
+    for named in runtimes:
+        in_runtime = named.open(
+            model, session.name, optional_inputs=optional, threads=threads, spinning=False
+        )
+        others.append((FileEngine(in_runtime, named.name), config.tolerance()))
     for dtype in dict.fromkeys(precisions):
         if dtype == config.dtype:
             continue

@@ -370,6 +370,45 @@ def print_verification(report: VerificationReport, target: str, json_: bool) -> 
             for name, worst in report.worst().items()
         ),
     )
+    print_runtime_matrix(report)
+
+
+def print_runtime_matrix(report: VerificationReport) -> None:
+    """The runtime matrix, if one ran: grid point by runtime, each cell pass or FAIL and
+    the worst error there; then the runtimes that could not run the file, and those skipped."""
+    if not (report.runtimes or report.runtime_errors or report.runtimes_skipped):
+        return
+    cells: dict[str, dict[str, tuple[bool, float]]] = {}  # point -> runtime -> cell
+    for name, matrix in report.runtimes.items():
+        for comparison in matrix.comparisons:
+            point = comparison.case.split(" draw ")[0]
+            passed, worst = cells.setdefault(point, {}).get(name, (True, 0.0))
+            cells[point][name] = (
+                passed and comparison.passed,
+                max(worst, comparison.max_abs_error),
+            )
+    names = list(report.runtimes)
+    if names:
+        # Not the table's title: rich would wrap it at the table's width.
+        click.echo("runtime matrix: pass or FAIL, worst abs error, at each grid point")
+        print_table(
+            ("grid point", *names),
+            (
+                (point, *(_matrix_cell(by_runtime.get(name)) for name in names))
+                for point, by_runtime in cells.items()
+            ),
+        )
+    for name, error in report.runtime_errors.items():
+        click.echo(f"{name}: FAIL: {error}")
+    for name, why in report.runtimes_skipped.items():
+        click.echo(f"{name}: skipped: {why}")
+
+
+def _matrix_cell(cell: tuple[bool, float] | None) -> str:
+    if cell is None:
+        return "-"
+    passed, worst = cell
+    return f"{'pass' if passed else 'FAIL'} {worst:.2g}"
 
 
 # ---------------------------------------------------------------------------

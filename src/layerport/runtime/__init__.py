@@ -9,6 +9,14 @@ modules ``layerport.errors`` and ``layerport.dtypes``.
 - ``modelfile``: reading and validating an untrusted ``.onnx`` file;
 - ``session``: an onnxruntime session on it, with checked inputs, guarded against
   onnxruntime's known crashes, or onnx's reference evaluator in its place;
+- ``interface``: a file's inputs and outputs, and inputs generated for it;
+  ``failures``: what crashes onnxruntime, and its errors in one line;
+  ``reference``: onnx's reference evaluator behind a session's API;
+- ``footprint``: what a run of a stranger's file will make, sized before it runs;
+- ``int8``: numpy's model of onnxruntime's int8 arithmetic, with and without VNNI;
+- ``external``: the external-data layout of a large model;
+- ``runtimes``: the named runtimes of the runtime matrix (optimization levels,
+  ``openvino``: the optional OpenVINO session, ``ort-cuda``), and which are missing;
 - ``isolation``: checking a file with onnx and creating its session in a child
   process first, so a crash in onnx or onnxruntime becomes an error, not a signal;
 - ``arrays``: what an input must look like, checking arrays, the one input generator;

@@ -46,6 +46,9 @@ from layerport.runtime.metadata import ExportRecord
 from layerport.runtime.modelfile import read_model
 from layerport.runtime.reference import ReferenceSession
 
+# onnxruntime's CUDA provider (onnxruntime-gpu), which runtime.runtimes names ort-cuda.
+CUDA = "onnxruntime-cuda"
+
 
 @dataclass(frozen=True)
 class SessionSettings:
@@ -53,7 +56,8 @@ class SessionSettings:
 
     ``runtime`` is one of ``RUNTIMES``: ``onnxruntime`` (its CPU provider), or
     ``onnx-reference`` (``onnx.reference.ReferenceEvaluator``, which ignores
-    ``threads`` and ``optimization``); ``None`` lets ``load_model`` take the one
+    ``threads`` and ``optimization``); or, for the runtime matrix
+    (``runtime.runtimes``), ``openvino`` or ``onnxruntime-cuda``; ``None`` lets ``load_model`` take the one
     that verified the file, as its layerport metadata records (a bfloat16
     file's is the reference). ``threads=0`` lets onnxruntime use every core.
     """
@@ -96,6 +100,10 @@ class Session:
         self._checked_shapes: dict[str, tuple[int, ...]] | None = None
         if self.settings.runtime == "onnx-reference":
             self._session: Any = ReferenceSession(model, name)
+        elif self.settings.runtime == "openvino":
+            from layerport.runtime.openvino import OpenVinoSession
+
+            self._session = OpenVinoSession(model, name)
         else:
             self._session = open_session(model, name, self.settings, isolate=isolate)
 
@@ -186,7 +194,7 @@ def open_session(
     the model's ops in its types, ``BadFile`` when it refuses the model otherwise.
     """
     ort = onnxruntime_module()
-    if settings.runtime not in (*RUNTIMES, None):
+    if settings.runtime not in (*RUNTIMES, CUDA, None):
         raise UserInputError(
             f"runtime must be one of {', '.join(RUNTIMES)}, got {settings.runtime!r}"
         )
@@ -209,6 +217,9 @@ def open_session(
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[settings.optimization]
     model_bytes = model.SerializeToString()
+    providers = ["CPUExecutionProvider"]
+    if settings.runtime == CUDA:
+        providers.insert(0, "CUDAExecutionProvider")
     disabled = ["NchwcTransformer"] if crashes_nchwc_transformer(model) else None
 
     def create() -> Any:
@@ -218,7 +229,7 @@ def open_session(
         return ort.InferenceSession(
             model_bytes,
             sess_options=options,
-            providers=["CPUExecutionProvider"],
+            providers=providers,
             enable_fallback=0,
             read_config_from_model=0,
             disabled_optimizers=disabled,

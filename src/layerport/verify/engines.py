@@ -9,6 +9,8 @@ reference) is one new engine here, not edits across verification and bench.
   ``LayerSpec.reference`` (for the rnn, ``nn.RNN`` + ``nn.Linear``);
 - ``onnxruntime``: a CPU session on the exported model;
 - ``onnx-reference``: the exported model in onnx's ``ReferenceEvaluator``;
+- the runtime matrix's runtimes (``runtime.runtimes``: ``ort-noopt``,
+  ``openvino``...): a ``FileEngine`` named after the runtime;
 - ``triton:NAME``: a model a Triton server serves (``serving.client.ServedModel``).
 
 Each engine takes numpy arrays by input name (an optional input may be left out)

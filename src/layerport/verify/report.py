@@ -59,6 +59,12 @@ class VerificationReport:
     failed_runs: list[FailedRun] = field(default_factory=list)
     # The same file in a second runtime (onnx-reference) against the first, if asked for.
     second_opinion: VerificationReport | None = None
+    # The runtime matrix, if asked for: the file in each named runtime, judged as
+    # this report judged it; a runtime that could not run it, with its error;
+    # and those skipped because they are not installed here, with why.
+    runtimes: dict[str, VerificationReport] = field(default_factory=dict)
+    runtime_errors: dict[str, str] = field(default_factory=dict)
+    runtimes_skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -66,7 +72,13 @@ class VerificationReport:
             not self.structure_problems
             and all(c.passed for c in self.comparisons)
             and (self.second_opinion is None or self.second_opinion.passed)
+            and not self.failed_runtimes()
         )
+
+    def failed_runtimes(self) -> list[str]:
+        """The matrix's runtimes that disagree with the layer, or could not run the file."""
+        failed = [name for name, report in self.runtimes.items() if not report.passed]
+        return failed + list(self.runtime_errors)
 
     @property
     def inconclusive(self) -> list[Comparison]:
@@ -149,7 +161,24 @@ class VerificationReport:
                 else {}
             ),
             **({"precision_cost": self.cost_summary()} if self.costs else {}),
+            **({"runtimes": self.matrix_summary()} if self.runtimes or self.runtime_errors else {}),
         }
+
+    def matrix_summary(self) -> dict[str, Any]:
+        """Each runtime of the matrix: passed, worst error, or its error or why it was skipped."""
+        summary: dict[str, Any] = {
+            name: {
+                "passed": report.passed,
+                "max_abs_error": _round(report.max_abs_error()),
+                "cases": len({comparison.case for comparison in report.comparisons}),
+            }
+            for name, report in self.runtimes.items()
+        }
+        for name, error in self.runtime_errors.items():
+            summary[name] = {"passed": False, "error": error}
+        for name, why in self.runtimes_skipped.items():
+            summary[name] = {"passed": None, "skipped": why}
+        return summary
 
     def verdict_summary(self) -> dict[str, Any]:
         """The float64 verdict's rule and what was inconclusive, for the record."""
@@ -180,21 +209,38 @@ class VerificationReport:
         second = self.second_opinion
         if second is not None and not second.passed and not self.failures:
             ours = second.engines[0]
-            worst = max(second.failures, key=lambda c: (c.problem is not None, c.overshoot))
+            worst = _worst(second.failures)
             return (
                 f"{notes}the export passed in {self.engines[0]}, but fails in {ours} in "
                 f"{len(second.failures)} of {len(second.comparisons)} comparisons "
                 f"({second.rule()}); worst: {worst.describe()}; that points at "
                 f"a bug in one of the runtimes, not in the export"
             )
+        matrix = self.failed_runtimes()
+        if matrix and not self.failures and not self.structure_problems:
+            words = [
+                f"{name} ({self.runtime_errors[name]})"
+                if name in self.runtime_errors
+                else f"{name} (worst: {_worst(self.runtimes[name].failures).describe()})"
+                for name in matrix
+            ]
+            return (
+                f"{notes}the export passed in {self.engines[0]}, but {len(matrix)} of "
+                f"{len(self.runtimes) + len(self.runtime_errors)} runtimes disagree "
+                f"({self.rule()}): {'; '.join(words)}"
+            )
         if self.structure_problems:
             return f"{notes}verification failed: " + "; ".join(self.structure_problems)
         failures = self.failures
-        worst = max(failures, key=lambda c: (c.problem is not None, c.overshoot))
+        worst = _worst(failures)
         return (
             f"{notes}verification failed in {len(failures)} of {len(self.comparisons)} "
             f"comparisons ({self.rule()}); worst: {worst.describe()}"
         )
+
+
+def _worst(failures: list[Comparison]) -> Comparison:
+    return max(failures, key=lambda c: (c.problem is not None, c.overshoot))
 
 
 def format_dims(dims: Mapping[str, int]) -> str:

@@ -16,7 +16,7 @@ from layerport.cli.app import (
 )
 from layerport.cli.options import LayerOptions, json_option, layer_options, threads_option
 from layerport.cli.outcomes import LayerOutcome
-from layerport.cli.output import print_bench
+from layerport.cli.output import print_bench, warn
 from layerport.config import resolve_config
 from layerport.dtypes import QUANTIZATIONS
 from layerport.registry import RegisteredLayer
@@ -43,6 +43,14 @@ from layerport.registry import RegisteredLayer
     default=None,
     help="Also time the quantized file (as onnxruntime-int8) beside the float32 one.",
 )
+@click.option(
+    "--runtimes",
+    "runtimes",
+    metavar="LIST",
+    default=None,
+    help="Also time the file in each of these runtimes, comma-separated (ort-noopt, "
+    "onnx-reference, openvino, ...; all skips those not installed).",
+)
 @json_option
 def bench(
     layer: str | None,
@@ -51,6 +59,7 @@ def bench(
     threads: int,
     min_time: float,
     quantize: str | None,
+    runtimes: str | None,
     json_: bool,
 ) -> None:
     """Time eager PyTorch against the exported model in onnxruntime.
@@ -63,7 +72,8 @@ def bench(
     machine slows them alike; the ratio column is the file's median latency
     over each engine's (below 1: the file is faster). --quantize int8 and every
     --dtype after the first add that file as an engine (onnxruntime-int8,
-    onnxruntime-float16), timed in the same turns.
+    onnxruntime-float16), and --runtimes the same file in each runtime named
+    (ort-noopt, openvino), timed in the same turns.
 
     \b
     Examples:
@@ -72,10 +82,12 @@ def bench(
       layerport bench --all --json
       layerport bench linear -p in_features=4096 -p out_features=4096 --quantize int8
       layerport bench rnn --dtype float32 --dtype float16 --dtype bfloat16
+      layerport bench linear --runtimes ort,ort-noopt,onnx-reference
     """
     require_dependencies("torch", "onnxscript")
     from layerport.bench.benchmark import bench_layer
     from layerport.bench.timing import TimingSettings
+    from layerport.runtime.runtimes import parse_runtimes, select_runtimes
 
     if all_ and (layer or layer_options.given()):
         raise click.UsageError(
@@ -84,6 +96,9 @@ def bench(
     if not (layer or all_):
         raise click.UsageError("give a LAYER to benchmark, or --all")
     timing = TimingSettings(min_seconds=min_time)
+    selected, skipped = select_runtimes(parse_runtimes(runtimes)) if runtimes else ([], {})
+    for name, why in skipped.items():
+        warn(f"{name} skipped: {why}")
     # The first --dtype is the layer's; each other one adds its file, timed beside.
     first, *compared = layer_options.dtypes or (None,)
     layer_options = dataclasses.replace(layer_options, dtypes=(first,) if first else ())
@@ -101,7 +116,12 @@ def bench(
             return LayerOutcome(
                 registered,
                 bench=bench_layer(
-                    config, threads=threads, timing=timing, quantize=quantize, precisions=declared
+                    config,
+                    threads=threads,
+                    timing=timing,
+                    quantize=quantize,
+                    precisions=declared,
+                    runtimes=selected,
                 ),
             )
 
@@ -113,7 +133,12 @@ def bench(
             LayerOutcome(
                 config.layer,
                 bench=bench_layer(
-                    config, threads=threads, timing=timing, quantize=quantize, precisions=compared
+                    config,
+                    threads=threads,
+                    timing=timing,
+                    quantize=quantize,
+                    precisions=compared,
+                    runtimes=selected,
                 ),
             )
         ]

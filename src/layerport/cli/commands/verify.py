@@ -15,7 +15,7 @@ from layerport.cli.options import (
     given_explicitly,
     json_option,
 )
-from layerport.cli.output import print_verification, warn
+from layerport.cli.output import print_runtime_matrix, print_verification, warn
 from layerport.cli.report import write_report
 from layerport.errors import VerificationFailed
 from layerport.runtime.files import check_writable_target
@@ -39,6 +39,15 @@ _LAYER_ONLY = {
     is_flag=True,
     help="For a file: also run it in onnx's reference evaluator, which must agree with "
     "onnxruntime (one draw per size; it is slower).",
+)
+@click.option(
+    "--runtimes",
+    "runtimes",
+    metavar="LIST",
+    default=None,
+    help="For a file: also verify it in each of these runtimes, comma-separated, and print "
+    "the matrix: ort, ort-noopt, ort-basic, ort-extended, onnx-reference, openvino, ort-cuda, "
+    "or all (which skips those not installed; a runtime named but not installed exits 2).",
 )
 @click.option(
     "--server",
@@ -73,6 +82,7 @@ def verify(
     opset: int,
     verification: VerificationOptions,
     second_opinion: bool,
+    runtimes: str | None,
     server: str | None,
     wait: float,
     failures_dir: Path | None,
@@ -91,12 +101,14 @@ def verify(
       layerport verify rnn --dim seq=64
       layerport verify exported/rnn.onnx --trials 5 --report report.md
       layerport verify exported/rnn.onnx --second-opinion
+      layerport verify exported/rnn.onnx --runtimes ort,ort-noopt,onnx-reference
       layerport verify exported/rnn.onnx --save-failures failures/
       layerport verify --server 127.0.0.1:8000 rnn --wait 60
     """
     require_dependencies("torch", "onnxscript")
     from layerport.cli.failures import save_failures
     from layerport.pipeline import verify_file, verify_layer
+    from layerport.runtime.runtimes import parse_runtimes, select_runtimes
     from layerport.verify import VerifyOptions
     from layerport.verify.server import verify_server
     from layerport.verify.verdict import judged_tolerance
@@ -109,6 +121,8 @@ def verify(
             "--save-failures reruns a failure with 'layerport infer', which needs a file: "
             "give an .onnx file (export the layer with --no-verify to get one)"
         )
+    if runtimes is not None and (server is not None or not _is_file(target)):
+        raise click.UsageError("--runtimes verifies a file in each runtime: give an .onnx file")
     if server is None and wait:
         raise click.UsageError("--wait applies to a served model: give --server URL")
     options = VerifyOptions(
@@ -134,9 +148,15 @@ def verify(
             raise click.UsageError(
                 f"{_LAYER_ONLY[name]} does not apply to a file: it records its own configuration"
             )
+        selected, skipped = select_runtimes(parse_runtimes(runtimes)) if runtimes else ([], {})
         config, report = verify_file(
-            get_registry(), Path(target), options, second_opinion=second_opinion
+            get_registry(),
+            Path(target),
+            options,
+            second_opinion=second_opinion,
+            runtimes=selected,
         )
+        report.runtimes_skipped.update(skipped)
         shown = target
         if failures_dir is not None and not report.passed:
             save_failures(report, Path(target), failures_dir)
@@ -160,6 +180,9 @@ def _is_file(target: str) -> bool:
 
 def _finish(report: VerificationReport, report_path: Path | None, shown: str, json_: bool) -> None:
     write_report(report, report_path)
+    if not report.passed and not json_:
+        # Which runtimes disagree where: the error line names them, the table shows them.
+        print_runtime_matrix(report)
     if not report.passed:
         raise VerificationFailed(report.failure_message(), report=report)
     for note in report.notes:
