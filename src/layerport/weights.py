@@ -24,7 +24,7 @@ import hashlib
 import pickle
 import re
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -334,11 +334,14 @@ def check_weights(
     dtype: str,
     path: Path,
     parts: Sequence[WeightPart] = (),
+    integer: Collection[str] = (),
 ) -> None:
     """Compare a file's tensors with the layer's declared names and shapes.
 
     The tensors must be floating point, finite, and within ``dtype``'s range, the
-    dtype they are converted to. ``parts`` are the layer's weight parts, for advice on a whole-model
+    dtype they are converted to, except those named in ``integer``: the integer
+    buffers the layer's module holds (``BatchNorm``'s ``num_batches_tracked``),
+    which must be integers and are loaded as they are. ``parts`` are the layer's weight parts, for advice on a whole-model
     checkpoint that holds them. Raises ``BadFile`` naming every problem.
     """
     import torch
@@ -359,6 +362,9 @@ def check_weights(
             problems.append(
                 f"{name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name])}"
             )
+        elif name in integer:
+            if tensor.is_floating_point() or tensor.is_complex():
+                problems.append(f"{name} is {_dtype_name(tensor)}, not an integer")
         elif not tensor.is_floating_point():
             problems.append(f"{name} is {_dtype_name(tensor)}, not floating point")
         elif not bool(torch.isfinite(tensor).all()):
