@@ -139,7 +139,11 @@ def test_plugin_tutorial_works_as_written(tmp_path: Path) -> None:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(body)
     package = tmp_path / "layerport-rmsnorm"
-    env = install_for_test(package, tmp_path / "site")
+    # layerport-nn registers an rmsnorm too: the tutorial loads only its own, as it says.
+    env = {
+        **install_for_test(package, tmp_path / "site"),
+        "LAYERPORT_LOAD_PLUGINS": "layerport-rmsnorm",
+    }
     plugins = run_process("plugins", env=env)
     assert "layerport-rmsnorm" in plugins.stdout and "rmsnorm" in plugins.stdout, plugins
     assert run_process("show", "rmsnorm", env=env).exit_code == 0

@@ -95,11 +95,26 @@ class LayerConfig:
             atol=default.atol if atol is None else atol, rtol=default.rtol if rtol is None else rtol
         )
 
+    def tensor_dtype(self, tensor: Tensor) -> str:
+        """The element type of one of the layer's tensors: its own, or this configuration's precision."""
+        return self.spec.tensor_dtype(tensor, self.dtype)
+
+    def value_ranges(self) -> dict[str, tuple[int, int]]:
+        """``(low, high)`` by input name, for the integer inputs (``high`` exclusive)."""
+        ranges = {}
+        for tensor in self.spec.inputs:
+            values = self.spec.value_range(tensor, self.params)
+            if values is not None:
+                ranges[tensor.name] = values
+        return ranges
+
     def input_specs(self) -> list[ArraySpec]:
-        """What each input must look like: dynamic dims by name, fixed dims by size."""
+        """What each input must look like: dynamic dims by name, fixed dims by size, its dtype
+        and, for an integer input, its valid values."""
         from layerport.runtime.arrays import ArraySpec
 
         dynamic = {dim.name for dim in self.spec.dims}
+        ranges = self.value_ranges()
         return [
             ArraySpec(
                 name=tensor.name,
@@ -107,8 +122,9 @@ class LayerConfig:
                     dim if dim in dynamic else size
                     for dim, size in zip(tensor.dims, self.shape(tensor), strict=True)
                 ),
-                dtype=self.dtype,
+                dtype=self.tensor_dtype(tensor),
                 optional=tensor.optional,
+                values=ranges.get(tensor.name),
             )
             for tensor in self.spec.inputs
         ]
@@ -116,18 +132,21 @@ class LayerConfig:
     def random_inputs(
         self, seed: int | None = None, *, include_optional: bool = False
     ) -> dict[str, np.ndarray]:
-        """Standard-normal values for every required input (and optional ones if asked).
+        """Random values for every required input (and optional ones if asked), at this
+        configuration's dims: standard normal in its precision, integers within their
+        valid values, random masks (see ``runtime.arrays.random_inputs``).
 
-        Drawn from ``seed``, else from this configuration's seed, at its dims.
+        Drawn from ``seed``, else from this configuration's seed.
         """
         from layerport.runtime.arrays import random_inputs
 
-        shapes = {
-            tensor.name: self.shape(tensor)
-            for tensor in self.spec.inputs
-            if include_optional or not tensor.optional
-        }
-        return random_inputs(shapes, self.dtype, self.seed if seed is None else seed)
+        tensors = [tensor for tensor in self.spec.inputs if include_optional or not tensor.optional]
+        return random_inputs(
+            {tensor.name: self.shape(tensor) for tensor in tensors},
+            {tensor.name: self.tensor_dtype(tensor) for tensor in tensors},
+            self.seed if seed is None else seed,
+            self.value_ranges(),
+        )
 
 
 def resolve_config(

@@ -103,6 +103,13 @@ PRECISIONS: dict[str, Precision] = {
 }
 DTYPES = tuple(PRECISIONS)
 DEFAULT_DTYPE = "float32"
+# What a layer's input or output may declare (``spec.Tensor.dtype``): ``float``
+# is the layer's precision, whichever it is exported in; the others are fixed
+# element types (token ids, a padding mask), named as numpy names them, which
+# ``kserve_datatype`` and the ONNX element types know too.
+FLOAT = "float"
+INTEGER_TYPES = ("int64", "int32")
+TENSOR_DTYPES = (FLOAT, *INTEGER_TYPES, "bool")
 # Quantization recipes applied to a float32 export (``export --quantize``): not
 # dtypes, since the file's inputs and outputs stay float32.
 QUANTIZATIONS = ("int8",)

@@ -391,6 +391,7 @@ def export_record(
         weights_dtype=config.weights_dtype,
         quantization=quantization,
         min_dims={name: size for name, size in smallest.items() if size > 1} or None,
+        input_ranges={name: list(values) for name, values in config.value_ranges().items()} or None,
         verification={"passed": None, "note": "not verified at export"}
         if report is None
         else report.summary(),

@@ -10,7 +10,8 @@ because ``layerport list`` imports every plugin's module and must stay free of t
 
 - **declaring a layer type** (torch-free): ``hookimpl``; the spec's classes
   (``LayerSpec``, ``Param``, ``Dim``, ``Tensor``, ``Streaming``, ``WeightPart``,
-  ``Tolerance``) and types (``Params``, ``Dims``, ``ParamValue``); the errors a
+  ``Tolerance``), the element types a tensor may declare (``TENSOR_DTYPES``:
+  ``Tensor("ids", ("batch", "seq"), dtype="int64", high="num_embeddings")``) and types (``Params``, ``Dims``, ``ParamValue``); the errors a
   spec's functions raise; ``parse_formula`` and ``evaluate`` for the dims'
   formulas (a derived dim's size, computed the way the spec computes it); and torch's recurrent layout, declared once
   (``torch_layout_fields``, ``torch_layout_arguments``, ``STATE_DIMS``,
@@ -36,6 +37,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from layerport.dtypes import TENSOR_DTYPES
 from layerport.errors import InvalidParameter, InvalidSpec, UserInputError
 from layerport.hookspecs import hookimpl
 from layerport.runtime.files import atomic_write_bytes, check_writable_target
@@ -125,6 +127,7 @@ __all__ = [
     "PROJECTED_OUTPUT_DIMS",
     "PROJECTED_STATE_DIMS",
     "STATE_DIMS",
+    "TENSOR_DTYPES",
     "Dim",
     "Dims",
     "ExportResult",

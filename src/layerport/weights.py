@@ -24,7 +24,7 @@ import hashlib
 import pickle
 import re
 import zipfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -516,13 +516,17 @@ def check_weights(
     path: Path,
     parts: Sequence[WeightPart] = (),
     checkpoint: Checkpoint | None = None,
+    integer: Collection[str] = (),
 ) -> None:
     """Compare a file's tensors with the layer's declared names and shapes.
 
     The tensors must be floating point, finite, and within ``dtype``'s range, the
-    dtype they are converted to. ``parts`` are the layer's weight parts and
-    ``checkpoint`` the selection ``tensors`` came from, for advice on a
-    whole-model checkpoint that holds them. Raises ``BadFile`` naming every problem.
+    dtype they are converted to, except those named in ``integer``: the integer
+    buffers the layer's module holds (``BatchNorm``'s ``num_batches_tracked``),
+    which must be integers and are loaded as they are. ``parts`` are the layer's
+    weight parts and ``checkpoint`` the selection ``tensors`` came from, for
+    advice on a whole-model checkpoint that holds them. Raises ``BadFile`` naming
+    every problem.
     """
     import torch
 
@@ -542,6 +546,9 @@ def check_weights(
             problems.append(
                 f"{name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name])}"
             )
+        elif name in integer:
+            if tensor.is_floating_point() or tensor.is_complex():
+                problems.append(f"{name} is {_dtype_name(tensor)}, not an integer")
         elif not tensor.is_floating_point():
             problems.append(f"{name} is {_dtype_name(tensor)}, not floating point")
         elif not bool(torch.isfinite(tensor).all()):

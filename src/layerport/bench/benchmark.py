@@ -42,6 +42,7 @@ from layerport.config import LayerConfig
 from layerport.dtypes import INT8_AGAINST_FLOAT, Tolerance, precision
 from layerport.errors import UserInputError, VerificationFailed
 from layerport.runtime.runtimes import NamedRuntime
+from layerport.verify.compare import is_float
 from layerport.verify.verification import compare_outputs
 
 
@@ -266,11 +267,11 @@ class _InPrecision:
         self._back = precision(back).numpy_dtype
 
     def _converted(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {name: array.astype(self._dtype) for name, array in inputs.items()}
+        return {name: _cast(array, self._dtype) for name, array in inputs.items()}
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = self.engine.run(self._converted(inputs))
-        return {name: array.astype(self._back) for name, array in outputs.items()}
+        return {name: _cast(array, self._back) for name, array in outputs.items()}
 
     def bind(self, inputs: Mapping[str, np.ndarray]) -> Callable[[], Any]:
         bound: Callable[[], Any] = self.engine.bind(self._converted(inputs))
@@ -301,3 +302,8 @@ def _check_agreement(
             )
         errors[engine.name] = max(comparison.max_abs_error for comparison in comparisons)
     return errors
+
+
+def _cast(array: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+    """A float array in ``dtype``; ids and masks keep their own type."""
+    return array.astype(dtype) if is_float(array) else array

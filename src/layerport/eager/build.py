@@ -41,8 +41,19 @@ def build_module(config: LayerConfig) -> nn.Module:
     if config.checkpoint is not None and config.weights is not None:
         checkpoint = config.checkpoint
         tensors = checkpoint.tensors
-        parts = config.spec.weight_parts
-        check_weights(tensors, declared, config.dtype, config.weights, parts, checkpoint)
+        # Integer buffers (BatchNorm's num_batches_tracked) are bookkeeping, loaded as they are.
+        integer = {
+            name for name, tensor in module.state_dict().items() if not tensor.is_floating_point()
+        }
+        check_weights(
+            tensors,
+            declared,
+            config.dtype,
+            config.weights,
+            config.spec.weight_parts,
+            checkpoint=checkpoint,
+            integer=integer,
+        )
         module.load_state_dict(tensors, strict=True)
     return module
 

@@ -12,37 +12,55 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from layerport.dtypes import PRECISIONS
+from layerport.dtypes import INTEGER_TYPES, PRECISIONS
 from layerport.errors import Setting, UserInputError
 from layerport.runtime.limits import check_allocation
 
 
 @dataclass(frozen=True)
 class ArraySpec:
-    """What an input must look like: its name, its dims (symbolic or sized) and dtype."""
+    """What an input must look like: its name, its dims (symbolic or sized) and dtype.
+
+    ``values`` is ``(low, high)`` for an integer input whose valid values are
+    known (token ids: ``low <= id < high``).
+    """
 
     name: str
     dims: tuple[str | int, ...]
     dtype: str
     optional: bool = False
+    values: tuple[int, int] | None = None
 
 
 def random_inputs(
-    shapes: Mapping[str, tuple[int, ...]], dtype: str | Mapping[str, str], seed: int
+    shapes: Mapping[str, tuple[int, ...]],
+    dtype: str | Mapping[str, str],
+    seed: int,
+    ranges: Mapping[str, tuple[int, int]] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Standard-normal arrays, the same for the same seed in any process.
+    """Random arrays, the same for the same seed in any process.
 
-    ``dtype`` is one dtype for every array, or each array's dtype by name. One
-    generator draws every array in turn, so the values do not depend on dtypes.
-    Refused before drawing if they would not fit in the memory limit: the shapes
-    may come from a file's metadata or from sizes the user chose.
+    ``dtype`` is one dtype for every array, or each array's dtype by name.
+    Floating-point arrays are standard normal; integer ones uniform over their
+    ``ranges`` (``low <= value < high``, required for them: random integers are
+    rarely valid ids); boolean ones true or false with equal odds (a mask). One
+    generator draws every array in turn, so float values do not depend on the
+    float precision. Refused before drawing if they would not fit in the memory
+    limit: the shapes may come from a file's metadata or from sizes the user chose.
     """
     dtypes = {name: dtype if isinstance(dtype, str) else dtype[name] for name in shapes}
+    ranges = ranges or {}
     for name, shape in shapes.items():
-        if dtypes[name] not in PRECISIONS:
+        if dtypes[name] in INTEGER_TYPES and name not in ranges:
+            raise UserInputError(
+                f"input {name} is {dtypes[name]} and its valid values are unknown "
+                "(the file records none), so pass ",
+                Setting("inputs"),
+            )
+        if dtypes[name] not in (*PRECISIONS, *INTEGER_TYPES, "bool"):
             raise UserInputError(
                 f"input {name} is {dtypes[name]}; inputs can be generated as "
-                f"{' or '.join(PRECISIONS)} only, so pass ",
+                f"{', '.join((*PRECISIONS, *INTEGER_TYPES))} or bool only, so pass ",
                 Setting("inputs"),
             )
         if not all(isinstance(size, int) and not isinstance(size, bool) for size in shape) or any(
@@ -51,14 +69,22 @@ def random_inputs(
             raise UserInputError(f"cannot generate input {name} with shape {shape!r}")
     # numpy draws float64 and then converts: both copies exist at once.
     needed = sum(
-        math.prod(shape) * (8 + PRECISIONS[dtypes[name]].itemsize) for name, shape in shapes.items()
+        math.prod(shape) * (8 + numpy_dtype(dtypes[name]).itemsize)
+        for name, shape in shapes.items()
     )
     check_allocation(needed, "generating the inputs")
     generator = np.random.default_rng(seed)
-    return {
-        name: generator.standard_normal(shape).astype(PRECISIONS[dtypes[name]].numpy_dtype)
-        for name, shape in shapes.items()
-    }
+    arrays = {}
+    for name, shape in shapes.items():
+        kind = numpy_dtype(dtypes[name])
+        if dtypes[name] in INTEGER_TYPES:
+            low, high = ranges[name]
+            arrays[name] = generator.integers(low, high, shape, dtype=kind)
+        elif dtypes[name] == "bool":
+            arrays[name] = generator.random(shape) < 0.5
+        else:
+            arrays[name] = generator.standard_normal(shape).astype(kind)
+    return arrays
 
 
 def check_arrays(
@@ -113,7 +139,9 @@ def check_arrays(
                 bound.setdefault(dim, (size, spec.name))
             if size == 0:
                 raise UserInputError(f"input {spec.name} axis {axis} is empty")
-        if not np.isfinite(array).all():
+        if spec.values is not None:
+            _check_values(spec.name, array, spec.values)
+        elif not np.isfinite(array).all():
             notes.append(f"input {spec.name} holds NaN or Inf values")
         complete[spec.name] = array
     for dim, (size, holder) in bound.items():
@@ -142,6 +170,18 @@ def check_arrays(
         )
         complete[spec.name] = np.zeros(shape, dtype=dtype)
     return complete, notes
+
+
+def _check_values(name: str, array: np.ndarray, values: tuple[int, int]) -> None:
+    """Refuse an integer input holding a value outside ``values`` (an id beyond the table)."""
+    low, high = values
+    outside = (array < low) | (array >= high)
+    if outside.any():
+        index = [int(i) for i in np.argwhere(outside)[0]]
+        raise UserInputError(
+            f"input {name} holds {int(array[tuple(index)])} at {index}; its values must be "
+            f"from {low} to {high - 1}"
+        )
 
 
 def numpy_dtype(name: str) -> np.dtype:

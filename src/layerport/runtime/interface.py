@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING
@@ -22,16 +23,22 @@ if TYPE_CHECKING:
 
 
 def model_interface(
-    model: onnx.ModelProto, optional_inputs: Collection[str] = ()
+    model: onnx.ModelProto,
+    optional_inputs: Collection[str] = (),
+    value_ranges: Mapping[str, tuple[int, int]] | None = None,
 ) -> tuple[list[ArraySpec], list[ArraySpec]]:
     """The model's inputs and outputs, in the graph's order.
+
+    ``value_ranges`` gives integer inputs' valid values, ``(low, high)`` by name
+    (a layerport file records them).
 
     Graph inputs that an initializer also defines (constants, in opsets before 9
     style) are not inputs a caller feeds, so they are left out.
     """
     initializers = {tensor.name for tensor in model.graph.initializer}
+    ranges = value_ranges or {}
     inputs = [
-        array_spec_of(value, optional_inputs)
+        dataclasses.replace(array_spec_of(value, optional_inputs), values=ranges.get(value.name))
         for value in model.graph.input
         if value.name not in initializers
     ]
@@ -58,7 +65,8 @@ def array_spec_of(value: onnx.ValueInfoProto, optional: Collection[str] = ()) ->
 def generated_inputs(
     session: Session, dims: Mapping[str, int], seed: int | None
 ) -> dict[str, np.ndarray]:
-    """Inputs drawn as ``layerport run`` draws them: standard normal, from the seed.
+    """Inputs drawn as ``layerport run`` draws them, from the seed: standard normal, or
+    integers within the valid values the file records (``ArraySpec.values``).
 
     Symbolic dims take their size from ``dims``, else from the sizes the file
     records it was traced at. Each input has its own dtype. Optional inputs are
@@ -80,6 +88,7 @@ def generated_inputs(
     sizes.update(dims)
     shapes = {}
     dtypes = {}
+    ranges = {}
     for spec in session.inputs:
         if spec.optional:
             continue
@@ -93,5 +102,7 @@ def generated_inputs(
             )
         shapes[spec.name] = tuple(sizes[dim] if isinstance(dim, str) else dim for dim in spec.dims)
         dtypes[spec.name] = spec.dtype
+        if spec.values is not None:
+            ranges[spec.name] = spec.values
     default_seed = record.seed if record and record.seed is not None else 0
-    return random_inputs(shapes, dtypes, default_seed if seed is None else seed)
+    return random_inputs(shapes, dtypes, default_seed if seed is None else seed, ranges)

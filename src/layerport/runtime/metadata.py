@@ -46,6 +46,8 @@ class ExportRecord:
     weights_dtype: str | None = None  # the weights file's own dtype, converted to ``dtype``
     quantization: dict[str, Any] | None = None  # the recipe of an int8 file (export.quantize)
     min_dims: dict[str, int] | None = None  # dims whose smallest valid size is above 1
+    # The integer inputs' valid values, [low, high) by name: ids below the table's size.
+    input_ranges: dict[str, list[int]] | None = None
     verification: dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT_VERSION
 
@@ -152,6 +154,18 @@ class ExportRecord:
                 isinstance(self.min_dims, dict)
                 and all(
                     isinstance(k, str) and _is_int(v) and v >= 1 for k, v in self.min_dims.items()
+                )
+            ),
+            "input_ranges must map names to [low, high] with low < high": self.input_ranges is None
+            or (
+                isinstance(self.input_ranges, dict)
+                and all(
+                    isinstance(k, str)
+                    and isinstance(v, list)
+                    and len(v) == 2
+                    and all(_is_int(bound) for bound in v)
+                    and v[0] < v[1]
+                    for k, v in self.input_ranges.items()
                 )
             ),
             "quantization must be an object naming its recipe, library, mode, weight_type "

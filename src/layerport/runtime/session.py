@@ -75,7 +75,8 @@ class Session:
     """An ONNX model open in an onnxruntime CPU session, or in onnx's reference evaluator.
 
     ``optional_inputs`` names the inputs that may be left out (filled with zeros),
-    ``smallest`` the symbolic dims' smallest valid sizes, where above 1.
+    ``smallest`` the symbolic dims' smallest valid sizes, where above 1, and
+    ``value_ranges`` the integer inputs' valid values, ``(low, high)`` by name.
     ``isolate`` creates the session in a child process first, for files from
     strangers (see ``open_session``), and sizes what each run will make before
     it runs (``runtime.footprint``); layerport's own exports do without.
@@ -90,11 +91,12 @@ class Session:
         optional_inputs: Collection[str] = (),
         isolate: bool = False,
         smallest: Mapping[str, int] | None = None,
+        value_ranges: Mapping[str, tuple[int, int]] | None = None,
     ) -> None:
         self.name = name
         self.smallest = dict(smallest or {})
         self.proto = model
-        self.inputs, self.outputs = model_interface(model, optional_inputs)
+        self.inputs, self.outputs = model_interface(model, optional_inputs, value_ranges)
         self.settings = settings or SessionSettings()
         self.isolated = isolate
         self._checked_shapes: dict[str, tuple[int, ...]] | None = None
@@ -174,8 +176,15 @@ def load_model(path: Path, settings: SessionSettings | None = None) -> Session:
         settings = dataclasses.replace(settings, runtime=recorded)
     optional = record.optional_inputs if record else []
     smallest = record.min_dims if record else None
+    ranges = record.input_ranges if record and record.input_ranges else {}
     return Session(
-        model, str(path), settings, optional_inputs=optional, isolate=True, smallest=smallest
+        model,
+        str(path),
+        settings,
+        optional_inputs=optional,
+        isolate=True,
+        smallest=smallest,
+        value_ranges={name: (low, high) for name, (low, high) in ranges.items()},
     )
 
 

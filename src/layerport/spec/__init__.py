@@ -17,7 +17,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from layerport.dtypes import DEFAULT_TOLERANCES, DTYPES, QUANTIZATIONS, Tolerance
+from layerport.dtypes import (
+    DEFAULT_TOLERANCES,
+    DTYPES,
+    FLOAT,
+    INTEGER_TYPES,
+    QUANTIZATIONS,
+    TENSOR_DTYPES,
+    Tolerance,
+)
 from layerport.errors import InvalidDim, InvalidParameter, InvalidSpec, Setting, UserInputError
 from layerport.runtime import RUNTIMES
 from layerport.spec.expressions import FormulaError, evaluate, formula_names, parse_formula
@@ -207,6 +215,16 @@ class Tensor:
 
     optional: bool = False
     """An input that may be left out: ``None`` to the module, zeros to the file. Example: ``True``."""
+
+    dtype: str = "float"
+    """``float`` (the layer's precision, whichever it is exported in), ``int64``, ``int32`` or ``bool`` (a mask). Example: ``"int64"``."""
+
+    high: int | str | None = None
+    """An integer input's values lie from 0 up to this, exclusive: a size or a formula over the parameters; generated inputs stay below it and given ones are checked. Required for integer inputs. Example: ``"num_embeddings"``."""
+
+    def is_float(self) -> bool:
+        """Whether the tensor takes the layer's precision (not a fixed integer or boolean type)."""
+        return self.dtype == FLOAT
 
 
 @dataclass(frozen=True)
@@ -419,6 +437,16 @@ class LayerSpec:
             f"unknown dim {name!r} for layer {self.name!r}{_suggest(name, known)}; dynamic dims: {dynamic}"
         )
 
+    def tensor_dtype(self, tensor: Tensor, dtype: str) -> str:
+        """The element type of ``tensor`` in a layer of precision ``dtype``: ``int64`` stays ``int64``."""
+        return dtype if tensor.is_float() else tensor.dtype
+
+    def value_range(self, tensor: Tensor, params: Params) -> tuple[int, int] | None:
+        """``(0, high)``: the values an integer tensor may hold (``high`` exclusive), else ``None``."""
+        if tensor.high is None:
+            return None
+        return (0, _dim_size(str(tensor.high), params, {}))
+
     def shape(self, tensor: Tensor, params: Params, dims: Dims) -> tuple[int, ...]:
         """The concrete shape of ``tensor`` for these parameters and dim sizes."""
         return tuple(_dim_size(dim, params, dims) for dim in tensor.dims)
@@ -598,6 +626,8 @@ def _validate_spec(spec: LayerSpec) -> None:
             continue  # reported above
         if dim.default < smallest:
             fail(f"dim {dim.name}: default size {dim.default} is below its min_size {smallest}")
+    for tensor in spec.inputs + spec.outputs:
+        _validate_tensor_dtype(tensor, tensor in spec.inputs, int_params, flag_params, fail)
     if any(output.optional for output in spec.outputs):
         fail("only inputs can be optional")
     if spec.inputs[0].optional:
@@ -619,6 +649,38 @@ def _validate_spec(spec: LayerSpec) -> None:
             fail(f"precisions: unknown dtype {dtype!r}; dtypes: {', '.join(DTYPES)}")
         if runtime not in RUNTIMES:
             fail(f"precisions: {dtype} names runtime {runtime!r}; runtimes: {', '.join(RUNTIMES)}")
+
+
+def _validate_tensor_dtype(
+    tensor: Tensor,
+    is_input: bool,
+    int_params: set[str],
+    flag_params: set[str],
+    fail: Callable[[str], None],
+) -> None:
+    """A tensor's dtype is known, and an integer input says which values are valid."""
+    if tensor.dtype not in TENSOR_DTYPES:
+        fail(
+            f"tensor {tensor.name}: dtype {tensor.dtype!r} must be one of {', '.join(TENSOR_DTYPES)}"
+        )
+    if tensor.dtype not in INTEGER_TYPES:
+        if tensor.high is not None:
+            fail(f"tensor {tensor.name}: only an integer tensor has a high bound")
+        return
+    if tensor.high is None:
+        if is_input:
+            # Random integers are rarely valid ids: the spec must say which are.
+            fail(f"tensor {tensor.name}: an integer input must declare high, its values' bound")
+        return
+    if isinstance(tensor.high, bool) or not isinstance(tensor.high, (int, str)):
+        fail(f"tensor {tensor.name}: high must be an integer or a formula over the parameters")
+    elif isinstance(tensor.high, int):
+        if tensor.high < 1:
+            fail(f"tensor {tensor.name}: high must be at least 1, got {tensor.high}")
+    elif not tensor.high.isdigit() and tensor.high not in int_params:
+        problem = _formula_problem(tensor.high, int_params, flag_params)
+        if problem:
+            fail(f"tensor {tensor.name}: high {tensor.high!r} {problem}")
 
 
 def _validate_weight_parts(spec: LayerSpec, fail: Callable[[str], None]) -> None:

@@ -76,6 +76,15 @@ class Comparison:
         )
 
 
+# Integer and boolean outputs (ids, masks) have no rounding to allow for.
+EXACT = Tolerance(0.0, 0.0)
+
+
+def is_float(array: np.ndarray) -> bool:
+    """Whether ``array`` holds floating-point values (bfloat16, ml_dtypes', included)."""
+    return array.dtype.kind == "f" or array.dtype.name == "bfloat16"
+
+
 def relative_error(max_abs_error: float, max_magnitude: float) -> float:
     """The relative error of one output: max |error| / max |expected| over the output.
 

@@ -37,10 +37,9 @@ def structure_problems(
             )
             continue
         for tensor, array in zip(declared, actual, strict=True):
-            if array.dtype != config.dtype:
-                problems.append(
-                    f"{tensor.name} is {array.dtype} in {where}, expected {config.dtype}"
-                )
+            expected = config.tensor_dtype(tensor)
+            if array.dtype != expected:
+                problems.append(f"{tensor.name} is {array.dtype} in {where}, expected {expected}")
             if len(array.dims) != len(tensor.dims):
                 problems.append(
                     f"{tensor.name} has {len(array.dims)} dims in {where}, expected {len(tensor.dims)}"

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from layerport.dtypes import Tolerance, precision
-from layerport.verify.compare import Comparison, compare_arrays
+from layerport.verify.compare import EXACT, Comparison, compare_arrays, is_float
 
 if TYPE_CHECKING:
     from layerport.config import LayerConfig
@@ -108,10 +108,9 @@ def judge_outputs(
             name, case, _wide(own[name]), reference, Tolerance(math.inf, 0.0), (engines[1], FLOAT64)
         )
         costs.append(cost)
-        if actual[name].dtype != own[name].dtype:  # the dtype problem, in compare's words
-            judged.append(
-                compare_arrays(name, case, actual[name], own[name], Tolerance(0, 0), engines)
-            )
+        if actual[name].dtype != own[name].dtype or not is_float(own[name]):
+            # The dtype problem in compare's words, or ids and masks, which match exactly.
+            judged.append(compare_arrays(name, case, actual[name], own[name], EXACT, engines))
         else:
             judged.append(judge_array(name, case, actual[name], reference, cost, dtype, engines[0]))
     return judged, costs

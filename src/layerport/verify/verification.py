@@ -17,7 +17,7 @@ import numpy as np
 from layerport.config import LayerConfig, check_memory
 from layerport.dtypes import Tolerance
 from layerport.verify import DEFAULT_TRIALS
-from layerport.verify.compare import Comparison, compare_arrays
+from layerport.verify.compare import EXACT, Comparison, compare_arrays, is_float
 from layerport.verify.engines import Engine
 from layerport.verify.grid import grid_points, size_grid, streaming_chunks
 from layerport.verify.report import KEPT_FAILURES, FailedRun, VerificationReport, format_dims
@@ -109,9 +109,19 @@ def compare_outputs(
     tolerance: Tolerance,
     engines: tuple[str, str],
 ) -> list[Comparison]:
-    """Every output of one case; ``engines`` names (actual, expected)."""
+    """Every output of one case; ``engines`` names (actual, expected).
+
+    Integer and boolean outputs (ids, a mask) are compared exactly.
+    """
     return [
-        compare_arrays(name, case, actual[name], reference, tolerance, engines)
+        compare_arrays(
+            name,
+            case,
+            actual[name],
+            reference,
+            tolerance if is_float(reference) else EXACT,
+            engines,
+        )
         for name, reference in expected.items()
     ]
 
@@ -196,7 +206,11 @@ def _judge(
 
 
 def _in_float64(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {name: array.astype(np.float64) for name, array in arrays.items()}
+    """The float inputs widened to float64, for the baseline; ids and masks stay as they are."""
+    return {
+        name: array.astype(np.float64) if is_float(array) else array
+        for name, array in arrays.items()
+    }
 
 
 def _axis_of(config: LayerConfig, name: str, dim: str, *, inputs: bool) -> int | None:

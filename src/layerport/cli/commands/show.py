@@ -106,9 +106,9 @@ def show(layer: str, params: dict[str, str], json_: bool) -> None:
             title="Dynamic dims",
         )
     print_table(
-        ("tensor", "kind", "dims (* dynamic)", "shape at defaults", "help"),
+        ("tensor", "kind", "dtype", "dims (* dynamic)", "shape at defaults", "help"),
         (
-            (t["name"], kind, t["dims_text"], t["shape"], t["help"])
+            (t["name"], kind, _dtype_text(t), t["dims_text"], t["shape"], t["help"])
             for kind in ("input", "output")
             for t in description[kind + "s"]
         ),
@@ -137,12 +137,23 @@ def show(layer: str, params: dict[str, str], json_: bool) -> None:
 
 
 def _describe_tensor(config: LayerConfig, tensor: Any, dynamic: dict[str, Any]) -> dict[str, Any]:
+    values = config.spec.value_range(tensor, config.params)
     return {
         "name": tensor.name,
         "dims": [{"name": dim, "dynamic": dim in dynamic} for dim in tensor.dims],
         "dims_text": " x ".join(f"{dim}*" if dim in dynamic else dim for dim in tensor.dims)
         + (" (optional: zeros)" if tensor.optional else ""),
         "shape": list(config.shape(tensor)),
+        "dtype": tensor.dtype,
+        "values": list(values) if values else None,
         "optional": tensor.optional,
         "help": tensor.help,
     }
+
+
+def _dtype_text(tensor: dict[str, Any]) -> str:
+    """``float`` (the layer's precision), ``bool``, or ``int64 0..99`` with the valid values."""
+    if tensor["values"] is None:
+        return str(tensor["dtype"])
+    low, high = tensor["values"]
+    return f"{tensor['dtype']} {low}..{high - 1}"
