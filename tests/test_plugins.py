@@ -187,12 +187,12 @@ def test_debug_reraises_a_broken_plugins_error(site: Path, case: str) -> None:
 
 
 def test_an_entry_point_naming_a_spec_is_reported_with_the_fix(site: Path) -> None:
-    # attrep = acme_layers:SPEC names the LayerSpec itself, not a module with a hook.
+    # qkvrep = acme_layers:SPEC names the LayerSpec itself, not a module with a hook.
     make_distribution(
         site,
         "acme-layers",
-        GOOD_PLUGIN.format(layer="attrep"),
-        entry_name="attrep",
+        GOOD_PLUGIN.format(layer="qkvrep"),
+        entry_name="qkvrep",
         attribute="SPEC",
     )
     plugins = layerport(site, "plugins", "--json")
@@ -202,15 +202,15 @@ def test_an_entry_point_naming_a_spec_is_reported_with_the_fix(site: Path) -> No
     )
     assert failed["status"] == "failed"
     assert (
-        "entry point 'attrep = acme_layers:SPEC' names a LayerSpec, which implements no "
+        "entry point 'qkvrep = acme_layers:SPEC' names a LayerSpec, which implements no "
         "layerport hook"
     ) in failed["error"]
     assert "register it from a register_layers hook" in failed["error"]
-    run = layerport(site, "run", "attrep")
+    run = layerport(site, "run", "qkvrep")
     assert run.exit_code == 2
     assert run.stderr.splitlines()[-1].startswith(
-        "Error: unknown layer 'attrep'; plugin acme-layers, which may provide it, failed: "
-        "entry point 'attrep = acme_layers:SPEC' names a LayerSpec"
+        "Error: unknown layer 'qkvrep'; plugin acme-layers, which may provide it, failed: "
+        "entry point 'qkvrep = acme_layers:SPEC' names a LayerSpec"
     )
 
 

@@ -22,7 +22,14 @@ from layerport_nn import SPECS
 from torch import nn
 from torch.nn import functional
 
-from layerport.plugin import CHECKS, build_layer, get_registry, load_model
+from layerport.plugin import (
+    CHECKS,
+    build_layer,
+    get_registry,
+    load_model,
+    resolve_config,
+    run_layer,
+)
 from layerport.plugin import cli as layerport_cli
 
 LAYERS = [spec.name for spec in SPECS]
@@ -126,6 +133,9 @@ def _trained_batchnorm(norm: nn.Module, *shape: int) -> nn.Module:
     with torch.no_grad():
         for step in range(3):
             norm(torch.randn(*shape) * (step + 2) + step)
+        if norm.weight is not None:  # a learned scale and shift, not ones and zeros
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
     return norm.eval()
 
 
@@ -302,10 +312,7 @@ def test_gru_cell_streams_step_by_step_like_nn_gru_cell(tmp_path) -> None:
 @pytest.mark.parametrize("layer", ["embedding", "layernorm", "rmsnorm", "batchnorm1d", "batchnorm2d",
                                    "activation", "dropout", "flatten", "lstm_cell", "gru_cell"])  # fmt: skip
 def test_spec_reference_agrees_with_the_module(layer: str) -> None:
-    registry = get_registry()
-    from layerport.plugin import resolve_config, run_layer
-
-    config = resolve_config(registry, layer, dtype="float64", dims={"batch": 3})
+    config = resolve_config(get_registry(), layer, dtype="float64", dims={"batch": 3})
     module = build_layer(layer, dtype="float64")
     spec = config.spec
     assert spec.reference is not None
