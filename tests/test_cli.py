@@ -218,7 +218,8 @@ def test_a_layers_own_exception_fails_that_layer_only(cli, register_plugin, tmp_
     every = cli("export", "--all", "-o", str(tmp_path), "--trials", "1")
     assert every.exit_code == 1
     assert "1 of" in every.stderr and "shaky-plugin:shaky: layer shaky" in every.stderr
-    assert "failed: layer shaky" in every.stdout  # the table still shows every layer
+    # The table still shows every layer (its cell may wrap, with more layers installed).
+    assert "failed: layer shaky" in " ".join(every.stdout.split())
     assert (tmp_path / "rnn.onnx").is_file() and (tmp_path / "linear.onnx").is_file()
 
 
