@@ -392,7 +392,15 @@ def export_record(
         quantization=quantization,
         min_dims={name: size for name, size in smallest.items() if size > 1} or None,
         input_ranges={name: list(values) for name, values in config.value_ranges().items()} or None,
+        model=None if config.model is None else config.model.to_json(_qualified_uses(config)),
         verification={"passed": None, "note": "not verified at export"}
         if report is None
         else report.summary(),
     )
+
+
+def _qualified_uses(config: LayerConfig) -> dict[str, str]:
+    """Each layer of a composed model, by name, as ``PLUGIN:LAYER``: what the record keeps."""
+    from layerport.model import model_steps
+
+    return {step.name: step.config.layer.qualified_name for step in model_steps(config)}
