@@ -266,6 +266,13 @@ def verify_model(
     report.quantization = quantize
     if quantize is not None and not report.passed:
         _explain_int8_failure(report, config, session, model, source, optional_inputs)
+    elif not report.passed:
+        from layerport.verify.pinpoint import pinpoint_layer
+
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 18)
+        pinpointed = pinpoint_layer(config, report, opset, session.settings)
+        if pinpointed is not None:
+            report.notes.append(pinpointed)
     note_underflow(report, config)
     if second_opinion and session.runtime != "onnx-reference":
         reference = Session(

@@ -17,6 +17,7 @@ is refused with the model file's line and key, and exit 2.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -360,6 +361,7 @@ def _composite_spec(definition: ModelDefinition, steps: list[Step]) -> LayerSpec
         tuple(steps),
         tuple(entry.name for entry in definition.inputs),
         tuple(source for _, source in outputs),
+        {name: value.dims for name, value in values.items()},
     )
 
     def flops(params: Params, sizes: Mapping[str, int]) -> int:
@@ -639,7 +641,7 @@ def _index(definition: ModelDefinition, name: str) -> int:
     return [layer.name for layer in definition.layers].index(name)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashed by identity, as the closure it stands for
 class Builder:
     """A composed model's ``LayerSpec.build``: the layers in run order, and the wiring.
 
@@ -651,11 +653,42 @@ class Builder:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     """The value each model output is: ``LAYER.OUTPUT``."""
+    dims: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    """Every value's dims, as formulas over the model's dims."""
 
     def __call__(self, params: Params) -> Any:
         from layerport.model.module import ComposedModule
 
         return ComposedModule(self.steps, self.inputs, self.outputs)
+
+
+def exposing_every_layer(config: LayerConfig) -> LayerConfig:
+    """The composed model with every layer's outputs as its outputs, named ``LAYER__OUTPUT``.
+
+    Its export is the model's own trace with the values between layers kept,
+    so each layer's output in onnxruntime can be held against its eager twin
+    (``layerport.verify.pinpoint``). Same seed, same checkpoint: same weights.
+    """
+    build = config.spec.build
+    assert isinstance(build, Builder)
+    values = [value for step in build.steps for value in step.values()]
+    producers = {value: step for step in build.steps for value in step.values()}
+    outputs = []
+    for value in values:
+        step = producers[value]
+        tensor = next(t for t in step.config.spec.outputs if f"{step.name}.{t.name}" == value)
+        outputs.append(Tensor(exposed_name(value), build.dims[value], value, dtype=tensor.dtype))
+    exposing = dataclasses.replace(build, outputs=tuple(values))
+    spec = dataclasses.replace(
+        config.spec, build=exposing, outputs=tuple(outputs), flops=None, batch_dim=None
+    )
+    layer = RegisteredLayer(spec, config.layer.plugin)
+    return dataclasses.replace(config, layer=layer)
+
+
+def exposed_name(value: str) -> str:
+    """``encoder__y`` for the value ``encoder.y``: an output name of the exposing export."""
+    return value.replace(".", "__")
 
 
 def model_steps(config: LayerConfig) -> tuple[Step, ...]:
