@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from layerport import Dim, LayerSpec, Param, Tensor
-from tests.conftest import SpecPlugin
+
+from conftest import SpecPlugin
 
 TAGGER = """\
 [model]
