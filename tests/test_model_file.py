@@ -150,12 +150,11 @@ weights = "1."
 [[layer]]
 name = "pool"
 use = "maxpool2d"
-params = { channels = 6, kernel_size = 2 }
+params = { kernel_size = 2 }   # channels: what feeds it has 6
 
 [[layer]]
 name = "flat"
 use = "flatten"
-params = { channels = 6 }
 
 [[layer]]
 name = "head"
@@ -206,7 +205,7 @@ weights = "1."
 [[layer]]
 name = "pool"
 use = "maxpool1d"
-params = { channels = 8, kernel_size = 2 }
+params = { kernel_size = 2 }
 """
 
 
@@ -314,7 +313,9 @@ BAD_MODELS = {
     ),
     "input of the wrong dtype": (
         TAGGER.replace('dtype = "int64"', 'dtype = "float32"'),
-        "input ids of layer embedding takes int64, but ids is float",
+        # As docs/models.md shows it.
+        "Error: tagger.toml:8: layer 'embed', key input: input ids of layer embedding takes "
+        "int64, but ids is float",
     ),
     "absent weight key": (
         TAGGER.replace(
@@ -345,3 +346,21 @@ def test_a_bad_model_file_exits_2_naming_the_line_or_key(
     assert result.stderr.startswith("Error: ") and len(result.stderr.strip().splitlines()) == 1
     assert message in result.stderr
     assert not out.exists()
+
+
+def test_the_readme_model_file_exports_the_tagger(tagger, cli, tmp_path: Path) -> None:
+    import re
+
+    folder, model = tagger
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Export a trained model") :]
+    (text,) = re.findall(r"```toml\n(.*?)```", section.split("\n## ")[0], flags=re.DOTALL)
+    (tmp_path / "tagger.toml").write_text(text)
+    out = tmp_path / "tagger.onnx"
+    result = cli("export", str(tmp_path / "tagger.toml"), "--weights", str(folder / "ckpt.pt"),
+                 "-o", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    tokens = torch.randint(0, 100, (2, 33))
+    (y,) = run_file(out, tokens=tokens.numpy())
+    with torch.no_grad():
+        assert np.abs(y - model(tokens).numpy()).max() < 1e-5

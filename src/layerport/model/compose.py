@@ -18,7 +18,7 @@ is refused with the model file's line and key, and exit 2.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -110,10 +110,17 @@ def resolve_model_config(
             else _layer_config(registry, definition, index, layer, chosen, seed, source)
             for index, (layer, config) in enumerate(zip(definition.layers, configs, strict=True))
         ]
-    steps = _order(definition, _wire(definition, configs))
-    spec = _composite_spec(definition, steps)
-    layer = RegisteredLayer(spec, PluginInfo(MODEL_PLUGIN, _version()))
     chosen_dtype = configs[0].dtype
+
+    def refit(step: Step, sizes: Mapping[str, int]) -> Step:
+        index = _index(definition, step.name)
+        layer = definition.layers[index]
+        given = dataclasses.replace(layer, params={**layer.params, **sizes})
+        config = _layer_config(registry, definition, index, given, chosen_dtype, seed, source)
+        return dataclasses.replace(step, config=config)
+
+    spec, steps = _composite_spec(definition, _order(definition, _wire(definition, configs)), refit)
+    layer = RegisteredLayer(spec, PluginInfo(MODEL_PLUGIN, _version()))
     layer.spec.check_precision(chosen_dtype)
     checkpoint = _union_checkpoint(steps, source)
     config = LayerConfig(
@@ -335,14 +342,24 @@ def _cycle(needs: Mapping[str, set[str]], start: str) -> list[str]:
         path.append(following)
 
 
-def _composite_spec(definition: ModelDefinition, steps: list[Step]) -> LayerSpec:
-    """The model as one layer spec: its inputs, outputs, dims, weights and builder."""
+def _composite_spec(
+    definition: ModelDefinition,
+    ordered: list[Step],
+    refit: Callable[[Step, Mapping[str, int]], Step],
+) -> tuple[LayerSpec, list[Step]]:
+    """The model as one layer spec (its inputs, outputs, dims, weights and builder), and
+    its steps, each refitted to the sizes its inputs tell (``_sizes_from_inputs``)."""
     values: dict[str, _Value] = {
         entry.name: _Value(tuple(str(dim) for dim in entry.shape), entry.dtype)
         for entry in definition.inputs
     }
     bindings: dict[str, dict[str, str]] = {}
-    for step in steps:
+    steps = []
+    for step in ordered:
+        sizes = _sizes_from_inputs(definition, step, values)
+        if sizes:
+            step = refit(step, sizes)
+        steps.append(step)
         bindings[step.name] = _bind_inputs(definition, step, values)
         for tensor, value in zip(step.config.spec.outputs, step.values(), strict=True):
             values[value] = _output_value(definition, step, tensor, bindings[step.name])
@@ -373,7 +390,7 @@ def _composite_spec(definition: ModelDefinition, steps: list[Step]) -> LayerSpec
             total += spec.flops(step.config.params, {**step.config.dims, **at})
         return total
 
-    return LayerSpec(
+    spec = LayerSpec(
         name=definition.name,
         description=definition.description
         or f"model file {definition.source}: {' -> '.join(step.name for step in steps)}",
@@ -389,6 +406,30 @@ def _composite_spec(definition: ModelDefinition, steps: list[Step]) -> LayerSpec
         batch_dim=_batch_dim(steps, bindings, {dim.name for dim in dims}),
         precisions=_precisions(steps),
     )
+    return spec, steps
+
+
+def _sizes_from_inputs(
+    definition: ModelDefinition, step: Step, values: Mapping[str, _Value]
+) -> dict[str, int]:
+    """The size parameters a layer's inputs tell, where the model file and the weights do not.
+
+    A convolution's ``in_channels`` is the channel count of what feeds it, a
+    pooling layer's ``channels`` too: a parameter that stands alone for an input
+    dim takes that dim's size unless the layer's ``params`` set it. The weights
+    still decide where they can: a size they contradict is refused, naming both.
+    """
+    spec, given = step.config.spec, definition.layers[_index(definition, step.name)].params
+    sizes: dict[str, int] = {}
+    integer = {param.name for param in spec.params if param.type is int}
+    for tensor, source in zip(spec.inputs, step.sources, strict=True):
+        if source is None or len(tensor.dims) != len(values[source].dims):
+            continue
+        for dim, fed in zip(tensor.dims, values[source].dims, strict=True):
+            if dim in integer and dim not in given and _is_constant(fed):
+                if int(fed) != step.config.params[dim]:
+                    sizes[dim] = int(fed)
+    return sizes
 
 
 def _bind_inputs(
