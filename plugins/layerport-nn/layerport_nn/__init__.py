@@ -13,7 +13,6 @@ from collections.abc import Callable
 from layerport.plugin import LayerSpec, hookimpl
 from layerport_nn.activations import ACTIVATION, DROPOUT
 from layerport_nn.cells import GRU_CELL, LSTM_CELL
-from layerport_nn.dense import DENSE
 from layerport_nn.embedding import EMBEDDING
 from layerport_nn.flatten import FLATTEN
 from layerport_nn.norms import BATCHNORM1D, BATCHNORM2D, LAYERNORM, RMSNORM
@@ -21,7 +20,6 @@ from layerport_nn.pooling import AVGPOOL1D, AVGPOOL2D, MAXPOOL1D, MAXPOOL2D
 
 SPECS = (
     EMBEDDING,
-    DENSE,
     LAYERNORM,
     RMSNORM,
     ACTIVATION,
