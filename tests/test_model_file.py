@@ -165,11 +165,7 @@ use = "flatten"
 name = "head"
 use = "linear"
 weights = "5."
-
-[[layer]]
-name = "sigmoid"
-use = "activation"
-params = { function = "sigmoid" }
+params = { activation = "sigmoid" }   # the weights cannot tell it
 """
 
 

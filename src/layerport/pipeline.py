@@ -236,6 +236,7 @@ def verify_model(
     """
     from layerport.verify.engines import EagerEngine, FileEngine, float64_baseline
     from layerport.verify.structure import structure_problems
+    from layerport.verify.verdict import bounded_output_scales
     from layerport.verify.verification import verify_engines
 
     if optional_inputs is None:
@@ -262,6 +263,7 @@ def verify_model(
         baseline=baseline,
         # int8 quantizes each call's activations over that call's range.
         chunk_expected=quantize is not None,
+        output_scales=bounded_output_scales(model),
     )
     report.quantization = quantize
     if quantize is not None and not report.passed:
@@ -291,6 +293,7 @@ def verify_model(
             tolerance=report.tolerance,
             trials=1,
             baseline=baseline,
+            output_scales=report.output_scales,
         )
     elif second_opinion:
         report.notes.append(
@@ -310,6 +313,7 @@ def verify_model(
                 tolerance=report.tolerance,
                 trials=trials,
                 baseline=baseline,
+                output_scales=report.output_scales,
             )
         except (WorkFailed, BadFile) as error:
             report.runtime_errors[runtime.name] = str(error)

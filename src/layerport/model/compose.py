@@ -430,9 +430,13 @@ def _sizes_from_inputs(
         if source is None or len(tensor.dims) != len(fed_dims):
             continue
         for dim, fed in zip(tensor.dims, fed_dims, strict=True):
-            if dim in integer and dim not in given and _is_constant(fed):
-                if int(fed) != step.config.params[dim]:
-                    sizes[dim] = int(fed)
+            if (
+                dim in integer
+                and dim not in given
+                and _is_constant(fed)
+                and int(fed) != step.config.params[dim]
+            ):
+                sizes[dim] = int(fed)
     return sizes
 
 
