@@ -258,11 +258,13 @@ def test_weights_under_other_names_are_mapped_one_key_per_weight(tmp_path: Path,
     (tmp_path / "head.toml").write_text(
         '[model]\nname = "head"\n[inputs.x]\nshape = ["batch", "seq", 6]\n'
         '[[layer]]\nname = "fc"\nuse = "linear"\nweights = { weight = "fc_w", bias = "fc_b" }\n'
+        "[dims.seq]\ndefault = 7\ncheck_size = 19\n"
     )
     out = tmp_path / "head.onnx"
     result = cli("export", str(tmp_path / "head.toml"), "--weights",
                  str(tmp_path / "w.safetensors"), "-o", str(out))  # fmt: skip
     assert result.exit_code == 0, result.stderr
+    assert "seq [1, 7, 19]" in result.stdout  # as [dims.seq] says
     x = torch.randn(2, 9, 6)
     (y,) = run_file(out, x=x.numpy())
     with torch.no_grad():
@@ -338,6 +340,10 @@ BAD_MODELS = {
         TAGGER.replace('use = "linear"', 'use = "linear"\nsize = 3'),
         "layer 'head', key size: unknown key",
     ),
+    "a dim no input has": (
+        TAGGER + "\n[dims.sequence]\ndefault = 16\n",
+        "tagger.toml:27: key dims.sequence: no input has a dim sequence; the inputs' dims: batch, seq",
+    ),
     "not TOML": ("[model\n", "is not valid TOML"),
     "no layers": ('[model]\nname = "m"\n[inputs.x]\nshape = ["batch"]\n', "declares no layer"),
 }
@@ -375,3 +381,18 @@ def test_the_readme_model_file_exports_the_tagger(tagger, cli, tmp_path: Path) -
     (y,) = run_file(out, tokens=tokens.numpy())
     with torch.no_grad():
         assert np.abs(y - model(tokens).numpy()).max() < 1e-5
+
+
+def test_the_triton_target_and_bench_take_a_model_file(tagger, cli, tmp_path: Path) -> None:
+    folder, _ = tagger
+    model = str(folder / "tagger.toml")
+    weights = str(folder / "ckpt.pt")
+    result = cli("export", model, "--weights", weights, "--target", "triton-python",
+                 "-o", str(tmp_path / "repository"))  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    config = (tmp_path / "repository" / "tagger" / "config.pbtxt").read_text()
+    assert 'name: "ids"' in config and "data_type: TYPE_INT64" in config
+    assert (tmp_path / "repository" / "tagger" / "1" / "model.onnx").is_file()
+    bench = cli("bench", model, "--weights", weights, "--min-time", "0.05", "--json")
+    assert bench.exit_code == 0, bench.stderr
+    assert json.loads(bench.stdout)["layer"] == "model:tagger"

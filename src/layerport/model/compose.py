@@ -570,6 +570,10 @@ def _model_dim(
         step, dim = first
         default, help_ = step.config.dims.get(dim.name, dim.default), dim.help
         check_size = dim.check_size
+    declared = next((dim for dim in definition.dims if dim.name == name), None)
+    if declared is not None:
+        default = declared.default or default
+        check_size = declared.check_size or check_size
     defaults = {
         other: _DEFAULT_SIZE
         for entry in definition.inputs
