@@ -6,11 +6,15 @@ tensors into the module, and the pipeline records their content hash. A file is
 read once, into a ``WeightsFile``; everything after that (``select_checkpoint``,
 ``layer_checkpoint``) works on that object in memory, passed down explicitly.
 
-Two formats: ``.safetensors`` (no code can run from it by design) and PyTorch
-state-dict files (``.pt``/``.pth``/``.bin``), read with ``weights_only=True`` passed
-explicitly: the environment variable ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` turns
-a bare ``torch.load`` back into a full unpickler that runs the file's code, but
-an explicit argument wins over it.
+Four formats, told apart by content where a suffix could lie: ``.safetensors``
+(no code can run from it by design); PyTorch state-dict files
+(``.pt``/``.pth``/``.bin``), read with ``weights_only=True`` passed explicitly:
+the environment variable ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` turns a bare
+``torch.load`` back into a full unpickler that runs the file's code, but an
+explicit argument wins over it; numpy ``.npz`` archives, read without
+unpickling (``runtime.npy``), whose tensors keep the archive's names; and
+TorchScript archives (``torch.jit.save``), whose parameters and buffers are read
+without compiling or running the archive's code (``readers.torchscript``).
 
 Floating-point weights convert to the layer's dtype only when asked: a layer
 takes its weights' own dtype unless a dtype is asked for, and the
@@ -27,7 +31,7 @@ import zipfile
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from layerport.errors import BadFile, ResourceLimit, Setting, UserInputError
 from layerport.runtime.limits import check_allocation
@@ -41,6 +45,7 @@ WeightsPrefix = str | Mapping[str, str]
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+NPZ_SUFFIXES = (".npz",)
 
 
 @dataclass(frozen=True)
@@ -83,22 +88,121 @@ def read_weights_file(path: Path) -> WeightsFile:
     """Read ``path`` once, without running code from it.
 
     Raises ``BadFile`` for a file that is missing, too large for the memory
-    limit, of an unknown suffix, or not valid in its format.
+    limit, of an unknown format (see ``weights_format``), or not valid in it.
     """
+    kind = weights_format(path)
+    if kind == "safetensors":
+        return WeightsFile(path, _read_safetensors(path))
+    if kind == "npz":
+        return WeightsFile(path, _npz_tensors(path))
+    if kind == "torchscript":
+        from layerport.readers.torchscript import read_torchscript
+
+        _check_unpacked_size(path)
+        return WeightsFile(path, read_torchscript(path))
+    return WeightsFile(path, _read_state_dict(path))
+
+
+def weights_format(path: Path) -> str:
+    """``safetensors``, ``torch``, ``torchscript`` or ``npz``: by content, else by suffix.
+
+    Every zip format ends in ``.pt`` somewhere (TorchScript archives too), so a
+    zip is told by its members: ``.npy`` arrays (numpy), ``data.pkl`` beside
+    ``code/`` (``torch.jit.save``) or ``data.pkl`` alone (``torch.save``).
+    Raises ``BadFile`` for a file that is missing, too large for the memory
+    limit, or neither such a zip nor of a known suffix.
+    """
+    from layerport.readers.torchscript import is_torchscript_archive
+
     if not path.is_file():
         raise BadFile(
             f"weights file {path} does not exist" if not path.exists() else f"{path} is not a file"
         )
     check_allocation(path.stat().st_size, f"reading weights file {path}")
+    with path.open("rb") as handle:
+        head = handle.read(2)
+    names: list[str] = []
+    if head == b"PK":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError):
+            names = []  # a damaged zip: its suffix decides whose reader says why
+    if names and all(name.endswith(".npy") for name in names):
+        return "npz"
+    if is_torchscript_archive(names):
+        return "torchscript"
+    if any(name.endswith("/data.pkl") for name in names):
+        return "torch"
     suffix = path.suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES:
-        return WeightsFile(path, _read_safetensors(path))
+        return "safetensors"
     if suffix in TORCH_SUFFIXES:
-        return WeightsFile(path, _read_state_dict(path))
+        return "torch"
+    if suffix in NPZ_SUFFIXES:
+        return "npz"
     raise BadFile(
-        f"weights file {path} must end in .safetensors, .pt, .pth or .bin, "
-        f"got {suffix or 'no suffix'!r}"
+        f"weights file {path} must end in .safetensors, .pt, .pth, .bin or .npz (or be "
+        f"an archive of torch.save, torch.jit.save or numpy.savez), got {suffix or 'no suffix'!r}"
     )
+
+
+def _npz_arrays(path: Path) -> dict[str, Any]:
+    """An ``.npz`` archive's arrays by key, in the archive's order, without unpickling.
+
+    Raises ``BadFile`` naming the key of an array of Python objects.
+    """
+    from layerport.runtime.npy import read_arrays
+
+    return read_arrays([(None, path)])
+
+
+def _npz_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """An ``.npz`` archive's arrays as tensors, by the archive's keys."""
+    import numpy as np
+    import torch
+
+    tensors = {}
+    for key, array in _npz_arrays(path).items():
+        if array.dtype.kind not in "biufc":
+            raise BadFile(f"{path} (array {key}) holds {array.dtype}, not numbers")
+        tensors[key] = torch.from_numpy(np.ascontiguousarray(array, array.dtype.newbyteorder("=")))
+    return tensors
+
+
+def read_tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape in the weights file at ``path``, by name, in the file's order.
+
+    Named as a prefix selects them (see ``_file_shapes``). Torch-free for
+    ``.safetensors`` and ``.npz``; a safetensors file keeps no order, so its
+    names come in natural order (``layers.2.`` before ``layers.10.``). Raises
+    ``BadFile`` as ``read_weights_file`` does, and for a file that holds no tensors.
+    """
+    kind = weights_format(path)
+    if kind == "npz":
+        named = {key: tuple(array.shape) for key, array in _npz_arrays(path).items()}
+    elif kind == "safetensors":
+        named = _safetensors_shapes(path)
+    else:
+        return _file_shapes(read_weights_file(path))
+    shapes, _ = strip_wrappers(named, [])
+    return shapes
+
+
+def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            names = sorted(handle.keys(), key=_natural_order)
+            return {name: tuple(handle.get_slice(name).get_shape()) for name in names}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise BadFile(f"{path} is not a valid safetensors file: {_first_line(error)}") from error
+
+
+def _natural_order(name: str) -> list[tuple[int, int | str]]:
+    """``layers.2.weight`` before ``layers.10.weight``: numbers compare as numbers."""
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name)]
 
 
 # Whether the tensors under one prefix (named as the layer names them, with
@@ -265,6 +369,9 @@ _WRAPPER_SEGMENTS = {
 }
 
 
+_Value = TypeVar("_Value")  # a tensor, or only its shape
+
+
 @dataclass(frozen=True)
 class _Stripped:
     """What ``strip_wrappers`` took out of a file's names, to take it out of a prefix too."""
@@ -274,8 +381,8 @@ class _Stripped:
 
 
 def strip_wrappers(
-    tensors: Mapping[str, torch.Tensor], notes: list[str]
-) -> tuple[dict[str, torch.Tensor], _Stripped]:
+    tensors: Mapping[str, _Value], notes: list[str]
+) -> tuple[dict[str, _Value], _Stripped]:
     """``tensors`` named as the unwrapped module names them, and what was stripped.
 
     A note in ``notes`` names each wrapper's segment stripped.

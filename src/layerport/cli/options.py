@@ -219,8 +219,8 @@ layer_options = collected(
         "--weights",
         type=click.Path(path_type=Path),
         default=None,
-        help="Load weights from a .safetensors file or a .pt/.pth/.bin state dict or training "
-        "checkpoint.",
+        help="Load weights from a .safetensors file, a .pt/.pth/.bin state dict or training "
+        "checkpoint, a TorchScript archive (its code is never run) or an .npz archive.",
     ),
     _repeatable(
         ("--weights-prefix", "weights_prefix"),
