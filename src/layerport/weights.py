@@ -594,6 +594,41 @@ def _unsafe_globals(path: Path, error: Exception) -> str:
     return f"it would import {', '.join(names)}" if names else "objects other than tensors"
 
 
+def size_witness(
+    infer: Callable[[Mapping[str, tuple[int, ...]]], Mapping[str, object]],
+    shapes: Mapping[str, tuple[int, ...]],
+    name: str,
+) -> str | None:
+    """Which tensor tells parameter ``name``, in words: ``weight_hh_l0 has shape (20, 5)``.
+
+    ``infer`` is a spec's ``params_from_weights``. The first tensor (in the
+    file's order) whose size, or whose presence, changes what ``infer`` reads
+    for ``name`` is the witness; ``None`` when no single tensor is (a flag the
+    weights imply by an absence). The probes are shapes only: nothing is built.
+    """
+
+    def told(probe: Mapping[str, tuple[int, ...]]) -> object:
+        try:
+            return infer(probe).get(name)
+        except Exception:  # a probe the plugin cannot read says nothing about the witness
+            return None
+
+    value = told(shapes)
+    for tensor, shape in shapes.items():
+        for axis in range(len(shape)):
+            # Doubled and one more, so a size read as rows // gates changes too.
+            grown = (*shape[:axis], 2 * shape[axis] + 1, *shape[axis + 1 :])
+            if told({**shapes, tensor: grown}) not in (value, None):
+                return f"{tensor} has shape {tuple(shape)}"
+    for tensor in shapes:
+        if told({key: shape for key, shape in shapes.items() if key != tensor}) not in (
+            value,
+            None,
+        ):
+            return f"the weights hold {tensor}"
+    return None
+
+
 def check_weight_ranks(
     shapes: Mapping[str, tuple[int, ...]], spec: LayerSpec, params: Params, path: Path
 ) -> None:
@@ -640,8 +675,12 @@ def check_weights(
     problems: list[str] = []
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
-    if missing:
+    if missing and unexpected:  # other names: the expected sizes are only defaults
         problems.append(f"missing {_listed(missing)}")
+    elif missing:
+        problems.append(
+            f"missing {_listed([f'{name} of shape {tuple(expected[name])}' for name in missing])}"
+        )
     if unexpected:
         problems.append(f"unexpected {_listed(unexpected)}")
     for name in sorted(set(expected) & set(tensors)):
