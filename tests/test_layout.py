@@ -171,6 +171,7 @@ STAGES = (
     ("layerport.readers", 1),
     ("layerport.config", 2),
     ("layerport.plugins", 2),
+    ("layerport.model.draft", 2),
     ("layerport.eager", 3),
     ("layerport.export", 4),
     ("layerport.verify", 5),

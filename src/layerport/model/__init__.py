@@ -1,0 +1,1 @@
+"""Whole models: registered layers composed from a model file (issue 23)."""
