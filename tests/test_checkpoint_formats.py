@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -207,6 +208,19 @@ def test_a_module_that_saves_its_own_state_is_refused(cli, tmp_path) -> None:
     )
 
 
+def test_a_module_that_contains_itself_is_refused(tmp_path) -> None:
+    # A module record whose attribute "loop" is the record itself (BINPUT 0, BINGET 0).
+    path = _archive_with_pickle(tmp_path, b"")
+    with zipfile.ZipFile(tmp_path / "real.pt") as archive:
+        real = next(archive.read(n) for n in archive.namelist() if n.endswith("/data.pkl"))
+    # The class as the archive's code declares it (torch mangles a second Linear's name).
+    linear = re.match(rb"\x80\x02(c__torch__[^\n]*\n\w+\n)", real).group(1)  # type: ignore[union-attr]
+    data = b"\x80\x02" + linear + b")\x81q\x00}X\x04\x00\x00\x00looph\x00sb."
+    path = _archive_with_pickle(tmp_path, data)
+    with pytest.raises(BadFile, match="module loop contains itself"):
+        read_weights_file(path)
+
+
 def test_a_tensor_reaching_past_its_record_is_refused(tmp_path) -> None:
     path = tmp_path / "real.pt"
     torch.jit.script(nn.Linear(8, 2)).save(str(path))
@@ -311,3 +325,16 @@ def test_reading_pickle_free_formats_needs_no_torch(tmp_path) -> None:
     assert completed.stdout.strip() == "{'weight': (2, 8)} {'fc.weight': (2, 8)} False", (
         completed.stderr
     )
+
+
+def test_a_zip_python_cannot_read_is_left_to_torch(cli, tmp_path) -> None:
+    # A member whose "version needed to extract" is 12.8: zipfile refuses it, torch does not.
+    torch.save(nn.Linear(8, 2).state_dict(), tmp_path / "w.pt")
+    data = bytearray((tmp_path / "w.pt").read_bytes())
+    entry = data.index(b"PK\x01\x02")
+    data[entry + 6] = 128
+    (tmp_path / "w.pt").write_bytes(bytes(data))
+    with pytest.raises(NotImplementedError):
+        zipfile.ZipFile(tmp_path / "w.pt")
+    assert weights_format(tmp_path / "w.pt") == "torch"
+    assert_succeeded(cli("run", "linear", "--weights", str(tmp_path / "w.pt")))

@@ -126,7 +126,14 @@ def weights_format(path: Path) -> str:
         try:
             with zipfile.ZipFile(path) as archive:
                 names = archive.namelist()
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError):
+        except (
+            zipfile.BadZipFile,
+            zipfile.LargeZipFile,
+            NotImplementedError,  # a zip version or compression zipfile lacks
+            OSError,
+            EOFError,
+            ValueError,
+        ):
             names = []  # a damaged zip: its suffix decides whose reader says why
     if names and all(name.endswith(".npy") for name in names):
         return "npz"
@@ -570,7 +577,14 @@ def _check_unpacked_size(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             unpacked = sum(info.file_size for info in archive.infolist())
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError):
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        NotImplementedError,
+        OSError,
+        EOFError,
+        ValueError,
+    ):
         return
     check_allocation(unpacked, f"reading weights file {path} (unpacked from its zip)")
 

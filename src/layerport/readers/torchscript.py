@@ -40,6 +40,7 @@ _LIST_BUILDERS = {
     "build_genericlist",
 }
 _LARGEST_RANK = 64
+_DEEPEST = 200  # modules nested deeper than this are a hostile file's, not a model's
 # The storage classes a persistent id may name, and the dtype of each.
 _STORAGE_DTYPES = {
     "DoubleStorage": "float64",
@@ -105,7 +106,7 @@ def read_torchscript(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(tree, _Module):
         raise BadFile(f"{path} holds a {type(tree).__name__}, not a TorchScript module")
     tensors: dict[str, torch.Tensor] = {}
-    _flatten(tree, "", classes, tensors, path)
+    _flatten(tree, "", classes, tensors, path, ())
     return tensors
 
 
@@ -347,9 +348,17 @@ def _flatten(
     classes: Mapping[str, _Members],
     tensors: dict[str, torch.Tensor],
     path: Path,
+    ancestors: tuple[int, ...],
 ) -> None:
-    """``module``'s parameters, buffers, then each submodule's, under ``prefix`` as state_dict names them."""
+    """``module``'s parameters, buffers, then each submodule's, under ``prefix`` as state_dict names them.
+
+    ``ancestors`` are the modules above this one (by id): a pickle's memo can
+    make a module its own submodule, which no saved module is.
+    """
     import torch
+
+    if id(module) in ancestors or len(ancestors) > _DEEPEST:
+        raise BadFile(f"{path}: module {prefix.rstrip('.')} contains itself, or nests too deep")
 
     members = classes.get(module.qualified_name)
     if members is None:
@@ -366,4 +375,4 @@ def _flatten(
         tensors[prefix + name] = value
     for name, value in module.attributes.items():
         if isinstance(value, _Module):
-            _flatten(value, f"{prefix}{name}.", classes, tensors, path)
+            _flatten(value, f"{prefix}{name}.", classes, tensors, path, (*ancestors, id(module)))
