@@ -47,6 +47,15 @@ def _trained_encoder() -> Encoder:
     return model.eval()
 
 
+def _run(cli, tmp_path: Path, layer: str, x: torch.Tensor, *weights: str) -> dict:  # type: ignore[no-untyped-def]
+    """``layerport run LAYER`` on ``x`` with ``weights`` options: its outputs by name."""
+    np.save(tmp_path / "x.npy", x.numpy())
+    out = tmp_path / "out.npz"
+    result = cli("run", layer, *weights, "--input", f"x={tmp_path / 'x.npy'}", "--output", str(out))
+    assert_succeeded(result)
+    return dict(np.load(out))
+
+
 def _models() -> dict[str, nn.Module]:
     torch.manual_seed(1)
     return {
@@ -82,23 +91,12 @@ def test_batchnorm_buffers_from_torchscript_run_as_the_module(cli, tmp_path) -> 
     path = tmp_path / "encoder.pt"
     torch.jit.script(model).save(str(path))
     x = torch.randn(2, 4, 7)
-    np.save(tmp_path / "x.npy", x.numpy())
-    result = cli(
-        "run",
-        "batchnorm1d",
-        "--weights",
-        str(path),
-        "--weights-prefix",
-        "norm.",
-        "--input",
-        f"x={tmp_path / 'x.npy'}",
-        "--output",
-        str(tmp_path / "y.npz"),
+    outputs = _run(
+        cli, tmp_path, "batchnorm1d", x, "--weights", str(path), "--weights-prefix", "norm."
     )
-    assert_succeeded(result)
     with torch.no_grad():
         expected = model.norm(x).numpy()
-    np.testing.assert_allclose(np.load(tmp_path / "y.npz")["y"], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(outputs["y"], expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("suffix", [".jit", ".bin", ".torchscript"])
@@ -264,23 +262,24 @@ def test_an_npz_of_torch_names_loads_an_lstm_cell(cli, tmp_path) -> None:
     cell = nn.LSTMCell(3, 5)
     np.savez(tmp_path / "cell.npz", **{k: v.numpy() for k, v in cell.state_dict().items()})
     x = torch.randn(2, 3)
-    np.save(tmp_path / "x.npy", x.numpy())
-    result = cli(
-        "run",
-        "lstm_cell",
-        "--weights",
-        str(tmp_path / "cell.npz"),
-        "--input",
-        f"x={tmp_path / 'x.npy'}",
-        "--output",
-        str(tmp_path / "out.npz"),
-    )
-    assert_succeeded(result)
+    out = _run(cli, tmp_path, "lstm_cell", x, "--weights", str(tmp_path / "cell.npz"))
     with torch.no_grad():
         h1, c1 = cell(x)
-    out = np.load(tmp_path / "out.npz")
     np.testing.assert_allclose(out["h1"], h1.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["c1"], c1.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_an_npz_keeps_batchnorms_integer_step_counter(cli, tmp_path) -> None:
+    norm = _trained_encoder().norm
+    state = {key: tensor.numpy() for key, tensor in norm.state_dict().items()}
+    assert state["num_batches_tracked"].dtype == np.int64
+    np.savez(tmp_path / "norm.npz", **state)
+    assert read_weights_file(tmp_path / "norm.npz").entries["num_batches_tracked"].item() == 3
+    x = torch.randn(2, 4, 5)
+    outputs = _run(cli, tmp_path, "batchnorm1d", x, "--weights", str(tmp_path / "norm.npz"))
+    with torch.no_grad():
+        expected = norm(x).numpy()
+    np.testing.assert_allclose(outputs["y"], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_an_object_array_in_an_npz_is_refused_by_its_key(cli, tmp_path) -> None:

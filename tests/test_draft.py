@@ -34,6 +34,22 @@ def _uses(model: dict) -> list[tuple[str, str]]:
     return [(layer["use"], layer["weights"]) for layer in model.get("layer", [])]
 
 
+def _each_layer_loads(cli, path, model: dict) -> None:  # type: ignore[no-untyped-def]
+    """Every drafted layer runs from the file with its prefix and params: the draft's own oracle."""
+    for layer in model["layer"]:
+        params = [f"{key}={value}" for key, value in layer.get("params", {}).items()]
+        prefix = ["--weights-prefix", layer["weights"]] if layer["weights"] else []
+        result = cli(
+            "run",
+            layer["use"],
+            "--weights",
+            str(path),
+            *prefix,
+            *(part for param in params for part in ("-p", param)),
+        )
+        assert_succeeded(result)
+
+
 @pytest.fixture
 def tagger_file(tmp_path):  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
@@ -62,6 +78,7 @@ def test_an_embedding_lstm_linear_checkpoint_drafts_its_three_layers(cli, tagger
     ) in text
     assert '#   activation = "none"' in text  # the linear's, which no weight tells
     assert text == _draft(cli, tagger_file)[0]  # deterministic
+    _each_layer_loads(cli, tagger_file, model)
 
 
 def test_a_training_checkpoint_drafts_its_state_dict(cli, tmp_path, tagger_file) -> None:
@@ -108,6 +125,7 @@ def test_a_conv_stack_drafts_its_layers_and_the_gaps_between(cli, tmp_path) -> N
     assert "# CHECK: 6 to 7 hold no weights" in text
     assert "# CHECK: batchnorm2d_5's y ends in width, not the 64 features this layer takes:" in text
     assert model["inputs"] == {"x": {"dtype": "float32", "shape": ["batch", 1, "height", "width"]}}
+    _each_layer_loads(cli, path, model)
 
 
 def test_an_npz_with_other_names_drafts_every_group_as_unmatched(cli, tmp_path) -> None:
@@ -149,6 +167,7 @@ def test_a_torchscript_archive_drafts_its_modules(cli, tmp_path) -> None:
     assert _uses(model) == [("batchnorm1d", "norm."), ("linear", "head.0."), ("linear", "head.2.")]
     assert [layer["name"] for layer in model["layer"]] == ["norm", "head_0", "head_2"]
     assert "# CHECK: head.1 hold no weights" in text
+    _each_layer_loads(cli, path, model)
 
 
 def test_a_safetensors_file_says_it_keeps_no_order(cli, tmp_path) -> None:

@@ -166,14 +166,15 @@ def _npz_arrays(path: Path) -> dict[str, Any]:
 
 def _npz_tensors(path: Path) -> dict[str, torch.Tensor]:
     """An ``.npz`` archive's arrays as tensors, by the archive's keys."""
-    import numpy as np
     import torch
 
     tensors = {}
     for key, array in _npz_arrays(path).items():
         if array.dtype.kind not in "biufc":
             raise BadFile(f"{path} (array {key}) holds {array.dtype}, not numbers")
-        tensors[key] = torch.from_numpy(np.ascontiguousarray(array, array.dtype.newbyteorder("=")))
+        # Native byte order and C order, keeping a 0-d array 0-d (ascontiguousarray would not).
+        native = array.astype(array.dtype.newbyteorder("="), order="C", copy=False)
+        tensors[key] = torch.from_numpy(native)
     return tensors
 
 
