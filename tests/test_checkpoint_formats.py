@@ -195,6 +195,12 @@ def test_a_pickled_call_in_a_torchscript_archive_runs_nothing(cli, tmp_path) -> 
     assert not canary.exists()
 
 
+def test_a_mangled_global_is_named_on_one_printable_line(cli, tmp_path) -> None:
+    path = _archive_with_pickle(tmp_path, _global_then_call("os\x07", "sys\x1btem", "x"))
+    result = cli("run", "linear", "--weights", str(path))
+    assert_refused(result, 2, "it would import 'os\\x07.sys\\x1btem'")
+
+
 def test_a_module_that_saves_its_own_state_is_refused(cli, tmp_path) -> None:
     # NEWOBJ of a __torch__ class, then BUILD with a tuple: state only its __setstate__ reads.
     data = b"\x80\x02c__torch__\nOwn\n)\x81K\x01K\x02\x86b."

@@ -86,7 +86,8 @@ def read_torchscript(path: Path) -> dict[str, torch.Tensor]:
                 order = archive.read(f"{root}/byteorder").decode(errors="replace").strip()
                 if order != "little":
                     raise BadFile(
-                        f"{path} stores its tensors {order}-endian; re-save it on this machine"
+                        f"{path} records its byte order as {order[:20]!a}; layerport "
+                        "reads little-endian archives only"
                     )
             classes = _declared_members(archive, root)
             storages = _Storages(archive, root, path)
@@ -324,7 +325,11 @@ class _ArchiveUnpickler(pickle._Unpickler):
             and name.isidentifier()
         ):
             return _module_type(f"{module}.{name}")
-        raise pickle.UnpicklingError(f"it would import {module}.{name}")
+        wanted = f"{module}.{name}"
+        # A mutated name may hold control characters: shown escaped, on one line.
+        raise pickle.UnpicklingError(
+            f"it would import {wanted if wanted.isprintable() else ascii(wanted)[:120]}"
+        )
 
     def load_build(self) -> None:
         stack = self.stack  # type: ignore[attr-defined]
