@@ -20,7 +20,12 @@ from torch import nn
 
 from hostile import assert_refused, assert_succeeded
 from layerport.errors import BadFile
-from layerport.weights import read_tensor_shapes, read_weights_file, weights_format
+from layerport.weights import (
+    keyed_checkpoint,
+    read_tensor_shapes,
+    read_weights_file,
+    weights_format,
+)
 
 
 class Encoder(nn.Module):
@@ -261,6 +266,20 @@ def test_an_npz_keeps_its_keys_and_order(tmp_path) -> None:
         "fc_w": (2, 3),
         "fc_b": (2,),
     }
+
+
+def test_an_npzs_own_names_are_picked_per_weight(tmp_path) -> None:
+    weight, bias = np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(2, np.float32)
+    np.savez(tmp_path / "g2p.npz", emb_table=np.zeros((4, 3), np.float32), fc_w=weight, fc_b=bias)
+    source = read_weights_file(tmp_path / "g2p.npz")
+    checkpoint = keyed_checkpoint(source, {"weight": "fc_w", "bias": "fc_b"})
+    assert list(checkpoint.tensors) == ["weight", "bias"]
+    assert torch.equal(checkpoint.tensors["weight"], torch.from_numpy(weight))
+    assert checkpoint.notes == ("reading weight from 'fc_w', bias from 'fc_b'",)
+    with pytest.raises(
+        BadFile, match=r"holds no tensor 'fc_wt' \(for weight\); did you mean 'fc_w'"
+    ):
+        keyed_checkpoint(source, {"weight": "fc_wt", "bias": "fc_b"})
 
 
 def test_an_npz_of_torch_names_loads_an_lstm_cell(cli, tmp_path) -> None:

@@ -305,6 +305,33 @@ def layer_checkpoint(
     return Checkpoint(tensors, key, dict(prefix), tuple(notes), file_names)
 
 
+def keyed_checkpoint(source: WeightsFile, keys: Mapping[str, str]) -> Checkpoint:
+    """The tensors of one layer picked one by one: each weight name -> the file's key for it.
+
+    For files whose names are not torch's (an ``.npz`` of ``fc_w`` and ``fc_b``:
+    ``{"weight": "fc_w", "bias": "fc_b"}``). Keys are the file's names as a
+    prefix selects them (a training checkpoint unwrapped, wrappers' segments
+    stripped). Raises ``BadFile`` naming a key the file does not hold, with the
+    closest it does.
+    """
+    import difflib
+
+    notes: list[str] = []
+    entry, key, _ = _unwrap(source, None, notes, None)
+    tensors, _ = strip_wrappers(entry, notes)
+    for name, wanted in keys.items():
+        if wanted not in tensors:
+            close = difflib.get_close_matches(wanted, list(tensors), n=3)
+            raise BadFile(
+                f"{source.path} holds no tensor {wanted!r} (for {name})"
+                + (f"; did you mean {', '.join(map(repr, close))}?" if close else "")
+                + f" Its tensors: {_listed(list(tensors))}"
+            )
+    notes.append("reading " + ", ".join(f"{name} from {wanted!r}" for name, wanted in keys.items()))
+    selected = {name: tensors[wanted] for name, wanted in keys.items()}
+    return Checkpoint(selected, key, dict(keys), tuple(notes), tuple(_file_shapes(source)))
+
+
 def _unknown_part(name: str, parts: Sequence[WeightPart]) -> str:
     if not parts:
         return f"this layer has no weight parts, so {name}= names none"
