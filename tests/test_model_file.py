@@ -334,7 +334,7 @@ BAD_MODELS = {
         TAGGER.replace(
             'weights = "head."', 'weights = { weight = "head.weight", bias = "head.b" }'
         ),
-        "key weights: checkpoint key 'head.b' (for weight bias) is not in ckpt.pt",
+        "holds no tensor 'head.b' (for bias); did you mean 'head.bias'?",
     ),
     "unknown key": (
         TAGGER.replace('use = "linear"', 'use = "linear"\nsize = 3'),

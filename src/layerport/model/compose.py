@@ -27,7 +27,7 @@ from layerport.dtypes import DEFAULT_DTYPE, FLOAT
 from layerport.errors import InvalidModel, InvalidParameter, Setting, UserInputError
 from layerport.model.definition import ModelDefinition, ModelLayer
 from layerport.registry import PluginInfo, RegisteredLayer, Registry
-from layerport.spec import Dim, LayerSpec, Params, Tensor, suggest
+from layerport.spec import Dim, LayerSpec, Params, Tensor
 from layerport.spec.expressions import evaluate, formula_names, parse_formula, substituted
 
 if TYPE_CHECKING:
@@ -229,17 +229,9 @@ def _layer_weights(
     parts = {part.name for part in registered.spec.weight_parts}
     if parts and set(layer.weights) <= parts:
         return source, dict(layer.weights)
-    from layerport.weights import WeightsFile, select_checkpoint
+    from layerport.weights import WeightsFile, keyed_checkpoint
 
-    everything = select_checkpoint(source).tensors
-    tensors = {}
-    for name, key in layer.weights.items():
-        if key not in everything:
-            raise InvalidModel(
-                f"{definition.where(index, 'weights')}: checkpoint key {key!r} (for weight "
-                f"{name}) is not in {source.path.name}{suggest(key, list(everything))}"
-            )
-        tensors[name] = everything[key]
+    tensors = keyed_checkpoint(source, layer.weights).tensors
     return WeightsFile(source.path, tensors), None
 
 
