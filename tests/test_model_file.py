@@ -396,3 +396,19 @@ def test_the_triton_target_and_bench_take_a_model_file(tagger, cli, tmp_path: Pa
     bench = cli("bench", model, "--weights", weights, "--min-time", "0.05", "--json")
     assert bench.exit_code == 0, bench.stderr
     assert json.loads(bench.stdout)["layer"] == "model:tagger"
+
+
+def test_a_draft_of_the_checkpoint_exports_as_written(tagger, cli, tmp_path: Path) -> None:
+    folder, model = tagger
+    drafted = cli("draft", str(folder / "ckpt.pt"))
+    assert drafted.exit_code == 0, drafted.stderr
+    assert "# CHECK" in drafted.stdout  # it never guesses silently
+    (tmp_path / "drafted.toml").write_text(drafted.stdout)
+    out = tmp_path / "drafted.onnx"
+    result = cli("export", str(tmp_path / "drafted.toml"), "--weights", str(folder / "ckpt.pt"),
+                 "-o", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    ids = torch.randint(0, 100, (2, 15))
+    (y,) = run_file(out, ids=ids.numpy())
+    with torch.no_grad():
+        assert np.abs(y - model(ids).numpy()).max() < 1e-5
