@@ -247,22 +247,28 @@ def test_a_sequence_chain_runs_at_lengths_it_was_not_traced_at(tmp_path: Path, c
     assert "dim length" in short.stderr and "at least 4" in short.stderr
 
 
-def test_weights_under_other_names_are_mapped_one_key_per_weight(tmp_path: Path, cli) -> None:
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_weights_under_other_names_are_mapped_one_key_per_weight(
+    tmp_path: Path, cli, suffix: str
+) -> None:
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
     head = nn.Linear(6, 3)
-    save_file(
-        {"fc_w": head.weight.detach(), "fc_b": head.bias.detach()}, tmp_path / "w.safetensors"
-    )
+    tensors = {"fc_w": head.weight.detach(), "fc_b": head.bias.detach()}
+    weights = tmp_path / f"w{suffix}"
+    if suffix == ".npz":
+        np.savez(weights, **{name: tensor.numpy() for name, tensor in tensors.items()})
+    else:
+        save_file(tensors, weights)
     (tmp_path / "head.toml").write_text(
         '[model]\nname = "head"\n[inputs.x]\nshape = ["batch", "seq", 6]\n'
         '[[layer]]\nname = "fc"\nuse = "linear"\nweights = { weight = "fc_w", bias = "fc_b" }\n'
         "[dims.seq]\ndefault = 7\ncheck_size = 19\n"
     )
     out = tmp_path / "head.onnx"
-    result = cli("export", str(tmp_path / "head.toml"), "--weights",
-                 str(tmp_path / "w.safetensors"), "-o", str(out))  # fmt: skip
+    result = cli("export", str(tmp_path / "head.toml"), "--weights", str(weights),
+                 "-o", str(out))  # fmt: skip
     assert result.exit_code == 0, result.stderr
     assert "seq [1, 7, 19]" in result.stdout  # as [dims.seq] says
     x = torch.randn(2, 9, 6)
@@ -409,6 +415,22 @@ def test_a_draft_of_the_checkpoint_exports_as_written(tagger, cli, tmp_path: Pat
                  "-o", str(out))  # fmt: skip
     assert result.exit_code == 0, result.stderr
     ids = torch.randint(0, 100, (2, 15))
+    (y,) = run_file(out, ids=ids.numpy())
+    with torch.no_grad():
+        assert np.abs(y - model(ids).numpy()).max() < 1e-5
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_a_torchscript_archive_of_the_model_exports_without_running_its_code(
+    tagger, cli, tmp_path: Path
+) -> None:
+    folder, model = tagger
+    torch.jit.script(model).save(str(tmp_path / "tagger.jit.pt"))
+    out = tmp_path / "tagger.onnx"
+    result = cli("export", str(folder / "tagger.toml"), "--weights",
+                 str(tmp_path / "tagger.jit.pt"), "-o", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    ids = torch.randint(0, 100, (3, 19))
     (y,) = run_file(out, ids=ids.numpy())
     with torch.no_grad():
         assert np.abs(y - model(ids).numpy()).max() < 1e-5
