@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +49,7 @@ from onnx.external_data_helper import load_external_data_for_tensor
 from layerport.dtypes import element_bits
 from layerport.errors import BadFile, one_line
 from layerport.runtime import external, isolation
-from layerport.runtime.external import ExternalModel, checkable_skeleton
+from layerport.runtime.external import ExternalModel, checkable_skeleton, mark_external
 from layerport.runtime.limits import check_allocation
 
 MAX_MODEL_BYTES = 2**31 - 1  # protobuf cannot serialize a larger message
@@ -75,25 +75,23 @@ def read_model(path: Path) -> onnx.ModelProto | ExternalModel:
     model = parse_model(_read_bytes(path), name)
     folder = path.resolve().parent
     budget = MAX_MODEL_BYTES - model.ByteSize()
-    outside = {
-        id(tensor)
-        for tensor in model.graph.initializer
-        if tensor.data_location == TensorProto.EXTERNAL
-    }
-    declared = sum(
-        _expected_bytes(tensor) or 0
-        for tensor in model.graph.initializer
-        if tensor.data_location == TensorProto.EXTERNAL
-    )
-    if declared <= min(budget, external.INLINE_LIMIT):
-        outside = set()
-    else:
-        check_allocation(declared, f"reading the external data of {name}")
+    outside = [
+        tensor for tensor in model.graph.initializer if tensor.data_location == TensorProto.EXTERNAL
+    ]
+    declared = sum(_expected_bytes(tensor) or 0 for tensor in outside)
     arrays: dict[str, np.ndarray] = {}
-    for tensor in _all_tensors(model):
-        if id(tensor) in outside:
+    if declared > min(budget, external.INLINE_LIMIT):
+        check_allocation(declared, f"reading the external data of {name}")
+        for tensor in outside:
+            if tensor.name in arrays:
+                raise BadFile(f"{name}: two of its initializers are named {tensor.name!r}")
             arrays[tensor.name] = _external_array(tensor, folder, name)
-        elif tensor.data_location == TensorProto.EXTERNAL:
+            # Held in memory from now on: the skeleton no longer names the file.
+            mark_external(tensor, external.IN_MEMORY, 0, arrays[tensor.name].nbytes)
+    for tensor in _all_tensors(model):
+        if _held_in_memory(tensor, arrays):
+            continue
+        if tensor.data_location == TensorProto.EXTERNAL:
             budget -= _inline_external_data(tensor, folder, name, budget)
         elif len(tensor.external_data):
             raise BadFile(f"{path}: tensor {tensor.name!r} lists external data but is not external")
@@ -103,11 +101,18 @@ def read_model(path: Path) -> onnx.ModelProto | ExternalModel:
     if not arrays:
         _check_model(model, name)
         return model
-    if len(arrays) != len(outside):
-        raise BadFile(f"{name}: two of its initializers have the same name")
     held = ExternalModel(model, arrays)
     _check_model(checkable_skeleton(held), name)
     return held
+
+
+def _held_in_memory(tensor: TensorProto, arrays: Mapping[str, np.ndarray]) -> bool:
+    """Whether ``tensor`` is one of the initializers ``read_model`` read into ``arrays``."""
+    return (
+        tensor.name in arrays
+        and tensor.data_location == TensorProto.EXTERNAL
+        and tensor.external_data[0].value == external.IN_MEMORY
+    )
 
 
 def _check_declared_dims(graph: onnx.GraphProto, name: str) -> None:
