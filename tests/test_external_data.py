@@ -19,6 +19,8 @@ from onnx import numpy_helper
 from hostile import assert_refused, assert_succeeded
 from layerport.runtime import external
 
+from conftest import run_process
+
 SIZES = ["-p", "in_features=64", "-p", "out_features=32", "--trials", "1"]
 
 
@@ -280,3 +282,48 @@ def test_quantizing_weights_past_the_limit_is_refused(cli, tmp_path, small_limit
         2,
         "past protobuf's 2 GiB; quantizing a model that large is not supported",
     )
+
+
+@pytest.mark.slow
+def test_a_linear_past_2_gib_exports_verifies_inspects_and_infers(tmp_path) -> None:
+    """16384 x 33000 float32 weights (2.16 GB), end to end through the CLI, each in a fresh process.
+
+    Verified on a small batch grid ([1, 2, 4], one draw) to keep it to minutes;
+    the oracle for ``infer`` is numpy on the data file's own bytes.
+    """
+    in_features, out_features = 16384, 33000
+    environment = {"LAYERPORT_MAX_MEMORY": "32G", "OMP_NUM_THREADS": "2"}
+    grid = ["--dim", "batch=2", "--trials", "1"]
+    model = tmp_path / "linear.onnx"
+    sizes = ["-p", f"in_features={in_features}", "-p", f"out_features={out_features}"]
+    exported = run_process("export", "linear", *sizes, *grid, "-o", str(model), env=environment)
+    assert_succeeded(exported)
+    assert "verification: passed" in exported.stdout
+    data = model.with_name("linear.onnx.data")
+    assert data.stat().st_size > 2**31 and model.stat().st_size < 4096
+    verified = run_process("verify", str(model), *grid, env=environment)
+    assert_succeeded(verified)
+    assert "passed" in verified.stdout and "batch [1, 2, 4]" in verified.stdout
+    inspected = run_process("inspect", str(model), "--json", env=environment)
+    assert_succeeded(inspected)
+    weight_bytes = 4 * in_features * (out_features + 1)
+    assert f'"weight_bytes": {weight_bytes}' in inspected.stdout
+
+    x = np.random.default_rng(1).standard_normal((2, in_features)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "y.npz"
+    inferred = run_process(
+        "infer", str(model), "--input", f"x={tmp_path / 'x.npy'}", "--output", str(out),
+        env=environment,
+    )  # fmt: skip
+    assert_succeeded(inferred)
+    where = {
+        tensor.name: {entry.key: int(entry.value) for entry in tensor.external_data[1:]}
+        for tensor in onnx.load(model, load_external_data=False).graph.initializer
+    }
+    weight = np.memmap(
+        data, np.float32, "r", where["weight"]["offset"], (out_features, in_features)
+    )
+    bias = np.memmap(data, np.float32, "r", where["bias"]["offset"], (out_features,))
+    expected = x.astype(np.float64) @ weight.T.astype(np.float64) + bias
+    np.testing.assert_allclose(np.load(out)["y"], expected, rtol=1e-4, atol=1e-4)
