@@ -6,7 +6,7 @@ Runs, each under ``/usr/bin/time -v`` in a scratch folder, with
 
 - ``export --no-verify``: the export and the write alone;
 - ``export --dim batch=2 --trials 1``: the export, verified on the batch grid
-  [1, 2, 4] (eager float32, eager float64 and onnxruntime hold the weights);
+  [1, 2, 37] (eager float32, eager float64 and onnxruntime hold the weights);
 - ``verify linear.onnx --dim batch=2 --trials 1``: the file read back and verified;
 - ``inspect linear.onnx``.
 
@@ -21,6 +21,7 @@ here to 32G) and about 13 GB of free memory. Usage:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -44,12 +45,16 @@ def measure(layerport: Path, arguments: list[str], weight_bytes: int) -> None:
     peak = int(found[1]) * 1024 if found else 0
     wall = re.search(r"Elapsed \(wall clock\) time .*: (\S+)", run.stderr)
     errors = [line for line in run.stderr.splitlines() if line.startswith("Error")]
+    split = ""
+    if "--json" in arguments and run.returncode == 0:
+        summary = json.loads(run.stdout)
+        split = f" (export {summary['export_seconds']:.1f} s, verification {summary['verify_seconds']:.1f} s)"
     print(
         f"layerport {' '.join(arguments[:2])} ... {' '.join(a for a in arguments[2:] if a.startswith('--'))}"
     )
     print(f"  exit {run.returncode}{': ' + errors[-1] if errors else ''}")
     print(
-        f"  wall {wall[1] if wall else '?'}; peak RSS {peak / 1e9:.2f} GB ({peak / weight_bytes:.2f}x the weights)"
+        f"  wall {wall[1] if wall else '?'}{split}; peak RSS {peak / 1e9:.2f} GB ({peak / weight_bytes:.2f}x the weights)"
     )
 
 
@@ -59,7 +64,7 @@ def main() -> None:
     parser.add_argument("--out", dest="out_features", type=int, default=33000)
     arguments = parser.parse_args()
     layerport = Path(sys.executable).with_name("layerport")
-    weight_bytes = 4 * arguments.in_features * (arguments.out_features + 1)
+    weight_bytes = 4 * arguments.out_features * (arguments.in_features + 1)
     print(f"weights: {weight_bytes / 1e9:.2f} GB")
     sizes = [
         "-p",
@@ -69,8 +74,12 @@ def main() -> None:
     ]
     with tempfile.TemporaryDirectory(prefix="layerport-bench-") as folder:
         model = str(Path(folder, "linear.onnx"))
-        measure(layerport, ["export", "linear", *sizes, "--no-verify", "-o", model], weight_bytes)
-        measure(layerport, ["export", "linear", *sizes, *GRID, "-o", model], weight_bytes)
+        measure(
+            layerport,
+            ["export", "linear", *sizes, "--no-verify", "--json", "-o", model],
+            weight_bytes,
+        )
+        measure(layerport, ["export", "linear", *sizes, *GRID, "--json", "-o", model], weight_bytes)
         for path in sorted(Path(folder).iterdir()):
             print(f"  {path.name}: {path.stat().st_size:,} bytes")
         measure(layerport, ["verify", model, *GRID], weight_bytes)
