@@ -385,13 +385,16 @@ def _read_array(
     onnx has just checked the path; the file is opened again without following
     a link, and checked again for what onnx refuses, in case it was swapped.
     """
-    dtype = (
-        np.dtype(np.uint16)
-        if tensor.data_type == TensorProto.BFLOAT16
-        else onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
-    )
-    if dtype.itemsize * math.prod(tensor.dims) != size:
-        raise refuse("has a type whose elements are not whole bytes")
+    try:
+        dtype = (
+            np.dtype(np.uint16)
+            if tensor.data_type == TensorProto.BFLOAT16
+            else np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        )
+    except (KeyError, TypeError, ValueError):
+        dtype = np.dtype(object)
+    if dtype.kind not in "biuf" or dtype.itemsize * math.prod(tensor.dims) != size:
+        raise refuse("has a type that layerport does not read past 2 GiB")
     flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         descriptor = os.open(path, flags)
