@@ -97,6 +97,8 @@ class Session:
         self.name = name
         self.smallest = dict(smallest or {})
         self.proto = proto_of(model)
+        # onnxruntime's contract: tensors handed over outside the model outlive the session.
+        self._external_tensors = model.tensors if isinstance(model, ExternalModel) else {}
         self.inputs, self.outputs = model_interface(self.proto, optional_inputs, value_ranges)
         self.settings = settings or SessionSettings()
         self.isolated = isolate
