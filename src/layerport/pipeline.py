@@ -36,7 +36,9 @@ from layerport.errors import BadFile, ExportFailed, UserInputError, Verification
 from layerport.export import DEFAULT_OPSET
 from layerport.registry import Registry
 from layerport.results import ExportResult
+from layerport.runtime.external import ExternalModel, Model, proto_of
 from layerport.runtime.inspection import initializer_bytes
+from layerport.runtime.limits import format_bytes
 from layerport.runtime.metadata import ExportRecord
 from layerport.runtime.modelfile import read_model
 from layerport.runtime.session import Session, SessionSettings
@@ -96,7 +98,12 @@ def export_layer(
     if quantize is not None:
         from layerport.export.quantize import quantize_int8
 
-        model, quantization = quantize_int8(model, config.spec.name)
+        if isinstance(source, ExternalModel):
+            raise UserInputError(
+                f"{config.spec.name} has {format_bytes(source.data_bytes)} of weights, past "
+                "protobuf's 2 GiB; quantizing a model that large is not supported"
+            )
+        model, quantization = quantize_int8(source, config.spec.name)
     export_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -117,22 +124,29 @@ def export_layer(
     if optimize:
         if report is None or quantize is not None:
             raise UserInputError("an optimization is kept only when a float export verifies")
+        if not isinstance(model, onnx.ModelProto):
+            raise UserInputError(
+                "graph optimizers take the whole model in memory; weights past 2 GiB are "
+                "kept outside it, so this export cannot be optimized"
+            )
         model, report, optimization = _optimized(
             config, module, model, report, tolerance, trials, runtimes
         )
     record = export_record(config, module, opset, report, quantization)
     record = dataclasses.replace(record, optimization=optimization)
-    record.write_to(model)
+    proto = proto_of(model)
+    record.write_to(proto)
     return ExportResult(
         config=config,
-        model_bytes=model.SerializeToString(deterministic=True),
+        model_bytes=proto.SerializeToString(deterministic=True),
         record=record,
-        node_count=count_nodes(model.graph),
-        weight_bytes=initializer_bytes(model),
+        node_count=count_nodes(proto.graph),
+        weight_bytes=initializer_bytes(proto),
         report=report,
         export_seconds=export_seconds,
         verify_seconds=time.perf_counter() - started,
-        external_data=external_data,
+        external_data=external_data or isinstance(model, ExternalModel),
+        external_tensors=model.tensors if isinstance(model, ExternalModel) else {},
     )
 
 
@@ -224,17 +238,17 @@ def verify_layer(
     return verify_model(config, module, model, tolerance=tolerance, trials=trials)
 
 
-def _export(module: nn.Module, config: LayerConfig, opset: int) -> onnx.ModelProto:
+def _export(module: nn.Module, config: LayerConfig, opset: int) -> Model:
     """``export_onnx``, but a layer whose outputs contradict its spec is blamed first.
 
     torch.onnx reports such a layer as a pinned dim; one eager pass says what is
     really wrong (``run_module`` checks every output's shape against the spec).
     """
     from layerport.eager.build import run_module
-    from layerport.export.torch_onnx import export_onnx
+    from layerport.export.torch_onnx import export_model
 
     try:
-        return export_onnx(module, config, opset)
+        return export_model(module, config, opset)
     except ExportFailed:
         run_module(module, config, config.random_inputs(include_optional=True))
         raise
@@ -259,7 +273,7 @@ def verify_file(
     """
     options = options or VerifyOptions()
     model = read_model(path)
-    record = ExportRecord.from_model(model)
+    record = ExportRecord.from_model(proto_of(model))
     if record is None:
         raise BadFile(
             f"{path} was not exported by layerport (it has no layerport metadata), so "
@@ -289,7 +303,7 @@ def verify_file(
 def verify_model(
     config: LayerConfig,
     module: nn.Module,
-    model: onnx.ModelProto,
+    model: Model,
     *,
     name: str | None = None,
     optional_inputs: list[str] | None = None,
@@ -297,7 +311,7 @@ def verify_model(
     trials: int = DEFAULT_TRIALS,
     quantize: str | None = None,
     second_opinion: bool = False,
-    source: onnx.ModelProto | None = None,
+    source: Model | None = None,
     runtimes: Sequence[NamedRuntime] = (),
 ) -> VerificationReport:
     """Verify ``model`` against ``module`` in eager PyTorch, in the dtype's declared runtime.
@@ -330,6 +344,10 @@ def verify_model(
 
     if optional_inputs is None:
         optional_inputs = [tensor.name for tensor in config.spec.inputs if tensor.optional]
+    # Built before the session: converting the weights to float64 briefly holds
+    # them twice, which should not add to onnxruntime's copy (2.16 GB of linear
+    # weights peak 2.2 GB lower so).
+    baseline = float64_baseline(config)
     session = Session(
         model,
         name or f"the export of {config.spec.name}",
@@ -340,7 +358,6 @@ def verify_model(
     expected: Engine = EagerEngine(module, config)
     if quantize is not None:
         expected = _same_quantization(model, source, session.name, optional_inputs)
-    baseline = float64_baseline(config)
     report = verify_engines(
         config,
         FileEngine(session),
@@ -352,7 +369,7 @@ def verify_model(
         baseline=baseline,
         # int8 quantizes each call's activations over that call's range.
         chunk_expected=quantize is not None,
-        output_scales=bounded_output_scales(model),
+        output_scales=bounded_output_scales(proto_of(model)),
     )
     report.quantization = quantize
     if quantize is not None and not report.passed:
@@ -360,7 +377,8 @@ def verify_model(
     elif not report.passed:
         from layerport.verify.pinpoint import pinpoint_layer
 
-        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 18)
+        imports = proto_of(model).opset_import
+        opset = next((o.version for o in imports if o.domain in ("", "ai.onnx")), 18)
         pinpointed = pinpoint_layer(config, report, opset, session.settings)
         if pinpointed is not None:
             report.notes.append(pinpointed)
@@ -410,8 +428,8 @@ def verify_model(
 
 
 def _same_quantization(
-    model: onnx.ModelProto,
-    source: onnx.ModelProto | None,
+    model: Model,
+    source: Model | None,
     name: str,
     optional_inputs: list[str],
     saturating: bool = False,
@@ -423,8 +441,8 @@ def _same_quantization(
     if source is None:
         raise ValueError("an int8 model is verified against its float32 source; none given")
     return SameQuantizationEngine(
-        model,
-        gemm_as_matmul(source),
+        proto_of(model),
+        gemm_as_matmul(proto_of(source)),
         name,
         optional_inputs=optional_inputs,
         saturating=saturating,
@@ -435,8 +453,8 @@ def _explain_int8_failure(
     report: VerificationReport,
     config: LayerConfig,
     session: Session,
-    model: onnx.ModelProto,
-    source: onnx.ModelProto | None,
+    model: Model,
+    source: Model | None,
     optional_inputs: list[str],
 ) -> None:
     """Note saturation first when onnxruntime computed the saturating arithmetic."""

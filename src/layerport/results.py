@@ -6,12 +6,21 @@ conformance kit can name the result without importing the pipeline that makes it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import onnx
+
 from layerport.config import LayerConfig
-from layerport.runtime.external import external_layout
-from layerport.runtime.files import atomic_write_files
+from layerport.runtime.external import (
+    ExternalModel,
+    data_file_name,
+    detach_tensors,
+    external_layout,
+)
+from layerport.runtime.files import FileContent, atomic_write_files
 from layerport.runtime.metadata import ExportRecord
 from layerport.verify.report import VerificationReport
 
@@ -22,7 +31,9 @@ class ExportResult:
 
     ``report`` is ``None`` when the export was not verified. With
     ``external_data``, the model is written with its initializers in a data
-    file beside it (``runtime.external``).
+    file beside it (``runtime.external``). Weights past protobuf's 2 GiB are
+    never in ``model_bytes``: they are ``external_tensors``, by name, and
+    ``model_bytes`` is the rest of the model, which is never written alone.
     """
 
     config: LayerConfig
@@ -34,17 +45,26 @@ class ExportResult:
     export_seconds: float
     verify_seconds: float
     external_data: bool = False
+    external_tensors: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
-        return len(self.model_bytes)
+        """Bytes of the model and its weights (the data file's alignment padding aside)."""
+        return len(self.model_bytes) + sum(array.nbytes for array in self.external_tensors.values())
 
-    def files(self, name: str) -> dict[str, bytes]:
+    def files(self, name: str) -> dict[str, FileContent]:
         """The files that hold the model written as ``name``, by name: it, and its data file."""
         if not self.external_data:
             return {name: self.model_bytes}
-        return external_layout(self.model_bytes, name)
+        proto = onnx.load_from_string(self.model_bytes)
+        if self.external_tensors:
+            return external_layout(ExternalModel(proto, self.external_tensors), name)
+        return external_layout(detach_tensors(proto), name)
 
     def write(self, path: Path) -> None:
-        """Write the model to ``path`` atomically: a failure keeps any existing file or pair."""
-        atomic_write_files(path, self.files(path.name))
+        """Write the model to ``path`` atomically: a failure keeps any existing file or pair.
+
+        A data file left beside ``path`` by an earlier export with external data
+        goes when a self-contained model replaces it.
+        """
+        atomic_write_files(path, self.files(path.name), stale=[data_file_name(path.name)])

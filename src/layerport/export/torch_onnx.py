@@ -19,14 +19,17 @@ import contextlib
 import inspect
 from collections.abc import Iterator, Mapping
 
+import numpy as np
 import onnx
+import onnx_ir as ir
 import torch
 
 from layerport.config import LayerConfig
 from layerport.eager.build import to_torch
 from layerport.errors import ExportFailed, InvalidDim, UserInputError, one_line
 from layerport.export import SUPPORTED_OPSETS
-from layerport.runtime import noise
+from layerport.runtime import external, noise
+from layerport.runtime.external import ExternalModel, Model, proto_of
 from layerport.runtime.modelfile import iter_graphs
 from layerport.spec.expressions import substituted
 
@@ -37,9 +40,22 @@ def export_onnx(module: torch.nn.Module, config: LayerConfig, opset: int) -> onn
     The model is traced at ``config.dims``. Raises ``ExportFailed`` when
     torch.onnx fails or pins a declared-dynamic dim.
     """
+    model = export_model(module, config, opset, keep_outside=False)
+    assert isinstance(model, onnx.ModelProto)
+    return model
+
+
+def export_model(
+    module: torch.nn.Module, config: LayerConfig, opset: int, *, keep_outside: bool = True
+) -> Model:
+    """``export_onnx``, but weights past ``external.INLINE_LIMIT`` stay outside the proto.
+
+    Such a model comes back as an ``ExternalModel`` whose arrays share the
+    module's memory: no copy of the weights is made, and no proto holds them.
+    """
     check_exportable(config, opset)
-    model = trace_to_onnx(module, config, opset)
-    clean_model(model)
+    model = trace_to_onnx(module, config, opset, keep_outside=keep_outside)
+    clean_model(proto_of(model))
     return model
 
 
@@ -57,8 +73,14 @@ def check_exportable(config: LayerConfig, opset: int) -> None:
             )
 
 
-def trace_to_onnx(module: torch.nn.Module, config: LayerConfig, opset: int) -> onnx.ModelProto:
-    """Run torch.onnx's dynamo exporter quietly and check that no dynamic dim was pinned."""
+def trace_to_onnx(
+    module: torch.nn.Module, config: LayerConfig, opset: int, *, keep_outside: bool = False
+) -> Model:
+    """Run torch.onnx's dynamo exporter quietly and check that no dynamic dim was pinned.
+
+    With ``keep_outside``, weights past ``external.INLINE_LIMIT`` are taken out
+    of the exported graph before it becomes a proto (see ``export_model``).
+    """
     spec = config.spec
     # Optional inputs are traced with real values too, so they become graph inputs.
     examples = config.random_inputs(include_optional=True)
@@ -95,15 +117,50 @@ def trace_to_onnx(module: torch.nn.Module, config: LayerConfig, opset: int) -> o
             )
             if program is None:
                 raise ExportFailed(f"torch.onnx returned no program for layer {spec.name}")
-            model = program.model_proto
+            outside = _take_large_tensors(program.model.graph) if keep_outside else {}
+            proto = program.model_proto
         except Exception as error:
             said = chatter.getvalue().strip().splitlines()
             hint = f" (torch.onnx said: {said[-1]})" if said else ""
             raise ExportFailed(
                 f"torch.onnx could not export layer {spec.name}: {one_line(error)}{hint}"
             ) from error
-    _check_and_name_dynamic_dims(model, config)
-    return model
+    _check_and_name_dynamic_dims(proto, config)
+    return ExternalModel(proto, outside) if outside else proto
+
+
+def _take_large_tensors(graph: ir.Graph) -> dict[str, np.ndarray]:
+    """The data of ``graph``'s large initializers, taken out of it, when it will not fit a proto.
+
+    torch.onnx's initializers wrap the module's own tensors: their arrays share
+    its memory, and each initializer is left as an external reference, so the
+    proto made from the graph holds no weights (protobuf cannot hold 2 GiB, and
+    making the proto would copy every weight twice over).
+    """
+    tensors = {
+        name: value.const_value
+        for name, value in graph.initializers.items()
+        if value.const_value is not None
+    }
+    if sum(tensor.nbytes for tensor in tensors.values()) <= external.INLINE_LIMIT:
+        return {}
+    taken: dict[str, np.ndarray] = {}
+    for name, tensor in tensors.items():
+        if tensor.nbytes < external.MIN_EXTERNAL_BYTES:
+            continue
+        array = np.ascontiguousarray(tensor.numpy())
+        if tensor.dtype == ir.DataType.BFLOAT16:
+            array = array.view(np.uint16)
+        taken[name] = array
+        graph.initializers[name].const_value = ir.ExternalTensor(
+            external.IN_MEMORY,
+            offset=0,
+            length=tensor.nbytes,
+            dtype=tensor.dtype,
+            shape=ir.Shape(array.shape),
+            name=name,
+        )
+    return taken
 
 
 def _takes_varargs(module: torch.nn.Module) -> bool:

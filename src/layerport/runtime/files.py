@@ -14,10 +14,15 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from layerport.errors import BadFile
+
+# A file's content: bytes, or buffers written one after the other (a data file
+# of several gigabytes is never copied into one bytes object).
+FileContent = bytes | Sequence[memoryview]
+CHUNK_BYTES = 2**26  # one write() call moves at most about 2 GiB on Linux
 
 
 def _read_umask() -> int:
@@ -79,7 +84,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def _written_temporary(path: Path, data: bytes) -> str:
+def _written_temporary(path: Path, data: FileContent) -> str:
     """A temporary file beside ``path`` holding ``data``, flushed, with ``path``'s mode."""
     try:
         descriptor, temporary = _temporary_file(path)
@@ -87,7 +92,7 @@ def _written_temporary(path: Path, data: bytes) -> str:
         raise BadFile(f"cannot write {path}: {error.strerror}") from error
     try:
         with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
+            _write_content(handle, data)
             handle.flush()
             os.fsync(handle.fileno())
         # mkstemp creates the file 0600: give it the mode of the file it replaces,
@@ -102,7 +107,16 @@ def _written_temporary(path: Path, data: bytes) -> str:
     return temporary
 
 
-def atomic_write_files(path: Path, files: Mapping[str, bytes]) -> None:
+def _write_content(handle: io.BufferedWriter, data: FileContent) -> None:
+    for buffer in [data] if isinstance(data, bytes) else data:
+        view = memoryview(buffer).cast("B")
+        for start in range(0, len(view), CHUNK_BYTES):
+            handle.write(view[start : start + CHUNK_BYTES])
+
+
+def atomic_write_files(
+    path: Path, files: Mapping[str, FileContent], stale: Sequence[str] = ()
+) -> None:
     """Write the file ``path`` and the files beside it that it reads (its external data).
 
     ``files`` maps names in ``path``'s folder to contents, ``path.name`` among
@@ -110,6 +124,9 @@ def atomic_write_files(path: Path, files: Mapping[str, bytes]) -> None:
     moved into place, each one's old version set aside, and ``path`` last. A
     failure or an interrupt before ``path`` is replaced puts the old versions
     back, so the folder keeps the old pair whole or holds the new one whole.
+    The ``stale`` names not in ``files`` (a data file the old model read and the
+    new one does not) are set aside the same way and removed once ``path`` is
+    in place: a folder never holds a data file that no model reads.
     """
     folder = path.parent
     check_writable_target(path)
@@ -130,6 +147,17 @@ def atomic_write_files(path: Path, files: Mapping[str, bytes]) -> None:
                 os.replace(target, old)
             set_aside[target] = old
             os.replace(temporary, target)
+        for name in stale:
+            target = folder / name
+            if name not in files and target.is_file():
+                descriptor, old = _temporary_file(target)
+                os.close(descriptor)
+                try:
+                    os.replace(target, old)
+                except BaseException:
+                    os.unlink(old)
+                    raise
+                set_aside[target] = old
         os.replace(temporaries[path.name], path)
     except BaseException as error:
         for target, old in set_aside.items():
@@ -167,7 +195,7 @@ def atomic_save_npz(path: Path, arrays: Mapping[str, object]) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def atomic_write_folder(path: Path, files: Mapping[str, bytes]) -> None:
+def atomic_write_folder(path: Path, files: Mapping[str, FileContent]) -> None:
     """Create folder ``path`` holding ``files`` (relative path to content), all or nothing.
 
     The folder is built under a temporary name beside ``path`` and renamed into
@@ -187,7 +215,7 @@ def atomic_write_folder(path: Path, files: Mapping[str, bytes]) -> None:
             target = temporary / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             with open(target, "wb") as handle:
-                handle.write(data)
+                _write_content(handle, data)
                 handle.flush()
                 os.fsync(handle.fileno())
         try:

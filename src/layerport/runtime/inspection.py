@@ -16,6 +16,7 @@ import onnx
 
 from layerport.dtypes import element_bits, element_type_name
 from layerport.runtime.arrays import ArraySpec
+from layerport.runtime.external import proto_of
 from layerport.runtime.int8 import INT16_MAX, int8_weights_worst_pair_sum, quantized_weight_bytes
 from layerport.runtime.interface import array_spec_of
 from layerport.runtime.metadata import ExportRecord
@@ -79,7 +80,7 @@ class ModelDescription:
 
 def describe_model(path: Path) -> ModelDescription:
     """Read and validate ``path``, and describe it; ``BadFile`` if it is not a valid model."""
-    model = read_model(path)
+    model = proto_of(read_model(path))  # an external model's sizes are in its proto
     record = ExportRecord.from_model(model)
     optional = record.optional_inputs if record else []
     initializers = {tensor.name for tensor in model.graph.initializer}

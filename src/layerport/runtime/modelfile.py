@@ -1,7 +1,9 @@
 """Reading ONNX files that strangers hand our users, without trusting them.
 
-``read_model`` returns a validated, self-contained ``ModelProto``, or raises
-``BadFile`` with one line that says what is wrong. Before onnxruntime ever sees a
+``read_model`` returns a validated, self-contained ``ModelProto`` (or, for a
+model whose external data is past protobuf's 2 GiB, an ``ExternalModel``: the
+proto and that data as arrays), or raises ``BadFile`` with one line that says
+what is wrong. Before onnxruntime ever sees a
 model, layerport:
 
 - refuses empty files (onnx parses zero bytes as an empty model), garbage, and
@@ -16,7 +18,7 @@ model, layerport:
   directory when handed bytes, so it is never given the chance. layerport adds
   what onnx leaves out: it refuses unknown or repeated keys (onnx warns, or lets
   the last one win), a length that does not match the tensor's shape and type,
-  and more than 2 GiB in all, before onnx reads a byte; and it says in one line,
+  and more than the memory limit in all, before onnx reads a byte; and it says in one line,
   in its own words, why onnx refused a file;
 - checks every tensor's ``raw_data`` size against its shape, then runs
   ``onnx.checker`` with ``full_check`` for unknown ops, dangling inputs and types.
@@ -34,9 +36,10 @@ from __future__ import annotations
 import math
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
@@ -45,9 +48,12 @@ from onnx.external_data_helper import load_external_data_for_tensor
 
 from layerport.dtypes import element_bits
 from layerport.errors import BadFile, one_line
-from layerport.runtime import isolation
+from layerport.runtime import external, isolation
+from layerport.runtime.external import ExternalModel, checkable_skeleton, mark_external
+from layerport.runtime.limits import check_allocation
 
 MAX_MODEL_BYTES = 2**31 - 1  # protobuf cannot serialize a larger message
+MAX_EXTERNAL_BYTES = 2**63 - 1  # data held outside the proto: bounded by the memory limit
 MIN_IR_VERSION = 3  # the first IR version with opset imports
 KNOWN_DOMAINS: dict[str, tuple[int, int]] = {
     domain: (low, high) for domain, (low, high) in onnx.defs.C.schema_version_map().items()
@@ -57,21 +63,56 @@ KNOWN_DOMAINS["com.microsoft"] = (1, 1)  # onnxruntime's contrib ops
 EXTERNAL_DATA_KEYS = {"location", "offset", "length", "checksum"}
 
 
-def read_model(path: Path) -> onnx.ModelProto:
-    """Read and validate an ONNX file; external data is read into memory."""
-    model = parse_model(_read_bytes(path), str(path))
+def read_model(path: Path) -> onnx.ModelProto | ExternalModel:
+    """Read and validate an ONNX file; external data is read into memory.
+
+    A model that fits in one proto (2 GiB) comes back whole, its external data
+    inlined. One whose external data does not fit comes back as an
+    ``ExternalModel``: the file's initializers held outside it stay there,
+    read (through the same checks) into arrays.
+    """
+    name = str(path)
+    model = parse_model(_read_bytes(path), name)
     folder = path.resolve().parent
     budget = MAX_MODEL_BYTES - model.ByteSize()
+    outside = [
+        tensor for tensor in model.graph.initializer if tensor.data_location == TensorProto.EXTERNAL
+    ]
+    declared = sum(_expected_bytes(tensor) or 0 for tensor in outside)
+    arrays: dict[str, np.ndarray] = {}
+    if declared > min(budget, external.INLINE_LIMIT):
+        check_allocation(declared, f"reading the external data of {name}")
+        for tensor in outside:
+            if tensor.name in arrays:
+                raise BadFile(f"{name}: two of its initializers are named {tensor.name!r}")
+            arrays[tensor.name] = _external_array(tensor, folder, name)
+            # Held in memory from now on: the skeleton no longer names the file.
+            mark_external(tensor, external.IN_MEMORY, 0, arrays[tensor.name].nbytes)
     for tensor in _all_tensors(model):
+        if _held_in_memory(tensor, arrays):
+            continue
         if tensor.data_location == TensorProto.EXTERNAL:
-            budget -= _inline_external_data(tensor, folder, str(path), budget)
+            budget -= _inline_external_data(tensor, folder, name, budget)
         elif len(tensor.external_data):
             raise BadFile(f"{path}: tensor {tensor.name!r} lists external data but is not external")
-        _check_raw_data_size(tensor, str(path))
-    _check_values_defined(model.graph, set(), str(path))
-    _check_declared_dims(model.graph, str(path))
-    _check_model(model, str(path))
-    return model
+        _check_raw_data_size(tensor, name)
+    _check_values_defined(model.graph, set(), name)
+    _check_declared_dims(model.graph, name)
+    if not arrays:
+        _check_model(model, name)
+        return model
+    held = ExternalModel(model, arrays)
+    _check_model(checkable_skeleton(held), name)
+    return held
+
+
+def _held_in_memory(tensor: TensorProto, arrays: Mapping[str, np.ndarray]) -> bool:
+    """Whether ``tensor`` is one of the initializers ``read_model`` read into ``arrays``."""
+    return (
+        tensor.name in arrays
+        and tensor.data_location == TensorProto.EXTERNAL
+        and tensor.external_data[0].value == external.IN_MEMORY
+    )
 
 
 def _check_declared_dims(graph: onnx.GraphProto, name: str) -> None:
@@ -254,6 +295,30 @@ def _all_tensors(message: Message) -> Iterator[TensorProto]:
 
 def _inline_external_data(tensor: TensorProto, folder: Path, name: str, budget: int) -> int:
     """Have onnx read one external tensor from inside ``folder`` into ``raw_data``."""
+    data = _external_data(tensor, folder, name, budget)
+    assert isinstance(data, bytes)
+    tensor.raw_data = data
+    tensor.data_location = TensorProto.DEFAULT
+    del tensor.external_data[:]
+    return len(data)
+
+
+def _external_array(tensor: TensorProto, folder: Path, name: str) -> np.ndarray:
+    """One external tensor's data, from inside ``folder``, as an array of its shape."""
+    data = _external_data(tensor, folder, name, MAX_EXTERNAL_BYTES, into_array=True)
+    assert isinstance(data, np.ndarray)
+    return data
+
+
+def _external_data(
+    tensor: TensorProto, folder: Path, name: str, budget: int, *, into_array: bool = False
+) -> bytes | np.ndarray:
+    """One external tensor's data, checked, as bytes, or ``into_array`` as an array.
+
+    onnx opens the file (refusing links and paths that leave ``folder``) and
+    reads the bytes; an array is read by layerport after onnx has opened the
+    file and found the data inside it, so that the data is copied only once.
+    """
 
     def refuse(reason: str) -> BadFile:
         return BadFile(f"{name}: external data of tensor {tensor.name!r} {reason}")
@@ -296,7 +361,12 @@ def _inline_external_data(tensor: TensorProto, folder: Path, name: str, budget: 
         raise refuse(f"is {length} bytes, but its shape and type need {expected}")
     if expected > budget:
         raise BadFile(f"{name}: with its external data the model exceeds 2 GiB")
-    data = read(offset, expected)  # never more than the shape needs
+    data: bytes | np.ndarray
+    if into_array:
+        read(offset + expected, 0)  # onnx's checks of the path and the size, reading nothing
+        data = _read_array(folder.joinpath(*parts), offset, tensor, expected, refuse)
+    else:
+        data = read(offset, expected)  # never more than the shape needs
     if length is None:  # then the data runs to the end of the file
         try:
             size = folder.joinpath(*parts).lstat().st_size
@@ -304,10 +374,45 @@ def _inline_external_data(tensor: TensorProto, folder: Path, name: str, budget: 
             raise refuse(f"at {location!r} cannot be opened: {error.strerror}") from error
         if size != offset + expected:
             raise refuse(f"is {size - offset} bytes, but its shape and type need {expected}")
-    tensor.raw_data = data
-    tensor.data_location = TensorProto.DEFAULT
-    del tensor.external_data[:]
-    return expected
+    return data
+
+
+def _read_array(
+    path: Path, offset: int, tensor: TensorProto, size: int, refuse: Callable[[str], BadFile]
+) -> np.ndarray:
+    """``size`` bytes at ``offset`` of ``path`` as ``tensor``'s array (bfloat16 as 16-bit words).
+
+    onnx has just checked the path; the file is opened again without following
+    a link, and checked again for what onnx refuses, in case it was swapped.
+    """
+    try:
+        dtype = (
+            np.dtype(np.uint16)
+            if tensor.data_type == TensorProto.BFLOAT16
+            else np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        )
+    except (KeyError, TypeError, ValueError):
+        dtype = np.dtype(object)
+    if dtype.kind not in "biuf" or dtype.itemsize * math.prod(tensor.dims) != size:
+        raise refuse("has a type that layerport does not read past 2 GiB")
+    flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        descriptor = os.open(path, flags)
+    except OSError as error:
+        raise refuse(f"cannot be opened: {error.strerror}") from error
+    with os.fdopen(descriptor, "rb", buffering=0) as handle:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_size < offset + size:
+            raise refuse("changed while it was read")
+        data = np.empty(size, dtype=np.uint8)
+        handle.seek(offset)
+        view, done = data.data, 0
+        while done < size:
+            count = handle.readinto(view[done:])
+            if not count:
+                raise refuse("changed while it was read")
+            done += count
+    return data.view(dtype).reshape(tuple(tensor.dims))
 
 
 def _location_parts(location: str, refuse: Callable[[str], BadFile]) -> list[str]:
@@ -354,7 +459,7 @@ def _refusal(folder: Path, parts: list[str], location: str, end: int, error: Exc
     if info.st_nlink != 1:
         return f"is a file with {info.st_nlink} hard links (it may be a link to a file elsewhere)"
     if end > info.st_size:
-        return f"reaches byte {end}, past the end of its {info.st_size}-byte file"
+        return f"at {location!r} reaches byte {end}, past the end of its {info.st_size}-byte file"
     return f"at {location!r} cannot be read: {one_line(error)}"
 
 

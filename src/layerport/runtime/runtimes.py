@@ -22,9 +22,8 @@ import importlib.util
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-import onnx
-
 from layerport.errors import UserInputError
+from layerport.runtime.external import Model
 from layerport.runtime.session import Session, SessionSettings, onnxruntime_module
 
 ALL = "all"
@@ -57,7 +56,7 @@ class NamedRuntime:
 
     def open(
         self,
-        model: onnx.ModelProto,
+        model: Model,
         name: str,
         *,
         optional_inputs: Collection[str] = (),

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
 from layerport.errors import (
     Setting,
@@ -39,6 +38,7 @@ from layerport.errors import (
 )
 from layerport.runtime import OPTIMIZATION_LEVELS, RUNTIMES, isolation, noise
 from layerport.runtime.arrays import check_arrays
+from layerport.runtime.external import ExternalModel, Model, proto_of
 from layerport.runtime.failures import crashes_nchwc_transformer, creation_error, without_source
 from layerport.runtime.footprint import check_run_memory
 from layerport.runtime.interface import model_interface
@@ -48,6 +48,7 @@ from layerport.runtime.reference import ReferenceSession
 
 # onnxruntime's CUDA provider (onnxruntime-gpu), which runtime.runtimes names ort-cuda.
 CUDA = "onnxruntime-cuda"
+ORT_RUNTIMES = ("onnxruntime", CUDA)
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class Session:
 
     def __init__(
         self,
-        model: onnx.ModelProto,
+        model: Model,
         name: str,
         settings: SessionSettings | None = None,
         *,
@@ -95,17 +96,24 @@ class Session:
     ) -> None:
         self.name = name
         self.smallest = dict(smallest or {})
-        self.proto = model
-        self.inputs, self.outputs = model_interface(model, optional_inputs, value_ranges)
+        self.proto = proto_of(model)
+        # onnxruntime's contract: tensors handed over outside the model outlive the session.
+        self._external_tensors = model.tensors if isinstance(model, ExternalModel) else {}
+        self.inputs, self.outputs = model_interface(self.proto, optional_inputs, value_ranges)
         self.settings = settings or SessionSettings()
         self.isolated = isolate
         self._checked_shapes: dict[str, tuple[int, ...]] | None = None
+        if isinstance(model, ExternalModel) and self.settings.runtime not in (None, *ORT_RUNTIMES):
+            raise WorkFailed(
+                f"{self.runtime} cannot run {name}: its weights are past protobuf's 2 GiB, "
+                "which only onnxruntime reads from outside the model"
+            )
         if self.settings.runtime == "onnx-reference":
-            self._session: Any = ReferenceSession(model, name)
+            self._session: Any = ReferenceSession(self.proto, name)
         elif self.settings.runtime == "openvino":
             from layerport.runtime.openvino import OpenVinoSession
 
-            self._session = OpenVinoSession(model, name)
+            self._session = OpenVinoSession(self.proto, name)
         else:
             self._session = open_session(model, name, self.settings, isolate=isolate)
 
@@ -168,7 +176,7 @@ def load_model(path: Path, settings: SessionSettings | None = None) -> Session:
     with ``settings.runtime`` ``None`` the runtime is the one that verified it.
     """
     model = read_model(path)
-    record = ExportRecord.from_model(model)
+    record = ExportRecord.from_model(proto_of(model))
     settings = settings or SessionSettings()
     if settings.runtime is None:
         engines = (record.verification.get("engines") or [None]) if record else [None]
@@ -189,7 +197,7 @@ def load_model(path: Path, settings: SessionSettings | None = None) -> Session:
 
 
 def open_session(
-    model: onnx.ModelProto, name: str, settings: SessionSettings, *, isolate: bool = False
+    model: Model, name: str, settings: SessionSettings, *, isolate: bool = False
 ) -> Any:
     """An onnxruntime CPU session on ``model``; ``name`` names it in errors.
 
@@ -225,11 +233,14 @@ def open_session(
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[settings.optimization]
-    model_bytes = model.SerializeToString()
+    proto = proto_of(model)
+    if isinstance(model, ExternalModel):
+        _add_external_tensors(options, model, ort)
+    model_bytes = proto.SerializeToString()
     providers = ["CPUExecutionProvider"]
     if settings.runtime == CUDA:
         providers.insert(0, "CUDAExecutionProvider")
-    disabled = ["NchwcTransformer"] if crashes_nchwc_transformer(model) else None
+    disabled = ["NchwcTransformer"] if crashes_nchwc_transformer(proto) else None
 
     def create() -> Any:
         # enable_fallback=0: on a load error the Python wrapper would otherwise print
@@ -257,7 +268,24 @@ def open_session(
     try:
         return create()
     except Exception as error:
-        raise creation_error(error, model, name, ort.__version__) from error
+        raise creation_error(error, proto, name, ort.__version__) from error
+
+
+def _add_external_tensors(options: Any, model: ExternalModel, ort: Any) -> None:
+    """Hand onnxruntime the tensors held outside ``model``'s proto, as they are in memory.
+
+    onnxruntime copies them into the session, and would pack each weight of a
+    ``Gemm`` or ``MatMul`` into yet another copy: prepacking is off, which keeps
+    a 2.16 GB weight's session at one copy (runs are about 2x slower).
+    """
+    types = {tensor.name: tensor.data_type for tensor in model.proto.graph.initializer}
+    names = list(model.tensors)
+    values = [
+        ort.OrtValue.ortvalue_from_numpy_with_onnx_type(model.tensors[name], types[name])
+        for name in names
+    ]
+    options.add_external_initializers(names, values)
+    options.add_session_config_entry("session.disable_prepacking", "1")
 
 
 def onnxruntime_module() -> Any:

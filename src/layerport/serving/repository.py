@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from layerport.errors import BadFile, Setting, UserInputError
-from layerport.runtime.files import atomic_write_bytes, atomic_write_folder
+from layerport.runtime.files import FileContent, atomic_write_bytes, atomic_write_folder
 from layerport.serving import pbtxt
 from layerport.serving.model_config import io_signature, signature_difference
 
@@ -103,7 +103,7 @@ def _check_writable(folder: Path) -> None:
 
 
 def write_version(
-    model_folder: Path, config: Mapping[str, Any], files: Mapping[str, bytes]
+    model_folder: Path, config: Mapping[str, Any], files: Mapping[str, FileContent]
 ) -> Path:
     """Add ``files`` as the model's next version, with ``config``; returns the version folder.
 

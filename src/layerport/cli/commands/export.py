@@ -66,7 +66,7 @@ DEFAULT_EXPORT_DIR = Path("exported")
     "--external-data",
     is_flag=True,
     help="Write the initializers to a data file beside the model, named after it "
-    "(MODEL.onnx.data), as files past protobuf's 2 GiB limit must be.",
+    "(MODEL.onnx.data); weights past protobuf's 2 GiB limit are written so without it.",
 )
 @click.option(
     "--optimize",
