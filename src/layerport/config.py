@@ -283,12 +283,11 @@ def _params_from_weights(
     path: Path,
 ) -> dict[str, ParamValue]:
     """The parameters with the sizes ``shapes`` imply; a given one must agree with them."""
-    infer = layer.spec.params_from_weights
-    if infer is None:
+    if layer.spec.params_from_weights is None:
         return resolved
     with layer.plugin_code("params_from_weights()"):
         try:
-            raw = infer(shapes)
+            raw = layer.spec.implied_params(shapes, resolved)
         except (KeyError, IndexError):
             raw = None  # the tensors do not even name the layer's weights
     if raw is None:
