@@ -310,6 +310,47 @@ def test_gru_cell_streams_step_by_step_like_nn_gru_cell(tmp_path) -> None:
         np.testing.assert_allclose(h, state.numpy(), atol=2e-6)
 
 
+def test_cells_read_torchs_keys_under_a_prefix_and_stream_20_steps(tmp_path) -> None:
+    """A checkpoint of a model holding an LSTMCell and a GRUCell, each under its own prefix."""
+    lstm, gru = _randomized(nn.LSTMCell(6, 9), seed=1), _randomized(nn.GRUCell(5, 7), seed=2)
+    checkpoint = tmp_path / "cells.pt"
+    state = {f"encoder.cell.{key}": value for key, value in lstm.state_dict().items()}
+    state |= {f"decoder.gru.{key}": value for key, value in gru.state_dict().items()}
+    torch.save(state, checkpoint)
+    # Without a prefix: refused, naming the one prefix that holds an LSTMCell (not the GRU's).
+    unprefixed = _run("run", "lstm_cell", "--weights", str(checkpoint))
+    assert unprefixed.returncode == 2
+    assert unprefixed.stderr.strip().endswith(
+        "the file holds them under 'encoder.cell.': select them with --weights-prefix encoder.cell."
+    )
+    wrong = _run(
+        "run", "lstm_cell", "--weights", str(checkpoint), "--weights-prefix", "decoder.gru."
+    )
+    assert wrong.returncode == 2
+    assert wrong.stderr == (
+        "Error: weight_hh is (21, 7) and weight_ih (21, 5): not a torch.nn.LSTMCell, whose "
+        "weight_ih has 4 * hidden_size rows and weight_hh is (4 * hidden_size, hidden_size)\n"
+    )
+    path = _export(tmp_path, "lstm_cell", None, "--weights", str(checkpoint),
+                   "--weights-prefix", "encoder.cell.")  # fmt: skip
+    assert _params(path) == {"input_size": 6, "hidden_size": 9, "bias": True}
+    gru_path = _export(tmp_path, "gru_cell", None, "--weights", str(checkpoint),
+                       "--weights-prefix", "decoder.gru.")  # fmt: skip
+    assert _params(gru_path) == {"input_size": 5, "hidden_size": 7, "bias": True}
+    # 20 steps, batch 3 (traced at 4): each step's h1 and c1 fed back as h0 and c0.
+    session = load_model(path)
+    xs = _normal(20, 3, 6, seed=7)
+    state = session.run({"x": xs[0]})
+    expected = lstm(torch.from_numpy(xs[0]))
+    for step, x in enumerate(xs):
+        if step:
+            state = session.run({"x": x, "h0": state["h1"], "c0": state["c1"]})
+            with torch.no_grad():
+                expected = lstm(torch.from_numpy(x), expected)
+        np.testing.assert_allclose(state["h1"], expected[0].detach().numpy(), atol=1e-5)
+        np.testing.assert_allclose(state["c1"], expected[1].detach().numpy(), atol=1e-5)
+
+
 @pytest.mark.parametrize("layer", ["embedding", "layernorm", "rmsnorm", "batchnorm1d", "batchnorm2d",
                                    "activation", "dropout", "flatten", "lstm_cell", "gru_cell"])  # fmt: skip
 def test_spec_reference_agrees_with_the_module(layer: str) -> None:
