@@ -83,8 +83,10 @@ def test_export_a_trained_model_walkthrough_runs(
     """Its Python blocks and its commands, in order, in one folder, as a reader runs them."""
     section = WALKTHROUGH.search(MODELS_PAGE.read_text())
     assert section is not None
-    blocks = re.findall(r"```(python|console)\n(.*?)```", section.group(1), flags=re.DOTALL)
-    assert [language for language, _ in blocks] == ["python", "console", "python"]
+    blocks = re.findall(r"```(python|console|toml)\n(.*?)```", section.group(1), flags=re.DOTALL)
+    assert [language for language, _ in blocks] == [
+        "python", "toml", "console", "python", "console", "python"
+    ]  # fmt: skip
     monkeypatch.chdir(tmp_path)
     # The blocks call `layerport` as a reader's shell would find it.
     monkeypatch.setenv(
@@ -95,6 +97,10 @@ def test_export_a_trained_model_walkthrough_runs(
         if language == "python":
             exec(compile(body, "docs/models.md", "exec"), namespace)
             continue
+        if language == "toml":
+            first, _, text = body.partition("\n")
+            (tmp_path / first.removeprefix("# file: ")).write_text(text)
+            continue
         for line in body.splitlines():
             if line.startswith("$ layerport "):
                 result = run_process(*shlex.split(line.removeprefix("$ layerport ")), cwd=tmp_path)
@@ -102,6 +108,7 @@ def test_export_a_trained_model_walkthrough_runs(
                 assert "verification: passed" in result.stdout
                 assert "using its 'model_state_dict' entry" in result.stderr
     assert (tmp_path / "out.npz").is_file()
+    assert (tmp_path / "tagger.onnx").is_file()
 
 
 def test_python_api_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

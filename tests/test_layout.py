@@ -170,6 +170,7 @@ STAGES = (
     ("layerport.weights", 1),
     ("layerport.config", 2),
     ("layerport.plugins", 2),
+    ("layerport.model", 2),  # a model file composes layers into one layer's configuration
     ("layerport.eager", 3),
     ("layerport.export", 4),
     ("layerport.verify", 5),

@@ -29,6 +29,7 @@ from layerport.spec import LayerSpec, ParamValue, Tensor
 if TYPE_CHECKING:
     import numpy as np
 
+    from layerport.model.definition import ModelDefinition
     from layerport.runtime.arrays import ArraySpec
     from layerport.weights import Checkpoint, Fits, WeightsFile
 
@@ -52,6 +53,8 @@ class LayerConfig:
     # The layer's tensors from ``weights``, named as the layer names them: read
     # once by ``resolve_config`` and handed down to every stage that needs them.
     checkpoint: Checkpoint | None = field(default=None, repr=False, compare=False)
+    # A composed model's definition (``layerport.model``): the file's record keeps it.
+    model: ModelDefinition | None = field(default=None, repr=False, compare=False)
 
     @property
     def spec(self) -> LayerSpec:
@@ -176,6 +179,22 @@ def resolve_config(
     (``"encoder.lstm."``), or maps each of the layer's ``weight_parts`` to the
     submodule that holds it (``{"recurrence": "rnn.", "head": "fc."}``).
     """
+    from layerport.model import is_model_file
+
+    if is_model_file(layer_name):
+        from layerport.model import read_model_file, resolve_model_config
+
+        definition = read_model_file(Path(layer_name))
+        return resolve_model_config(
+            registry,
+            definition,
+            params=params,
+            dims=dims,
+            dtype=dtype,
+            seed=seed,
+            weights=weights,
+            weights_prefix=weights_prefix,
+        )
     layer = registry.resolve(layer_name)
     if dtype is not None and dtype not in DTYPES:
         raise UserInputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -385,6 +404,17 @@ def config_from_record(
         )
     export_dims = dict(record.dynamic_dims)
     export_dims.update(dims or {})
+    if record.model is not None:
+        from layerport.model import parse_model, resolve_model_config
+
+        return resolve_model_config(
+            registry,
+            parse_model(record.model, source="the file's record"),
+            dims=export_dims,
+            dtype=record.dtype,
+            seed=record.seed if record.seed is not None else 0,
+            weights=weights,
+        )
     try:
         registry.resolve(record.qualified_name)
     except UnknownLayer as error:

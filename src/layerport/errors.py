@@ -81,6 +81,10 @@ class BadFile(UserInputError):
     """A file cannot be read, or does not fit what it is used for."""
 
 
+class InvalidModel(BadFile):
+    """A model file is malformed, or its layers do not fit together."""
+
+
 class ResourceLimit(UserInputError):
     """A run or export would need more memory than the configured limit allows."""
 

@@ -266,6 +266,13 @@ def verify_model(
     report.quantization = quantize
     if quantize is not None and not report.passed:
         _explain_int8_failure(report, config, session, model, source, optional_inputs)
+    elif not report.passed:
+        from layerport.verify.pinpoint import pinpoint_layer
+
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 18)
+        pinpointed = pinpoint_layer(config, report, opset, session.settings)
+        if pinpointed is not None:
+            report.notes.append(pinpointed)
     note_underflow(report, config)
     if second_opinion and session.runtime != "onnx-reference":
         reference = Session(
@@ -392,7 +399,15 @@ def export_record(
         quantization=quantization,
         min_dims={name: size for name, size in smallest.items() if size > 1} or None,
         input_ranges={name: list(values) for name, values in config.value_ranges().items()} or None,
+        model=None if config.model is None else config.model.to_json(_qualified_uses(config)),
         verification={"passed": None, "note": "not verified at export"}
         if report is None
         else report.summary(),
     )
+
+
+def _qualified_uses(config: LayerConfig) -> dict[str, str]:
+    """Each layer of a composed model, by name, as ``PLUGIN:LAYER``: what the record keeps."""
+    from layerport.model import model_steps
+
+    return {step.name: step.config.layer.qualified_name for step in model_steps(config)}

@@ -149,6 +149,15 @@ opset_option = click.option(
 )
 
 
+weights_option = click.option(
+    "--weights",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Load weights from a .safetensors file or a .pt/.pth/.bin state dict or training "
+    "checkpoint (a model file's layers select theirs from it).",
+)
+
+
 def option_group(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     """Bundle options into one decorator, so a set that commands share is defined once."""
 
@@ -215,13 +224,7 @@ layer_options = collected(
         "to compare precisions.",
     ),
     seed_option(0, "Seeds the weights and any generated inputs."),
-    click.option(
-        "--weights",
-        type=click.Path(path_type=Path),
-        default=None,
-        help="Load weights from a .safetensors file or a .pt/.pth/.bin state dict or training "
-        "checkpoint.",
-    ),
+    weights_option,
     _repeatable(
         ("--weights-prefix", "weights_prefix"),
         "PREFIX",

@@ -16,6 +16,7 @@ Verification and the file's metadata are ``layerport.pipeline``'s business.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator, Mapping
 
 import onnx
@@ -69,10 +70,14 @@ def trace_to_onnx(module: torch.nn.Module, config: LayerConfig, opset: int) -> o
         shared_dims[dim.name] = (
             torch.export.Dim(dim.name, min=smallest) if smallest > 1 else torch.export.Dim(dim.name)
         )
-    dynamic_shapes = tuple(
+    dynamic_shapes: tuple[object, ...] = tuple(
         {axis: shared_dims[name] for axis, name in spec.dynamic_axes(tensor).items()} or None
         for tensor in spec.inputs
     )
+    if _takes_varargs(module):
+        # torch.export matches dynamic shapes to forward's signature: a composed
+        # model's forward(*inputs) (layerport.model.module) takes them as one tuple.
+        dynamic_shapes = (dynamic_shapes,)
     with noise.captured_chatter() as chatter, torch.no_grad(), _fresh_rnn_dispatch():
         try:
             program = torch.onnx.export(
@@ -99,6 +104,11 @@ def trace_to_onnx(module: torch.nn.Module, config: LayerConfig, opset: int) -> o
             ) from error
     _check_and_name_dynamic_dims(model, config)
     return model
+
+
+def _takes_varargs(module: torch.nn.Module) -> bool:
+    parameters = list(inspect.signature(module.forward).parameters.values())
+    return len(parameters) == 1 and parameters[0].kind is inspect.Parameter.VAR_POSITIONAL
 
 
 @contextlib.contextmanager

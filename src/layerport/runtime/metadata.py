@@ -48,6 +48,9 @@ class ExportRecord:
     min_dims: dict[str, int] | None = None  # dims whose smallest valid size is above 1
     # The integer inputs' valid values, [low, high) by name: ids below the table's size.
     input_ranges: dict[str, list[int]] | None = None
+    # A composed model's definition (layerport.model): its model file as data,
+    # each layer's type qualified by its plugin, so the file rebuilds without it.
+    model: dict[str, Any] | None = None
     verification: dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT_VERSION
 
@@ -147,6 +150,7 @@ class ExportRecord:
                     isinstance(k, str) and isinstance(v, str) for k, v in self.weights_parts.items()
                 )
             ),
+            "model must be an object": self.model is None or isinstance(self.model, dict),
             "versions and verification must be objects": isinstance(self.versions, dict)
             and isinstance(self.verification, dict),
             "min_dims must map names to sizes >= 1": self.min_dims is None

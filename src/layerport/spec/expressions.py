@@ -111,14 +111,22 @@ def evaluate(tree: ast.expr, values: Mapping[str, int | bool]) -> int:
     return int(_OPERATORS[type(tree.op)](left, right))
 
 
-def substituted(text: str, values: Mapping[str, int | bool]) -> str:
-    """The formula with each name in ``values`` replaced by its value, other names kept.
+def substituted(
+    text: str, values: Mapping[str, int | bool], formulas: Mapping[str, str] | None = None
+) -> str:
+    """The formula with each name in ``values`` replaced by its value, each name in
+    ``formulas`` by that formula, other names kept.
 
     For a file's symbolic dims: a Conv1d's output length ``(length + 2 * padding
     - kernel_size) // stride + 1`` becomes ``(length + 2 * 1 - 3) // 2 + 1`` for
     its parameters, which names the one free dim and says how the size follows.
-    A flag's ``A if FLAG else B`` keeps only the branch taken.
+    A flag's ``A if FLAG else B`` keeps only the branch taken. A composed
+    model's output length is its layers' formulas substituted into each other
+    (``layerport.model.compose``): ``length`` of a pooling layer becomes the
+    convolution's ``(seq - 3) // 1 + 1`` before it. A formula with no name
+    left is folded to its value.
     """
+    replacements: Mapping[str, str] = formulas or {}
 
     class Substitute(ast.NodeTransformer):
         def visit_Call(self, node: ast.Call) -> ast.AST:
@@ -128,6 +136,8 @@ def substituted(text: str, values: Mapping[str, int | bool]) -> str:
         def visit_Name(self, node: ast.Name) -> ast.expr:
             if node.id in values:
                 return ast.Constant(int(values[node.id]))
+            if node.id in replacements:
+                return parse_formula(replacements[node.id])
             return node
 
         def visit_IfExp(self, node: ast.IfExp) -> ast.AST:
@@ -136,4 +146,6 @@ def substituted(text: str, values: Mapping[str, int | bool]) -> str:
                 return self.visit(node.body if values[node.test.id] else node.orelse)
             return self.generic_visit(node)
 
-    return ast.unparse(Substitute().visit(parse_formula(text)))
+    tree = Substitute().visit(parse_formula(text))
+    names, _ = formula_names(tree)
+    return str(evaluate(tree, {})) if not names else ast.unparse(tree)

@@ -85,7 +85,7 @@ def verify_engines(
                 config.seed + 7919 * draw, include_optional=trial > 0 or not leave_out_optional
             )
             case = f"{format_dims(dims)} draw {trial}"
-            exact = None if baseline is None else baseline.run(_in_float64(inputs))
+            exact = None if baseline is None else baseline.run(in_float64(inputs))
             outputs, own = actual.run(inputs), expected.run(inputs)
             judged = len(report.comparisons)
             _judge(report, case, outputs, own, exact)
@@ -149,7 +149,7 @@ def _verify_streaming(
     reference = (
         _run_in_chunks(config, expected, inputs, chunks) if chunk_expected else expected.run(inputs)
     )
-    exact = None if baseline is None else baseline.run(_in_float64(inputs))
+    exact = None if baseline is None else baseline.run(in_float64(inputs))
     _judge(report, f"streaming {report.streaming}", streamed, reference, exact)
 
 
@@ -205,7 +205,7 @@ def _judge(
         report.comparisons += compare_outputs(case, own, outputs, report.tolerance, report.engines)
 
 
-def _in_float64(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def in_float64(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The float inputs widened to float64, for the baseline; ids and masks stay as they are."""
     return {
         name: array.astype(np.float64) if is_float(array) else array

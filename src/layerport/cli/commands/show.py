@@ -2,29 +2,35 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
 
 from layerport.cli.app import get_registry
-from layerport.cli.options import json_option, params_option
+from layerport.cli.options import json_option, params_option, weights_option
 from layerport.cli.output import print_fields, print_json, print_table
 from layerport.config import LayerConfig, resolve_config
 from layerport.dtypes import DTYPES
+from layerport.model import model_steps
 
 
 @click.command()
 @click.argument("layer")
 @params_option
+@weights_option
 @json_option
-def show(layer: str, params: dict[str, str], json_: bool) -> None:
-    """Show a layer type's parameters, inputs, outputs and weights.
+def show(layer: str, params: dict[str, str], weights: Path | None, json_: bool) -> None:
+    """Show a layer type's (or a model file's) parameters, inputs, outputs and weights.
+
+    With --weights, the sizes the weights tell are read from them.
 
     \b
-    Example:
+    Examples:
       layerport show rnn -p hidden_size=32
+      layerport show tagger.toml --weights ckpt.pt
     """
-    config = resolve_config(get_registry(), layer, params=params)
+    config = resolve_config(get_registry(), layer, params=params, weights=weights)
     spec = config.spec
     dynamic = {dim.name: dim for dim in spec.dims}
     sources = {
@@ -68,6 +74,19 @@ def show(layer: str, params: dict[str, str], json_: bool) -> None:
             {"name": part.name, "description": part.description, "keys": dict(part.keys)}
             for part in spec.weight_parts
         ],
+        "layers": [
+            {
+                "name": step.name,
+                "layer": step.config.layer.qualified_name,
+                "params": dict(step.config.params),
+                "inputs": {
+                    tensor.name: source
+                    for tensor, source in zip(step.config.spec.inputs, step.sources, strict=True)
+                    if source is not None
+                },
+            }
+            for step in model_steps(config)
+        ],
         "precisions": dict(spec.precisions),
         "tolerances": {
             dtype: {"atol": tol.atol, "rtol": tol.rtol}
@@ -88,14 +107,29 @@ def show(layer: str, params: dict[str, str], json_: bool) -> None:
             ),
         ]
     )
-    print_table(
-        ("parameter", "type", "value", "default", "allowed", "help"),
-        (
-            (p["name"], p["type"], p["value"], p["default"], p["allowed"], p["help"])
-            for p in description["params"]
-        ),
-        title="Parameters",
-    )
+    if description["layers"]:
+        print_table(
+            ("layer", "type", "fed by", "parameters"),
+            (
+                (
+                    step["name"],
+                    step["layer"],
+                    ", ".join(f"{name} = {source}" for name, source in step["inputs"].items()),
+                    " ".join(f"{name}={value}" for name, value in step["params"].items()),
+                )
+                for step in description["layers"]
+            ),
+            title="Layers, in run order",
+        )
+    else:
+        print_table(
+            ("parameter", "type", "value", "default", "allowed", "help"),
+            (
+                (p["name"], p["type"], p["value"], p["default"], p["allowed"], p["help"])
+                for p in description["params"]
+            ),
+            title="Parameters",
+        )
     if any(dim["min_size"] != 1 for dim in description["dims"]):
         print_table(
             ("dynamic dim", "default", "smallest", "from", "help"),
