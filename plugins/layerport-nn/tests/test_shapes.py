@@ -24,6 +24,7 @@ import torch
 from click.testing import CliRunner
 from test_nn import activation_oracle
 from torch import nn
+from torch.nn import functional
 
 from layerport.plugin import build_layer, get_registry, load_model, resolve_config
 from layerport.plugin import cli as layerport_cli
@@ -303,3 +304,139 @@ def test_show_export_and_verify_from_the_cli(tmp_path, layer: str) -> None:
     verified = _run("verify", str(path))
     assert verified.returncode == 0, verified.stderr
     assert "passed" in verified.stdout
+
+
+CLASSIFIER = """\
+[model]
+name = "classifier"
+
+[inputs.image]
+shape = ["batch", 3, 12, 10]
+
+[[layer]]
+name = "conv"
+use = "conv2d"
+weights = "0."
+params = { padding_height = 1, padding_width = 2 }   # the kernel, 3x5, is the weights'
+
+[[layer]]
+name = "norm"
+use = "batchnorm2d"
+weights = "1."
+
+[[layer]]
+name = "relu"
+use = "activation2d"
+
+[[layer]]
+name = "pool"
+use = "maxpool2d"
+
+[[layer]]
+name = "flat"
+use = "flatten"
+
+[[layer]]
+name = "head"
+use = "linear"
+weights = "5."
+
+[[layer]]
+name = "sigmoid"
+use = "activation0d"
+params = { function = "sigmoid" }
+"""
+
+
+def test_the_image_classifier_as_a_model_file_equals_nn_sequential(tmp_path) -> None:
+    model = _trained_classifier()
+    torch.save(model.state_dict(), tmp_path / "classifier.pt")
+    (tmp_path / "classifier.toml").write_text(CLASSIFIER)
+    path = tmp_path / "classifier.onnx"
+    result = _cli("export", str(tmp_path / "classifier.toml"), "--weights",
+                  str(tmp_path / "classifier.pt"), "-o", str(path))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "verification: passed" in result.output
+    session = load_model(path)
+    for batch in (1, 5, 13):
+        images = _normal(batch, 3, 12, 10, seed=batch)
+        (y,) = session.run({"image": images}).values()
+        np.testing.assert_allclose(y, _expected(model, images), atol=1e-5)
+
+
+class _Tokens(nn.Module):
+    """Embedding, a convolution over the sequence, a reflection pad, back to tokens, a norm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(30, 6)
+        self.conv = nn.Conv1d(6, 8, 3)
+        self.norm = nn.LayerNorm(8)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        channels = self.conv(self.embed(ids).transpose(1, 2))
+        padded = functional.pad(functional.gelu(channels), (2, 0), mode="reflect")
+        return self.norm(padded.transpose(1, 2))
+
+
+TOKENS_MODEL = """\
+[model]
+name = "tokens"
+
+[inputs.ids]
+dtype = "int64"
+shape = ["batch", "seq"]
+
+[[layer]]
+name = "embed"
+use = "embedding"
+weights = "embed."
+
+[[layer]]
+name = "to_channels"
+use = "permute_to_channels"
+
+[[layer]]
+name = "conv"
+use = "conv1d"
+weights = "conv."
+
+[[layer]]
+name = "gelu"
+use = "activation1d"
+params = { function = "gelu" }
+
+[[layer]]
+name = "pad"
+use = "reflectionpad1d"
+params = { left = 2, right = 0 }
+
+[[layer]]
+name = "to_tokens"
+use = "permute_to_tokens"
+
+[[layer]]
+name = "norm"
+use = "layernorm"
+weights = "norm."
+"""
+
+
+def test_a_token_model_through_channels_and_back_runs_at_untraced_lengths(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = _Tokens().eval()
+    torch.save(model.state_dict(), tmp_path / "tokens.pt")
+    (tmp_path / "tokens.toml").write_text(TOKENS_MODEL)
+    path = tmp_path / "tokens.onnx"
+    result = _cli("export", str(tmp_path / "tokens.toml"), "--weights",
+                  str(tmp_path / "tokens.pt"), "-o", str(path))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    session = load_model(path)
+    # The conv leaves seq - 2 positions and the reflection needs 3: seq from 5.
+    for seq in (5, 17, 60):
+        ids = np.random.default_rng(seq).integers(0, 30, (3, seq))
+        (y,) = session.run({"ids": ids}).values()
+        with torch.no_grad():
+            expected = model(torch.from_numpy(ids)).numpy()
+        assert y.shape == expected.shape == (3, seq, 8)
+        np.testing.assert_allclose(y, expected, atol=1e-5)
