@@ -6,7 +6,8 @@
 
 The seeds are small weights of the ``linear`` and ``rnn`` layers in every format
 layerport reads: ``.safetensors``, torch's zip ``.pt`` and the legacy pickle
-``.pt`` (``.pth`` and ``.bin`` are the same two). Mutant ``i`` depends only on
+``.pt`` (``.pth`` and ``.bin`` are the same two), and the linear's as an
+``.npz`` archive and a TorchScript archive. Mutant ``i`` depends only on
 ``--seed`` and ``i``: byte-level edits of the file (``fuzz_onnx.mutate``), or,
 for a zip, of the pickle inside it, re-zipped, so that the mutations reach the
 unpickler past the zip's checksums.
@@ -48,12 +49,15 @@ SEEDS = (
     "rnn.safetensors",
     "rnn.pt",
     "rnn-legacy.pt",
+    "linear.npz",
+    "linear-script.pt",
 )
 RNN = ("-p", "input_size=4", "-p", "hidden_size=5", "-p", "output_size=3")
 
 
 def seed_files(folder: Path) -> dict[str, Path]:
     """The good weights files every mutant starts from, written into ``folder``."""
+    import numpy as np
     import torch
     from safetensors.torch import save_file
 
@@ -71,13 +75,19 @@ def seed_files(folder: Path) -> dict[str, Path]:
     }
     paths = {}
     for name in SEEDS:
-        layer = name.split(".")[0].removesuffix("-legacy")
+        layer = name.split(".")[0].removesuffix("-legacy").removesuffix("-script")
         tensors = {
             key: torch.randn(shape, generator=generator) for key, shape in shapes[layer].items()
         }
         path = folder / name
         if name.endswith(".safetensors"):
             save_file(tensors, path)
+        elif name.endswith(".npz"):
+            np.savez(path, **{key: tensor.numpy() for key, tensor in tensors.items()})
+        elif "-script" in name:
+            module = torch.nn.Linear(8, 2)
+            module.load_state_dict(tensors)
+            torch.jit.script(module).save(str(path))
         else:
             torch.save(tensors, path, _use_new_zipfile_serialization="legacy" not in name)
         paths[name] = path
@@ -91,7 +101,8 @@ def mutant_bytes(data: bytes, seed: int, index: int) -> bytes:
         return mutate(data, rng)
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         members = [(info, archive.read(info)) for info in archive.infolist()]
-    target = rng.choice([info.filename for info, _ in members if info.filename.endswith(".pkl")])
+    pickles = [info.filename for info, _ in members if info.filename.endswith(".pkl")]
+    target = rng.choice(pickles or [info.filename for info, _ in members])  # npz: an array
     if rng.random() < 0.3:  # a data record rather than the pickle
         target = rng.choice([info.filename for info, _ in members])
     out = io.BytesIO()
@@ -102,7 +113,7 @@ def mutant_bytes(data: bytes, seed: int, index: int) -> bytes:
 
 
 def command_for(seed_name: str, path: Path) -> list[str]:
-    layer = seed_name.split(".")[0].removesuffix("-legacy")
+    layer = seed_name.split(".")[0].removesuffix("-legacy").removesuffix("-script")
     return ["run", layer, *(RNN if layer == "rnn" else ()), "--weights", str(path)]
 
 

@@ -532,3 +532,63 @@ def test_a_dataparallel_prefix_may_be_typed_as_the_file_holds_it(cli, tmp_path, 
     torch.save({f"module.{k}": v for k, v in tagger.state_dict().items()}, path)
     for prefix in ("lstm.", "module.lstm."):
         assert _lstm_params(cli, "--weights", str(path), "--weights-prefix", prefix) == INFERRED
+
+
+@pytest.mark.parametrize(
+    ("layer", "module", "given", "words"),
+    [
+        (
+            "lstm",
+            lambda: nn.LSTM(4, 5, num_layers=2),
+            "hidden_size=7",
+            "imply hidden_size=5 (weight_hh_l0 has shape (20, 5))",
+        ),
+        (
+            "lstm",
+            lambda: nn.LSTM(4, 5, num_layers=2),
+            "num_layers=1",
+            "imply num_layers=2 (the weights hold weight_ih_l1)",
+        ),
+        (
+            "embedding",
+            lambda: nn.Embedding(10, 4),
+            "num_embeddings=12",
+            "imply num_embeddings=10 (weight has shape (10, 4))",
+        ),
+        (
+            "batchnorm1d",
+            lambda: nn.BatchNorm1d(4, affine=False),
+            "num_features=3",
+            "imply num_features=4 (running_mean has shape (4,))",
+        ),
+        (
+            "conv2d",
+            lambda: nn.Conv2d(3, 6, 3),
+            "in_channels=2",
+            "weight has shape (6, 3, 3, 3), expected (6, 2, 3, 3)",
+        ),
+        (
+            "lstm_cell",
+            lambda: nn.LSTMCell(3, 4),
+            "hidden_size=5",
+            "imply hidden_size=4 (weight_ih has shape (16, 3))",
+        ),
+    ],
+)
+def test_a_size_the_weights_contradict_names_the_tensor_that_tells_it(
+    cli, tmp_path, layer, module, given, words
+) -> None:
+    path = tmp_path / "weights.pt"
+    torch.save(module().state_dict(), path)
+    assert_refused(cli("run", layer, "--weights", str(path), "-p", given), 2, words)
+
+
+def test_a_missing_buffer_is_named_with_the_shape_expected(cli, tmp_path) -> None:
+    state = nn.BatchNorm1d(4).state_dict()
+    del state["running_var"]
+    torch.save(state, tmp_path / "norm.pt")
+    assert_refused(
+        cli("run", "batchnorm1d", "--weights", str(tmp_path / "norm.pt")),
+        2,
+        "do not fit the layer: missing running_var of shape (4,)",
+    )

@@ -129,6 +129,23 @@ def test_weight_parts_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert verified.exit_code == 0 and "result:    passed" in verified.stdout, verified
 
 
+def test_draft_example_prints_what_the_page_shows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = MODELS_PAGE.read_text()
+    example = next(block for block in code_blocks("python") if '"draft"' in block)
+    shown = re.search(
+        r"```python\n" + re.escape(example) + r"```\n\n```toml\n(.*?)```", text, re.DOTALL
+    )
+    assert shown is not None, "the draft example's output follows it in a toml block"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(
+        "PATH", os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+    )
+    exec(compile(example, "docs/models.md", "exec"), {"__name__": "draft_example"})
+    assert capsys.readouterr().out == shown.group(1)
+
+
 def test_plugin_tutorial_works_as_written(tmp_path: Path) -> None:
     files = {}
     for language in ("toml", "python"):

@@ -95,7 +95,7 @@ def test_malicious_pickle_never_runs_even_when_torch_is_told_to(tmp_path, contai
         pytest.param(
             "w.bin.txt",
             lambda good: b"weights",
-            ["must end in .safetensors, .pt, .pth or .bin", "'.txt'"],
+            ["must end in .safetensors, .pt, .pth, .bin or .npz", "'.txt'"],
             id="unknown-suffix",
         ),
     ],

@@ -168,6 +168,7 @@ STAGES = (
     ("layerport.registry", 1),
     ("layerport.targets", 1),
     ("layerport.weights", 1),
+    ("layerport.readers", 1),
     ("layerport.config", 2),
     ("layerport.plugins", 2),
     ("layerport.model", 2),  # a model file composes layers into one layer's configuration

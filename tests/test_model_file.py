@@ -41,7 +41,7 @@ weights = "lstm."
 
 [[layer]]
 name = "head"
-use = "dense"
+use = "linear"
 weights = "head."
 input = "encoder.y"
 
@@ -107,7 +107,7 @@ def test_the_tagger_exports_in_one_command_and_equals_the_trained_model(tagger, 
     assert np.abs(tags - expected).max() < 1e-5
     record = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     uses = [layer["use"] for layer in json.loads(record["layerport.model"])["layer"]]
-    assert uses == ["layerport-nn:embedding", "layerport-recurrent:lstm", "layerport-nn:dense"]
+    assert uses == ["layerport-nn:embedding", "layerport-recurrent:lstm", "layerport:linear"]
     assert json.loads(record["layerport.input_ranges"]) == {"ids": [0, 100]}
     # The record rebuilds the model without its model file.
     (folder / "tagger.toml").rename(folder / "moved.toml")
@@ -148,6 +148,11 @@ use = "batchnorm2d"
 weights = "1."
 
 [[layer]]
+name = "relu"
+use = "activation"              # (batch, seq, features) runs at every (batch, channel)
+params = { function = "relu" }
+
+[[layer]]
 name = "pool"
 use = "maxpool2d"
 params = { kernel_size = 2 }   # channels: what feeds it has 6
@@ -159,15 +164,21 @@ use = "flatten"
 [[layer]]
 name = "head"
 use = "linear"
-weights = "4."
-params = { activation = "sigmoid" }
+weights = "5."
+params = { activation = "sigmoid" }   # the weights cannot tell it
 """
 
 
 def test_a_conv_chain_equals_the_same_nn_sequential(tmp_path: Path, cli) -> None:
     torch.manual_seed(0)
     chain = nn.Sequential(
-        nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(150, 4)
+        nn.Conv2d(3, 6, 3),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(150, 4),
+        nn.Sigmoid(),
     )
     # Training moves BatchNorm's running statistics off 0 and 1.
     train(chain, torch.randn(16, 3, 12, 12))
@@ -181,7 +192,7 @@ def test_a_conv_chain_equals_the_same_nn_sequential(tmp_path: Path, cli) -> None
         image = torch.randn(batch, 3, 12, 12)
         (y,) = run_file(out, image=image.numpy())
         with torch.no_grad():
-            expected = torch.sigmoid(chain(image)).numpy()
+            expected = chain(image).numpy()
         assert np.abs(y - expected).max() < 1e-5
 
 
@@ -246,12 +257,14 @@ def test_weights_under_other_names_are_mapped_one_key_per_weight(tmp_path: Path,
     )
     (tmp_path / "head.toml").write_text(
         '[model]\nname = "head"\n[inputs.x]\nshape = ["batch", "seq", 6]\n'
-        '[[layer]]\nname = "fc"\nuse = "dense"\nweights = { weight = "fc_w", bias = "fc_b" }\n'
+        '[[layer]]\nname = "fc"\nuse = "linear"\nweights = { weight = "fc_w", bias = "fc_b" }\n'
+        "[dims.seq]\ndefault = 7\ncheck_size = 19\n"
     )
     out = tmp_path / "head.onnx"
     result = cli("export", str(tmp_path / "head.toml"), "--weights",
                  str(tmp_path / "w.safetensors"), "-o", str(out))  # fmt: skip
     assert result.exit_code == 0, result.stderr
+    assert "seq [1, 7, 19]" in result.stdout  # as [dims.seq] says
     x = torch.randn(2, 9, 6)
     (y,) = run_file(out, x=x.numpy())
     with torch.no_grad():
@@ -284,9 +297,9 @@ def test_a_wrong_middle_layer_is_named(tmp_path: Path, cli, register_plugin) -> 
     register_plugin(SpecPlugin(_shifted_in_export()), "shifted-test")
     (tmp_path / "three.toml").write_text(
         '[model]\nname = "three"\n[inputs.x]\nshape = ["batch", "seq", 4]\n'
-        '[[layer]]\nname = "first"\nuse = "dense"\nparams = { in_features = 4, out_features = 3 }\n'
+        '[[layer]]\nname = "first"\nuse = "linear"\nparams = { in_features = 4, out_features = 3 }\n'
         '[[layer]]\nname = "middle"\nuse = "shifted"\n'
-        '[[layer]]\nname = "last"\nuse = "dense"\nparams = { in_features = 3, out_features = 2 }\n'
+        '[[layer]]\nname = "last"\nuse = "linear"\nparams = { in_features = 3, out_features = 2 }\n'
     )
     out = tmp_path / "three.onnx"
     result = cli("export", str(tmp_path / "three.toml"), "-o", str(out))
@@ -303,8 +316,8 @@ BAD_MODELS = {
     ),
     "cycle": (
         '[model]\nname = "loop"\n[inputs.x]\nshape = ["batch", "seq", 48]\n'
-        '[[layer]]\nname = "a"\nuse = "dense"\nweights = "head."\ninput = "b.y"\n'
-        '[[layer]]\nname = "b"\nuse = "dense"\nweights = "head."\ninput = "a.y"\n',
+        '[[layer]]\nname = "a"\nuse = "linear"\nweights = "head."\ninput = "b.y"\n'
+        '[[layer]]\nname = "b"\nuse = "linear"\nweights = "head."\ninput = "a.y"\n',
         "tagger.toml:9: layer 'a', key input: the layers a -> b -> a feed each other in a cycle",
     ),
     "output naming a missing layer": (
@@ -321,11 +334,15 @@ BAD_MODELS = {
         TAGGER.replace(
             'weights = "head."', 'weights = { weight = "head.weight", bias = "head.b" }'
         ),
-        "key weights: checkpoint key 'head.b' (for weight bias) is not in ckpt.pt",
+        "holds no tensor 'head.b' (for bias); did you mean 'head.bias'?",
     ),
     "unknown key": (
-        TAGGER.replace('use = "dense"', 'use = "dense"\nsize = 3'),
+        TAGGER.replace('use = "linear"', 'use = "linear"\nsize = 3'),
         "layer 'head', key size: unknown key",
+    ),
+    "a dim no input has": (
+        TAGGER + "\n[dims.sequence]\ndefault = 16\n",
+        "tagger.toml:27: key dims.sequence: no input has a dim sequence; the inputs' dims: batch, seq",
     ),
     "not TOML": ("[model\n", "is not valid TOML"),
     "no layers": ('[model]\nname = "m"\n[inputs.x]\nshape = ["batch"]\n', "declares no layer"),
@@ -364,3 +381,34 @@ def test_the_readme_model_file_exports_the_tagger(tagger, cli, tmp_path: Path) -
     (y,) = run_file(out, tokens=tokens.numpy())
     with torch.no_grad():
         assert np.abs(y - model(tokens).numpy()).max() < 1e-5
+
+
+def test_the_triton_target_and_bench_take_a_model_file(tagger, cli, tmp_path: Path) -> None:
+    folder, _ = tagger
+    model = str(folder / "tagger.toml")
+    weights = str(folder / "ckpt.pt")
+    result = cli("export", model, "--weights", weights, "--target", "triton-python",
+                 "-o", str(tmp_path / "repository"))  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    config = (tmp_path / "repository" / "tagger" / "config.pbtxt").read_text()
+    assert 'name: "ids"' in config and "data_type: TYPE_INT64" in config
+    assert (tmp_path / "repository" / "tagger" / "1" / "model.onnx").is_file()
+    bench = cli("bench", model, "--weights", weights, "--min-time", "0.05", "--json")
+    assert bench.exit_code == 0, bench.stderr
+    assert json.loads(bench.stdout)["layer"] == "model:tagger"
+
+
+def test_a_draft_of_the_checkpoint_exports_as_written(tagger, cli, tmp_path: Path) -> None:
+    folder, model = tagger
+    drafted = cli("draft", str(folder / "ckpt.pt"))
+    assert drafted.exit_code == 0, drafted.stderr
+    assert "# CHECK" in drafted.stdout  # it never guesses silently
+    (tmp_path / "drafted.toml").write_text(drafted.stdout)
+    out = tmp_path / "drafted.onnx"
+    result = cli("export", str(tmp_path / "drafted.toml"), "--weights", str(folder / "ckpt.pt"),
+                 "-o", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    ids = torch.randint(0, 100, (2, 15))
+    (y,) = run_file(out, ids=ids.numpy())
+    with torch.no_grad():
+        assert np.abs(y - model(ids).numpy()).max() < 1e-5

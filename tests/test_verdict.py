@@ -122,3 +122,38 @@ def test_save_failures_needs_a_file(cli, tmp_path) -> None:
         2,
         "--save-failures reruns a failure with 'layerport infer', which needs a file",
     )
+
+
+def test_a_confident_classifier_is_judged_at_the_sigmoid_s_scale(cli, tmp_path) -> None:
+    # Probabilities near 0: onnxruntime's Sigmoid is within 1.2e-7 of float64
+    # everywhere but 0.09% off at 1e-5, where float32 eager is exact. Measured
+    # at the value's own scale that would fail a correct file.
+    torch.manual_seed(0)
+    weight = torch.randn(2, 8) * 0.1
+    save_file({"weight": weight, "bias": torch.full((2,), -11.5)}, tmp_path / "w.safetensors")
+    result = cli("export", "linear", "--weights", str(tmp_path / "w.safetensors"),
+                 "-p", "activation=sigmoid", "-o", str(tmp_path / "c.onnx"))  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+
+
+def test_only_bounded_ops_outputs_get_the_unit_scale() -> None:
+    from onnx import TensorProto, helper
+
+    from layerport.verify.verdict import bounded_output_scales
+
+    def graph(*ops: str) -> object:
+        nodes = [helper.make_node(op, [f"v{i}"], [f"v{i + 1}"]) for i, op in enumerate(ops)]
+        value = helper.make_tensor_value_info
+        return helper.make_model(
+            helper.make_graph(
+                nodes,
+                "g",
+                [value("v0", TensorProto.FLOAT, [2])],
+                [value(f"v{len(ops)}", TensorProto.FLOAT, [2])],
+            )
+        )
+
+    assert bounded_output_scales(graph("Sigmoid", "Identity")) == {"v2": 1.0}
+    assert bounded_output_scales(graph("Tanh")) == {"v1": 1.0}
+    assert bounded_output_scales(graph("Sigmoid", "Relu")) == {}
+    assert bounded_output_scales(graph("Exp")) == {}

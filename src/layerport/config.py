@@ -316,9 +316,14 @@ def _params_from_weights(
     implied = {name: value for name, value in layer.spec.resolve_params(raw).items() if name in raw}
     for name in given:
         if name in implied and resolved[name] != implied[name]:
+            from layerport.weights import size_witness
+
+            witness = size_witness(infer, shapes, name)
             raise InvalidParameter(
                 f"parameter {name} is {_shown(resolved[name])}, but the weights in {path} "
-                f"imply {name}={_shown(implied[name])}; drop it, and the weights set it"
+                f"imply {name}={_shown(implied[name])}"
+                + (f" ({witness})" if witness else "")
+                + "; drop it, and the weights set it"
             )
     return {**resolved, **{name: value for name, value in implied.items() if name not in given}}
 

@@ -19,11 +19,14 @@ A file that fails verification is never returned, so it is never written.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import onnx
 
 from layerport import __version__
@@ -58,8 +61,15 @@ def export_layer(
     trials: int = DEFAULT_TRIALS,
     quantize: str | None = None,
     external_data: bool = False,
+    optimize: bool = False,
+    runtimes: Sequence[NamedRuntime] = (),
 ) -> ExportResult:
     """Export ``config``'s layer to ONNX and, unless ``verify`` is false, verify it.
+
+    With ``optimize``, each graph optimizer (``export.optimize``) rewrites the
+    verified file, and the fastest rewrite that keeps every dynamic dim and
+    verifies on the full grid, in onnxruntime and each of ``runtimes``, is
+    kept; the record says what was tried and measured (``_optimized``).
 
     With ``external_data``, the result is written with its initializers in a
     data file beside the model (``ExportResult.files``).
@@ -103,7 +113,15 @@ def export_layer(
         )
         if not report.passed:
             raise VerificationFailed(report.failure_message(), report=report)
+    optimization = None
+    if optimize:
+        if report is None or quantize is not None:
+            raise UserInputError("an optimization is kept only when a float export verifies")
+        model, report, optimization = _optimized(
+            config, module, model, report, tolerance, trials, runtimes
+        )
     record = export_record(config, module, opset, report, quantization)
+    record = dataclasses.replace(record, optimization=optimization)
     record.write_to(model)
     return ExportResult(
         config=config,
@@ -116,6 +134,77 @@ def export_layer(
         verify_seconds=time.perf_counter() - started,
         external_data=external_data,
     )
+
+
+def _optimized(
+    config: LayerConfig,
+    module: nn.Module,
+    model: onnx.ModelProto,
+    report: VerificationReport,
+    tolerance: Tolerance | None,
+    trials: int,
+    runtimes: Sequence[NamedRuntime],
+) -> tuple[onnx.ModelProto, VerificationReport, dict[str, Any]]:
+    """The fastest optimized form of a verified ``model`` that proves itself, or ``model``.
+
+    Each candidate must keep the file's inputs, outputs and symbolic dims,
+    verify on the full grid as the export did (in each of ``runtimes`` too), and
+    then run faster than the export: the verified candidates and the export
+    are timed side by side at the traced size, interleaved (``bench.timing``).
+    Returns the model kept, its report, and what was tried, for the record.
+    """
+    from layerport.bench.timing import TimingSettings, time_engines
+    from layerport.export.optimize import OPTIMIZERS, changed_interface, optimize
+    from layerport.export.torch_onnx import count_nodes
+
+    def measured(candidate: onnx.ModelProto) -> dict[str, Any]:
+        return {"nodes": count_nodes(candidate.graph), "bytes": candidate.ByteSize()}
+
+    tried: dict[str, dict[str, Any]] = {}
+    verified: dict[str, tuple[onnx.ModelProto, VerificationReport]] = {}
+    for name in OPTIMIZERS:
+        try:
+            candidate = optimize(name, model)
+        except RuntimeError as error:
+            tried[name] = {"refused": str(error)}
+            continue
+        tried[name] = measured(candidate)
+        problem = changed_interface(model, candidate)
+        if problem is None:
+            candidate_report = verify_model(
+                config, module, candidate, tolerance=tolerance, trials=trials, runtimes=runtimes
+            )
+            if candidate_report.passed:
+                verified[name] = (candidate, candidate_report)
+                continue
+            problem = f"it fails verification: {candidate_report.failure_message()}"
+        tried[name]["refused"] = problem
+    inputs = config.random_inputs()
+    optional = [tensor.name for tensor in config.spec.inputs if tensor.optional]
+    sessions = {
+        name: Session(candidate, f"the {name} form of {config.spec.name}", optional_inputs=optional)
+        for name, (candidate, _) in {"export": (model, report), **verified}.items()
+    }
+    calls: dict[str, Callable[[], object]] = {
+        name: partial(session.run, inputs) for name, session in sessions.items()
+    }
+    samples = time_engines(calls, TimingSettings(min_seconds=0.3, min_calls=20))
+    medians = {name: float(np.median(durations)) / 1e6 for name, durations in samples.items()}
+    for name in verified:
+        tried[name]["median_ms"] = round(medians[name], 4)
+    faster = [name for name in verified if medians[name] < medians["export"]]
+    for name in set(verified) - set(faster):
+        tried[name]["refused"] = "it is not faster"
+    kept = min(faster, key=lambda name: medians[name]) if faster else None
+    summary = {
+        "kept": kept,
+        "before": {**measured(model), "median_ms": round(medians["export"], 4)},
+        "tried": tried,
+    }
+    if kept is None:
+        return model, report, summary
+    candidate, candidate_report = verified[kept]
+    return candidate, candidate_report, summary
 
 
 def verify_layer(
@@ -236,6 +325,7 @@ def verify_model(
     """
     from layerport.verify.engines import EagerEngine, FileEngine, float64_baseline
     from layerport.verify.structure import structure_problems
+    from layerport.verify.verdict import bounded_output_scales
     from layerport.verify.verification import verify_engines
 
     if optional_inputs is None:
@@ -262,6 +352,7 @@ def verify_model(
         baseline=baseline,
         # int8 quantizes each call's activations over that call's range.
         chunk_expected=quantize is not None,
+        output_scales=bounded_output_scales(model),
     )
     report.quantization = quantize
     if quantize is not None and not report.passed:
@@ -291,6 +382,7 @@ def verify_model(
             tolerance=report.tolerance,
             trials=1,
             baseline=baseline,
+            output_scales=report.output_scales,
         )
     elif second_opinion:
         report.notes.append(
@@ -310,6 +402,7 @@ def verify_model(
                 tolerance=report.tolerance,
                 trials=trials,
                 baseline=baseline,
+                output_scales=report.output_scales,
             )
         except (WorkFailed, BadFile) as error:
             report.runtime_errors[runtime.name] = str(error)

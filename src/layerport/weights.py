@@ -6,11 +6,15 @@ tensors into the module, and the pipeline records their content hash. A file is
 read once, into a ``WeightsFile``; everything after that (``select_checkpoint``,
 ``layer_checkpoint``) works on that object in memory, passed down explicitly.
 
-Two formats: ``.safetensors`` (no code can run from it by design) and PyTorch
-state-dict files (``.pt``/``.pth``/``.bin``), read with ``weights_only=True`` passed
-explicitly: the environment variable ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` turns
-a bare ``torch.load`` back into a full unpickler that runs the file's code, but
-an explicit argument wins over it.
+Four formats, told apart by content where a suffix could lie: ``.safetensors``
+(no code can run from it by design); PyTorch state-dict files
+(``.pt``/``.pth``/``.bin``), read with ``weights_only=True`` passed explicitly:
+the environment variable ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` turns a bare
+``torch.load`` back into a full unpickler that runs the file's code, but an
+explicit argument wins over it; numpy ``.npz`` archives, read without
+unpickling (``runtime.npy``), whose tensors keep the archive's names; and
+TorchScript archives (``torch.jit.save``), whose parameters and buffers are read
+without compiling or running the archive's code (``readers.torchscript``).
 
 Floating-point weights convert to the layer's dtype only when asked: a layer
 takes its weights' own dtype unless a dtype is asked for, and the
@@ -27,7 +31,7 @@ import zipfile
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from layerport.errors import BadFile, ResourceLimit, Setting, UserInputError
 from layerport.runtime.limits import check_allocation
@@ -41,6 +45,7 @@ WeightsPrefix = str | Mapping[str, str]
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+NPZ_SUFFIXES = (".npz",)
 
 
 @dataclass(frozen=True)
@@ -83,22 +88,129 @@ def read_weights_file(path: Path) -> WeightsFile:
     """Read ``path`` once, without running code from it.
 
     Raises ``BadFile`` for a file that is missing, too large for the memory
-    limit, of an unknown suffix, or not valid in its format.
+    limit, of an unknown format (see ``weights_format``), or not valid in it.
     """
+    kind = weights_format(path)
+    if kind == "safetensors":
+        return WeightsFile(path, _read_safetensors(path))
+    if kind == "npz":
+        return WeightsFile(path, _npz_tensors(path))
+    if kind == "torchscript":
+        from layerport.readers.torchscript import read_torchscript
+
+        _check_unpacked_size(path)
+        return WeightsFile(path, read_torchscript(path))
+    return WeightsFile(path, _read_state_dict(path))
+
+
+def weights_format(path: Path) -> str:
+    """``safetensors``, ``torch``, ``torchscript`` or ``npz``: by content, else by suffix.
+
+    Every zip format ends in ``.pt`` somewhere (TorchScript archives too), so a
+    zip is told by its members: ``.npy`` arrays (numpy), ``data.pkl`` beside
+    ``code/`` (``torch.jit.save``) or ``data.pkl`` alone (``torch.save``).
+    Raises ``BadFile`` for a file that is missing, too large for the memory
+    limit, or neither such a zip nor of a known suffix.
+    """
+    from layerport.readers.torchscript import is_torchscript_archive
+
     if not path.is_file():
         raise BadFile(
             f"weights file {path} does not exist" if not path.exists() else f"{path} is not a file"
         )
     check_allocation(path.stat().st_size, f"reading weights file {path}")
+    with path.open("rb") as handle:
+        head = handle.read(2)
+    names: list[str] = []
+    if head == b"PK":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (
+            zipfile.BadZipFile,
+            zipfile.LargeZipFile,
+            NotImplementedError,  # a zip version or compression zipfile lacks
+            OSError,
+            EOFError,
+            ValueError,
+        ):
+            names = []  # a damaged zip: its suffix decides whose reader says why
+    if names and all(name.endswith(".npy") for name in names):
+        return "npz"
+    if is_torchscript_archive(names):
+        return "torchscript"
+    if any(name.endswith("/data.pkl") for name in names):
+        return "torch"
     suffix = path.suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES:
-        return WeightsFile(path, _read_safetensors(path))
+        return "safetensors"
     if suffix in TORCH_SUFFIXES:
-        return WeightsFile(path, _read_state_dict(path))
+        return "torch"
+    if suffix in NPZ_SUFFIXES:
+        return "npz"
     raise BadFile(
-        f"weights file {path} must end in .safetensors, .pt, .pth or .bin, "
-        f"got {suffix or 'no suffix'!r}"
+        f"weights file {path} must end in .safetensors, .pt, .pth, .bin or .npz (or be "
+        f"an archive of torch.save, torch.jit.save or numpy.savez), got {suffix or 'no suffix'!r}"
     )
+
+
+def _npz_arrays(path: Path) -> dict[str, Any]:
+    """An ``.npz`` archive's arrays by key, in the archive's order, without unpickling.
+
+    Raises ``BadFile`` naming the key of an array of Python objects.
+    """
+    from layerport.runtime.npy import read_arrays
+
+    return read_arrays([(None, path)])
+
+
+def _npz_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """An ``.npz`` archive's arrays as tensors, by the archive's keys."""
+    import torch
+
+    tensors = {}
+    for key, array in _npz_arrays(path).items():
+        if array.dtype.kind not in "biufc":
+            raise BadFile(f"{path} (array {key}) holds {array.dtype}, not numbers")
+        # Native byte order and C order, keeping a 0-d array 0-d (ascontiguousarray would not).
+        native = array.astype(array.dtype.newbyteorder("="), order="C", copy=False)
+        tensors[key] = torch.from_numpy(native)
+    return tensors
+
+
+def read_tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape in the weights file at ``path``, by name, in the file's order.
+
+    Named as a prefix selects them (see ``_file_shapes``). Torch-free for
+    ``.safetensors`` and ``.npz``; a safetensors file keeps no order, so its
+    names come in natural order (``layers.2.`` before ``layers.10.``). Raises
+    ``BadFile`` as ``read_weights_file`` does, and for a file that holds no tensors.
+    """
+    kind = weights_format(path)
+    if kind == "npz":
+        named = {key: tuple(array.shape) for key, array in _npz_arrays(path).items()}
+    elif kind == "safetensors":
+        named = _safetensors_shapes(path)
+    else:
+        return _file_shapes(read_weights_file(path))
+    shapes, _ = strip_wrappers(named, [])
+    return shapes
+
+
+def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            names = sorted(handle.keys(), key=_natural_order)
+            return {name: tuple(handle.get_slice(name).get_shape()) for name in names}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise BadFile(f"{path} is not a valid safetensors file: {_first_line(error)}") from error
+
+
+def _natural_order(name: str) -> list[tuple[int, int | str]]:
+    """``layers.2.weight`` before ``layers.10.weight``: numbers compare as numbers."""
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name)]
 
 
 # Whether the tensors under one prefix (named as the layer names them, with
@@ -193,6 +305,33 @@ def layer_checkpoint(
     return Checkpoint(tensors, key, dict(prefix), tuple(notes), file_names)
 
 
+def keyed_checkpoint(source: WeightsFile, keys: Mapping[str, str]) -> Checkpoint:
+    """The tensors of one layer picked one by one: each weight name -> the file's key for it.
+
+    For files whose names are not torch's (an ``.npz`` of ``fc_w`` and ``fc_b``:
+    ``{"weight": "fc_w", "bias": "fc_b"}``). Keys are the file's names as a
+    prefix selects them (a training checkpoint unwrapped, wrappers' segments
+    stripped). Raises ``BadFile`` naming a key the file does not hold, with the
+    closest it does.
+    """
+    import difflib
+
+    notes: list[str] = []
+    entry, key, _ = _unwrap(source, None, notes, None)
+    tensors, _ = strip_wrappers(entry, notes)
+    for name, wanted in keys.items():
+        if wanted not in tensors:
+            close = difflib.get_close_matches(wanted, list(tensors), n=3)
+            raise BadFile(
+                f"{source.path} holds no tensor {wanted!r} (for {name})"
+                + (f"; did you mean {', '.join(map(repr, close))}?" if close else "")
+                + f" Its tensors: {_listed(list(tensors))}"
+            )
+    notes.append("reading " + ", ".join(f"{name} from {wanted!r}" for name, wanted in keys.items()))
+    selected = {name: tensors[wanted] for name, wanted in keys.items()}
+    return Checkpoint(selected, key, dict(keys), tuple(notes), tuple(_file_shapes(source)))
+
+
 def _unknown_part(name: str, parts: Sequence[WeightPart]) -> str:
     if not parts:
         return f"this layer has no weight parts, so {name}= names none"
@@ -265,6 +404,9 @@ _WRAPPER_SEGMENTS = {
 }
 
 
+_Value = TypeVar("_Value")  # a tensor, or only its shape
+
+
 @dataclass(frozen=True)
 class _Stripped:
     """What ``strip_wrappers`` took out of a file's names, to take it out of a prefix too."""
@@ -274,8 +416,8 @@ class _Stripped:
 
 
 def strip_wrappers(
-    tensors: Mapping[str, torch.Tensor], notes: list[str]
-) -> tuple[dict[str, torch.Tensor], _Stripped]:
+    tensors: Mapping[str, _Value], notes: list[str]
+) -> tuple[dict[str, _Value], _Stripped]:
     """``tensors`` named as the unwrapped module names them, and what was stripped.
 
     A note in ``notes`` names each wrapper's segment stripped.
@@ -463,7 +605,14 @@ def _check_unpacked_size(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             unpacked = sum(info.file_size for info in archive.infolist())
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError):
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        NotImplementedError,
+        OSError,
+        EOFError,
+        ValueError,
+    ):
         return
     check_allocation(unpacked, f"reading weights file {path} (unpacked from its zip)")
 
@@ -485,6 +634,41 @@ def _unsafe_globals(path: Path, error: Exception) -> str:
         wanted = re.search(r"GLOBAL (\S+)", str(error))
         names = [wanted.group(1)] if wanted else []
     return f"it would import {', '.join(names)}" if names else "objects other than tensors"
+
+
+def size_witness(
+    infer: Callable[[Mapping[str, tuple[int, ...]]], Mapping[str, object]],
+    shapes: Mapping[str, tuple[int, ...]],
+    name: str,
+) -> str | None:
+    """Which tensor tells parameter ``name``, in words: ``weight_hh_l0 has shape (20, 5)``.
+
+    ``infer`` is a spec's ``params_from_weights``. The first tensor (in the
+    file's order) whose size, or whose presence, changes what ``infer`` reads
+    for ``name`` is the witness; ``None`` when no single tensor is (a flag the
+    weights imply by an absence). The probes are shapes only: nothing is built.
+    """
+
+    def told(probe: Mapping[str, tuple[int, ...]]) -> object:
+        try:
+            return infer(probe).get(name)
+        except Exception:  # a probe the plugin cannot read says nothing about the witness
+            return None
+
+    value = told(shapes)
+    for tensor, shape in shapes.items():
+        for axis in range(len(shape)):
+            # Doubled and one more, so a size read as rows // gates changes too.
+            grown = (*shape[:axis], 2 * shape[axis] + 1, *shape[axis + 1 :])
+            if told({**shapes, tensor: grown}) not in (value, None):
+                return f"{tensor} has shape {tuple(shape)}"
+    for tensor in shapes:
+        if told({key: shape for key, shape in shapes.items() if key != tensor}) not in (
+            value,
+            None,
+        ):
+            return f"the weights hold {tensor}"
+    return None
 
 
 def check_weight_ranks(
@@ -533,8 +717,12 @@ def check_weights(
     problems: list[str] = []
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
-    if missing:
+    if missing and unexpected:  # other names: the expected sizes are only defaults
         problems.append(f"missing {_listed(missing)}")
+    elif missing:
+        problems.append(
+            f"missing {_listed([f'{name} of shape {tuple(expected[name])}' for name in missing])}"
+        )
     if unexpected:
         problems.append(f"unexpected {_listed(unexpected)}")
     for name in sorted(set(expected) & set(tensors)):

@@ -19,7 +19,6 @@ from layerport_nn.activations import (
     DROPOUT,
 )
 from layerport_nn.cells import GRU_CELL, LSTM_CELL
-from layerport_nn.dense import DENSE
 from layerport_nn.embedding import EMBEDDING
 from layerport_nn.flatten import FLATTEN
 from layerport_nn.norms import BATCHNORM1D, BATCHNORM2D, LAYERNORM, RMSNORM
@@ -29,7 +28,6 @@ from layerport_nn.reshape import RESHAPES
 
 SPECS = (
     EMBEDDING,
-    DENSE,
     LAYERNORM,
     RMSNORM,
     ACTIVATION,

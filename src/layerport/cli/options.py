@@ -153,8 +153,9 @@ weights_option = click.option(
     "--weights",
     type=click.Path(path_type=Path),
     default=None,
-    help="Load weights from a .safetensors file or a .pt/.pth/.bin state dict or training "
-    "checkpoint (a model file's layers select theirs from it).",
+    help="Load weights from a .safetensors file, a .pt/.pth/.bin state dict or training "
+    "checkpoint, a TorchScript archive (its code is never run) or an .npz archive (a model "
+    "file's layers select theirs from it).",
 )
 
 

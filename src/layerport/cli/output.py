@@ -239,6 +239,11 @@ def print_export(result: ExportResult, path: Path | None, json_: bool) -> None:
                 else []
             ),
             ("nodes", result.node_count),
+            *(
+                [("optimized", optimization_words(result.record.optimization))]
+                if result.record.optimization
+                else []
+            ),
             ("opset", result.record.opset),
             (
                 "dynamic dims",
@@ -247,6 +252,36 @@ def print_export(result: ExportResult, path: Path | None, json_: bool) -> None:
             ("verification", "not verified (--no-verify)" if report is None else _passed(report)),
         ]
     )
+
+
+def optimization_words(summary: dict[str, Any]) -> str:
+    """What ``export --optimize`` kept, and each other optimizer's figures and fate.
+
+    ``onnxslim: 35 -> 30 nodes, 99 -> 98 KiB, 0.152 -> 0.139 ms median, verified on
+    the grid (onnxruntime-basic, 35 nodes, 0.151 ms: it is not faster)``.
+    """
+    before, tried, kept = summary["before"], summary["tried"], summary["kept"]
+    others = []
+    for name, entry in tried.items():
+        if "refused" not in entry:
+            continue
+        figures = [f"{entry['nodes']} nodes"] if "nodes" in entry else []
+        figures += [f"{entry['median_ms']:.3g} ms"] if "median_ms" in entry else []
+        shown = f"{name}, {', '.join(figures)}" if figures else name
+        others.append(f"{shown}: {entry['refused']}")
+    refused = "; ".join(others)
+    if kept is None:
+        return (
+            f"kept the export as it is ({before['nodes']} nodes, {before['median_ms']:.3g} ms "
+            f"median): {refused}"
+        )
+    after = tried[kept]
+    words = (
+        f"{kept}: {before['nodes']} -> {after['nodes']} nodes, {format_bytes(before['bytes'])} "
+        f"-> {format_bytes(after['bytes'])}, {before['median_ms']:.3g} -> "
+        f"{after['median_ms']:.3g} ms median, verified on the grid"
+    )
+    return f"{words} ({refused})" if refused else words
 
 
 def _passed(report: VerificationReport) -> str:

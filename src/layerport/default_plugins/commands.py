@@ -14,6 +14,7 @@ from layerport import hookimpl
 @hookimpl
 def register_commands(cli: click.Group) -> None:
     from layerport.cli.commands.bench import bench
+    from layerport.cli.commands.draft import draft
     from layerport.cli.commands.export import export
     from layerport.cli.commands.infer import infer
     from layerport.cli.commands.inspect import inspect
@@ -39,5 +40,6 @@ def register_commands(cli: click.Group) -> None:
         infer,
         serve,
         new_plugin,
+        draft,
     ):
         cli.add_command(command)

@@ -27,7 +27,7 @@ from layerport.dtypes import DEFAULT_DTYPE, FLOAT
 from layerport.errors import InvalidModel, InvalidParameter, Setting, UserInputError
 from layerport.model.definition import ModelDefinition, ModelLayer
 from layerport.registry import PluginInfo, RegisteredLayer, Registry
-from layerport.spec import Dim, LayerSpec, Params, Tensor, suggest
+from layerport.spec import Dim, LayerSpec, Params, Tensor
 from layerport.spec.expressions import evaluate, formula_names, parse_formula, substituted
 
 if TYPE_CHECKING:
@@ -52,6 +52,8 @@ class Step:
     name: str
     config: LayerConfig
     sources: tuple[str | None, ...]
+    lead: tuple[str, ...] = ()
+    """The leading dims of what feeds the layer, folded into its batch dim (``_lead``); empty if none."""
 
     def values(self) -> list[str]:
         """The names of the values this layer's outputs become: ``LAYER.OUTPUT``."""
@@ -227,17 +229,9 @@ def _layer_weights(
     parts = {part.name for part in registered.spec.weight_parts}
     if parts and set(layer.weights) <= parts:
         return source, dict(layer.weights)
-    from layerport.weights import WeightsFile, select_checkpoint
+    from layerport.weights import WeightsFile, keyed_checkpoint
 
-    everything = select_checkpoint(source).tensors
-    tensors = {}
-    for name, key in layer.weights.items():
-        if key not in everything:
-            raise InvalidModel(
-                f"{definition.where(index, 'weights')}: checkpoint key {key!r} (for weight "
-                f"{name}) is not in {source.path.name}{suggest(key, list(everything))}"
-            )
-        tensors[name] = everything[key]
+    tensors = keyed_checkpoint(source, layer.weights).tensors
     return WeightsFile(source.path, tensors), None
 
 
@@ -356,6 +350,7 @@ def _composite_spec(
     bindings: dict[str, dict[str, str]] = {}
     steps = []
     for step in ordered:
+        step = dataclasses.replace(step, lead=_lead(step, values))
         sizes = _sizes_from_inputs(definition, step, values)
         if sizes:
             step = refit(step, sizes)
@@ -423,12 +418,17 @@ def _sizes_from_inputs(
     sizes: dict[str, int] = {}
     integer = {param.name for param in spec.params if param.type is int}
     for tensor, source in zip(spec.inputs, step.sources, strict=True):
-        if source is None or len(tensor.dims) != len(values[source].dims):
+        fed_dims = _as_fed(values[source].dims, step.lead) if source is not None else ()
+        if source is None or len(tensor.dims) != len(fed_dims):
             continue
-        for dim, fed in zip(tensor.dims, values[source].dims, strict=True):
-            if dim in integer and dim not in given and _is_constant(fed):
-                if int(fed) != step.config.params[dim]:
-                    sizes[dim] = int(fed)
+        for dim, fed in zip(tensor.dims, fed_dims, strict=True):
+            if (
+                dim in integer
+                and dim not in given
+                and _is_constant(fed)
+                and int(fed) != step.config.params[dim]
+            ):
+                sizes[dim] = int(fed)
     return sizes
 
 
@@ -455,12 +455,13 @@ def _bind_inputs(
         expected = tuple(
             dim if dim in dynamic else substituted(dim, numbers) for dim in tensor.dims
         )
-        if len(expected) != len(value.dims):
+        fed = _as_fed(value.dims, step.lead)
+        if len(expected) != len(fed):
             raise InvalidModel(
                 f"{where} has {len(expected)} dims ({', '.join(tensor.dims)}), but {source} has "
                 f"{len(value.dims)} ({', '.join(value.dims)})"
             )
-        for axis, (dim, given) in enumerate(zip(expected, value.dims, strict=True)):
+        for axis, (dim, given) in enumerate(zip(expected, fed, strict=True)):
             if dim in dynamic:
                 if dim in bound and _normal(bound[dim]) != _normal(given):
                     raise InvalidModel(
@@ -497,8 +498,44 @@ def _output_value(
                 "inputs fed here sets"
             )
         dims.append(substituted(dim, _numbers(step.config.params), bound))
+    if step.lead:
+        dims[:1] = step.lead  # the folded batch dim, unfolded
     dtype = FLOAT if tensor.is_float() else tensor.dtype
     return _Value(tuple(dims), dtype)
+
+
+def _lead(step: Step, values: Mapping[str, _Value]) -> tuple[str, ...]:
+    """The leading dims to fold into the layer's batch dim, so that it runs at every position.
+
+    torch's ``nn.Linear`` takes (batch, seq, features) as readily as (batch,
+    features): it maps each vector on its own. A layer that declares a
+    ``batch_dim`` says the same of it (its samples are independent), so when
+    every input fed to it has k more leading dims than it takes, and its batch
+    dim leads every input and output, those k + 1 dims are folded into its
+    batch dim and unfolded after it (``layerport.model.module``). Anything else
+    is left to the shape check to refuse.
+    """
+    spec = step.config.spec
+    fed = [
+        (tensor, values[source].dims)
+        for tensor, source in zip(spec.inputs, step.sources, strict=True)
+        if source is not None
+    ]
+    extra = {len(dims) - len(tensor.dims) for tensor, dims in fed}
+    if len(extra) != 1 or min(extra) < 1 or spec.batch_dim is None:
+        return ()
+    count = extra.pop() + 1
+    if any(t.dims[0] != spec.batch_dim for t in (*(t for t, _ in fed), *spec.outputs)):
+        return ()
+    leads = {tuple(_normal(dim) for dim in dims[:count]) for _, dims in fed}
+    return leads.pop() if len(leads) == 1 else ()
+
+
+def _as_fed(dims: tuple[str, ...], lead: tuple[str, ...]) -> tuple[str, ...]:
+    """A value's dims as the layer sees them: its leading dims folded into one, if any."""
+    if not lead:
+        return dims
+    return (_normal(" * ".join(f"({dim})" for dim in lead)), *dims[len(lead) :])
 
 
 def _model_dim(
@@ -525,6 +562,10 @@ def _model_dim(
         step, dim = first
         default, help_ = step.config.dims.get(dim.name, dim.default), dim.help
         check_size = dim.check_size
+    declared = next((dim for dim in definition.dims if dim.name == name), None)
+    if declared is not None:
+        default = declared.default or default
+        check_size = declared.check_size or check_size
     defaults = {
         other: _DEFAULT_SIZE
         for entry in definition.inputs

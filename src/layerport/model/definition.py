@@ -45,7 +45,8 @@ _MODEL_NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
 _MODEL_KEYS = {"name", "description"}
 _INPUT_KEYS = {"dtype", "shape", "high"}
 _LAYER_KEYS = {"name", "use", "weights", "params", "input"}
-_TOP_KEYS = {"model", "inputs", "layer", "outputs"}
+_TOP_KEYS = {"model", "inputs", "dims", "layer", "outputs"}
+_DIM_KEYS = {"default", "check_size"}
 # A model file is a few kilobytes; a larger one is not one.
 MAX_MODEL_FILE_BYTES = 1 << 20
 
@@ -60,6 +61,16 @@ class ModelInput:
     """``float`` (the model's precision), ``int64``, ``int32`` or ``bool``."""
     high: int | None = None
     """An integer input's values lie in [0, high); inferred from the layers it feeds if left out."""
+
+
+@dataclass(frozen=True)
+class ModelDim:
+    """A ``[dims.NAME]`` table: the size a dynamic dim is traced at, and the larger one
+    verification also tries. Either left out takes the first layer's it feeds."""
+
+    name: str
+    default: int | None = None
+    check_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,7 @@ class ModelDefinition:
     outputs: dict[str, str]
     """Output name -> source; empty means every output of the last layer."""
     description: str = ""
+    dims: tuple[ModelDim, ...] = ()
     source: str = "the model file"
     """Where the definition came from, for messages: the file's name, or the record's."""
     text: str = field(default="", repr=False, compare=False)
@@ -131,6 +143,15 @@ class ModelDefinition:
         ]
         if self.outputs:
             data["outputs"] = dict(self.outputs)
+        if self.dims:
+            data["dims"] = {
+                dim.name: {
+                    key: value
+                    for key, value in (("default", dim.default), ("check_size", dim.check_size))
+                    if value is not None
+                }
+                for dim in self.dims
+            }
         return data
 
 
@@ -200,7 +221,14 @@ def parse_model(
     }
     for key in outputs:
         reader.name(key, f"outputs.{key}")
-    return ModelDefinition(name, inputs, layers, outputs, description, source, text)
+    shaped = {dim for entry in inputs for dim in entry.shape if isinstance(dim, str)}
+    dims = tuple(
+        reader.model_dim(dim_name, value, shaped)
+        for dim_name, value in reader.table(data.get("dims"), "dims").items()
+    )
+    return ModelDefinition(
+        name, inputs, layers, outputs, description, dims=dims, source=source, text=text
+    )
 
 
 class _Reader:
@@ -292,6 +320,26 @@ class _Reader:
             )
         return ModelInput(name, tuple(shape), dtype, high)
 
+    def model_dim(self, name: str, value: object, shaped: set[str]) -> ModelDim:
+        key = f"dims.{name}"
+        if name not in shaped:
+            raise self.error(
+                key, f"no input has a dim {name}; the inputs' dims: {', '.join(sorted(shaped))}"
+            )
+        table = self.table(value, key, required=True)
+        self.keys(table, _DIM_KEYS, key)
+        sizes = {}
+        for size_key in _DIM_KEYS:
+            size = table.get(size_key)
+            if size is not None and (
+                isinstance(size, bool) or not isinstance(size, int) or size < 2
+            ):
+                raise self.error(
+                    f"{key}.{size_key}", f"must be an integer of at least 2, got {size!r}"
+                )
+            sizes[size_key] = size
+        return ModelDim(name, sizes["default"], sizes["check_size"])
+
     def layer(self, index: int, value: object) -> ModelLayer:
         if not isinstance(value, dict):
             raise self.error("layer", f"[[layer]] number {index + 1} must be a table")
@@ -359,8 +407,12 @@ def _line_of(text: str, layer: int | None, key: str | None) -> int | None:
     if key is None:
         return None
     *tables, last = key.split(".")
+    whole = _header(key)
+    table_line = next((i for i, line in enumerate(lines) if whole.match(line.strip())), None)
+    if layer is None and table_line is not None:
+        return table_line + 1  # the key is a table of its own: [dims.seq]
     if layer is None and tables:
-        header = re.compile(r"^\[\s*" + r"\s*\.\s*".join(map(re.escape, tables)) + r"\s*\]")
+        header = _header(".".join(tables))
         found = [i for i, line in enumerate(lines) if header.match(line.strip())]
         if found:
             start = found[0]
@@ -375,3 +427,8 @@ def _line_of(text: str, layer: int | None, key: str | None) -> int | None:
         if assignment.match(lines[i]):
             return i + 1
     return start + 1 if (layer is not None or tables) and start < len(lines) else None
+
+
+def _header(key: str) -> re.Pattern[str]:
+    """``[inputs.ids]`` for the key ``inputs.ids``, spaces allowed around the dots."""
+    return re.compile(r"^\[\s*" + r"\s*\.\s*".join(map(re.escape, key.split("."))) + r"\s*\]")

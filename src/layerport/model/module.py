@@ -64,9 +64,16 @@ class ComposedModule(nn.Module):
         }
         for step in self.steps:
             arguments = [None if source is None else values[source] for source in step.sources]
+            lead = len(step.lead)
+            if lead:
+                # Run at every position: the leading dims folded into the layer's batch dim.
+                shape = next(a for a in arguments if a is not None).shape[:lead]
+                arguments = [None if a is None else a.flatten(0, lead - 1) for a in arguments]
             with step.config.layer.plugin_code("forward()"):
                 result = getattr(self, step.name)(*arguments)
             results = (result,) if isinstance(result, torch.Tensor) else tuple(result)
+            if lead:
+                results = tuple(r.unflatten(0, shape) for r in results)
             names = step.values()
             if len(results) != len(names):
                 raise InvalidSpec(

@@ -51,6 +51,8 @@ class ExportRecord:
     # A composed model's definition (layerport.model): its model file as data,
     # each layer's type qualified by its plugin, so the file rebuilds without it.
     model: dict[str, Any] | None = None
+    # export --optimize: what each optimizer made, why it was refused, and the one kept.
+    optimization: dict[str, Any] | None = None
     verification: dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT_VERSION
 
@@ -150,7 +152,10 @@ class ExportRecord:
                     isinstance(k, str) and isinstance(v, str) for k, v in self.weights_parts.items()
                 )
             ),
-            "model must be an object": self.model is None or isinstance(self.model, dict),
+            "model and optimization must be objects": all(
+                value is None or isinstance(value, dict)
+                for value in (self.model, self.optimization)
+            ),
             "versions and verification must be objects": isinstance(self.versions, dict)
             and isinstance(self.verification, dict),
             "min_dims must map names to sizes >= 1": self.min_dims is None

@@ -136,7 +136,7 @@ class Param:
         suggestion = ""
         if self.choices is not None:
             # Stricter than for names: "gelu" is a different activation, not a typo of "relu".
-            suggestion = suggest(
+            suggestion = _suggest(
                 shown, [_format_value(choice) for choice in self.choices], cutoff=0.8
             )
         return InvalidParameter(
@@ -450,7 +450,7 @@ class LayerSpec:
             )
         known = [dim.name for dim in self.dims]
         return InvalidDim(
-            f"unknown dim {name!r} for layer {self.name!r}{suggest(name, known)}; dynamic dims: {dynamic}"
+            f"unknown dim {name!r} for layer {self.name!r}{_suggest(name, known)}; dynamic dims: {dynamic}"
         )
 
     def tensor_dtype(self, tensor: Tensor, dtype: str) -> str:
@@ -517,7 +517,7 @@ def resolve_values(
     for name, value in (given or {}).items():
         if name not in known:
             raise InvalidParameter(
-                f"unknown {kind} {name!r} {owner}{suggest(name, known)}; "
+                f"unknown {kind} {name!r} {owner}{_suggest(name, known)}; "
                 f"{kind}s: {', '.join(known) or '(none)'}"
             )
         param = known[name]
@@ -573,8 +573,7 @@ def _format_value(value: object) -> str:
     return str(value)
 
 
-def suggest(name: str, candidates: list[str] | Mapping[str, object], cutoff: float = 0.6) -> str:
-    """`` (did you mean 'x'?)`` for the closest of ``candidates`` to ``name``, else ``''``."""
+def _suggest(name: str, candidates: list[str] | Mapping[str, object], cutoff: float = 0.6) -> str:
     close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=cutoff)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

@@ -18,7 +18,7 @@ from layerport.model import model_steps
 from layerport.model.compose import exposed_name, exposing_every_layer
 from layerport.verify.compare import Comparison
 from layerport.verify.report import VerificationReport
-from layerport.verify.verdict import judge_outputs
+from layerport.verify.verdict import bounded_output_scales, judge_outputs
 from layerport.verify.verification import compare_outputs, in_float64
 
 if TYPE_CHECKING:
@@ -51,7 +51,9 @@ def pinpoint_layer(
     try:
         exposing = exposing_every_layer(config)
         module = build_module(exposing)
-        session = Session(export_onnx(module, exposing, opset), "the exposing export", settings)
+        exported = export_onnx(module, exposing, opset)
+        session = Session(exported, "the exposing export", settings)
+        scales = bounded_output_scales(exported)
         inputs = failed.inputs
         actual = session.run(inputs)
         own = run_module(module, exposing, inputs)
@@ -67,6 +69,7 @@ def pinpoint_layer(
             {name: actual[name] for name in names},
             None if exact is None else {name: exact[name] for name in names},
             report,
+            scales,
         )
         failing = [comparison for comparison in judged if not comparison.passed]
         if failing:
@@ -87,10 +90,11 @@ def _judge(
     actual: Mapping[str, np.ndarray],
     exact: Mapping[str, np.ndarray] | None,
     report: VerificationReport,
+    scales: Mapping[str, float],
 ) -> list[Comparison]:
     """One layer's outputs, judged as the report judged the model's."""
     if report.tolerance is not None or exact is None:
         assert report.tolerance is not None  # float64 files, the only ones without a baseline
         return compare_outputs(case, own, actual, report.tolerance, report.engines)
-    judged, _ = judge_outputs(case, exact, own, actual, report.dtype, report.engines)
+    judged, _ = judge_outputs(case, exact, own, actual, report.dtype, report.engines, scales)
     return judged

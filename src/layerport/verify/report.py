@@ -65,6 +65,8 @@ class VerificationReport:
     runtimes: dict[str, VerificationReport] = field(default_factory=dict)
     runtime_errors: dict[str, str] = field(default_factory=dict)
     runtimes_skipped: dict[str, str] = field(default_factory=dict)
+    # The least scale of each output's verdict floor: 1 for a sigmoid's (verdict.BOUNDED_OPS).
+    output_scales: dict[str, float] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:

@@ -37,6 +37,7 @@ def verify_engines(
     largest: Mapping[str, int] | None = None,
     leave_out_optional: bool = True,
     chunk_expected: bool = False,
+    output_scales: Mapping[str, float] | None = None,
 ) -> VerificationReport:
     """Compare ``actual`` with ``expected`` over the grid for a file traced at ``export_dims``.
 
@@ -53,6 +54,8 @@ def verify_engines(
     ``chunk_expected`` streams ``expected`` in the same chunks as ``actual``, for
     a reference whose result depends on the call's inputs as a whole (int8's
     dynamic activation ranges), instead of one pass over the whole sequence.
+    ``output_scales`` gives outputs a least scale for the verdict's floor
+    (``verdict.bounded_output_scales``).
     """
     spec = config.spec
     grid = size_grid(spec, export_dims, config.params, largest)
@@ -70,6 +73,7 @@ def verify_engines(
         left_out=[tensor.name for tensor in spec.inputs if tensor.optional]
         if leave_out_optional
         else [],
+        output_scales=dict(output_scales or {}),
     )
     if report.structure_problems:
         return report
@@ -197,7 +201,9 @@ def _judge(
         assert report.tolerance is not None
         report.comparisons += compare_outputs(case, own, outputs, report.tolerance, report.engines)
         return
-    judged, costs = judge_outputs(case, exact, own, outputs, report.dtype, report.engines)
+    judged, costs = judge_outputs(
+        case, exact, own, outputs, report.dtype, report.engines, report.output_scales
+    )
     report.costs += costs
     if report.tolerance is None:
         report.comparisons += judged

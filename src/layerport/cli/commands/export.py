@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,7 @@ from layerport.targets import ExportTarget, resolve_target
 
 if TYPE_CHECKING:
     from layerport.results import ExportResult
+    from layerport.runtime.runtimes import NamedRuntime
 
 DEFAULT_EXPORT_DIR = Path("exported")
 
@@ -66,6 +68,21 @@ DEFAULT_EXPORT_DIR = Path("exported")
     help="Write the initializers to a data file beside the model, named after it "
     "(MODEL.onnx.data), as files past protobuf's 2 GiB limit must be.",
 )
+@click.option(
+    "--optimize",
+    is_flag=True,
+    help="Also try graph optimizers (onnxslim, onnxruntime's basic level) on the verified "
+    "export, and keep the fastest result that keeps every dynamic dim and verifies on the "
+    "full grid; the summary and the file's record say what each did.",
+)
+@click.option(
+    "--runtimes",
+    "runtimes",
+    metavar="LIST",
+    default=None,
+    help="With --optimize: an optimized form must also verify in each of these runtimes "
+    "(as verify --runtimes takes them).",
+)
 @json_option
 @click.pass_context
 def export(
@@ -81,6 +98,8 @@ def export(
     no_verify: bool,
     quantize: str | None,
     external_data: bool,
+    optimize: bool,
+    runtimes: str | None,
     json_: bool,
 ) -> None:
     """Export a layer to ONNX, then verify it against eager PyTorch.
@@ -96,6 +115,7 @@ def export(
       layerport export --all -o exported/
       layerport export linear -p in_features=512 -p out_features=512 --quantize int8
       layerport export linear --external-data -o linear.onnx
+      layerport export rnn --optimize
     """
     require_dependencies("torch", "onnxscript")
     from layerport.plugins import get_export_targets
@@ -109,6 +129,17 @@ def export(
             f"--quantize {quantize} applies to a float32 export (its inputs and outputs stay "
             f"float32); drop --dtype {layer_options.dtype}"
         )
+    if optimize and (no_verify or quantize is not None):
+        raise click.UsageError(
+            "--optimize keeps an optimized form only when it verifies, and only for a float "
+            "export; drop --no-verify and --quantize"
+        )
+    if runtimes is not None and not optimize:
+        raise click.UsageError("--runtimes applies to --optimize's verification; add --optimize")
+    from layerport.runtime.runtimes import parse_runtimes, select_runtimes
+
+    selected = select_runtimes(parse_runtimes(runtimes))[0] if runtimes else []
+    optimization = _Optimization(optimize, selected)
     export_target = resolve_target(get_export_targets(), target)
     settings = export_target.resolve_options(target_settings)
     if all_:
@@ -131,7 +162,9 @@ def export(
             )
             path = export_target.output_in(folder, _file_stem(layer, registry))
             export_target.check(path, settings)
-            result = _export(config, opset, not no_verify, verification, quantize, external_data)
+            result = _export(
+                config, opset, not no_verify, verification, quantize, external_data, optimization
+            )
             written = export_target.write(result, path, settings)
             for message in export_target.notes(result, settings):
                 note(message)
@@ -158,7 +191,9 @@ def export(
     if verification.report_path is not None:
         check_writable_target(verification.report_path)
     try:
-        result = _export(config, opset, not no_verify, verification, quantize, external_data)
+        result = _export(
+            config, opset, not no_verify, verification, quantize, external_data, optimization
+        )
     except VerificationFailed as failure:
         write_report(failure.report, verification.report_path)
         raise
@@ -169,6 +204,14 @@ def export(
     print_export(result, written, json_)
 
 
+@dataclass(frozen=True)
+class _Optimization:
+    """``--optimize`` and the runtimes an optimized form must also verify in."""
+
+    wanted: bool = False
+    runtimes: list[NamedRuntime] = field(default_factory=list)
+
+
 def _export(
     config: LayerConfig,
     opset: int,
@@ -176,6 +219,7 @@ def _export(
     verification: VerificationOptions,
     quantize: str | None,
     external_data: bool = False,
+    optimization: _Optimization | None = None,
 ) -> ExportResult:
     from layerport.pipeline import export_layer
     from layerport.verify.verdict import judged_tolerance
@@ -188,6 +232,8 @@ def _export(
         trials=verification.trials,
         quantize=quantize,
         external_data=external_data,
+        optimize=optimization is not None and optimization.wanted,
+        runtimes=optimization.runtimes if optimization is not None else (),
     )
     return result
 
