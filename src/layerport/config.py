@@ -318,6 +318,9 @@ def _params_from_weights(
         if name in implied and resolved[name] != implied[name]:
             from layerport.weights import size_witness
 
+            def infer(probe: Mapping[str, tuple[int, ...]]) -> Mapping[str, object]:
+                return layer.spec.implied_params(probe, resolved) or {}
+
             witness = size_witness(infer, shapes, name)
             raise InvalidParameter(
                 f"parameter {name} is {_shown(resolved[name])}, but the weights in {path} "

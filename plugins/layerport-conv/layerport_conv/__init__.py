@@ -162,19 +162,21 @@ def _build(axes: tuple[str | None, ...]) -> Callable[[Params], nn.Module]:
 
 def _from_weights(
     axes: tuple[str | None, ...],
-) -> Callable[[Mapping[str, tuple[int, ...]], Params], dict[str, ParamValue]]:
+) -> Callable[..., dict[str, ParamValue]]:
     def params_from_weights(
-        shapes: Mapping[str, tuple[int, ...]], params: Params
+        shapes: Mapping[str, tuple[int, ...]], params: Params | None = None
     ) -> dict[str, ParamValue]:
         """The weight, ``(out_channels, in_channels // groups, *kernel)``, gives the sizes.
 
-        ``in_channels`` is the weight's second dim times ``groups``, which
-        leaves no other trace: a grouped checkpoint needs ``-p groups=...``,
-        and a wrong one is refused by a channel count it does not divide.
+        ``in_channels`` is the weight's second dim times ``groups`` (from
+        ``params``, the settings so far; 1 without them), which leaves no other
+        trace: a grouped checkpoint needs ``-p groups=...``, and a wrong one is
+        refused by a channel count it does not divide.
         """
+        groups = int(params["groups"]) if params is not None else 1
         out_channels, per_group, *kernel = shapes["weight"]
         implied: dict[str, ParamValue] = {
-            "in_channels": per_group * int(params["groups"]),
+            "in_channels": per_group * groups,
             "out_channels": out_channels,
             "bias": "bias" in shapes,
         }

@@ -167,6 +167,11 @@ def test_a_grouped_checkpoint_takes_its_groups_from_the_user(tmp_path) -> None:
     torch.save(torch.nn.Conv2d(6, 6, 3, groups=6).state_dict(), checkpoint)
     config = resolve_config(get_registry(), "conv2d", params={"groups": "6"}, weights=checkpoint)
     assert (config.params["in_channels"], config.params["groups"]) == (6, 6)
+    # Read alone (as layerport draft reads a group of tensors), the weight is ungrouped.
+    spec = get_registry().resolve("conv2d").spec
+    assert spec.params_from_weights is not None
+    alone = spec.params_from_weights({"weight": (6, 1, 3, 3), "bias": (6,)})
+    assert (alone["in_channels"], alone["kernel_size"]) == (1, 3)
     one_d = tmp_path / "conv1d.pt"
     torch.save(torch.nn.Conv1d(5, 4, 7, bias=False).state_dict(), one_d)
     config = resolve_config(get_registry(), "conv1d", weights=one_d)
