@@ -45,20 +45,20 @@ def _from_weights(
     def params_from_weights(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, ParamValue]:
         """``weight_ih`` is ``(gates * hidden_size, input_size)``, ``weight_hh`` ``(gates * hidden_size, hidden_size)``.
 
-        An ``LSTMCell`` and a ``GRUCell`` share their key names: the rows tell
-        them apart, and a cell of the other kind is refused naming the tensor,
-        its shape and the shape this one needs (so a prefix holding the other
-        kind is not offered as one that fits).
+        An ``LSTMCell`` and a ``GRUCell`` share their key names: ``weight_hh``'s
+        rows per column tell them apart, and a cell of the other kind is
+        refused naming the tensor, its shape and the shape this one needs (so a
+        prefix holding the other kind is not offered as one that fits).
         """
         rows, input_size = shapes["weight_ih"]
-        hidden_size = rows // gates
-        expected = (gates * hidden_size, hidden_size)
-        if rows % gates or tuple(shapes["weight_hh"]) != expected:
+        # weight_hh's own shape says the kind: (gates * hidden_size, hidden_size).
+        hh_rows, hh_columns = shapes["weight_hh"]
+        if hh_rows != gates * hh_columns:
             raise InvalidParameter(
-                f"weight_hh is {_shape(shapes['weight_hh'])} and weight_ih "
-                f"{_shape(shapes['weight_ih'])}: not a torch.nn.{cell}, whose weight_ih has "
-                f"{gates} * hidden_size rows and weight_hh is ({gates} * hidden_size, hidden_size)"
+                f"weight_hh has shape {_shape(shapes['weight_hh'])}: not a torch.nn.{cell}'s, "
+                f"which is ({gates} * hidden_size, hidden_size)"
             )
+        hidden_size = rows // gates
         return {"hidden_size": hidden_size, "input_size": input_size, "bias": "bias_ih" in shapes}
 
     return params_from_weights

@@ -328,8 +328,8 @@ def test_cells_read_torchs_keys_under_a_prefix_and_stream_20_steps(tmp_path) -> 
     )
     assert wrong.returncode == 2
     assert wrong.stderr == (
-        "Error: weight_hh is (21, 7) and weight_ih (21, 5): not a torch.nn.LSTMCell, whose "
-        "weight_ih has 4 * hidden_size rows and weight_hh is (4 * hidden_size, hidden_size)\n"
+        "Error: weight_hh has shape (21, 7): not a torch.nn.LSTMCell's, "
+        "which is (4 * hidden_size, hidden_size)\n"
     )
     path = _export(tmp_path, "lstm_cell", None, "--weights", str(checkpoint),
                    "--weights-prefix", "encoder.cell.")  # fmt: skip
