@@ -565,7 +565,7 @@ def test_a_dataparallel_prefix_may_be_typed_as_the_file_holds_it(cli, tmp_path, 
             "conv2d",
             lambda: nn.Conv2d(3, 6, 3),
             "in_channels=2",
-            "weight has shape (6, 3, 3, 3), expected (6, 2, 3, 3)",
+            "imply in_channels=3 (weight has shape (6, 3, 3, 3))",
         ),
         (
             "lstm_cell",

@@ -211,10 +211,21 @@ def test_an_integer_parameter_is_true_unless_zero() -> None:
     assert spec.shape(h, spec.resolve_params({"proj_size": 3}), {"batch": 2}) == (2, 3)
 
 
+def test_a_formula_may_take_the_larger_or_smaller_of_its_terms() -> None:
+    # A reflection pad needs an input longer than its wider side: max(left, right) + 1.
+    spec = _stateful("max(num_layers, hidden_size) + 1", "min(num_layers, 2 * hidden_size)")
+    assert spec.shape(spec.outputs[0], spec.resolve_params(), {"batch": 4}) == (6, 2)
+    widest = spec.resolve_params({"num_layers": 9})
+    assert spec.shape(spec.outputs[0], widest, {"batch": 4}) == (10, 9)
+
+
 @pytest.mark.parametrize(
     ("formula", "problem"),
     [
         ('__import__("os").getcwd()', "uses Call; formulas take integers, names"),
+        ("max(num_layers)", "uses Call"),
+        ("abs(num_layers)", "uses Call"),
+        ("max(num_layers, key=hidden_size)", "uses Call"),
         ("num_layers ** 2", "uses Pow"),
         ("num_layers * 2.5", "uses Constant"),
         ("width * 2", "uses 'width', which is not an integer or boolean parameter"),

@@ -302,12 +302,11 @@ def _params_from_weights(
     path: Path,
 ) -> dict[str, ParamValue]:
     """The parameters with the sizes ``shapes`` imply; a given one must agree with them."""
-    infer = layer.spec.params_from_weights
-    if infer is None:
+    if layer.spec.params_from_weights is None:
         return resolved
     with layer.plugin_code("params_from_weights()"):
         try:
-            raw = infer(shapes)
+            raw = layer.spec.implied_params(shapes, resolved)
         except (KeyError, IndexError):
             raw = None  # the tensors do not even name the layer's weights
     if raw is None:
@@ -318,6 +317,9 @@ def _params_from_weights(
     for name in given:
         if name in implied and resolved[name] != implied[name]:
             from layerport.weights import size_witness
+
+            def infer(probe: Mapping[str, tuple[int, ...]]) -> Mapping[str, object]:
+                return layer.spec.implied_params(probe, resolved) or {}
 
             witness = size_witness(infer, shapes, name)
             raise InvalidParameter(

@@ -11,18 +11,29 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from layerport.plugin import LayerSpec, hookimpl
-from layerport_nn.activations import ACTIVATION, DROPOUT
+from layerport_nn.activations import (
+    ACTIVATION,
+    ACTIVATION0D,
+    ACTIVATION1D,
+    ACTIVATION2D,
+    DROPOUT,
+)
 from layerport_nn.cells import GRU_CELL, LSTM_CELL
 from layerport_nn.embedding import EMBEDDING
 from layerport_nn.flatten import FLATTEN
 from layerport_nn.norms import BATCHNORM1D, BATCHNORM2D, LAYERNORM, RMSNORM
+from layerport_nn.padding import PADS
 from layerport_nn.pooling import AVGPOOL1D, AVGPOOL2D, MAXPOOL1D, MAXPOOL2D
+from layerport_nn.reshape import RESHAPES
 
 SPECS = (
     EMBEDDING,
     LAYERNORM,
     RMSNORM,
     ACTIVATION,
+    ACTIVATION0D,
+    ACTIVATION1D,
+    ACTIVATION2D,
     DROPOUT,
     BATCHNORM1D,
     BATCHNORM2D,
@@ -33,6 +44,8 @@ SPECS = (
     FLATTEN,
     LSTM_CELL,
     GRU_CELL,
+    *PADS,
+    *RESHAPES,
 )
 
 

@@ -2,6 +2,14 @@
 
 Neither holds weights. Softmax and log-softmax normalize over a named dim of
 the input, not an axis number, so the choice reads the same in a model file.
+
+A spec's tensors have a fixed rank, so the activation comes in one layer type
+per layout, all sharing this implementation: ``activation`` for tokens
+(batch, seq, features), ``activation0d`` for rows (batch, features), what a
+``linear`` gives; ``activation1d`` for channels-first sequences (batch,
+channels, length), what a ``conv1d`` gives; ``activation2d`` for images
+(batch, channels, height, width), what a ``conv2d`` gives. Each one's
+softmax ``dim`` is one of its own layout's dims.
 """
 
 from __future__ import annotations
@@ -9,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from layerport.plugin import LayerSpec, Param, Params, Tensor
+from layerport.plugin import Dim, LayerSpec, Param, Params, Tensor
 from layerport_nn.common import BATCH, SEQ, TOKENS
 
 if TYPE_CHECKING:
@@ -19,20 +27,25 @@ if TYPE_CHECKING:
 FUNCTIONS = ("relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "softmax", "log_softmax")
 
 
-def _axis(params: Params) -> int:
-    return TOKENS.index(str(params["dim"]))
+def _build_activation(layout: tuple[str, ...]) -> Callable[[Params], nn.Module]:
+    def build(params: Params) -> nn.Module:
+        from torch import nn
+
+        function = str(params["function"])
+        if function in ("softmax", "log_softmax"):
+            axis = layout.index(str(params["dim"]))
+            return nn.Softmax(dim=axis) if function == "softmax" else nn.LogSoftmax(dim=axis)
+        return _function_module(function, float(params["negative_slope"]))
+
+    return build
 
 
-def _build_activation(params: Params) -> nn.Module:
+def _function_module(function: str, negative_slope: float) -> nn.Module:
+    """An elementwise activation's module, by name."""
     from torch import nn
 
-    function = str(params["function"])
     if function == "leaky_relu":
-        return _leaky_relu(float(params["negative_slope"]))
-    if function == "softmax":
-        return nn.Softmax(dim=_axis(params))
-    if function == "log_softmax":
-        return nn.LogSoftmax(dim=_axis(params))
+        return _leaky_relu(negative_slope)
     modules: dict[str, Callable[[], nn.Module]] = {
         "relu": nn.ReLU,
         "gelu": nn.GELU,
@@ -93,24 +106,54 @@ def _activation_reference(module: Any) -> Callable[..., Any]:
     return functions[name]
 
 
-ACTIVATION = LayerSpec(
-    name="activation",
-    description="An activation of torch.nn by name (relu, gelu, softmax over a named dim...).",
-    build=_build_activation,
-    weights=lambda params: {},
-    params=(
-        Param("features", int, 16, "size of the last dim", minimum=1),
-        Param("function", str, "relu", "the activation", choices=FUNCTIONS),
-        Param(
-            "dim", str, "features", "the dim softmax and log_softmax normalize over", choices=TOKENS
+def activation_spec(
+    name: str, layout: tuple[str, ...], size: str, size_help: str, *dims: Dim
+) -> LayerSpec:
+    """The activation over tensors of ``layout``, whose fixed dim is the parameter ``size``."""
+    return LayerSpec(
+        name=name,
+        description=f"An activation of torch.nn by name (relu, gelu, softmax over a named dim...) "
+        f"on ({', '.join(layout)}).",
+        build=_build_activation(layout),
+        weights=lambda params: {},
+        params=(
+            Param(size, int, 16 if size == "features" else 4, size_help, minimum=1),
+            Param("function", str, "relu", "the activation", choices=FUNCTIONS),
+            Param(
+                "dim",
+                str,
+                size,
+                "the dim softmax and log_softmax normalize over",
+                choices=layout,
+            ),
+            Param("negative_slope", float, 0.01, "leaky_relu's slope below zero"),
         ),
-        Param("negative_slope", float, 0.01, "leaky_relu's slope below zero"),
-    ),
-    dims=(BATCH, SEQ),
-    inputs=(Tensor("x", TOKENS, "input"),),
-    outputs=(Tensor("y", TOKENS, "activated input"),),
-    reference=_activation_reference,
-    batch_dim="batch",
+        dims=(BATCH, *dims),
+        inputs=(Tensor("x", layout, "input"),),
+        outputs=(Tensor("y", layout, "activated input"),),
+        reference=_activation_reference,
+        batch_dim="batch",
+    )
+
+
+ACTIVATION = activation_spec("activation", TOKENS, "features", "size of the last dim", SEQ)
+ACTIVATION0D = activation_spec(
+    "activation0d", ("batch", "features"), "features", "size of each row"
+)
+ACTIVATION1D = activation_spec(
+    "activation1d",
+    ("batch", "channels", "length"),
+    "channels",
+    "channels per position",
+    Dim("length", 16, "positions per sequence", check_size=41),
+)
+ACTIVATION2D = activation_spec(
+    "activation2d",
+    ("batch", "channels", "height", "width"),
+    "channels",
+    "channels per pixel",
+    Dim("height", 8, "rows per image", check_size=21),
+    Dim("width", 6, "columns per image", check_size=17),
 )
 
 

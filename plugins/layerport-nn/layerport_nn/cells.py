@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from layerport.plugin import LayerSpec, Param, Params, ParamValue, Tensor
+from layerport.plugin import InvalidParameter, LayerSpec, Param, Params, ParamValue, Tensor
 from layerport_nn.common import BATCH
 
 if TYPE_CHECKING:
@@ -39,13 +39,33 @@ def _weights(gates: int) -> Callable[[Params], dict[str, tuple[int, ...]]]:
     return weights
 
 
-def _from_weights(gates: int) -> Callable[[Mapping[str, tuple[int, ...]]], dict[str, ParamValue]]:
+def _from_weights(
+    gates: int, cell: str
+) -> Callable[[Mapping[str, tuple[int, ...]]], dict[str, ParamValue]]:
     def params_from_weights(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, ParamValue]:
-        """``weight_ih`` is ``(gates * hidden_size, input_size)``."""
+        """``weight_ih`` is ``(gates * hidden_size, input_size)``, ``weight_hh`` ``(gates * hidden_size, hidden_size)``.
+
+        An ``LSTMCell`` and a ``GRUCell`` share their key names: ``weight_hh``'s
+        rows per column tell them apart, and a cell of the other kind is
+        refused naming the tensor, its shape and the shape this one needs (so a
+        prefix holding the other kind is not offered as one that fits).
+        """
         rows, input_size = shapes["weight_ih"]
-        return {"hidden_size": rows // gates, "input_size": input_size, "bias": "bias_ih" in shapes}
+        # weight_hh's own shape says the kind: (gates * hidden_size, hidden_size).
+        hh_rows, hh_columns = shapes["weight_hh"]
+        if hh_rows != gates * hh_columns:
+            raise InvalidParameter(
+                f"weight_hh has shape {_shape(shapes['weight_hh'])}: not a torch.nn.{cell}'s, "
+                f"which is ({gates} * hidden_size, hidden_size)"
+            )
+        hidden_size = rows // gates
+        return {"hidden_size": hidden_size, "input_size": input_size, "bias": "bias_ih" in shapes}
 
     return params_from_weights
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return f"({', '.join(str(size) for size in shape)})"
 
 
 def _build_lstm_cell(params: Params) -> nn.Module:
@@ -139,7 +159,7 @@ LSTM_CELL = LayerSpec(
     ),
     reference=_lstm_reference,
     batch_dim="batch",
-    params_from_weights=_from_weights(4),
+    params_from_weights=_from_weights(4, "LSTMCell"),
 )
 GRU_CELL = LayerSpec(
     name="gru_cell",
@@ -155,5 +175,5 @@ GRU_CELL = LayerSpec(
     outputs=(Tensor("h1", _STATE, "next hidden state (the step's output)"),),
     reference=_gru_reference,
     batch_dim="batch",
-    params_from_weights=_from_weights(3),
+    params_from_weights=_from_weights(3, "GRUCell"),
 )

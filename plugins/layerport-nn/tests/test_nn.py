@@ -174,7 +174,8 @@ def test_a_float_step_counter_is_refused(tmp_path) -> None:
     assert "num_batches_tracked is float32, not an integer" in result.stderr
 
 
-def _activation_oracle(function: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def activation_oracle(function: str, axis: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
+    """torch.nn.functional's ``function``; softmax's over ``axis``."""
     functions: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
         "relu": functional.relu,
         "leaky_relu": lambda x: functional.leaky_relu(x, 0.2),
@@ -182,8 +183,8 @@ def _activation_oracle(function: str) -> Callable[[torch.Tensor], torch.Tensor]:
         "silu": functional.silu,
         "tanh": torch.tanh,
         "sigmoid": torch.sigmoid,
-        "softmax": lambda x: functional.softmax(x, dim=1),
-        "log_softmax": lambda x: functional.log_softmax(x, dim=1),
+        "softmax": lambda x: functional.softmax(x, dim=axis),
+        "log_softmax": lambda x: functional.log_softmax(x, dim=axis),
     }
     return functions[function]
 
@@ -197,7 +198,7 @@ def test_activations_match_torch_functional(tmp_path, function: str) -> None:
     path = _export(tmp_path, "activation", None, *flags)
     x = _normal(3, 29, 16) * 4
     y = load_model(path).run({"x": x})["y"]
-    np.testing.assert_allclose(y, _expected(_activation_oracle(function), x), atol=2e-6)
+    np.testing.assert_allclose(y, _expected(activation_oracle(function), x), atol=2e-6)
 
 
 def test_gelu_has_no_float64_runtime(tmp_path) -> None:
@@ -309,6 +310,47 @@ def test_gru_cell_streams_step_by_step_like_nn_gru_cell(tmp_path) -> None:
         np.testing.assert_allclose(h, state.numpy(), atol=2e-6)
 
 
+def test_cells_read_torchs_keys_under_a_prefix_and_stream_20_steps(tmp_path) -> None:
+    """A checkpoint of a model holding an LSTMCell and a GRUCell, each under its own prefix."""
+    lstm, gru = _randomized(nn.LSTMCell(6, 9), seed=1), _randomized(nn.GRUCell(5, 7), seed=2)
+    checkpoint = tmp_path / "cells.pt"
+    state = {f"encoder.cell.{key}": value for key, value in lstm.state_dict().items()}
+    state |= {f"decoder.gru.{key}": value for key, value in gru.state_dict().items()}
+    torch.save(state, checkpoint)
+    # Without a prefix: refused, naming the one prefix that holds an LSTMCell (not the GRU's).
+    unprefixed = _run("run", "lstm_cell", "--weights", str(checkpoint))
+    assert unprefixed.returncode == 2
+    assert unprefixed.stderr.strip().endswith(
+        "the file holds them under 'encoder.cell.': select them with --weights-prefix encoder.cell."
+    )
+    wrong = _run(
+        "run", "lstm_cell", "--weights", str(checkpoint), "--weights-prefix", "decoder.gru."
+    )
+    assert wrong.returncode == 2
+    assert wrong.stderr == (
+        "Error: weight_hh has shape (21, 7): not a torch.nn.LSTMCell's, "
+        "which is (4 * hidden_size, hidden_size)\n"
+    )
+    path = _export(tmp_path, "lstm_cell", None, "--weights", str(checkpoint),
+                   "--weights-prefix", "encoder.cell.")  # fmt: skip
+    assert _params(path) == {"input_size": 6, "hidden_size": 9, "bias": True}
+    gru_path = _export(tmp_path, "gru_cell", None, "--weights", str(checkpoint),
+                       "--weights-prefix", "decoder.gru.")  # fmt: skip
+    assert _params(gru_path) == {"input_size": 5, "hidden_size": 7, "bias": True}
+    # 20 steps, batch 3 (traced at 4): each step's h1 and c1 fed back as h0 and c0.
+    session = load_model(path)
+    xs = _normal(20, 3, 6, seed=7)
+    state = session.run({"x": xs[0]})
+    expected = lstm(torch.from_numpy(xs[0]))
+    for step, x in enumerate(xs):
+        if step:
+            state = session.run({"x": x, "h0": state["h1"], "c0": state["c1"]})
+            with torch.no_grad():
+                expected = lstm(torch.from_numpy(x), expected)
+        np.testing.assert_allclose(state["h1"], expected[0].detach().numpy(), atol=1e-5)
+        np.testing.assert_allclose(state["c1"], expected[1].detach().numpy(), atol=1e-5)
+
+
 @pytest.mark.parametrize("layer", ["embedding", "layernorm", "rmsnorm", "batchnorm1d", "batchnorm2d",
                                    "activation", "dropout", "flatten", "lstm_cell", "gru_cell"])  # fmt: skip
 def test_spec_reference_agrees_with_the_module(layer: str) -> None:
@@ -343,7 +385,7 @@ def test_entry_point_registers_without_importing_torch() -> None:
         "(entry_point,) = entry_points(group='layerport', name='nn')\n"
         "specs = []\n"
         "entry_point.load().register_layers(register=specs.append)\n"
-        "assert len(specs) == 14, specs\n"
+        f"assert len(specs) == {len(SPECS)}, specs\n"
         "assert 'torch' not in sys.modules, 'registering layerport-nn imported torch'\n"
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

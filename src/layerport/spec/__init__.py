@@ -12,6 +12,7 @@ only ``LayerSpec.build`` (called when a layer is instantiated) needs torch.
 from __future__ import annotations
 
 import difflib
+import inspect
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -292,7 +293,11 @@ class LayerSpec:
     dynamic batching stacks requests along it.
     ``params_from_weights(shapes)``, if given, reads the parameters that weight
     shapes determine (``hidden_size``, ``num_layers``...) from a weights file's
-    names and shapes, so ``--weights`` needs no ``-p``.
+    names and shapes, so ``--weights`` needs no ``-p``. Declared with a second
+    argument, ``params_from_weights(shapes, params)``, it also sees the
+    parameters set so far (defaults included), for a size the weights tell only
+    together with a setting: a grouped convolution's weight holds
+    ``in_channels // groups`` input channels.
     ``weight_parts``, if given, name the torch modules a checkpoint may hold the
     weights in (see ``WeightPart``), for layers whose weight names are not torch's.
     ``precisions`` maps each precision the layer supports to the runtime that
@@ -341,8 +346,8 @@ class LayerSpec:
     batch_dim: str | None = None
     """The dynamic dim that counts independent samples (bench's samples/s, batching servers). Example: ``"batch"``."""
 
-    params_from_weights: Callable[[Mapping[str, tuple[int, ...]]], Params] | None = None
-    """``params_from_weights(shapes)``: the parameters a weights file's names and shapes fix, so ``--weights`` needs no ``-p``. Example: ``torch_layout_sizes``."""
+    params_from_weights: Callable[..., Params] | None = None
+    """``params_from_weights(shapes)`` or ``(shapes, params)``: the parameters a weights file's names and shapes fix, so ``--weights`` needs no ``-p``. Example: ``torch_layout_sizes``."""
 
     weight_parts: tuple[WeightPart, ...] = ()
     """The torch modules a checkpoint may hold the weights in, under their own key names. Example: ``(WeightPart("head", "a torch.nn.Linear", {"weight": "wo.weight"}),)``."""
@@ -370,6 +375,17 @@ class LayerSpec:
             if tensor.name == name:
                 return tensor
         raise KeyError(name)
+
+    def implied_params(
+        self, shapes: Mapping[str, tuple[int, ...]], params: Params
+    ) -> Params | None:
+        """``params_from_weights``' answer for ``shapes`` (given ``params`` if it takes them); ``None`` without one."""
+        infer = self.params_from_weights
+        if infer is None:
+            return None
+        if len(inspect.signature(infer).parameters) >= 2:
+            return infer(shapes, params)
+        return infer(shapes)
 
     def check_precision(self, dtype: str) -> None:
         """Raise ``UserInputError`` unless the layer supports ``dtype``, naming those it does."""

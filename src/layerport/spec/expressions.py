@@ -9,7 +9,9 @@ and then evaluated here, node by node, over a small whitelist: integer
 literals, names, ``+``, ``-``, ``*``, ``//``, unary ``-``, parentheses, and
 ``A if FLAG else B`` where ``FLAG`` names a boolean or integer parameter (an
 integer is true unless 0, as in Python: ``proj_size if proj_size else
-hidden_size`` is torch's LSTM convention that 0 means none). Nothing is
+hidden_size`` is torch's LSTM convention that 0 means none), and ``max(A, B,
+...)`` and ``min(A, B, ...)`` (a reflection pad needs an input longer than its
+wider side: ``max(left, right) + 1``). Nothing is
 passed to ``eval``: a plugin's string can only ever compute an integer. The
 formula's text is what ``show`` prints, without torch.
 """
@@ -25,6 +27,10 @@ _OPERATORS = {
     ast.Mult: lambda a, b: a * b,
     ast.FloorDiv: lambda a, b: a // b,
 }
+
+
+# The only calls a formula may make.
+_FUNCTIONS = {"max": max, "min": min}
 
 
 class FormulaError(ValueError):
@@ -44,18 +50,36 @@ def parse_formula(text: str) -> ast.expr:
             or (isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub))
             or (isinstance(node, ast.IfExp) and isinstance(node.test, ast.Name))
             or (isinstance(node, ast.Constant) and type(node.value) is int)
+            or _is_function_call(node)
         )
         if not allowed:
             raise FormulaError(
                 f"{text!r} uses {type(node).__name__}; formulas take integers, names, "
-                "+ - * //, parentheses and 'A if PARAMETER else B'"
+                "+ - * //, parentheses, max(...), min(...) and 'A if PARAMETER else B'"
             )
     return tree
 
 
+def _is_function_call(node: ast.AST) -> bool:
+    """``max(A, B)`` or ``min(A, B)``: a known function, two arguments or more, no keywords."""
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in _FUNCTIONS
+        and len(node.args) >= 2
+        and not node.keywords
+        and not any(isinstance(argument, ast.Starred) for argument in node.args)
+    )
+
+
 def formula_names(tree: ast.expr) -> tuple[set[str], set[str]]:
-    """Every name a formula uses, and the names it uses as ``if`` flags."""
-    names = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    """Every name a formula uses, and the names it uses as ``if`` flags (not ``max`` or ``min``)."""
+    functions = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+    names = {
+        node.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Name) and id(node) not in functions
+    }
     flags = {
         node.test.id
         for node in ast.walk(tree)
@@ -77,6 +101,9 @@ def evaluate(tree: ast.expr, values: Mapping[str, int | bool]) -> int:
         assert isinstance(tree.test, ast.Name)
         branch = tree.body if values[tree.test.id] else tree.orelse
         return evaluate(branch, values)
+    if isinstance(tree, ast.Call):
+        assert isinstance(tree.func, ast.Name)  # parse_formula admits max and min only
+        return int(_FUNCTIONS[tree.func.id](evaluate(argument, values) for argument in tree.args))
     assert isinstance(tree, ast.BinOp)
     left, right = evaluate(tree.left, values), evaluate(tree.right, values)
     if isinstance(tree.op, ast.FloorDiv) and right == 0:
@@ -102,6 +129,10 @@ def substituted(
     replacements: Mapping[str, str] = formulas or {}
 
     class Substitute(ast.NodeTransformer):
+        def visit_Call(self, node: ast.Call) -> ast.AST:
+            node.args = [self.visit(argument) for argument in node.args]  # not the function's name
+            return node
+
         def visit_Name(self, node: ast.Name) -> ast.expr:
             if node.id in values:
                 return ast.Constant(int(values[node.id]))
