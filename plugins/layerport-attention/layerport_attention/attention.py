@@ -45,7 +45,7 @@ PARAMS = (
     Param(
         "num_kv_heads",
         int,
-        2,
+        0,
         "key/value heads, fewer for grouped-query attention; 0: num_heads",
         minimum=0,
     ),

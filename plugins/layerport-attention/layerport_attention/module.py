@@ -99,8 +99,10 @@ class Attention(nn.Module):
             keys = torch.arange(past + seq)
             allowed = allowed & (keys[None, :] <= self.positions(past, seq)[:, None])
         groups = self.heads // self.kv_heads
-        # Scaled before the product, so float16 scores do not overflow.
-        scores = (q * self.head_dim**-0.5) @ repeat_kv(present_key, groups).transpose(2, 3)
+        # Scaled before the product, so float16 scores do not overflow; a tensor, because
+        # torch.onnx rounds a Python number to float32 (a float64 file was off by 1e-8).
+        scale = torch.tensor(self.head_dim**-0.5, dtype=q.dtype)
+        scores = (q * scale) @ repeat_kv(present_key, groups).transpose(2, 3)
         scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
         # A query with nothing to attend to gets zeros, not a uniform average or NaN.
         weights = torch.softmax(scores, dim=-1).masked_fill(~allowed, 0.0)
@@ -115,7 +117,7 @@ def rotary_tables(
     (float64 for a float64 layer) and then cast, as transformers does."""
     wide = torch.float64 if dtype == torch.float64 else torch.float32
     exponents = torch.arange(0, head_dim, 2, dtype=wide, device=positions.device) / head_dim
-    inverse = 1.0 / (base**exponents)
+    inverse = 1.0 / (torch.tensor(base, dtype=wide) ** exponents)
     angles = positions.to(wide)[:, None] * inverse[None, :]
     angles = torch.cat((angles, angles), dim=-1)
     return angles.cos().to(dtype), angles.sin().to(dtype)
