@@ -216,11 +216,17 @@ class _PinnedCache(Attention):
     the cache outgrows it. The cache it returns has every token."""
 
     def forward(self, x, past_key, past_value, padding_mask=None, past_padding=None):  # type: ignore[no-untyped-def, override]
-        kept = (past_key[:, :, -10:], past_value[:, :, -10:])
-        y, key, value, _ = super().forward(x, *kept, padding_mask)
-        dropped_key, dropped_value = past_key[:, :, :-10], past_value[:, :, :-10]
-        padding = torch.zeros(x.shape[0], past_key.shape[2] + x.shape[1], dtype=torch.bool)
-        return y, torch.cat((dropped_key, key), 2), torch.cat((dropped_value, value), 2), padding
+        batch, past = x.shape[0], past_key.shape[2]
+        # Masked, not sliced: torch.onnx turns past_key[:, :, :-10] into a Slice whose
+        # end, past - 10, counts from the end when negative, which torch's does not.
+        given = _padding(past_padding, batch, past)
+        dropped = given | (torch.arange(past) < past - 10)[None, :]
+        y, key, value, padding = super().forward(x, past_key, past_value, padding_mask, dropped)
+        return y, key, value, torch.cat((given, padding[:, past:]), dim=1)
+
+
+def _padding(mask: torch.Tensor | None, batch: int, length: int) -> torch.Tensor:
+    return torch.zeros(batch, length, dtype=torch.bool) if mask is None else mask
 
 
 class _MaskIgnoresThePast(Attention):
@@ -248,28 +254,26 @@ class _RotaryFromZero(Attention):
         cos, sin = rotary_tables(torch.arange(seq), self.head_dim, self.rope_base, x.dtype)
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         keys, values = torch.cat((past_key, k), dim=2), torch.cat((past_value, v), dim=2)
-        allowed = torch.ones(seq, past + seq, dtype=torch.bool).tril(past)
+        padding = torch.cat(
+            (_padding(past_padding, x.shape[0], past), _padding(padding_mask, x.shape[0], seq)), 1
+        )
+        allowed = torch.ones(seq, past + seq, dtype=torch.bool).tril(past) & ~padding[:, None, None]
         groups = self.heads // self.kv_heads
         attended = functional.scaled_dot_product_attention(
             q, keys, values, allowed, enable_gqa=groups > 1
         )
-        padding = torch.zeros(x.shape[0], past + seq, dtype=torch.bool)
+        attended = attended.masked_fill(~allowed.any(dim=-1, keepdim=True), 0.0)
         return self.output(attended), keys, values, padding
 
 
 @pytest.mark.parametrize(
-    ("broken", "where"),
-    [
-        (
-            _PinnedCache,
-            "prompt=1 steps=21, first wrong at decode step",
-        ),
-        (_MaskIgnoresThePast, "prompt=1 steps=1, first wrong at decode step 1 (position 1)"),
-        (_RotaryFromZero, "prompt=1 steps=1, first wrong at decode step 1 (position 1)"),
-    ],
+    ("broken", "first"),
+    # The window of 10 is first outgrown at position 11 (a cache of 11 tokens); the mask
+    # and the rotary offset go wrong at the first token after a cached one.
+    [(_PinnedCache, 11), (_MaskIgnoresThePast, 1), (_RotaryFromZero, 1)],
     ids=["pinned-cache", "causal-mask", "rotary-offset"],
 )
-def test_a_broken_cache_fails_decoding_naming_the_step(broken: type[Attention], where: str) -> None:
+def test_a_broken_cache_fails_decoding_naming_the_step(broken: type[Attention], first: int) -> None:
     """Each bug agrees with eager at every single call; only the stream shows it."""
     params = {"rotary": broken is not _MaskIgnoresThePast}
     config = resolve_config(get_registry(), "attention", params)
@@ -281,7 +285,17 @@ def test_a_broken_cache_fails_decoding_naming_the_step(broken: type[Attention], 
     report = failed.value.report  # type: ignore[attr-defined]
     decoding = [c for c in report.failures if c.case.startswith("decoding")]
     assert decoding and len(decoding) == len(report.failures), "only the stream fails"
-    assert any(where in c.case for c in decoding), sorted({c.case for c in decoding})
+    located = [
+        re.search(
+            r"prompt=(\d+) steps=\d+, first wrong at decode step (\d+) \(position (\d+)\)", c.case
+        )
+        for c in decoding
+    ]
+    assert all(located), [c.case for c in decoding]
+    positions = {int(match[3]) for match in located if match}
+    assert min(positions) == first
+    # The step is counted from the prompt's end.
+    assert all(int(m[3]) - int(m[1]) + 1 == int(m[2]) for m in located if m)
     assert re.search(r"first wrong at decode step \d+ \(position \d+\)", str(failed.value))
 
 
