@@ -1,4 +1,4 @@
-"""layerport-attention: multi-head attention whose KV cache is streamed state.
+"""layerport-attention: attention and a decoder block whose KV cache is streamed state.
 
 The exported file takes the cache in (``past_key``, ``past_value``) and gives
 it back grown by the call (``present_key``, ``present_value``), so one file
@@ -13,8 +13,9 @@ from collections.abc import Callable
 
 from layerport.plugin import LayerSpec, hookimpl
 from layerport_attention.attention import ATTENTION
+from layerport_attention.block import DECODER_BLOCK
 
-SPECS = (ATTENTION,)
+SPECS = (ATTENTION, DECODER_BLOCK)
 
 
 @hookimpl

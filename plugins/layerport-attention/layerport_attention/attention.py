@@ -66,6 +66,50 @@ PARAMS = (
 )
 
 
+INPUTS = (
+    Tensor("x", ("batch", "seq", "embed_dim"), "the call's tokens"),
+    Tensor("past_key", CACHE, "the cache's keys, rotated (past 0 at prefill)"),
+    Tensor("past_value", CACHE, "the cache's values"),
+    Tensor(
+        "padding_mask",
+        ("batch", "seq"),
+        "true at the call's padding tokens, which no token attends to; none if omitted",
+        optional=True,
+        dtype="bool",
+    ),
+    Tensor(
+        "past_padding",
+        ("batch", "past"),
+        "the cache's padding (present_padding of the call before); none if omitted",
+        optional=True,
+        dtype="bool",
+    ),
+)
+OUTPUTS = (
+    Tensor("y", ("batch", "seq", "embed_dim"), "the call's outputs"),
+    Tensor("present_key", GROWN, "past_key with the call's keys appended"),
+    Tensor("present_value", GROWN, "past_value with the call's values appended"),
+    Tensor(
+        "present_padding",
+        ("batch", "past + seq"),
+        "past_padding, then padding_mask",
+        dtype="bool",
+    ),
+)
+# The cache grows by each call's tokens; the proof streams a prefill, then single steps.
+STREAMING = Streaming(
+    dim="seq",
+    carry=(
+        ("past_key", "present_key"),
+        ("past_value", "present_value"),
+        ("past_padding", "present_padding"),
+    ),
+    grows="past",
+    # Without the causal mask a token attends to later ones: no stream has them yet.
+    unless="not causal",
+)
+
+
 def head_sizes(params: Params) -> tuple[int, int, int]:
     """``(num_heads, num_kv_heads, head_dim)``, zeros resolved; ``InvalidParameter`` if they
     do not fit together."""
@@ -83,7 +127,7 @@ def head_sizes(params: Params) -> tuple[int, int, int]:
         )
     if params["rotary"] and head_dim % 2:
         raise InvalidParameter(f"rotary embeddings need an even head_dim, got {head_dim}")
-    if params["layout"] == "packed" and (
+    if params.get("layout") == "packed" and (
         kv_heads != heads or heads * head_dim != params["embed_dim"]
     ):
         raise InvalidParameter(
@@ -147,7 +191,8 @@ def attention_from_weights(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, P
     }
 
 
-def _flops(params: Params, dims: Mapping[str, int]) -> int:
+def attention_flops(params: Params, dims: Mapping[str, int]) -> int:
+    """The projections' and the attention's multiply-adds, twice."""
     heads, kv_heads, head_dim = head_sizes(params)
     tokens = dims["batch"] * dims["seq"]
     embed = int(params["embed_dim"])
@@ -175,49 +220,11 @@ ATTENTION = LayerSpec(
     weights=attention_weights,
     params=PARAMS,
     dims=(BATCH, SEQ, PAST),
-    inputs=(
-        Tensor("x", ("batch", "seq", "embed_dim"), "the call's tokens"),
-        Tensor("past_key", CACHE, "the cache's keys, rotated (past 0 at prefill)"),
-        Tensor("past_value", CACHE, "the cache's values"),
-        Tensor(
-            "padding_mask",
-            ("batch", "seq"),
-            "true at the call's padding tokens, which no token attends to; none if omitted",
-            optional=True,
-            dtype="bool",
-        ),
-        Tensor(
-            "past_padding",
-            ("batch", "past"),
-            "the cache's padding (present_padding of the call before); none if omitted",
-            optional=True,
-            dtype="bool",
-        ),
-    ),
-    outputs=(
-        Tensor("y", ("batch", "seq", "embed_dim"), "the call's outputs"),
-        Tensor("present_key", GROWN, "past_key with the call's keys appended"),
-        Tensor("present_value", GROWN, "past_value with the call's values appended"),
-        Tensor(
-            "present_padding",
-            ("batch", "past + seq"),
-            "past_padding, then padding_mask",
-            dtype="bool",
-        ),
-    ),
-    streaming=Streaming(
-        dim="seq",
-        carry=(
-            ("past_key", "present_key"),
-            ("past_value", "present_value"),
-            ("past_padding", "present_padding"),
-        ),
-        grows="past",
-        # Without the causal mask a token attends to later ones: no stream has them yet.
-        unless="not causal",
-    ),
+    inputs=INPUTS,
+    outputs=OUTPUTS,
+    streaming=STREAMING,
     reference=_reference,
-    flops=_flops,
+    flops=attention_flops,
     batch_dim="batch",
     params_from_weights=attention_from_weights,
     precisions={name: ALL_PRECISIONS[name] for name in ("float32", "float64", "float16")},

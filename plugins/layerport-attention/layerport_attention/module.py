@@ -180,3 +180,68 @@ def sdpa_reference(module: Any) -> Callable[..., Any]:
         return module.output(attended), keys, values, padding
 
     return reference
+
+
+class MLP(nn.Module):
+    """Llama's gated SiLU MLP, ``down(silu(gate(x)) * up(x))``, or a plain ``down(silu(up(x)))``."""
+
+    def __init__(self, params: Params) -> None:
+        super().__init__()
+        embed, inner, bias = (
+            int(params["embed_dim"]),
+            int(params["intermediate_size"]),
+            bool(params["mlp_bias"]),
+        )
+        self.gated = params["mlp"] == "gated"
+        if self.gated:
+            self.gate_proj = nn.Linear(embed, inner, bias=bias)
+        self.up_proj = nn.Linear(embed, inner, bias=bias)
+        self.down_proj = nn.Linear(inner, embed, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        up = self.up_proj(x)
+        hidden = functional.silu(self.gate_proj(x)) * up if self.gated else functional.silu(up)
+        return self.down_proj(hidden)
+
+
+class DecoderBlock(nn.Module):
+    """``h = x + self_attn(input_layernorm(x))``, ``y = h + mlp(post_attention_layernorm(h))``,
+    with the attention's cache in and out; Llama's module names."""
+
+    def __init__(self, params: Params) -> None:
+        super().__init__()
+        self.self_attn = Attention({**params, "layout": "separate"})
+        self.input_layernorm = _norm(params)
+        self.post_attention_layernorm = _norm(params)
+        self.mlp = MLP(params)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        past_key: torch.Tensor,
+        past_value: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        past_padding: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        attended, key, value, padding = self.self_attn(
+            self.input_layernorm(x), past_key, past_value, padding_mask, past_padding
+        )
+        hidden = x + attended
+        return hidden + self.mlp(self.post_attention_layernorm(hidden)), key, value, padding
+
+
+def _norm(params: Params) -> nn.Module:
+    """An RMSNorm or a LayerNorm over the features, its seeded scale (and shift) scattered
+    around 1 (and 0), so a scale read as a shift cannot verify."""
+    embed, eps = int(params["embed_dim"]), float(params["norm_eps"])
+    norm: nn.Module
+    if params["norm"] == "rmsnorm":
+        norm = nn.RMSNorm(embed, eps=eps)
+    else:
+        norm = nn.LayerNorm(embed, eps=eps, bias=bool(params["norm_bias"]))
+    with torch.no_grad():
+        for name, center in (("weight", 1.0), ("bias", 0.0)):
+            tensor = getattr(norm, name, None)
+            if tensor is not None:
+                tensor.uniform_(center - 0.5, center + 0.5)
+    return norm

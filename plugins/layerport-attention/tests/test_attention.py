@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from layerport_attention import ATTENTION
+from layerport_attention import ATTENTION, SPECS
 from layerport_attention.module import Attention, rotary_tables, rotate
 from torch import nn
 from torch.nn import functional
@@ -42,8 +42,9 @@ def _cli(*args: str):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda check: check.__name__)
-def test_conformance(check: Callable[[str], None]) -> None:
-    check("attention")
+@pytest.mark.parametrize("layer", [spec.name for spec in SPECS])
+def test_conformance(check: Callable[[str], None], layer: str) -> None:
+    check(layer)
 
 
 def _randomized(module: nn.Module, seed: int = 0) -> nn.Module:
@@ -217,8 +218,7 @@ class _PinnedCache(Attention):
 
     def forward(self, x, past_key, past_value, padding_mask=None, past_padding=None):  # type: ignore[no-untyped-def, override]
         batch, past = x.shape[0], past_key.shape[2]
-        # Masked, not sliced: torch.onnx turns past_key[:, :, :-10] into a Slice whose
-        # end, past - 10, counts from the end when negative, which torch's does not.
+        # Masked as padding, not sliced, so the cache it returns keeps the spec's shape.
         given = _padding(past_padding, batch, past)
         dropped = given | (torch.arange(past) < past - 10)[None, :]
         y, key, value, padding = super().forward(x, past_key, past_value, padding_mask, dropped)
@@ -355,3 +355,104 @@ def test_decoding_long_prompts_and_many_steps(dtype: str) -> None:
         report.streaming
         == "decoding: prompt 1, 150, 305 then 1, 305 single-token steps, through the past state"
     )
+
+
+def _llama_block(
+    weights: dict[str, torch.Tensor],
+    heads: int,
+    kv_heads: int,
+    eps: float,
+    gated: bool,
+    layernorm: bool,
+) -> Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """A pre-norm block written with torch's primitives, its attention ``_sdpa_oracle``."""
+
+    def norm(x: torch.Tensor, name: str) -> torch.Tensor:
+        if layernorm:
+            return functional.layer_norm(
+                x, x.shape[-1:], weights[f"{name}.weight"], weights.get(f"{name}.bias"), eps
+            )
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weights[f"{name}.weight"]
+
+    def linear(x: torch.Tensor, name: str) -> torch.Tensor:
+        return functional.linear(x, weights[f"mlp.{name}.weight"], weights.get(f"mlp.{name}.bias"))
+
+    attention = {
+        name.removeprefix("self_attn."): tensor
+        for name, tensor in weights.items()
+        if name.startswith("self_attn.")
+    }
+
+    def block(
+        x: np.ndarray, past_key: np.ndarray, past_value: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        normed = norm(torch.from_numpy(x), "input_layernorm").numpy()
+        attended, keys = _sdpa_oracle(
+            attention, heads, kv_heads, 10000.0, normed, past_key, past_value
+        )
+        hidden = torch.from_numpy(x + attended)
+        inner = norm(hidden, "post_attention_layernorm")
+        up = linear(inner, "up_proj")
+        activated = (
+            functional.silu(linear(inner, "gate_proj")) * up if gated else functional.silu(up)
+        )
+        return (hidden + linear(activated, "down_proj")).numpy(), keys
+
+    return block
+
+
+@pytest.mark.parametrize(
+    ("gated", "layernorm", "biases"),
+    [(True, False, False), (False, True, True)],
+    ids=["llama", "layernorm-plain-mlp-biases"],
+)
+def test_decoder_block_reads_llama_keys_and_matches_a_torch_block(
+    tmp_path: Path, gated: bool, layernorm: bool, biases: bool
+) -> None:
+    """From a whole-model checkpoint's ``model.layers.1.``: every size from the tensors, the
+    heads given; run at sizes never traced, with a cache of 9."""
+    embed, heads, kv_heads, head_dim, inner = 48, 6, 2, 8, 80
+    generator = torch.Generator().manual_seed(3)
+    shapes = {
+        "self_attn.q_proj.weight": (heads * head_dim, embed),
+        "self_attn.k_proj.weight": (kv_heads * head_dim, embed),
+        "self_attn.v_proj.weight": (kv_heads * head_dim, embed),
+        "self_attn.o_proj.weight": (embed, heads * head_dim),
+        "mlp.up_proj.weight": (inner, embed),
+        "mlp.down_proj.weight": (embed, inner),
+    }
+    if gated:
+        shapes["mlp.gate_proj.weight"] = (inner, embed)
+    if biases:
+        shapes |= {name.replace("weight", "bias"): shape[:1] for name, shape in shapes.items()}
+    weights = {
+        name: (torch.rand(shape, generator=generator) - 0.5) * 0.4 for name, shape in shapes.items()
+    }
+    for norm in ("input_layernorm", "post_attention_layernorm"):
+        weights[f"{norm}.weight"] = torch.rand(embed, generator=generator) + 0.5
+        if layernorm:
+            weights[f"{norm}.bias"] = torch.rand(embed, generator=generator) - 0.5
+    checkpoint = {f"model.layers.1.{name}": tensor for name, tensor in weights.items()}
+    checkpoint["model.embed_tokens.weight"] = torch.zeros(10, embed)  # another layer's
+    torch.save(checkpoint, tmp_path / "model.pt")
+    path = tmp_path / "block.onnx"
+    result = _cli(
+        "export", "decoder_block", "--weights", str(tmp_path / "model.pt"),
+        "--weights-prefix", "model.layers.1.", "-p", "num_heads=6", "-p", "num_kv_heads=2",
+        "-p", "norm_eps=0.00001", "--trials", "1", "-o", str(path),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    params = json.loads(_cli("inspect", str(path), "--json").output)["layerport"]["params"]
+    assert (params["embed_dim"], params["intermediate_size"]) == (embed, inner)
+    assert params["mlp"] == ("gated" if gated else "plain")
+    assert params["norm"] == ("layernorm" if layernorm else "rmsnorm")
+    x, past_key, past_value = (
+        _normal(2, 13, embed),
+        _normal(2, 2, 9, 8, seed=2),
+        _normal(2, 2, 9, 8, seed=3),
+    )
+    got = load_model(path).run({"x": x, "past_key": past_key, "past_value": past_value})
+    oracle = _llama_block(weights, heads, kv_heads, 1e-5, gated, layernorm)
+    y, present_key = oracle(x, past_key, past_value)
+    np.testing.assert_allclose(got["y"], y, atol=1e-5)
+    np.testing.assert_allclose(got["present_key"], present_key, atol=2e-6)
