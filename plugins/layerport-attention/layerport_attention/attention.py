@@ -109,6 +109,16 @@ STREAMING = Streaming(
     unless="not causal",
 )
 
+# What every layer with this cache declares alike: its dims, tensors, stream and precisions.
+CACHED_LAYER: dict[str, Any] = {
+    "dims": (BATCH, SEQ, PAST),
+    "inputs": INPUTS,
+    "outputs": OUTPUTS,
+    "streaming": STREAMING,
+    "batch_dim": "batch",
+    "precisions": {name: ALL_PRECISIONS[name] for name in ("float32", "float64", "float16")},
+}
+
 
 def head_sizes(params: Params) -> tuple[int, int, int]:
     """``(num_heads, num_kv_heads, head_dim)``, zeros resolved; ``InvalidParameter`` if they
@@ -219,13 +229,8 @@ ATTENTION = LayerSpec(
     build=_build,
     weights=attention_weights,
     params=PARAMS,
-    dims=(BATCH, SEQ, PAST),
-    inputs=INPUTS,
-    outputs=OUTPUTS,
-    streaming=STREAMING,
     reference=_reference,
     flops=attention_flops,
-    batch_dim="batch",
     params_from_weights=attention_from_weights,
-    precisions={name: ALL_PRECISIONS[name] for name in ("float32", "float64", "float16")},
+    **CACHED_LAYER,
 )

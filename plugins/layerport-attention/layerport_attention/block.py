@@ -12,15 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from layerport.plugin import ALL_PRECISIONS, LayerSpec, Param, Params, ParamValue
+from layerport.plugin import LayerSpec, Param, Params, ParamValue
 from layerport_attention.attention import (
-    BATCH,
-    INPUTS,
-    OUTPUTS,
+    CACHED_LAYER,
     PARAMS,
-    PAST,
-    SEQ,
-    STREAMING,
     attention_flops,
     attention_weights,
 )
@@ -125,12 +120,7 @@ DECODER_BLOCK = LayerSpec(
     build=_build,
     weights=block_weights,
     params=BLOCK_PARAMS,
-    dims=(BATCH, SEQ, PAST),
-    inputs=INPUTS,
-    outputs=OUTPUTS,
-    streaming=STREAMING,
     flops=_flops,
-    batch_dim="batch",
     params_from_weights=block_from_weights,
-    precisions={name: ALL_PRECISIONS[name] for name in ("float32", "float64", "float16")},
+    **CACHED_LAYER,
 )

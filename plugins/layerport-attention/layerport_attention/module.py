@@ -223,9 +223,9 @@ class DecoderBlock(nn.Module):
         padding_mask: torch.Tensor | None = None,
         past_padding: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        attended, key, value, padding = self.self_attn(
-            self.input_layernorm(x), past_key, past_value, padding_mask, past_padding
-        )
+        # Named, not *args: torch.export matches the inputs' dynamic shapes by position.
+        cache = (past_key, past_value, padding_mask, past_padding)
+        attended, key, value, padding = self.self_attn(self.input_layernorm(x), *cache)
         hidden = x + attended
         return hidden + self.mlp(self.post_attention_layernorm(hidden)), key, value, padding
 
