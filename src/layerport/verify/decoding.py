@@ -54,26 +54,28 @@ def locate_in_stream(
 
     The first position, over every failed output, where an element is beyond the
     bound its comparison applied: ``allowed`` under the verdict (``reference`` is
-    then float64 eager's), else ``tolerance`` (``reference`` is eager's own).
+    then float64 eager's), else ``tolerance`` (``reference`` is eager's own); or,
+    in an output that holds NaN or Inf, where the first of them is.
     """
     streaming = spec.streaming
     assert streaming is not None
     first: int | None = None
     for comparison in judged:
-        if comparison.passed or comparison.problem is not None:
-            continue
         tensor = next(tensor for tensor in spec.outputs if tensor.name == comparison.output)
         axis = _position_axis(streaming, tensor.dims)
-        if axis is None:
+        actual, expected = streamed[tensor.name], reference[tensor.name]
+        if comparison.passed or axis is None or actual.shape != expected.shape:
             continue
-        actual = streamed[tensor.name].astype(np.float64)
-        expected = reference[tensor.name].astype(np.float64)
-        if comparison.allowed is not None:
-            bound: float | np.ndarray = comparison.allowed
+        actual, expected = actual.astype(np.float64), expected.astype(np.float64)
+        if comparison.problem is not None:  # NaN or Inf: where they are
+            wrong = ~np.isfinite(actual)
         else:
-            assert tolerance is not None
-            bound = tolerance.atol + tolerance.rtol * np.abs(expected)
-        wrong = ~(np.abs(actual - expected) <= bound)  # NaN is wrong too
+            if comparison.allowed is not None:
+                bound: float | np.ndarray = comparison.allowed
+            else:
+                assert tolerance is not None
+                bound = tolerance.atol + tolerance.rtol * np.abs(expected)
+            wrong = ~(np.abs(actual - expected) <= bound)
         other_axes = tuple(index for index in range(wrong.ndim) if index != axis)
         positions = np.flatnonzero(wrong.any(axis=other_axes))
         if positions.size and (first is None or int(positions[0]) < first):
