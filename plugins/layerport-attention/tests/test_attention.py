@@ -327,6 +327,29 @@ def test_a_cache_that_disagrees_with_the_weights_exits_2(tmp_path: Path) -> None
         assert result.stderr == f"Error: {message}\n"
 
 
+def test_key_value_heads_that_do_not_fit_the_projections_exit_2(tmp_path: Path) -> None:
+    """Two key/value heads' rows, read as four (num_kv_heads defaults to num_heads)."""
+    weights = {
+        "q_proj.weight": torch.zeros(32, 32),
+        "k_proj.weight": torch.zeros(16, 32),
+        "v_proj.weight": torch.zeros(16, 32),
+        "o_proj.weight": torch.zeros(32, 32),
+    }
+    torch.save(weights, tmp_path / "model.pt")
+    result = subprocess.run(
+        [sys.executable, "-m", "layerport", "export", "attention", "--weights", "model.pt"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "Error: weights in model.pt do not fit the layer: k_proj.weight has shape (16, 32), "
+        "expected (32, 32); v_proj.weight has shape (16, 32), expected (32, 32)\n"
+    )
+    assert not list(tmp_path.rglob("*.onnx"))
+
+
 def test_an_empty_cache_runs_through_infer(tmp_path: Path) -> None:
     path = tmp_path / "attention.onnx"
     exported = _cli("export", "attention", "-p", "num_kv_heads=2", "--trials", "1", "-o", str(path))
