@@ -281,3 +281,66 @@ def test_bad_smallest_sizes_are_refused(min_size: object, problem: str) -> None:
             inputs=(Tensor("x", ("batch",)),),
             outputs=(Tensor("y", ("batch",)),),
         )
+
+
+def test_a_dim_declared_to_take_0_may_be_empty_and_others_may_not() -> None:
+    past = Dim("past", 3, min_size=0)
+    assert past.smallest({}) == 0 and Dim("seq", 3).smallest({}) == 1
+    assert past.grid(3, past.smallest({})) == (0, 3, 11)
+    spec = LayerSpec(
+        name="cache",
+        description="A test layer.",
+        build=lambda params: None,  # type: ignore[arg-type, return-value]
+        weights=lambda params: {},
+        dims=(Dim("seq", 2), past),
+        inputs=(Tensor("x", ("seq", "2")), Tensor("past_x", ("past", "2"))),
+        outputs=(Tensor("y", ("seq", "2")), Tensor("present_x", ("past + seq", "2"))),
+        streaming=Streaming("seq", (("past_x", "present_x"),), grows="past"),
+    )
+    assert spec.resolve_dims({"past": 0}) == {"seq": 2, "past": 0}
+    with pytest.raises(InvalidDim, match="dim seq must be an integer >= 1, got 0"):
+        spec.resolve_dims({"seq": 0})
+
+
+@pytest.mark.parametrize(
+    ("streaming", "message"),
+    [
+        (
+            Streaming("seq", (("past_x", "present_x"),), grows="seq"),
+            "streaming grows along 'seq', which must be a dynamic dim with min_size 0",
+        ),
+        (
+            Streaming("seq", (("past_x", "past_x_out"),), grows="past"),
+            "streaming: past_x_out must have past_x's dims, grown where it grows",
+        ),
+        (
+            Streaming("seq", (), unless="not nosuch"),
+            "streaming unless='not nosuch' is not a boolean",
+        ),
+    ],
+)
+def test_a_growing_state_is_declared_consistently(streaming: Streaming, message: str) -> None:
+    with pytest.raises(InvalidSpec, match=re.escape(message)):
+        LayerSpec(
+            name="cache",
+            description="A test layer.",
+            build=lambda params: None,  # type: ignore[arg-type, return-value]
+            weights=lambda params: {},
+            dims=(Dim("seq", 2), Dim("past", 3, min_size=0)),
+            inputs=(Tensor("x", ("seq", "2")), Tensor("past_x", ("past", "2"))),
+            outputs=(
+                Tensor("y", ("seq", "2")),
+                Tensor("present_x", ("past + seq", "2")),
+                Tensor("past_x_out", ("past", "2")),
+            ),
+            streaming=streaming,
+        )
+
+
+def test_unless_not_a_flag_skips_streaming_when_the_flag_is_false() -> None:
+    streaming = Streaming("seq", (), unless="not causal")
+    assert streaming.applies({"causal": True}) and not streaming.applies({"causal": False})
+    assert streaming.skipped_because() == "a layer with causal=false"
+    assert Streaming("seq", (), unless="bidirectional").skipped_because() == (
+        "a layer with bidirectional=true"
+    )

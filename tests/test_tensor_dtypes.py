@@ -16,7 +16,7 @@ import pytest
 from hostile import assert_refused, assert_succeeded
 from layerport import Dim, LayerSpec, Param, Tensor
 from layerport.config import resolve_config
-from layerport.errors import InvalidSpec
+from layerport.errors import InvalidSpec, UserInputError
 from layerport.plugins import get_registry
 from layerport.runtime.arrays import ArraySpec, check_arrays, random_inputs
 from layerport.verify.compare import EXACT
@@ -192,3 +192,14 @@ def test_the_triton_config_declares_int64_and_bool(lookup, cli, tmp_path) -> Non
     config = (tmp_path / "lookup" / "config.pbtxt").read_text()
     for name, datatype in (("ids", "INT64"), ("mask", "BOOL"), ("y", "FP32"), ("kept", "INT64")):
         assert f'name: "{name}"\n    data_type: TYPE_{datatype}' in config, config
+
+
+def test_only_a_dim_whose_smallest_size_is_0_may_be_empty() -> None:
+    specs = [ArraySpec("past_x", ("batch", "past", 2), "float32")]
+    empty = {"past_x": np.zeros((3, 0, 2), np.float32)}
+    checked, _ = check_arrays(empty, specs, {"past": 0})
+    assert checked["past_x"].shape == (3, 0, 2)
+    with pytest.raises(UserInputError, match="input past_x axis 1 is empty"):
+        check_arrays(empty, specs)
+    with pytest.raises(UserInputError, match="input past_x axis 0 is empty"):
+        check_arrays({"past_x": np.zeros((0, 4, 2), np.float32)}, specs, {"past": 0})

@@ -302,3 +302,44 @@ def test_verify_file_of_a_plugin_not_installed_names_it(
         "Error: this file was exported by layerport-lstm 0.3.0 (layer lstm), which is not "
         "installed; install it to rebuild the layer (unknown layer 'layerport-lstm:lstm'"
     )
+
+
+def test_decoding_cases_run_each_prompt_with_one_step_and_the_longest() -> None:
+    from layerport.verify.decoding import decode_cases, describe_position
+
+    streaming = Streaming("seq", (), grows="past")
+    grid = {"batch": [1, 4], "seq": [1, 8, 21], "past": [0, 6, 17]}
+    cases = decode_cases(grid, streaming)
+    assert len(cases) == 2 * 3 * 2
+    assert cases[0] == ({"batch": 1}, 1, 1) and cases[-1] == ({"batch": 4}, 21, 21)
+    assert describe_position(4, 8) == "the prefill (position 4)"
+    assert describe_position(10, 8) == "decode step 3 (position 10)"
+
+
+def test_a_stream_is_located_at_its_first_position_beyond_the_bound() -> None:
+    """The earliest wrong position over every failed output: the cache's grown axis too."""
+    from layerport.verify.decoding import locate_in_stream
+
+    spec = _spec(
+        "cached",
+        lambda params: None,
+        weights=lambda params: {},
+        dims=(Dim("seq", 2), Dim("past", 2, min_size=0)),
+        inputs=(Tensor("x", ("seq", "2")), Tensor("past_x", ("past", "2"))),
+        outputs=(Tensor("y", ("seq", "2")), Tensor("present_x", ("past + seq", "2"))),
+        streaming=Streaming("seq", (("past_x", "present_x"),), grows="past"),
+    )
+    truth = {"y": np.zeros((6, 2)), "present_x": np.zeros((6, 2))}
+    streamed = {"y": np.zeros((6, 2)), "present_x": np.zeros((6, 2))}
+    streamed["y"][5, 1] = 1.0
+    streamed["present_x"][4, 0] = np.nan  # NaN is wrong too
+    judged = [
+        compare_arrays(name, "decoding", streamed[name], truth[name], TOLERANCE) for name in truth
+    ]
+    where = locate_in_stream(spec, judged, streamed, truth, prompt=3, tolerance=TOLERANCE)
+    assert where == "first wrong at decode step 2 (position 4)"
+    streamed["present_x"][4, 0] = 0.0
+    judged = [compare_arrays("y", "decoding", streamed["y"], truth["y"], TOLERANCE)]
+    assert locate_in_stream(spec, judged, streamed, truth, 3, TOLERANCE) == (
+        "first wrong at decode step 3 (position 5)"
+    )

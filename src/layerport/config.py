@@ -349,7 +349,9 @@ def bind_inputs(
     """
     from layerport.runtime.arrays import check_arrays
 
-    checked, notes = check_arrays(arrays, config.input_specs())
+    # A dim declared to take 0 (an empty KV cache) may be empty in the arrays.
+    may_be_empty = {dim.name: 0 for dim in config.spec.dims if dim.smallest(config.params) == 0}
+    checked, notes = check_arrays(arrays, config.input_specs(), may_be_empty)
     explicit_dims = explicit_dims or {}
     dims = dict(config.dims)
     for tensor in config.spec.inputs:

@@ -354,6 +354,7 @@ def verify_model(
         SessionSettings(runtime=config.spec.precisions[config.dtype]),
         optional_inputs=optional_inputs,
         isolate=name is not None,  # a file from disk may crash onnxruntime; our exports are guarded
+        smallest=min_dims(config),
     )
     expected: Engine = EagerEngine(module, config)
     if quantize is not None:
@@ -389,6 +390,7 @@ def verify_model(
             session.name,
             SessionSettings(runtime="onnx-reference"),
             optional_inputs=optional_inputs,
+            smallest=min_dims(config),
         )
         # The file in the second runtime, judged as the first was: a failure there
         # after a pass here is a runtime's bug.
@@ -411,7 +413,9 @@ def verify_model(
             raise UserInputError(f"the runtime matrix verifies float files; this one is {quantize}")
         # A runtime that cannot open or run the file fails the matrix, not the command.
         try:
-            other = runtime.open(model, session.name, optional_inputs=optional_inputs)
+            other = runtime.open(
+                model, session.name, optional_inputs=optional_inputs, smallest=min_dims(config)
+            )
             report.runtimes[runtime.name] = verify_engines(
                 config,
                 FileEngine(other, runtime.name),
@@ -487,7 +491,6 @@ def export_record(
     from layerport.weights import tensors_sha256
 
     checkpoint = config.checkpoint
-    smallest = {dim.name: dim.smallest(config.params) for dim in config.spec.dims}
     return ExportRecord(
         layer=config.spec.name,
         qualified_name=config.layer.qualified_name,
@@ -508,7 +511,7 @@ def export_record(
         weights_key=checkpoint.key if checkpoint else None,
         weights_dtype=config.weights_dtype,
         quantization=quantization,
-        min_dims={name: size for name, size in smallest.items() if size > 1} or None,
+        min_dims=min_dims(config) or None,
         input_ranges={name: list(values) for name, values in config.value_ranges().items()} or None,
         model=None if config.model is None else config.model.to_json(_qualified_uses(config)),
         verification={"passed": None, "note": "not verified at export"}
@@ -522,3 +525,10 @@ def _qualified_uses(config: LayerConfig) -> dict[str, str]:
     from layerport.model import model_steps
 
     return {step.name: step.config.layer.qualified_name for step in model_steps(config)}
+
+
+def min_dims(config: LayerConfig) -> dict[str, int]:
+    """The dims whose smallest valid size is not 1 (0: an empty KV cache), as a file records
+    them and a session checks inputs against them."""
+    smallest = {dim.name: dim.smallest(config.params) for dim in config.spec.dims}
+    return {name: size for name, size in smallest.items() if size != 1}

@@ -56,7 +56,8 @@ def _dim_sizes(context: click.Context, parameter: click.Parameter, pairs: Sequen
             sizes[name] = int(text)
         except ValueError:
             raise InvalidDim(f"dim {name} must be an integer >= 1, got {text!r}") from None
-        if sizes[name] < 1:
+        # 0 is the layer's to refuse: a KV cache's past may be empty (Dim.min_size).
+        if sizes[name] < 0:
             raise InvalidDim(f"dim {name} must be an integer >= 1, got {sizes[name]}")
     return sizes
 

@@ -137,7 +137,8 @@ def check_arrays(
                 )
             else:
                 bound.setdefault(dim, (size, spec.name))
-            if size == 0:
+            # Only a dim whose smallest size is 0 may be empty (a KV cache's past).
+            if size == 0 and (isinstance(dim, int) or (smallest or {}).get(dim, 1) > 0):
                 raise UserInputError(f"input {spec.name} axis {axis} is empty")
         if spec.values is not None:
             _check_values(spec.name, array, spec.values)

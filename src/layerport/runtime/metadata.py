@@ -45,7 +45,9 @@ class ExportRecord:
     weights_key: str | None = None  # the training checkpoint's entry that held the tensors
     weights_dtype: str | None = None  # the weights file's own dtype, converted to ``dtype``
     quantization: dict[str, Any] | None = None  # the recipe of an int8 file (export.quantize)
-    min_dims: dict[str, int] | None = None  # dims whose smallest valid size is above 1
+    min_dims: dict[str, int] | None = (
+        None  # dims whose smallest valid size is not 1 (0: may be empty)
+    )
     # The integer inputs' valid values, [low, high) by name: ids below the table's size.
     input_ranges: dict[str, list[int]] | None = None
     # A composed model's definition (layerport.model): its model file as data,
@@ -158,11 +160,11 @@ class ExportRecord:
             ),
             "versions and verification must be objects": isinstance(self.versions, dict)
             and isinstance(self.verification, dict),
-            "min_dims must map names to sizes >= 1": self.min_dims is None
+            "min_dims must map names to sizes >= 0": self.min_dims is None
             or (
                 isinstance(self.min_dims, dict)
                 and all(
-                    isinstance(k, str) and _is_int(v) and v >= 1 for k, v in self.min_dims.items()
+                    isinstance(k, str) and _is_int(v) and v >= 0 for k, v in self.min_dims.items()
                 )
             ),
             "input_ranges must map names to [low, high] with low < high": self.input_ranges is None

@@ -76,7 +76,7 @@ class Session:
     """An ONNX model open in an onnxruntime CPU session, or in onnx's reference evaluator.
 
     ``optional_inputs`` names the inputs that may be left out (filled with zeros),
-    ``smallest`` the symbolic dims' smallest valid sizes, where above 1, and
+    ``smallest`` the symbolic dims' smallest valid sizes, where not 1, and
     ``value_ranges`` the integer inputs' valid values, ``(low, high)`` by name.
     ``isolate`` creates the session in a child process first, for files from
     strangers (see ``open_session``), and sizes what each run will make before

@@ -169,10 +169,12 @@ class Dim:
     """The larger size verification tries; default twice the traced size plus 5. Example: ``301``."""
 
     min_size: int | str = 1
-    """The smallest valid size: an integer, or a formula over the parameters. Example: ``"dilation * (kernel_size - 1) + 1 - 2 * padding"``."""
+    """The smallest valid size: an integer, or a formula over the parameters; 0 only for a state that may be empty (a KV cache's ``past``). Example: ``"dilation * (kernel_size - 1) + 1 - 2 * padding"``."""
 
     def smallest(self, params: Params) -> int:
-        """The smallest valid size for these parameters (never below 1)."""
+        """The smallest valid size for these parameters: never below 1, unless declared 0."""
+        if self.min_size == 0:
+            return 0
         if isinstance(self.min_size, int):
             return max(1, self.min_size)
         values = {name: value for name, value in params.items() if isinstance(value, (int, bool))}
@@ -234,7 +236,8 @@ class Streaming:
 
     Outputs that have ``dim`` are concatenated along it; each ``(input, output)``
     pair in ``carry`` feeds one chunk's output into the next chunk's input, as an
-    RNN carries ``h_n`` into ``h0``. ``unless`` names a boolean parameter that,
+    RNN carries ``h_n`` into ``h0``, or an attention layer ``present_key`` into
+    ``past_key`` (a state that ``grows``). ``unless`` names a boolean parameter that,
     when true, makes the layer unable to stream (``bidirectional``: the backward
     direction needs the whole sequence); verification then says it skipped the
     check.
@@ -247,11 +250,40 @@ class Streaming:
     """``(input, output)`` pairs: each chunk's output feeds the next chunk's input. Example: ``(("h0", "h_n"),)``."""
 
     unless: str | None = None
-    """A boolean parameter under which the layer cannot stream; verification says it skipped. Example: ``"bidirectional"``."""
+    """A boolean parameter under which the layer cannot stream, or ``"not NAME"`` for one it needs; verification says it skipped. Example: ``"bidirectional"``, ``"not causal"``."""
+
+    grows: str | None = None
+    """The dim the carried state grows along, by each chunk's length, as a KV cache's ``past`` does: a dim of smallest size 0, which the whole pass leaves empty. Each carried output's axis there is ``"GROWS + DIM"``. Verification then proves a prefill followed by single-token steps against the whole pass. Example: ``"past"``."""
 
     def applies(self, params: Params) -> bool:
         """Whether a layer with these parameters can stream."""
-        return self.unless is None or not params[self.unless]
+        if self.unless is None:
+            return True
+        name, blocking = self._unless()
+        return params[name] != blocking
+
+    def skipped_because(self) -> str:
+        """Why a layer does not stream, when ``applies`` is false: ``a layer with causal=false``."""
+        name, blocking = self._unless()
+        return f"a layer with {name}={'true' if blocking else 'false'}"
+
+    def _unless(self) -> tuple[str, bool]:
+        """The parameter ``unless`` names, and the value under which the layer cannot stream."""
+        assert self.unless is not None
+        if self.unless.startswith("not "):
+            return self.unless.removeprefix("not "), False
+        return self.unless, True
+
+    @property
+    def grown_dim(self) -> str | None:
+        """A carried output's axis where the state grows by the chunk: ``"past + seq"``."""
+        return None if self.grows is None else f"{self.grows} + {self.dim}"
+
+    def carried_dims(self, state: Tensor) -> tuple[str, ...]:
+        """The dims of the output that carries the input ``state``: its own, grown where it grows."""
+        return tuple(
+            self.grown_dim if dim == self.grows and self.grown_dim else dim for dim in state.dims
+        )
 
 
 @dataclass(frozen=True)
@@ -411,8 +443,9 @@ class LayerSpec:
         for name, size in (given or {}).items():
             if name not in resolved:
                 raise self._unknown_dim(name)
-            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-                raise InvalidDim(f"dim {name} must be an integer >= 1, got {size!r}")
+            least = 0 if self.dim(name).min_size == 0 else 1
+            if isinstance(size, bool) or not isinstance(size, int) or size < least:
+                raise InvalidDim(f"dim {name} must be an integer >= {least}, got {size!r}")
             resolved[name] = size
         if params is not None:
             self.check_dims(resolved, params)
@@ -748,12 +781,16 @@ def _validate_streaming(spec: LayerSpec, fail: Callable[[str], None]) -> None:
     if spec.streaming.dim not in {dim.name for dim in spec.dims}:
         fail(f"streaming dim {spec.streaming.dim!r} is not a dynamic dim")
     unless = spec.streaming.unless
-    if unless is not None and unless not in {p.name for p in spec.params if p.type is bool}:
+    flags = {p.name for p in spec.params if p.type is bool}
+    if unless is not None and unless.removeprefix("not ") not in flags:
         fail(f"streaming unless={unless!r} is not a boolean parameter")
     inputs = {tensor.name: tensor for tensor in spec.inputs}
     outputs = {tensor.name: tensor for tensor in spec.outputs}
+    grows = spec.streaming.grows
+    if grows is not None and not any(d.name == grows and d.min_size == 0 for d in spec.dims):
+        fail(f"streaming grows along {grows!r}, which must be a dynamic dim with min_size 0")
     for input_name, output_name in spec.streaming.carry:
         if input_name not in inputs or output_name not in outputs:
             fail(f"streaming carries {output_name!r} into {input_name!r}, which must both exist")
-        elif inputs[input_name].dims != outputs[output_name].dims:
-            fail(f"streaming: {input_name} and {output_name} must have the same dims")
+        elif spec.streaming.carried_dims(inputs[input_name]) != outputs[output_name].dims:
+            fail(f"streaming: {output_name} must have {input_name}'s dims, grown where it grows")

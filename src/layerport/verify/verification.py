@@ -10,14 +10,17 @@ state from chunk to chunk, against one pass of the trusted engine over the whole
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from layerport.config import LayerConfig, check_memory
 from layerport.dtypes import Tolerance
+from layerport.errors import LayerportError, WorkFailed
 from layerport.verify import DEFAULT_TRIALS
 from layerport.verify.compare import EXACT, Comparison, compare_arrays, is_float
+from layerport.verify.decoding import decode_cases, describe_position, locate_in_stream
 from layerport.verify.engines import Engine
 from layerport.verify.grid import grid_points, size_grid, streaming_chunks
 from layerport.verify.report import KEPT_FAILURES, FailedRun, VerificationReport, format_dims
@@ -100,9 +103,14 @@ def verify_engines(
                     ran[FLOAT64] = exact
                 report.failed_runs.append(FailedRun(case, dict(inputs), ran))
     if spec.streaming is not None and spec.streaming.applies(config.params):
-        _verify_streaming(report, config, actual, expected, export_dims, baseline, chunk_expected)
+        if spec.streaming.grows is not None:
+            _verify_decoding(report, config, actual, expected, baseline)
+        else:
+            _verify_streaming(
+                report, config, actual, expected, export_dims, baseline, chunk_expected
+            )
     elif spec.streaming is not None:
-        report.streaming = f"skipped: a layer with {spec.streaming.unless}=true cannot stream"
+        report.streaming = f"skipped: {spec.streaming.skipped_because()} cannot stream"
     return report
 
 
@@ -157,6 +165,54 @@ def _verify_streaming(
     _judge(report, f"streaming {report.streaming}", streamed, reference, exact)
 
 
+def _verify_decoding(
+    report: VerificationReport,
+    config: LayerConfig,
+    actual: Engine,
+    expected: Engine,
+    baseline: Engine | None,
+) -> None:
+    """Prefill then single-token steps through ``actual``, state carried, against one pass of
+    ``expected`` (and ``baseline``) over the whole sequence with the state empty.
+
+    A KV cache is where exports break silently: a cache pinned to the traced
+    length, a causal mask or rotary offset that ignores the past. Each agrees
+    with eager at any one call; only the stream against the whole pass shows
+    them. A failed case names the first wrong position and its step.
+    """
+    streaming = config.spec.streaming
+    assert streaming is not None and streaming.grows is not None
+    cases = decode_cases(report.grid, streaming)
+    prompts = sorted({prompt for _, prompt, _ in cases})
+    steps = sorted({count for _, _, count in cases})
+    report.streaming = (
+        f"decoding: prompt {', '.join(map(str, prompts))} then "
+        f"{', '.join(map(str, steps))} single-token steps, through the {streaming.grows} state"
+    )
+    for number, (dims, prompt, count) in enumerate(cases):
+        whole = config.with_dims({**dims, streaming.dim: prompt + count, streaming.grows: 0})
+        inputs = whole.random_inputs(config.seed + 104729 + 7919 * number, include_optional=True)
+        case = f"decoding {format_dims(dims)} prompt={prompt} steps={count}"
+        try:
+            streamed = _run_in_chunks(config, actual, inputs, [prompt] + [1] * count)
+        except _ChunkFailed as failed:
+            problem = f"{describe_position(failed.start, prompt)}: {failed.error}"
+            report.comparisons.append(
+                Comparison("(all)", case, passed=False, problem=problem, engines=report.engines)
+            )
+            continue
+        reference = expected.run(inputs)
+        exact = None if baseline is None else baseline.run(in_float64(inputs))
+        judged = _judge(report, case, streamed, reference, exact)
+        if not all(comparison.passed for comparison in judged):
+            truth = reference if exact is None or report.tolerance is not None else exact
+            where = locate_in_stream(config.spec, judged, streamed, truth, prompt, report.tolerance)
+            first = len(report.comparisons) - len(judged)
+            report.comparisons[first:] = [
+                dataclasses.replace(comparison, case=f"{case}, {where}") for comparison in judged
+            ]
+
+
 def _run_in_chunks(
     config: LayerConfig, engine: Engine, inputs: Mapping[str, np.ndarray], chunks: list[int]
 ) -> dict[str, np.ndarray]:
@@ -171,7 +227,10 @@ def _run_in_chunks(
             name: _slice(array, _axis_of(config, name, streaming.dim, inputs=True), start, size)
             for name, array in carried.items()
         }
-        outputs = engine.run(chunk)
+        try:
+            outputs = engine.run(chunk)
+        except LayerportError as error:  # a state the file returned that it cannot take back
+            raise _ChunkFailed(start, error) from error
         for name, array in outputs.items():
             pieces.setdefault(name, []).append(array)
         for input_name, output_name in streaming.carry:
@@ -185,30 +244,43 @@ def _run_in_chunks(
     return streamed
 
 
+class _ChunkFailed(WorkFailed):
+    """The engine failed on the chunk that starts at position ``start`` of a stream."""
+
+    def __init__(self, start: int, error: LayerportError) -> None:
+        super().__init__(f"{error} (on the chunk from position {start} of the stream)")
+        self.start = start
+        self.error = error
+
+
 def _judge(
     report: VerificationReport,
     case: str,
     outputs: Mapping[str, np.ndarray],
     own: Mapping[str, np.ndarray],
     exact: Mapping[str, np.ndarray] | None,
-) -> None:
+) -> list[Comparison]:
     """One case: by the float64 verdict where ``exact`` is given and no tolerance, else by it.
 
     ``own`` is the trusted engine's outputs (eager in the file's precision);
-    ``exact`` the float64 baseline's, which also prices the precision.
+    ``exact`` the float64 baseline's, which also prices the precision. Returns
+    the case's comparisons, which it adds to the report.
     """
     if exact is None:
         assert report.tolerance is not None
-        report.comparisons += compare_outputs(case, own, outputs, report.tolerance, report.engines)
-        return
-    judged, costs = judge_outputs(
-        case, exact, own, outputs, report.dtype, report.engines, report.output_scales
-    )
-    report.costs += costs
-    if report.tolerance is None:
-        report.comparisons += judged
+        judged = compare_outputs(case, own, outputs, report.tolerance, report.engines)
     else:
-        report.comparisons += compare_outputs(case, own, outputs, report.tolerance, report.engines)
+        verdict, costs = judge_outputs(
+            case, exact, own, outputs, report.dtype, report.engines, report.output_scales
+        )
+        report.costs += costs
+        judged = (
+            verdict
+            if report.tolerance is None
+            else compare_outputs(case, own, outputs, report.tolerance, report.engines)
+        )
+    report.comparisons += judged
+    return judged
 
 
 def in_float64(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
