@@ -113,13 +113,9 @@ def test_a_conv_stack_drafts_its_layers_and_the_gaps_between(cli, tmp_path) -> N
         ("batchnorm2d", "5."),
         ("linear", "8."),
     ]
-    # conv2d's weight holds in_channels // groups: the size found is said, and CHECK'd.
-    assert [layer.get("params") for layer in model["layer"]][::2] == [
-        {"in_channels": 1},
-        {"in_channels": 8},
-        None,
-    ]
-    assert "# CHECK: the weights do not tell in_channels alone" in text
+    # conv2d reads in_channels from its weight (groups 1 unless told): no params needed.
+    assert [layer.get("params") for layer in model["layer"]][::2] == [None, None, None]
+    assert "# from the weights: in_channels = 1, out_channels = 8" in text
     assert "# CHECK: the tensors under '1.' fit batchnorm2d, batchnorm1d:" in text
     assert "# CHECK: 2 to 3 hold no weights" in text
     assert "# CHECK: 6 to 7 hold no weights" in text
