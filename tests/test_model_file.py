@@ -348,7 +348,7 @@ BAD_MODELS = {
     ),
     "a dim no input has": (
         TAGGER + "\n[dims.sequence]\ndefault = 16\n",
-        "tagger.toml:27: key dims.sequence: no input has a dim sequence; the inputs' dims: batch, seq",
+        "tagger.toml:27: key dims.sequence: the model has no dim sequence; its dims: batch, seq",
     ),
     "not TOML": ("[model\n", "is not valid TOML"),
     "no layers": ('[model]\nname = "m"\n[inputs.x]\nshape = ["batch"]\n', "declares no layer"),

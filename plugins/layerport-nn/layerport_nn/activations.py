@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from layerport.plugin import Dim, LayerSpec, Param, Params, Tensor
-from layerport_nn.common import BATCH, SEQ, TOKENS
+from layerport_nn.common import BATCH, POSITIONWISE, SEQ, TOKENS
 
 if TYPE_CHECKING:
     import torch
@@ -180,6 +180,7 @@ DROPOUT = LayerSpec(
         ),
     ),
     dims=(BATCH, SEQ),
+    streaming=POSITIONWISE,
     inputs=(Tensor("x", TOKENS, "input"),),
     outputs=(Tensor("y", TOKENS, "the input, unchanged"),),
     reference=lambda module: lambda x: x.clone(),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from layerport.plugin import Dim
+from layerport.plugin import Dim, Streaming
 
 if TYPE_CHECKING:
     import torch
@@ -13,6 +13,10 @@ BATCH = Dim("batch", 4, "samples", check_size=9)
 SEQ = Dim("seq", 10, "positions per sequence", check_size=27)
 # A token sequence's activations: the shape embeddings, norms and activations take.
 TOKENS = ("batch", "seq", "features")
+# A layer that maps each position on its own streams along seq with no state: a
+# model of such layers around a KV-cache layer streams too (layerport.model.compose).
+# Verification proves it, as it proves any stream: chunks against the whole pass.
+POSITIONWISE = Streaming(dim="seq", carry=())
 
 
 def scattered(tensor: torch.Tensor, center: float, spread: float) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from layerport.plugin import ALL_PRECISIONS, LayerSpec, Param, Params, ParamValue, Tensor
-from layerport_nn.common import BATCH, SEQ
+from layerport_nn.common import BATCH, POSITIONWISE, SEQ
 
 if TYPE_CHECKING:
     from torch import nn
@@ -67,6 +67,7 @@ EMBEDDING = LayerSpec(
         ),
     ),
     dims=(BATCH, SEQ),
+    streaming=POSITIONWISE,
     inputs=(
         Tensor(
             "ids",

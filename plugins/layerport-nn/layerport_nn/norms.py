@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from layerport.plugin import Dim, LayerSpec, Param, Params, ParamValue, Tensor
-from layerport_nn.common import BATCH, SEQ, TOKENS, scattered
+from layerport_nn.common import BATCH, POSITIONWISE, SEQ, TOKENS, scattered
 
 if TYPE_CHECKING:
     import torch
@@ -99,6 +99,7 @@ LAYERNORM = LayerSpec(
         Param("bias", bool, True, "learn a per-feature shift too (with elementwise_affine)"),
     ),
     dims=(BATCH, SEQ),
+    streaming=POSITIONWISE,
     inputs=(Tensor("x", TOKENS, "input"),),
     outputs=(Tensor("y", TOKENS, "normalized input"),),
     reference=_layernorm_reference,
@@ -142,6 +143,7 @@ RMSNORM = LayerSpec(
         _AFFINE,
     ),
     dims=(BATCH, SEQ),
+    streaming=POSITIONWISE,
     inputs=(Tensor("x", TOKENS, "input"),),
     outputs=(Tensor("y", TOKENS, "normalized input"),),
     reference=_rmsnorm_reference,

@@ -123,6 +123,7 @@ def bench_layer(
     from layerport.export import DEFAULT_OPSET
     from layerport.export.quantize import check_quantizable
     from layerport.export.torch_onnx import count_nodes, export_onnx
+    from layerport.pipeline import min_dims
     from layerport.runtime.session import Session, SessionSettings
     from layerport.verify.engines import (
         EagerEngine,
@@ -152,8 +153,14 @@ def bench_layer(
     settings = SessionSettings(
         threads=threads, runtime=config.spec.precisions[config.dtype], spinning=not several
     )
+    # A KV cache's past may be empty (a prefill): the sizes a file of it records.
+    smallest = min_dims(config)
     session = Session(
-        model, f"the export of {config.spec.name}", settings, optional_inputs=optional
+        model,
+        f"the export of {config.spec.name}",
+        settings,
+        optional_inputs=optional,
+        smallest=smallest,
     )
     others: list[tuple[Engine, Tolerance]] = []
     if quantize is not None:
@@ -165,6 +172,7 @@ def bench_layer(
             f"the {quantize} export of {config.spec.name}",
             settings,
             optional_inputs=optional,
+            smallest=smallest,
         )
         others.append(
             # Against float32 eager: what int8 costs (verification holds the file to
@@ -173,7 +181,12 @@ def bench_layer(
         )
     for named in runtimes:
         in_runtime = named.open(
-            model, session.name, optional_inputs=optional, threads=threads, spinning=False
+            model,
+            session.name,
+            optional_inputs=optional,
+            smallest=smallest,
+            threads=threads,
+            spinning=False,
         )
         others.append((FileEngine(in_runtime, named.name), config.tolerance()))
     for dtype in dict.fromkeys(precisions):
@@ -187,6 +200,7 @@ def bench_layer(
             f"the {dtype} export of {config.spec.name}",
             SessionSettings(threads=threads, runtime=runtime, spinning=False),
             optional_inputs=optional,
+            smallest=smallest,
         )
         in_precision = _InPrecision(FileEngine(file, f"{runtime}-{dtype}"), dtype, config.dtype)
         # Held to eager in the benchmark's precision: the looser precision's tolerance.

@@ -535,11 +535,37 @@ def print_inspection(description: ModelDescription, json_: bool) -> None:
 # Bench
 
 
-def print_bench(results: Sequence[LayerOutcome], all_: bool, json_: bool) -> None:
+def print_bench(
+    results: Sequence[LayerOutcome],
+    all_: bool,
+    json_: bool,
+    calls: Sequence[str] | None = None,
+) -> None:
+    """The benchmark of one layer, of every layer (``all_``), or of one layer at several
+    ``calls`` (a decoder's steps and prefill), each named in a first column."""
     for note in dict.fromkeys(
         note for outcome in results if outcome.bench for note in outcome.bench.notes
     ):
         warn(note)
+    if json_ and calls is not None:
+        print_json(
+            {
+                "calls": [
+                    {"call": call, **outcome.to_dict()}
+                    for call, outcome in zip(calls, results, strict=True)
+                ]
+            }
+        )
+        return
+    if calls is not None:
+        columns = ("call", "engine", "median ms", "p10 ms", "p90 ms", "calls", "calls/s")
+        rows = [
+            (call, *row[:6], row[-1])
+            for call, outcome in zip(calls, results, strict=True)
+            for row in _bench_rows([outcome], all_=False)
+        ]
+        print_table((*columns, "file/engine"), rows)
+        return
     if json_:
         if all_:
             print_json({"layers": [outcome.to_dict() for outcome in results]})

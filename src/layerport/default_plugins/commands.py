@@ -16,6 +16,7 @@ def register_commands(cli: click.Group) -> None:
     from layerport.cli.commands.bench import bench
     from layerport.cli.commands.draft import draft
     from layerport.cli.commands.export import export
+    from layerport.cli.commands.generate import generate
     from layerport.cli.commands.infer import infer
     from layerport.cli.commands.inspect import inspect
     from layerport.cli.commands.list import list_command
@@ -38,6 +39,7 @@ def register_commands(cli: click.Group) -> None:
         bench,
         inspect,
         infer,
+        generate,
         serve,
         new_plugin,
         draft,

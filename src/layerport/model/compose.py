@@ -27,7 +27,7 @@ from layerport.dtypes import DEFAULT_DTYPE, FLOAT
 from layerport.errors import InvalidModel, InvalidParameter, Setting, UserInputError
 from layerport.model.definition import ModelDefinition, ModelLayer
 from layerport.registry import PluginInfo, RegisteredLayer, Registry
-from layerport.spec import Dim, LayerSpec, Params, Tensor
+from layerport.spec import Dim, LayerSpec, Params, Streaming, Tensor
 from layerport.spec.expressions import evaluate, formula_names, parse_formula, substituted
 
 if TYPE_CHECKING:
@@ -54,10 +54,30 @@ class Step:
     sources: tuple[str | None, ...]
     lead: tuple[str, ...] = ()
     """The leading dims of what feeds the layer, folded into its batch dim (``_lead``); empty if none."""
+    exposed: tuple[str, ...] = ()
+    """The layer's carried-state inputs fed by model inputs of their own (``state_name``):
+    a KV cache no layer of the model makes."""
 
     def values(self) -> list[str]:
         """The names of the values this layer's outputs become: ``LAYER.OUTPUT``."""
         return [f"{self.name}.{tensor.name}" for tensor in self.config.spec.outputs]
+
+    def state_pairs(self) -> list[tuple[str, str, str]]:
+        """``(model input, model output, value)`` for each exposed state, as the layer's
+        ``Streaming.carry`` pairs them: ``block0_past_key`` in, ``block0_present_key``
+        out, which is the value ``block0.present_key``."""
+        streaming = self.config.spec.streaming
+        assert streaming is not None or not self.exposed
+        return [
+            (state_name(self.name, given), state_name(self.name, made), f"{self.name}.{made}")
+            for given, made in (streaming.carry if streaming else ())
+            if given in self.exposed
+        ]
+
+
+def state_name(layer: str, tensor: str) -> str:
+    """The model input or output that carries a layer's state: ``block0_past_key``."""
+    return f"{layer}_{tensor}"
 
 
 @dataclass(frozen=True)
@@ -253,8 +273,16 @@ def _wire(definition: ModelDefinition, configs: list[LayerConfig]) -> list[Step]
                     f"its inputs: {', '.join(t.name for t in spec.inputs)}"
                 )
         sources: list[str | None] = []
+        exposed: list[str] = []
+        carried = {name for name, _ in spec.streaming.carry} if spec.streaming else set()
         for position, tensor in enumerate(spec.inputs):
             text = given.get(tensor.name, previous if position == 0 else None)
+            if text is None and tensor.name in carried and not tensor.optional:
+                # A KV cache: the model takes it in and gives it back, one per layer, so
+                # one file serves the prefill and every decode step, as the layer does.
+                sources.append(state_name(layer.name, tensor.name))
+                exposed.append(tensor.name)
+                continue
             if text is None:
                 if not tensor.optional:
                     raise InvalidModel(
@@ -265,7 +293,7 @@ def _wire(definition: ModelDefinition, configs: list[LayerConfig]) -> list[Step]
                 sources.append(None)
                 continue
             sources.append(_resolve_source(definition, index, text, inputs, layers))
-        steps.append(Step(layer.name, config, tuple(sources)))
+        steps.append(Step(layer.name, config, tuple(sources), exposed=tuple(exposed)))
         previous = f"{layer.name}.{spec.outputs[0].name}"
     return steps
 
@@ -305,8 +333,11 @@ def _order(definition: ModelDefinition, steps: list[Step]) -> list[Step]:
     naming the layers on it.
     """
     producer = {value: step.name for step in steps for value in step.values()}
+    states = {name for step in steps for name, _, _ in step.state_pairs()}
     needs = {
-        step.name: {producer[s] for s in step.sources if s is not None and s in producer}
+        step.name: {
+            producer[s] for s in step.sources if s is not None and s in producer and s not in states
+        }
         for step in steps
     }
     ordered: list[Step] = []
@@ -349,21 +380,46 @@ def _composite_spec(
     }
     bindings: dict[str, dict[str, str]] = {}
     steps = []
+    model_dims = list(
+        dict.fromkeys(d for e in definition.inputs for d in e.shape if isinstance(d, str))
+    )
     for step in ordered:
-        step = dataclasses.replace(step, lead=_lead(step, values))
-        sizes = _sizes_from_inputs(definition, step, values)
+        step = dataclasses.replace(step, lead=_lead(_without_states(step), values))
+        sizes = _sizes_from_inputs(definition, _without_states(step), values)
         if sizes:
             step = refit(step, sizes)
+        for name, state in _state_values(definition, step, values).items():
+            values[name] = state
+            model_dims += [d for d in state.dims if d not in model_dims and not _is_constant(d)]
         steps.append(step)
         bindings[step.name] = _bind_inputs(definition, step, values)
         for tensor, value in zip(step.config.spec.outputs, step.values(), strict=True):
             values[value] = _output_value(definition, step, tensor, bindings[step.name])
-    model_dims = list(
-        dict.fromkeys(d for e in definition.inputs for d in e.shape if isinstance(d, str))
+    for declared in definition.dims:
+        if declared.name not in model_dims:
+            raise InvalidModel(
+                f"{definition.where(key=f'dims.{declared.name}')}: the model has no dim "
+                f"{declared.name}; its dims: {', '.join(model_dims)}"
+            )
+    dims = tuple(
+        _model_dim(definition, name, model_dims, steps, bindings, values) for name in model_dims
     )
-    dims = tuple(_model_dim(definition, name, steps, bindings, values) for name in model_dims)
+    states = [state for step in steps for state in step.state_pairs()]
     outputs = _outputs(definition, steps, values)
+    taken = {entry.name for entry in definition.inputs} | {name for name, _ in outputs}
+    for given, made, carried in states:
+        for name in (given, made):
+            if name in taken:
+                raise InvalidModel(
+                    f"{definition.where()}: {name} is the name of the state layer "
+                    f"{carried.partition('.')[0]} carries, and of an input or output; rename it"
+                )
+    outputs += [(made, carried) for _, made, carried in states]
     inputs = tuple(_model_input(definition, entry, steps) for entry in definition.inputs)
+    inputs += tuple(
+        Tensor(given, values[given].dims, f"the state {carried} gives back")
+        for given, _, carried in states
+    )
     shapes = {
         f"{step.name}.{name}": tuple(shape)
         for step in steps
@@ -371,7 +427,7 @@ def _composite_spec(
     }
     build = Builder(
         tuple(steps),
-        tuple(entry.name for entry in definition.inputs),
+        tuple(tensor.name for tensor in inputs),
         tuple(source for _, source in outputs),
         {name: value.dims for name, value in values.items()},
     )
@@ -400,8 +456,89 @@ def _composite_spec(
         flops=flops if all(step.config.spec.flops for step in steps) else None,
         batch_dim=_batch_dim(steps, bindings, {dim.name for dim in dims}),
         precisions=_precisions(steps),
+        streaming=_streaming(steps, bindings, [(given, made) for given, made, _ in states]),
     )
     return spec, steps
+
+
+def _without_states(step: Step) -> Step:
+    """The step as its wired inputs alone feed it: its exposed states left out."""
+    spec = step.config.spec
+    sources = tuple(
+        None if tensor.name in step.exposed else source
+        for tensor, source in zip(spec.inputs, step.sources, strict=True)
+    )
+    return dataclasses.replace(step, sources=sources)
+
+
+def _state_values(
+    definition: ModelDefinition, step: Step, values: Mapping[str, _Value]
+) -> dict[str, _Value]:
+    """The model inputs that feed a layer's exposed states, with their dims.
+
+    A dim the layer's other inputs bind is theirs (``batch``); one they leave
+    free (a cache's ``past``) becomes a model dim of the same name, shared by
+    every layer whose state has it, so a decoder's blocks take one past length.
+    """
+    if not step.exposed:
+        return {}
+    if step.lead:
+        raise InvalidModel(
+            f"{definition.where(_index(definition, step.name), 'input')}: layer "
+            f"{step.config.spec.name} runs at every position of a higher-rank input, so its "
+            "state cannot be a model input; feed it a value of the rank it takes"
+        )
+    spec, params = step.config.spec, step.config.params
+    bound = _bind_inputs(definition, _without_states(step), values)
+    dynamic = {dim.name for dim in spec.dims}
+    made = {}
+    for tensor in spec.inputs:
+        if tensor.name in step.exposed:
+            dims = tuple(
+                bound.get(dim, dim) if dim in dynamic else substituted(dim, _numbers(params))
+                for dim in tensor.dims
+            )
+            made[state_name(step.name, tensor.name)] = _Value(dims, FLOAT)
+    return made
+
+
+def _streaming(
+    steps: list[Step], bindings: Mapping[str, Mapping[str, str]], states: list[tuple[str, str]]
+) -> Streaming | None:
+    """The model's stream, when it carries states and every layer streams along one model dim.
+
+    A layer streams if its spec says it can (a KV cache layer, or one that maps
+    each position on its own, such as an embedding or a norm), or if it runs at
+    every position (``Step.lead``) of that dim. A layer that mixes positions (a
+    convolution over the sequence) leaves the model without a stream: the file
+    still takes and gives back the states, and is verified as a function of them.
+    """
+    if not states:
+        return None
+    along: set[str | None] = set()
+    grows: set[str | None] = set()
+    folded: list[Step] = []
+    for step in steps:
+        streaming = step.config.spec.streaming
+        if streaming is None or not streaming.applies(step.config.params):
+            if not step.lead:
+                return None
+            folded.append(step)
+            continue
+        along.add(bindings[step.name].get(streaming.dim))
+        if streaming.grows is not None:
+            # A grown state's optional parts (a cache's padding) start empty at every call
+            # unless fed: right while what would fill them (a padding mask) is left out too.
+            grows.add(bindings[step.name].get(streaming.grows))
+        elif any(name not in step.exposed for name, _ in streaming.carry):
+            return None  # a state left out restarts at every call: it would not stream
+    if len(along) != 1 or len(grows) > 1 or None in along | grows:
+        return None
+    dim = along.pop()
+    assert dim is not None
+    if any(dim not in step.lead for step in folded):
+        return None
+    return Streaming(dim=dim, carry=tuple(states), grows=grows.pop() if grows else None)
 
 
 def _sizes_from_inputs(
@@ -541,6 +678,7 @@ def _as_fed(dims: tuple[str, ...], lead: tuple[str, ...]) -> tuple[str, ...]:
 def _model_dim(
     definition: ModelDefinition,
     name: str,
+    names: list[str],
     steps: list[Step],
     bindings: Mapping[str, Mapping[str, str]],
     values: Mapping[str, _Value],
@@ -563,18 +701,29 @@ def _model_dim(
         default, help_ = step.config.dims.get(dim.name, dim.default), dim.help
         check_size = dim.check_size
     declared = next((dim for dim in definition.dims if dim.name == name), None)
+    largest = None
     if declared is not None:
         default = declared.default or default
         check_size = declared.check_size or check_size
-    defaults = {
-        other: _DEFAULT_SIZE
-        for entry in definition.inputs
-        for other in entry.shape
-        if isinstance(other, str)
-    }
+        largest = declared.max
+        if largest is not None:
+            default, check_size = min(default, largest), min(check_size or largest, largest)
+    if first is not None and first[1].min_size == 0:
+        # A state that grows (a KV cache's past) is empty at the prefill.
+        return Dim(
+            name, max(default, 2), help_, check_size=check_size, min_size=0, max_size=largest
+        )
+    defaults = dict.fromkeys(names, _DEFAULT_SIZE)
     for size in range(1, default + 1):
         if _all_valid({**defaults, name: size}, steps, bindings, values):
-            return Dim(name, max(default, 2), help_, check_size=check_size, min_size=size)
+            return Dim(
+                name,
+                max(default, 2),
+                help_,
+                check_size=check_size,
+                min_size=size,
+                max_size=largest,
+            )
     raise InvalidModel(
         f"{definition.where()}: no size of dim {name} up to {default} gives every layer a "
         "valid input; a layer's smallest size is above what its inputs can reach"
@@ -684,7 +833,8 @@ def _batch_dim(
 ) -> str | None:
     """The model dim every layer with a batch dim binds it to, if they agree."""
     found = {
-        bindings[step.name].get(step.config.spec.batch_dim)
+        # A layer run at every position has the model's batch as its first folded dim.
+        step.lead[0] if step.lead else bindings[step.name].get(step.config.spec.batch_dim)
         for step in steps
         if step.config.spec.batch_dim is not None
     }

@@ -46,7 +46,7 @@ _MODEL_KEYS = {"name", "description"}
 _INPUT_KEYS = {"dtype", "shape", "high"}
 _LAYER_KEYS = {"name", "use", "weights", "params", "input"}
 _TOP_KEYS = {"model", "inputs", "dims", "layer", "outputs"}
-_DIM_KEYS = {"default", "check_size"}
+_DIM_KEYS = ("default", "check_size", "max")
 # A model file is a few kilobytes; a larger one is not one.
 MAX_MODEL_FILE_BYTES = 1 << 20
 
@@ -71,6 +71,9 @@ class ModelDim:
     name: str
     default: int | None = None
     check_size: int | None = None
+    max: int | None = None
+    """The largest size the model takes (a KV cache's past: the positions it was trained
+    on); a file records it, and a larger input is refused."""
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,11 @@ class ModelDefinition:
             data["dims"] = {
                 dim.name: {
                     key: value
-                    for key, value in (("default", dim.default), ("check_size", dim.check_size))
+                    for key, value in (
+                        ("default", dim.default),
+                        ("check_size", dim.check_size),
+                        ("max", dim.max),
+                    )
                     if value is not None
                 }
                 for dim in self.dims
@@ -221,9 +228,10 @@ def parse_model(
     }
     for key in outputs:
         reader.name(key, f"outputs.{key}")
-    shaped = {dim for entry in inputs for dim in entry.shape if isinstance(dim, str)}
+    # Whether each names a dim of the model is checked where the dims are known: a
+    # layer's state (a KV cache's past) adds its own (layerport.model.compose).
     dims = tuple(
-        reader.model_dim(dim_name, value, shaped)
+        reader.model_dim(dim_name, value)
         for dim_name, value in reader.table(data.get("dims"), "dims").items()
     )
     return ModelDefinition(
@@ -320,14 +328,10 @@ class _Reader:
             )
         return ModelInput(name, tuple(shape), dtype, high)
 
-    def model_dim(self, name: str, value: object, shaped: set[str]) -> ModelDim:
+    def model_dim(self, name: str, value: object) -> ModelDim:
         key = f"dims.{name}"
-        if name not in shaped:
-            raise self.error(
-                key, f"no input has a dim {name}; the inputs' dims: {', '.join(sorted(shaped))}"
-            )
         table = self.table(value, key, required=True)
-        self.keys(table, _DIM_KEYS, key)
+        self.keys(table, set(_DIM_KEYS), key)
         sizes = {}
         for size_key in _DIM_KEYS:
             size = table.get(size_key)
@@ -338,7 +342,9 @@ class _Reader:
                     f"{key}.{size_key}", f"must be an integer of at least 2, got {size!r}"
                 )
             sizes[size_key] = size
-        return ModelDim(name, sizes["default"], sizes["check_size"])
+        if sizes["max"] is not None and (sizes["default"] or 0) > sizes["max"]:
+            raise self.error(f"{key}.default", f"must be at most max = {sizes['max']}")
+        return ModelDim(name, sizes["default"], sizes["check_size"], sizes["max"])
 
     def layer(self, index: int, value: object) -> ModelLayer:
         if not isinstance(value, dict):

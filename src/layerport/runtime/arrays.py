@@ -91,11 +91,13 @@ def check_arrays(
     arrays: Mapping[str, np.ndarray],
     specs: Iterable[ArraySpec],
     smallest: Mapping[str, int] | None = None,
+    largest: Mapping[str, int] | None = None,
 ) -> tuple[dict[str, np.ndarray], list[str]]:
     """Check names, ranks, sizes and dtypes against ``specs``; fill omitted optional inputs with zeros.
 
     Symbolic dims must agree across inputs (both ``batch`` axes the same size),
-    and reach their ``smallest`` sizes (a file's metadata records them).
+    reach their ``smallest`` sizes and stay within their ``largest`` (a file's
+    metadata records both).
     Returns the complete arrays and notes worth telling the user (non-finite values).
     """
     specs = list(specs)
@@ -146,6 +148,12 @@ def check_arrays(
             notes.append(f"input {spec.name} holds NaN or Inf values")
         complete[spec.name] = array
     for dim, (size, holder) in bound.items():
+        most = (largest or {}).get(dim)
+        if most is not None and size > most:
+            raise UserInputError(
+                f"dim {dim} is {size} in input {holder}, but must be at most {most} "
+                "(the largest size the model declares, recorded in the file)"
+            )
         least = (smallest or {}).get(dim, 1)
         if size < least:
             raise UserInputError(

@@ -48,6 +48,7 @@ class ExportRecord:
     min_dims: dict[str, int] | None = (
         None  # dims whose smallest valid size is not 1 (0: may be empty)
     )
+    max_dims: dict[str, int] | None = None  # dims with a declared largest size (a model's past)
     # The integer inputs' valid values, [low, high) by name: ids below the table's size.
     input_ranges: dict[str, list[int]] | None = None
     # A composed model's definition (layerport.model): its model file as data,
@@ -55,6 +56,9 @@ class ExportRecord:
     model: dict[str, Any] | None = None
     # export --optimize: what each optimizer made, why it was refused, and the one kept.
     optimization: dict[str, Any] | None = None
+    # How the file streams (LayerSpec.streaming): {"dim", "carry": [[input, output]], "grows"},
+    # so a torch-free runtime can carry a KV cache from call to call (runtime.generation).
+    streaming: dict[str, Any] | None = None
     verification: dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT_VERSION
 
@@ -167,6 +171,13 @@ class ExportRecord:
                     isinstance(k, str) and _is_int(v) and v >= 0 for k, v in self.min_dims.items()
                 )
             ),
+            "max_dims must map names to sizes >= 1": self.max_dims is None
+            or (
+                isinstance(self.max_dims, dict)
+                and all(
+                    isinstance(k, str) and _is_int(v) and v >= 1 for k, v in self.max_dims.items()
+                )
+            ),
             "input_ranges must map names to [low, high] with low < high": self.input_ranges is None
             or (
                 isinstance(self.input_ranges, dict)
@@ -181,6 +192,9 @@ class ExportRecord:
             ),
             "quantization must be an object naming its recipe, library, mode, weight_type "
             "and ops": self.quantization is None or _is_recipe(self.quantization),
+            "streaming must be an object with a dim, carry pairs of names and grows": self.streaming
+            is None
+            or _is_streaming(self.streaming),
         }
         return next((message for message, ok in checks.items() if not ok), None)
 
@@ -193,6 +207,20 @@ def _is_recipe(value: object) -> bool:
         and all(isinstance(value.get(key), str) for key in ("library", "mode", "weight_type"))
         and isinstance(value.get("ops"), dict)
         and all(isinstance(k, str) and _is_int(v) for k, v in value["ops"].items())
+    )
+
+
+def _is_streaming(value: object) -> bool:
+    """Whether ``value`` is a stream as ``pipeline`` records ``LayerSpec.streaming``."""
+    return (
+        isinstance(value, dict)
+        and isinstance(value.get("dim"), str)
+        and (value.get("grows") is None or isinstance(value.get("grows"), str))
+        and isinstance(value.get("carry"), list)
+        and all(
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(n, str) for n in pair)
+            for pair in value["carry"]
+        )
     )
 
 

@@ -76,7 +76,8 @@ class Session:
     """An ONNX model open in an onnxruntime CPU session, or in onnx's reference evaluator.
 
     ``optional_inputs`` names the inputs that may be left out (filled with zeros),
-    ``smallest`` the symbolic dims' smallest valid sizes, where not 1, and
+    ``smallest`` the symbolic dims' smallest valid sizes, where not 1, ``largest``
+    their largest, where declared, and
     ``value_ranges`` the integer inputs' valid values, ``(low, high)`` by name.
     ``isolate`` creates the session in a child process first, for files from
     strangers (see ``open_session``), and sizes what each run will make before
@@ -93,9 +94,11 @@ class Session:
         isolate: bool = False,
         smallest: Mapping[str, int] | None = None,
         value_ranges: Mapping[str, tuple[int, int]] | None = None,
+        largest: Mapping[str, int] | None = None,
     ) -> None:
         self.name = name
         self.smallest = dict(smallest or {})
+        self.largest = dict(largest or {})
         self.proto = proto_of(model)
         # onnxruntime's contract: tensors handed over outside the model outlive the session.
         self._external_tensors = model.tensors if isinstance(model, ExternalModel) else {}
@@ -130,7 +133,7 @@ class Session:
         Returns the complete arrays for ``run_checked``, and notes worth telling
         the user (such as non-finite values).
         """
-        complete, notes = check_arrays(arrays, self.inputs, self.smallest)
+        complete, notes = check_arrays(arrays, self.inputs, self.smallest, self.largest)
         if self.isolated:
             # A stranger's file may make far more than its inputs: check what it will make.
             shapes = {name: tuple(array.shape) for name, array in complete.items()}
@@ -193,6 +196,7 @@ def load_model(path: Path, settings: SessionSettings | None = None) -> Session:
         isolate=True,
         smallest=smallest,
         value_ranges={name: (low, high) for name, (low, high) in ranges.items()},
+        largest=record.max_dims if record else None,
     )
 
 

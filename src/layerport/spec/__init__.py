@@ -171,6 +171,9 @@ class Dim:
     min_size: int | str = 1
     """The smallest valid size: an integer, or a formula over the parameters; 0 only for a state that may be empty (a KV cache's ``past``). Example: ``"dilation * (kernel_size - 1) + 1 - 2 * padding"``."""
 
+    max_size: int | None = None
+    """The largest valid size, if there is one: a model's declared maximum past. A file records it, and a runtime refuses a larger input. Example: ``2048``."""
+
     def smallest(self, params: Params) -> int:
         """The smallest valid size for these parameters: never below 1, unless declared 0."""
         if self.min_size == 0:
@@ -195,6 +198,8 @@ class Dim:
             larger = 2 * export_size + 5
         while export_size > 1 and larger % export_size == 0:
             larger += 1
+        if self.max_size is not None:
+            larger = min(larger, self.max_size)
         return tuple(sorted({smallest, export_size, larger}))
 
 
@@ -452,8 +457,14 @@ class LayerSpec:
         return resolved
 
     def check_dims(self, dims: Dims, params: Params) -> None:
-        """Raise ``InvalidDim`` for a size below its dim's smallest, naming the minimum and why."""
+        """Raise ``InvalidDim`` for a size below its dim's smallest, naming the minimum and why,
+        or above its declared largest."""
         for dim in self.dims:
+            if dim.max_size is not None and dims.get(dim.name, 0) > dim.max_size:
+                raise InvalidDim(
+                    f"dim {dim.name} of layer {self.name!r} must be at most {dim.max_size} (its "
+                    f"declared maximum), got {dims[dim.name]}"
+                )
             smallest = dim.smallest(params)
             if dim.name in dims and dims[dim.name] < smallest:
                 raise InvalidDim(

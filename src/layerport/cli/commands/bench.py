@@ -17,9 +17,32 @@ from layerport.cli.app import (
 from layerport.cli.options import LayerOptions, json_option, layer_options, threads_option
 from layerport.cli.outcomes import LayerOutcome
 from layerport.cli.output import print_bench, warn
-from layerport.config import resolve_config
+from layerport.config import LayerConfig, resolve_config
 from layerport.dtypes import QUANTIZATIONS
 from layerport.registry import RegisteredLayer
+
+# A decoder's calls worth timing: single-token steps at short, long and longer
+# caches, and a long prompt's prefill (issue 29's points).
+DECODE_PASTS = (64, 512, 2048)
+PREFILL = 512
+
+
+def decoding_points(config: LayerConfig) -> dict[str, dict[str, int]]:
+    """The calls a layer with a KV cache is benchmarked at, named, at batch 1: each decode
+    step's past and the prefill; empty for any other layer. A past above the declared
+    maximum is left out."""
+    streaming = config.spec.streaming
+    if streaming is None or streaming.grows is None or not streaming.applies(config.params):
+        return {}
+    batch = {config.spec.batch_dim: 1} if config.spec.batch_dim else {}
+    largest = config.spec.dim(streaming.grows).max_size
+    points = {
+        f"decode step, {streaming.grows} {past}": {**batch, streaming.dim: 1, streaming.grows: past}
+        for past in DECODE_PASTS
+        if largest is None or past <= largest
+    }
+    points[f"prefill of {PREFILL}"] = {**batch, streaming.dim: PREFILL, streaming.grows: 0}
+    return points
 
 
 @click.command()
@@ -129,6 +152,25 @@ def bench(
     else:
         assert layer is not None
         config = resolve_layer(layer, layer_options)
+        points = decoding_points(config) if not layer_options.dims else {}
+        if points:
+            outcomes = [
+                LayerOutcome(
+                    config.layer,
+                    bench=bench_layer(
+                        config.with_dims({**config.dims, **dims}),
+                        threads=threads,
+                        timing=timing,
+                        quantize=quantize,
+                        precisions=compared,
+                        runtimes=selected,
+                    ),
+                )
+                for dims in points.values()
+            ]
+            print_bench(outcomes, all_, json_, calls=list(points))
+            raise_if_any_failed(outcomes, json_)
+            return
         outcomes = [
             LayerOutcome(
                 config.layer,

@@ -1,0 +1,129 @@
+"""``layerport generate``: greedy decoding through a decoder file's KV cache, torch-free."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from layerport.cli.options import json_option, threads_option, weights_option
+from layerport.cli.output import note, print_json
+from layerport.errors import UserInputError, WorkFailed
+
+if TYPE_CHECKING:
+    from layerport.runtime.generation import Decoding
+    from layerport.runtime.metadata import ExportRecord
+
+
+def _ids(context: click.Context, parameter: click.Parameter, text: str) -> list[int]:
+    try:
+        ids = [int(part) for part in text.split(",")]
+    except ValueError:
+        message = f"expected ids separated by commas, such as 1,2,3; got {text!r}"
+        raise click.BadParameter(message) from None
+    if any(id_ < 0 for id_ in ids):
+        raise click.BadParameter(f"ids are 0 or more; got {text!r}")
+    return ids
+
+
+@click.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "--prompt-ids",
+    "prompt",
+    required=True,
+    callback=_ids,
+    help="The prompt's token ids, separated by commas: 1,2,3.",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="How many ids to generate, one call of the file each after the prefill.",
+)
+@click.option(
+    "--eager",
+    is_flag=True,
+    help="Also decode in eager PyTorch, rebuilt from the file's record (with --weights if "
+    "it was exported from a checkpoint), and fail unless the ids agree. Needs torch.",
+)
+@weights_option
+@threads_option(0, 0, "onnxruntime intra-op threads; 0 uses every core.")
+@json_option
+def generate(
+    file: Path,
+    prompt: list[int],
+    steps: int,
+    eager: bool,
+    weights: Path | None,
+    threads: int,
+    json_: bool,
+) -> None:
+    """Generate token ids greedily through a decoder file's KV cache, without torch.
+
+    The prompt runs in one call (the prefill, the cache empty), then each new
+    id in one call, the cache the file gave back fed to the next. The ids go to
+    stdout, separated by commas. With --eager or --weights, the same decoding
+    runs in eager PyTorch too, and any disagreement is an error (exit 1).
+
+    \b
+    Examples:
+      layerport generate decoder.onnx --prompt-ids 1,2,3 --steps 8
+      layerport generate decoder.onnx --prompt-ids 1,2,3 --weights model.safetensors
+    """
+    from layerport.runtime.generation import Decoding, greedy_ids
+    from layerport.runtime.metadata import ExportRecord
+    from layerport.runtime.session import SessionSettings, load_model
+
+    session = load_model(file, SessionSettings(threads=threads))
+    record = ExportRecord.from_model(session.proto)
+    decoding = Decoding.of(record, session.inputs, session.outputs)
+
+    if steps > 1:
+        # Checked once, at the shapes that make the most: the calls between make less.
+        session.check_inputs(decoding.largest_call(prompt, steps))
+    session.check_inputs(decoding.prefill(prompt))
+    started = time.perf_counter()
+    ids = greedy_ids(session.run_checked, decoding, prompt, steps)
+    seconds = time.perf_counter() - started
+    result: dict[str, Any] = {"file": str(file), "prompt": prompt, "ids": ids, "seconds": seconds}
+    if eager or weights is not None:
+        assert record is not None  # Decoding.of refuses a file without one
+        eager_ids = _eager_ids(record, weights, decoding, prompt, steps)
+        result["eager"] = {"ids": eager_ids, "agree": eager_ids == ids}
+        if eager_ids != ids:
+            step = next(i for i, (a, b) in enumerate(zip(ids, eager_ids, strict=True)) if a != b)
+            raise WorkFailed(
+                f"onnxruntime and eager PyTorch disagree from step {step + 1}: onnxruntime "
+                f"picked {ids[step]}, eager {eager_ids[step]} (both picked "
+                f"{','.join(map(str, ids[:step])) or 'nothing'} before)"
+            )
+    if json_:
+        print_json(result)
+        return
+    click.echo(",".join(map(str, ids)))
+    note(f"{steps} ids in {seconds * 1000:.1f} ms through onnxruntime (prefill and steps)")
+    if "eager" in result:
+        note(f"eager PyTorch picked the same {steps} ids")
+
+
+def _eager_ids(
+    record: ExportRecord, weights: Path | None, decoding: Decoding, prompt: list[int], steps: int
+) -> list[int]:
+    """The same greedy decoding through the eager model the file's record describes."""
+    from layerport.cli.app import get_registry, require_dependencies
+
+    require_dependencies("torch")
+    from layerport.eager.build import run_module
+    from layerport.runtime.generation import greedy_ids
+    from layerport.verify.rebuild import rebuild_layer
+
+    if record.weights_sha256 is not None and weights is None:
+        raise UserInputError(
+            "the file was exported from a checkpoint: give it with --weights to decode in eager"
+        )
+    config, module = rebuild_layer(get_registry(), record, weights=weights)
+    return greedy_ids(lambda feed: run_module(module, config, feed), decoding, prompt, steps)

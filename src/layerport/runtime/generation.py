@@ -1,0 +1,115 @@
+"""Greedy decoding through a file that carries its KV cache: the loop, torch-free.
+
+A decoder exported by layerport takes its ids and, per block, the cache
+(``block0_past_key``...), and gives back its logits and the grown cache
+(``block0_present_key``...); its record says which output feeds which input
+(``ExportRecord.streaming``). One call is the prefill (the cache empty, past
+0), then one call per new token. The loop takes any ``run`` callable, so the
+same code decodes through onnxruntime and through eager torch, and the two
+can only disagree where their numbers do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from layerport.errors import UserInputError
+from layerport.runtime.arrays import ArraySpec, numpy_dtype
+from layerport.runtime.metadata import ExportRecord
+
+Run = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """What greedy decoding needs of a file: its ids input, its logits output and its cache.
+
+    ``carry`` pairs each cache input with the output that grows it, and
+    ``empty`` is the cache at the prefill: every input of ``carry`` at batch 1
+    and past 0.
+    """
+
+    ids: str
+    logits: str
+    carry: tuple[tuple[str, str], ...]
+    empty: Mapping[str, np.ndarray]
+
+    @classmethod
+    def of(
+        cls, record: ExportRecord | None, inputs: list[ArraySpec], outputs: list[ArraySpec]
+    ) -> Decoding:
+        """The decoding interface of a file, from its record and its inputs and outputs.
+
+        Raises ``UserInputError`` for a file that does not decode: one with no
+        record of a growing cache, or other than one integer input besides it.
+        """
+        stream = record.streaming if record is not None else None
+        if not stream or stream.get("grows") is None:
+            raise UserInputError(
+                "the file carries no KV cache (its layerport record has no stream that grows), "
+                "so it cannot generate; export a decoder model file"
+            )
+        carry = tuple((given, made) for given, made in stream["carry"])
+        cached = {given for given, _ in carry}
+        ids = [spec for spec in inputs if spec.name not in cached]
+        if len(ids) != 1 or not ids[0].dtype.startswith("int") or len(ids[0].dims) != 2:
+            names = ", ".join(spec.name for spec in ids) or "none"
+            raise UserInputError(
+                "generation feeds one input of token ids (batch, seq) besides the cache; "
+                f"this file takes {names}"
+            )
+        grown = {made for _, made in carry}
+        logits = next((spec.name for spec in outputs if spec.name not in grown), None)
+        if logits is None:
+            raise UserInputError("the file gives back its cache but no logits")
+        batch = ids[0].dims[0]
+        empty = {
+            spec.name: np.zeros(
+                tuple(
+                    dim if isinstance(dim, int) else 1 if dim == batch else 0 for dim in spec.dims
+                ),
+                dtype=numpy_dtype(spec.dtype),
+            )
+            for spec in inputs
+            if spec.name in cached
+        }
+        return cls(ids[0].name, logits, carry, empty)
+
+    def prefill(self, prompt: list[int]) -> dict[str, np.ndarray]:
+        """The first call's inputs: the prompt, and the cache empty."""
+        return {self.ids: np.asarray([prompt], dtype=np.int64), **self.empty}
+
+    def largest_call(self, prompt: list[int], steps: int) -> dict[str, np.ndarray]:
+        """Inputs shaped as the last call of decoding ``steps`` ids after ``prompt`` (zeros):
+        the call that makes the most, to size memory against before decoding starts."""
+        past = len(prompt) + steps - 1
+        grown = {
+            name: np.zeros(
+                tuple(past if size == 0 else size for size in array.shape), dtype=array.dtype
+            )
+            for name, array in self.empty.items()
+        }
+        return {self.ids: np.zeros((1, 1), dtype=np.int64), **grown}
+
+
+def greedy_ids(run: Run, decoding: Decoding, prompt: list[int], steps: int) -> list[int]:
+    """The ``steps`` ids greedy decoding picks after ``prompt``, one call per id after the prefill.
+
+    Each pick is the argmax of the last position's logits (the first of equal
+    ones, as ``torch.argmax`` and transformers' greedy search pick).
+    """
+    if not prompt:
+        raise UserInputError("the prompt needs at least one id")
+    if steps < 1:
+        raise UserInputError(f"steps must be at least 1, got {steps}")
+    feed = decoding.prefill(prompt)
+    picked: list[int] = []
+    for _ in range(steps):
+        outputs = run(feed)
+        picked.append(int(np.argmax(outputs[decoding.logits][0, -1])))
+        feed = {decoding.ids: np.asarray([[picked[-1]]], dtype=np.int64)}
+        feed.update({given: outputs[made] for given, made in decoding.carry})
+    return picked

@@ -1,0 +1,245 @@
+"""A decoder-only language model in a model file (issue 24): one file, its KV cache streamed.
+
+The oracle is transformers' own ``LlamaForCausalLM`` holding the same weights:
+its logits, its cache and its greedy ids, at sizes the export was never traced
+at. layerport's verification (prefill + decode steps == the whole pass) runs
+against its own eager twin, so it cannot be the judge here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from safetensors.torch import save_file  # noqa: E402
+
+from conftest import run_process  # noqa: E402
+
+HEADS, KV_HEADS, HEAD_DIM, VOCAB = 4, 2, 16, 100
+
+DECODER = """\
+[model]
+name = "tiny-llama"
+
+[inputs.ids]
+dtype = "int64"
+shape = ["batch", "seq"]
+
+[[layer]]
+name = "embed"
+use = "embedding"
+weights = "model.embed_tokens."
+
+[[layer]]
+name = "block0"
+use = "decoder_block"
+weights = "model.layers.0."
+params = { num_heads = 4, num_kv_heads = 2 }
+
+[[layer]]
+name = "block1"
+use = "decoder_block"
+weights = "model.layers.1."
+params = { num_heads = 4, num_kv_heads = 2 }
+
+[[layer]]
+name = "norm"
+use = "rmsnorm"
+weights = "model.norm."
+
+[[layer]]
+name = "head"
+use = "linear"
+weights = "lm_head."
+params = { bias = false }
+
+[dims.past]
+max = 96
+
+[outputs]
+logits = "head.y"
+"""
+STATES = [f"block{block}_past_{part}" for block in (0, 1) for part in ("key", "value")]
+
+
+def llama() -> transformers.LlamaForCausalLM:
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=HEADS * HEAD_DIM,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # norms away from 1, so a norm left out cannot pass
+        for name, parameter in model.named_parameters():
+            if "norm" in name:
+                parameter.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.fixture(scope="module")
+def decoder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, transformers.LlamaForCausalLM]:
+    folder = tmp_path_factory.mktemp("decoder")
+    model = llama()
+    tensors = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    save_file(tensors, folder / "llama.safetensors")
+    (folder / "llama.toml").write_text(DECODER)
+    return folder, model
+
+
+@pytest.fixture(scope="module")
+def exported(decoder) -> Path:
+    """The decoder exported and verified once, as a user runs it."""
+    folder, _ = decoder
+    out = folder / "llama.onnx"
+    result = run_process("export", str(folder / "llama.toml"), "--weights",
+                         str(folder / "llama.safetensors"), "-o", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert "verification: passed" in result.stdout
+    assert "decoding: prompt" in result.stdout  # the stream proof ran
+    return out
+
+
+def empty_cache(batch: int) -> dict[str, np.ndarray]:
+    return {name: np.zeros((batch, KV_HEADS, 0, HEAD_DIM), np.float32) for name in STATES}
+
+
+def test_one_file_takes_and_gives_back_a_cache_per_block(exported) -> None:
+    model = onnx.load(str(exported))
+    assert [i.name for i in model.graph.input] == ["ids", *STATES]
+    assert [o.name for o in model.graph.output] == [
+        "logits",
+        *(name.replace("past", "present") for name in STATES),
+    ]
+    record = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(record["layerport.streaming"]) == {
+        "dim": "seq",
+        "grows": "past",
+        "carry": [[name, name.replace("past", "present")] for name in STATES],
+    }
+    assert json.loads(record["layerport.max_dims"]) == {"past": 96}
+    assert json.loads(record["layerport.min_dims"]) == {"past": 0}
+
+
+def test_prefill_and_steps_equal_transformers(decoder, exported) -> None:
+    _, model = decoder
+    session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+    ids = np.random.default_rng(3).integers(0, VOCAB, (3, 41))  # neither size was traced
+    with torch.no_grad():
+        expected = model(torch.tensor(ids), use_cache=True)
+    # The prefill of 38 tokens, then three single-token steps through the cache.
+    outputs = dict(
+        zip(names, session.run(None, {"ids": ids[:, :38], **empty_cache(3)}), strict=True)
+    )
+    logits = [outputs["logits"]]
+    for position in range(38, 41):
+        feed = {"ids": ids[:, position : position + 1]}
+        feed |= {name: outputs[name.replace("past", "present")] for name in STATES}
+        outputs = dict(zip(names, session.run(None, feed), strict=True))
+        logits.append(outputs["logits"])
+    reference = expected.logits.numpy()
+    assert np.abs(np.concatenate(logits, axis=1) - reference).max() < 1e-5
+    cache = expected.past_key_values.layers[1]
+    assert np.abs(outputs["block1_present_key"] - cache.keys.numpy()).max() < 1e-5
+    assert np.abs(outputs["block1_present_value"] - cache.values.numpy()).max() < 1e-5
+
+
+def transformers_ids(model, prompt: list[int], steps: int) -> list[int]:
+    with torch.no_grad():
+        generated = model.generate(
+            torch.tensor([prompt]), max_new_tokens=steps, min_new_tokens=steps, do_sample=False
+        )
+    return generated[0, len(prompt) :].tolist()
+
+
+def test_generate_gives_transformers_ids_and_eager_agrees(decoder, exported, cli) -> None:
+    folder, model = decoder
+    prompt = [5, 17, 42, 3, 9, 1, 88]
+    expected = transformers_ids(model, prompt, 24)
+    result = cli("generate", str(exported), "--prompt-ids", ",".join(map(str, prompt)),
+                 "--steps", "24", "--weights", str(folder / "llama.safetensors"))  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip() == ",".join(map(str, expected))
+    assert "eager PyTorch picked the same 24 ids" in result.stderr
+    as_json = cli("generate", str(exported), "--prompt-ids", "7", "--steps", "3", "--json")
+    assert as_json.exit_code == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["ids"] == transformers_ids(model, [7], 3)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--prompt-ids", "1,x"], "expected ids separated by commas, such as 1,2,3; got '1,x'"),
+        (["--prompt-ids", "1,-2"], "ids are 0 or more"),
+        (["--prompt-ids", "1,100"], "input ids holds 100"),
+        # prompt 40 + 60 steps: the last step's cache holds 99 > the declared 96.
+        (["--prompt-ids", ",".join(["1"] * 40), "--steps", "60"],
+         "dim past is 99 in input block0_past_key, but must be at most 96 (the largest size "
+         "the model declares, recorded in the file)"),
+        (["--prompt-ids", "1", "--eager"],
+         "the file was exported from a checkpoint: give it with --weights to decode in eager"),
+    ],
+)  # fmt: skip
+def test_generate_refuses_bad_input(exported, cli, arguments, message) -> None:
+    result = cli("generate", str(exported), *arguments)
+    assert result.exit_code == 2, result.stderr
+    assert message in result.stderr
+    assert result.stderr.count("Error:") == 1
+    assert result.stdout == ""
+
+
+def test_generate_refuses_a_file_without_a_cache(cli, tmp_path) -> None:
+    out = tmp_path / "linear.onnx"
+    assert cli("export", "linear", "-o", str(out), "--no-verify").exit_code == 0
+    result = cli("generate", str(out), "--prompt-ids", "1,2")
+    assert result.exit_code == 2
+    assert "the file carries no KV cache" in result.stderr
+
+
+def test_a_cache_of_the_wrong_heads_or_length_is_refused(exported, cli, tmp_path) -> None:
+    ids = tmp_path / "ids.npy"
+    np.save(ids, np.array([[1, 2]], dtype=np.int64))
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((1, KV_HEADS + 1, 3, HEAD_DIM), np.float32))
+    good = tmp_path / "good.npy"
+    np.save(good, np.zeros((1, KV_HEADS, 3, HEAD_DIM), np.float32))
+    inputs = ["--input", f"ids={ids}"]
+    for name in STATES:
+        inputs += ["--input", f"{name}={wrong if name == 'block1_past_value' else good}"]
+    result = cli("infer", str(exported), *inputs)
+    assert result.exit_code == 2
+    assert "input block1_past_value axis 1 must be 2, got 3" in result.stderr
+    long = tmp_path / "long.npy"
+    np.save(long, np.zeros((1, KV_HEADS, 97, HEAD_DIM), np.float32))
+    inputs = ["--input", f"ids={ids}"]
+    inputs += [arg for name in STATES for arg in ("--input", f"{name}={long}")]
+    result = cli("infer", str(exported), *inputs)
+    assert result.exit_code == 2
+    assert "must be at most 96" in result.stderr
+
+
+def test_an_export_past_the_declared_maximum_is_refused(decoder, cli, tmp_path) -> None:
+    folder, _ = decoder
+    result = cli("export", str(folder / "llama.toml"), "--weights",
+                 str(folder / "llama.safetensors"), "--dim", "past=97", "-o",
+                 str(tmp_path / "x.onnx"))  # fmt: skip
+    assert result.exit_code == 2
+    assert "dim past of layer 'tiny-llama' must be at most 96 (its declared maximum), got 97" in (
+        result.stderr
+    )
+    assert not (tmp_path / "x.onnx").exists()
