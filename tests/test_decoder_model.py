@@ -9,6 +9,8 @@ against its own eager twin, so it cannot be the judge here.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -179,6 +181,18 @@ def test_generate_gives_transformers_ids_and_eager_agrees(decoder, exported, cli
     as_json = cli("generate", str(exported), "--prompt-ids", "7", "--steps", "3", "--json")
     assert as_json.exit_code == 0, as_json.stderr
     assert json.loads(as_json.stdout)["ids"] == transformers_ids(model, [7], 3)
+
+
+def test_generate_runs_without_torch(exported) -> None:
+    from test_torch_free import PROBE
+
+    completed = subprocess.run(
+        [sys.executable, "-c", PROBE, "generate", str(exported), "--prompt-ids", "3,4"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.stderr.strip().splitlines()[-1] == "MODULES  EXIT 0", completed.stderr
 
 
 @pytest.mark.parametrize(

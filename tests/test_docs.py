@@ -35,15 +35,16 @@ START, END = "<!-- cli-reference:start -->", "<!-- cli-reference:end -->"
 
 
 WALKTHROUGH = re.compile(r"<!-- walkthrough:start -->(.*?)<!-- walkthrough:end -->", re.DOTALL)
+DECODER = re.compile(r"<!-- decoder:start -->(.*?)<!-- decoder:end -->", re.DOTALL)
 # Run by test_triton_server.py, which builds the serving environment it needs.
 SERVING = re.compile(r"<!-- serving:start -->(.*?)<!-- serving:end -->", re.DOTALL)
 
 
 def code_blocks(language: str, text: str | None = None) -> list[str]:
-    """The manual's blocks in ``language``; the walk-through's and serving's run in their own tests."""
+    """The manual's blocks in ``language``; the walk-throughs' and serving's run in their own tests."""
     if text is None:
         whole = "\n".join(page.read_text() for page in PAGES)
-        text = SERVING.sub("", WALKTHROUGH.sub("", whole))
+        text = SERVING.sub("", DECODER.sub("", WALKTHROUGH.sub("", whole)))
     return re.findall(rf"```{language}\n(.*?)```", text, flags=re.DOTALL)
 
 
@@ -109,6 +110,30 @@ def test_export_a_trained_model_walkthrough_runs(
                 assert "using its 'model_state_dict' entry" in result.stderr
     assert (tmp_path / "out.npz").is_file()
     assert (tmp_path / "tagger.onnx").is_file()
+
+
+def test_decoder_walkthrough_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decoder's checkpoint, model file, export and generation, as a reader runs them."""
+    section = DECODER.search(MODELS_PAGE.read_text())
+    assert section is not None
+    blocks = re.findall(r"```(python|console|toml)\n(.*?)```", section.group(1), flags=re.DOTALL)
+    assert [language for language, _ in blocks] == ["python", "toml", "console"]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks[0][1], "docs/models.md", "exec"), {"__name__": "decoder"})
+    first, _, text = blocks[1][1].partition("\n")
+    (tmp_path / first.removeprefix("# file: ")).write_text(text)
+    export, generate = [
+        line.removeprefix("$ layerport ") for line in blocks[2][1].splitlines() if line.strip()
+    ]
+    exported = run_process(*shlex.split(export), cwd=tmp_path)
+    assert exported.exit_code == 0, exported.stderr
+    assert "streaming decoding: prompt" in exported.stdout
+    generated = run_process(*shlex.split(generate), cwd=tmp_path)
+    assert generated.exit_code == 0, generated.stderr
+    assert "eager PyTorch picked the same 8 ids" in generated.stderr
+    assert re.fullmatch(r"\d+(,\d+){7}\n", generated.stdout)
+    shown = re.search(r"\(`([\d,]+)` here\)", MODELS_PAGE.read_text())
+    assert shown is not None and generated.stdout.strip() == shown.group(1)
 
 
 def test_python_api_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

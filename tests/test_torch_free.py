@@ -53,6 +53,7 @@ def rnn_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ["serve", "--help"],
         ["inspect", "{file}"],
         ["infer", "{file}"],
+        ["generate", "--help"],
         ["run", "--help"],
         ["export", "--help"],
     ],
