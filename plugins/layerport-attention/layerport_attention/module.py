@@ -111,6 +111,11 @@ class Attention(nn.Module):
         attended = weights @ repeat_kv(present_value, groups)
         return self.output(attended), present_key, present_value, present_padding
 
+    def table_positions(self, past: int, seq: int) -> torch.Tensor:
+        """The positions of the call's rows of the fused form's rotary tables: ``past``
+        onwards."""
+        return torch.arange(seq) + past
+
     def fused(
         self,
         x: torch.Tensor,
@@ -141,9 +146,13 @@ class Attention(nn.Module):
         cos = sin = None
         if self.rotary:
             cos, sin = rotary_tables(
-                torch.arange(past + seq), self.head_dim, self.rope_base, x.dtype
+                self.table_positions(past, seq), self.head_dim, self.rope_base, x.dtype
             )
-            cos, sin = cos[:, : self.head_dim // 2], sin[:, : self.head_dim // 2]
+            # The operator reads row p at position p, and only the call's rows: the cache's
+            # are zeros, so a step costs no trigonometry over the whole cache.
+            cached = torch.zeros(past, self.head_dim // 2, dtype=x.dtype)
+            cos = torch.cat((cached, cos[:, : self.head_dim // 2]))
+            sin = torch.cat((cached, sin[:, : self.head_dim // 2]))
         merged, present_key, present_value = gqa(
             functional.linear(x, weight, bias),
             past_key,

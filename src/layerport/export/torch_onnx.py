@@ -35,13 +35,15 @@ from layerport.spec.expressions import substituted
 from layerport.spec.forms import ExportForm, exporting_form
 
 
-def export_onnx(module: torch.nn.Module, config: LayerConfig, opset: int) -> onnx.ModelProto:
+def export_onnx(
+    module: torch.nn.Module, config: LayerConfig, opset: int, *, form: ExportForm | None = None
+) -> onnx.ModelProto:
     """Export ``module``, built for ``config``, to a checked and cleaned ``ModelProto``.
 
-    The model is traced at ``config.dims``. Raises ``ExportFailed`` when
-    torch.onnx fails or pins a declared-dynamic dim.
+    The model is traced at ``config.dims``, in ``form`` if given (``spec.forms``).
+    Raises ``ExportFailed`` when torch.onnx fails or pins a declared-dynamic dim.
     """
-    model = export_model(module, config, opset, keep_outside=False)
+    model = export_model(module, config, opset, keep_outside=False, form=form)
     assert isinstance(model, onnx.ModelProto)
     return model
 

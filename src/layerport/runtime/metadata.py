@@ -55,6 +55,9 @@ class ExportRecord:
     model: dict[str, Any] | None = None
     # export --optimize: what each optimizer made, why it was refused, and the one kept.
     optimization: dict[str, Any] | None = None
+    # The export form the graph is in: "standard" (torch.onnx of forward as it is) or one of
+    # the layer's forms (LayerSpec.forms), such as "fused".
+    form: str = "standard"
     verification: dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT_VERSION
 
@@ -154,6 +157,7 @@ class ExportRecord:
                     isinstance(k, str) and isinstance(v, str) for k, v in self.weights_parts.items()
                 )
             ),
+            "form must be a string": isinstance(self.form, str),
             "model and optimization must be objects": all(
                 value is None or isinstance(value, dict)
                 for value in (self.model, self.optimization)
