@@ -15,11 +15,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+from torch import nn
+from torch.nn import functional
 
 from layerport_attention.fused_graph import (
     PLACEHOLDER,
     PLACEHOLDER_DOMAIN,
-    register_placeholder,
+    RMS_NORM,
+    SKIP_NORM,
+    register_placeholders,
 )
 
 
@@ -85,11 +89,60 @@ def _(
     )
 
 
+@torch.library.custom_op("layerport_attention::rms_norm", mutates_args=())
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``nn.RMSNorm`` over the last dim."""
+    return functional.rms_norm(x, (x.shape[-1],), weight, eps)
+
+
+@rms_norm.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("layerport_attention::skip_norm", mutates_args=())
+def skip_norm(
+    x: torch.Tensor,
+    skip: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    eps: float,
+    simplified: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(norm(x + skip), x + skip)``: an RMSNorm if ``simplified``, else a LayerNorm."""
+    summed = x + skip
+    if simplified:
+        return functional.rms_norm(summed, (x.shape[-1],), weight, eps), summed
+    return functional.layer_norm(summed, (x.shape[-1],), weight, bias, eps), summed
+
+
+@skip_norm.register_fake
+def _(x: torch.Tensor, *_: object) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.empty_like(x), torch.empty_like(x)
+
+
+def normed(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)``, through ``rms_norm`` for an ``nn.RMSNorm`` (a LayerNorm exports as ONNX's own)."""
+    if isinstance(norm, nn.RMSNorm):
+        return rms_norm(x, norm.weight, float(norm.eps or 0.0))
+    return norm(x)
+
+
+def skip_normed(
+    norm: nn.Module, x: torch.Tensor, skip: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(norm(x + skip), x + skip)`` through ``skip_norm``."""
+    assert isinstance(norm, (nn.RMSNorm, nn.LayerNorm))
+    simplified = isinstance(norm, nn.RMSNorm)
+    bias = None if simplified else norm.bias
+    return skip_norm(x, skip, norm.weight, bias, float(norm.eps or 0.0), simplified)
+
+
 def translations() -> Mapping[Any, Callable[..., Any]]:
-    """torch.onnx's custom translation of ``gqa``: one placeholder node (``fused_graph``)."""
+    """torch.onnx's custom translations of the ops here: placeholder nodes (``fused_graph``)."""
     import onnxscript
 
-    register_placeholder()
+    register_placeholders()
     placeholder = onnxscript.values.Opset(PLACEHOLDER_DOMAIN, 1)
 
     def gqa_onnx(
@@ -115,4 +168,18 @@ def translations() -> Mapping[Any, Callable[..., Any]]:
             scale=scale,
         )
 
-    return {torch.ops.layerport_attention.gqa.default: gqa_onnx}
+    def rms_norm_onnx(x: Any, weight: Any, eps: float) -> Any:
+        return getattr(placeholder, RMS_NORM)(x, weight, epsilon=eps)
+
+    def skip_norm_onnx(
+        x: Any, skip: Any, weight: Any, bias: Any, eps: float, simplified: bool
+    ) -> Any:
+        return getattr(placeholder, SKIP_NORM)(
+            x, skip, weight, bias, epsilon=eps, simplified=int(simplified)
+        )
+
+    return {
+        torch.ops.layerport_attention.gqa.default: gqa_onnx,
+        torch.ops.layerport_attention.rms_norm.default: rms_norm_onnx,
+        torch.ops.layerport_attention.skip_norm.default: skip_norm_onnx,
+    }

@@ -1,5 +1,5 @@
-"""The fused form's graph: the placeholder torch.onnx writes, rewritten into onnxruntime's
-``GroupQueryAttention``.
+"""The fused form's graph: the placeholders torch.onnx writes, rewritten into onnxruntime's
+``GroupQueryAttention`` and its fused norms.
 
 The translation of ``layerport_attention::gqa`` (``fused``) writes one
 ``layerport.attention::FusedAttention`` node; ``finish_fused`` replaces each
@@ -10,6 +10,10 @@ batch > 1 with seq > 1 only on an empty cache (``batch_size must be 1 when
 sequence_length > 1 and past context is given``), so that case, a chunked
 prefill of several rows, runs through a ``Scan`` over the rows under an
 ``If``; a prefill and every single-token step take the operator directly.
+
+``RMSNorm`` becomes ``SimplifiedLayerNormalization``, and ``SkipNorm`` (the
+residual sum and the norm of it) ``com.microsoft::SkipSimplifiedLayerNormalization``
+or ``SkipLayerNormalization``: both sums, and the norm, in one kernel.
 
 Torch-free: onnx only.
 """
@@ -25,18 +29,52 @@ from onnx import TensorProto, helper
 
 PLACEHOLDER_DOMAIN = "layerport.attention"
 PLACEHOLDER = "FusedAttention"
+RMS_NORM = "RMSNorm"
+SKIP_NORM = "SkipNorm"
 CONTRIB = "com.microsoft"
 # The placeholder's inputs: the packed projections, the cache, the additive mask, the rotary tables.
 PLACEHOLDER_INPUTS = ("qkv", "past_key", "past_value", "bias", "cos", "sin")
 
 
-def register_placeholder() -> None:
-    """Declare the placeholder's schema to onnx, once: torch.onnx writes only ops it knows."""
+def register_placeholders() -> None:
+    """Declare the placeholders' schemas to onnx, once: torch.onnx writes only ops it knows."""
     if onnx.defs.has(PLACEHOLDER, PLACEHOLDER_DOMAIN):
         return
     schema = onnx.defs.OpSchema
     formal = schema.FormalParameter
     optional = schema.FormalParameterOption.Optional
+    floats = [("T", ["tensor(float)", "tensor(float16)"], "")]
+    epsilon = schema.Attribute("epsilon", schema.AttrType.FLOAT, "added to the mean square")
+    onnx.defs.register_schema(
+        schema(
+            RMS_NORM,
+            PLACEHOLDER_DOMAIN,
+            1,
+            inputs=[formal("x", "T"), formal("weight", "T")],
+            outputs=[formal("normed", "T")],
+            type_constraints=floats,
+            attributes=[epsilon],
+        )
+    )
+    onnx.defs.register_schema(
+        schema(
+            SKIP_NORM,
+            PLACEHOLDER_DOMAIN,
+            1,
+            inputs=[
+                formal("x", "T"),
+                formal("skip", "T"),
+                formal("weight", "T"),
+                formal("bias", "T", param_option=optional),
+            ],
+            outputs=[formal("normed", "T"), formal("sum", "T")],
+            type_constraints=floats,
+            attributes=[
+                epsilon,
+                schema.Attribute("simplified", schema.AttrType.INT, "1: an RMSNorm"),
+            ],
+        )
+    )
     onnx.defs.register_schema(
         schema(
             PLACEHOLDER,
@@ -65,15 +103,45 @@ def finish_fused(model: onnx.ModelProto) -> None:
     counter = itertools.count()
     nodes: list[onnx.NodeProto] = []
     for node in graph.node:
-        if node.domain == PLACEHOLDER_DOMAIN and node.op_type == PLACEHOLDER:
+        if node.domain != PLACEHOLDER_DOMAIN:
+            nodes.append(node)
+        elif node.op_type == PLACEHOLDER:
             nodes.extend(_expanded(node, f"fused_attention_{next(counter)}", _elem_type(model)))
         else:
-            nodes.append(node)
+            nodes.append(_norm(node))
     del graph.node[:]
     graph.node.extend(nodes)
     kept = [entry for entry in model.opset_import if entry.domain != PLACEHOLDER_DOMAIN]
     del model.opset_import[:]
     model.opset_import.extend([*kept, helper.make_opsetid(CONTRIB, 1)])
+
+
+def _norm(node: onnx.NodeProto) -> onnx.NodeProto:
+    """A norm placeholder as onnxruntime's fused norm."""
+    attributes = {
+        attribute.name: helper.get_attribute_value(attribute) for attribute in node.attribute
+    }
+    epsilon = float(attributes["epsilon"])
+    if node.op_type == RMS_NORM:
+        # Registered by onnxruntime in the ONNX domain; statistics in float32 (stash_type 1).
+        return helper.make_node(
+            "SimplifiedLayerNormalization",
+            list(node.input),
+            list(node.output),
+            axis=-1,
+            epsilon=epsilon,
+            stash_type=1,
+        )
+    normed, summed = node.output
+    simplified = bool(attributes["simplified"])
+    inputs = list(node.input)[: 3 if simplified else 4]
+    return helper.make_node(
+        "SkipSimplifiedLayerNormalization" if simplified else "SkipLayerNormalization",
+        inputs,
+        [normed, "", "", summed],
+        domain=CONTRIB,
+        epsilon=epsilon,
+    )
 
 
 def _elem_type(model: onnx.ModelProto) -> int:

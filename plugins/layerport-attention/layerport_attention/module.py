@@ -302,6 +302,13 @@ class DecoderBlock(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         # Named, not *args: torch.export matches the inputs' dynamic shapes by position.
         cache = (past_key, past_value, padding_mask, past_padding)
+        if export_form() == FUSED.name:
+            from layerport_attention.fused import normed, skip_normed
+
+            # The residual sum and the second norm in one operator (SkipSimplifiedLayerNormalization).
+            attended, key, value, padding = self.self_attn(normed(self.input_layernorm, x), *cache)
+            post, hidden = skip_normed(self.post_attention_layernorm, attended, x)
+            return hidden + self.mlp(post), key, value, padding
         attended, key, value, padding = self.self_attn(self.input_layernorm(x), *cache)
         hidden = x + attended
         return hidden + self.mlp(self.post_attention_layernorm(hidden)), key, value, padding

@@ -46,9 +46,30 @@ def _ops(graph: onnx.GraphProto) -> list[str]:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize(("layer", "matmuls"), [("attention", 2), ("decoder_block", 5)])
-def test_the_fused_form_passes_the_stream_proof(layer: str, matmuls: int, dtype: str) -> None:
-    config = resolve_config(get_registry(), layer, GROUPED, dtype=dtype)
+@pytest.mark.parametrize(
+    ("layer", "norm", "matmuls", "norms"),
+    [
+        ("attention", None, 2, []),
+        (
+            "decoder_block",
+            "rmsnorm",
+            5,
+            ["SimplifiedLayerNormalization", "com.microsoft.SkipSimplifiedLayerNormalization"],
+        ),
+        (
+            "decoder_block",
+            "layernorm",
+            5,
+            ["LayerNormalization", "com.microsoft.SkipLayerNormalization"],
+        ),
+    ],
+    ids=["attention", "block-rmsnorm", "block-layernorm"],
+)
+def test_the_fused_form_passes_the_stream_proof(
+    layer: str, norm: str | None, matmuls: int, norms: list[str], dtype: str
+) -> None:
+    params = GROUPED if norm is None else {**GROUPED, "norm": norm}
+    config = resolve_config(get_registry(), layer, params, dtype=dtype)
     result = export_layer(config, trials=1, form="fused")
     report = result.report
     assert report is not None and report.passed
@@ -67,6 +88,7 @@ def test_the_fused_form_passes_the_stream_proof(layer: str, matmuls: int, dtype:
     assert ops.count("com.microsoft.GroupQueryAttention") == 2
     # Q, K and V in one MatMul: then the output projection (and the MLP's three).
     assert [node.op_type for node in model.graph.node].count("MatMul") == matmuls
+    assert [op for op in ops if "Normalization" in op] == norms
     assert not any(op.startswith("layerport.") for op in ops)
     assert {entry.domain for entry in model.opset_import} == {"", "com.microsoft"}
 
