@@ -83,6 +83,7 @@ def test_the_fused_form_passes_the_stream_proof(
     } or any("past=0" in c.case for c in report.comparisons)
     assert result.record.form == "fused"
     model = onnx.load_from_string(result.model_bytes)
+    assert {prop.key: prop.value for prop in model.metadata_props}["layerport.form"] == "fused"
     ops = _ops(model.graph)
     # One GroupQueryAttention for the direct call, one in the Scan over rows.
     assert ops.count("com.microsoft.GroupQueryAttention") == 2

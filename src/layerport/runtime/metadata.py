@@ -215,5 +215,6 @@ _PLAIN_TEXT = {
     "weights_prefix",
     "weights_key",
     "weights_dtype",
+    "form",
 }
 _FIELDS = {item.name for item in fields(ExportRecord)}
