@@ -217,3 +217,39 @@ def test_inspect_shows_the_form(tmp_path: Path) -> None:
     assert shown.exit_code == 0, shown.output
     assert re.search(r"^form: +fused$", shown.output, re.MULTILINE)
     assert "com.microsoft.GroupQueryAttention 2" in shown.output
+
+
+def test_a_composed_model_takes_the_form_in_each_block(tmp_path: Path) -> None:
+    """A model file's decoder blocks export fused together; the file verifies on the grid."""
+    caches = "".join(
+        f'[inputs.past_{kind}_{index}]\ndtype = "float"\nshape = ["batch", 2, "past", 16]\n'
+        for index in (0, 1)
+        for kind in ("key", "value")
+    )
+    blocks = "".join(
+        f'[[layer]]\nname = "block{index}"\nuse = "decoder_block"\n'
+        "params = { embed_dim = 64, num_heads = 4, num_kv_heads = 2 }\n"
+        f'input = {{ x = "{source}", past_key = "past_key_{index}", '
+        f'past_value = "past_value_{index}" }}\n'
+        for index, source in ((0, "x"), (1, "block0.y"))
+    )
+    path = tmp_path / "two.toml"
+    path.write_text(
+        '[model]\nname = "two-blocks"\n[inputs.x]\ndtype = "float"\n'
+        'shape = ["batch", "seq", 64]\n'
+        + caches
+        + blocks
+        + '[outputs]\ny = "block1.y"\n'
+        + "".join(
+            f'present_{kind}_{index} = "block{index}.present_{kind}"\n'
+            for index in (0, 1)
+            for kind in ("key", "value")
+        )
+    )
+    config = resolve_config(get_registry(), str(path))
+    result = export_layer(config, trials=1, form="fused")
+    assert result.report is not None and result.report.passed
+    assert result.record.form == "fused"
+    ops = _ops(onnx.load_from_string(result.model_bytes).graph)
+    assert ops.count("com.microsoft.GroupQueryAttention") == 4  # two blocks, two paths each
+    assert ops.count("com.microsoft.SkipSimplifiedLayerNormalization") == 2

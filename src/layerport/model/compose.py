@@ -29,6 +29,7 @@ from layerport.model.definition import ModelDefinition, ModelLayer
 from layerport.registry import PluginInfo, RegisteredLayer, Registry
 from layerport.spec import Dim, LayerSpec, Params, Tensor
 from layerport.spec.expressions import evaluate, formula_names, parse_formula, substituted
+from layerport.spec.forms import composed_forms
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -400,6 +401,7 @@ def _composite_spec(
         flops=flops if all(step.config.spec.flops for step in steps) else None,
         batch_dim=_batch_dim(steps, bindings, {dim.name for dim in dims}),
         precisions=_precisions(steps),
+        forms=composed_forms([(step.name, step.config.params, step.config.spec) for step in steps]),
     )
     return spec, steps
 

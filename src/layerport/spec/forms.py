@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import onnx
 
-    from layerport.spec import Params
+    from layerport.spec import LayerSpec, Params
 
 STANDARD = "standard"
 """The name a file's record gives the export torch.onnx makes of ``forward`` as it is."""
@@ -65,3 +65,47 @@ def exporting_form(name: str | None) -> Iterator[None]:
         yield
     finally:
         _ACTIVE.reset(token)
+
+
+def composed_forms(layers: Sequence[tuple[str, Params, LayerSpec]]) -> tuple[ExportForm, ...]:
+    """The forms of a model composed of ``layers`` (``(name, params, spec)`` each): one per form
+    name any layer has, which the layers having it take together.
+
+    The model takes a form where every layer that has it can (``refuses`` names the first
+    that cannot); the layers without it export as they are. Its translations are the
+    layers' together, and each distinct ``finish`` runs once.
+    """
+    names = list(dict.fromkeys(form.name for _, _, spec in layers for form in spec.forms))
+    return tuple(_composed(name, layers) for name in names)
+
+
+def _composed(name: str, layers: Sequence[tuple[str, Params, LayerSpec]]) -> ExportForm:
+    having = [
+        (layer, params, form)
+        for layer, params, spec in layers
+        for form in spec.forms
+        if form.name == name
+    ]
+    finishes = list(dict.fromkeys(form.finish for _, _, form in having if form.finish))
+
+    def refuses(_: Params, dtype: str) -> str | None:
+        for layer, params, form in having:
+            refusal = form.refuses(params, dtype)
+            if refusal is not None:
+                return f"layer {layer}: {refusal}"
+        return None
+
+    def translations() -> Mapping[Any, Callable[..., Any]]:
+        return {key: value for *_, form in having for key, value in form.translations().items()}
+
+    def finish(model: onnx.ModelProto) -> None:
+        for each in finishes:
+            each(model)
+
+    return ExportForm(
+        name=name,
+        description=having[0][2].description,
+        refuses=refuses,
+        translations=translations,
+        finish=finish,
+    )
