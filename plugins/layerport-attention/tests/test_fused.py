@@ -253,3 +253,20 @@ def test_a_composed_model_takes_the_form_in_each_block(tmp_path: Path) -> None:
     ops = _ops(onnx.load_from_string(result.model_bytes).graph)
     assert ops.count("com.microsoft.GroupQueryAttention") == 4  # two blocks, two paths each
     assert ops.count("com.microsoft.SkipSimplifiedLayerNormalization") == 2
+
+
+@pytest.mark.slow
+def test_optimize_tries_the_fused_form_and_records_the_one_kept() -> None:
+    """Kept or not is the timing's call; either way it was verified and timed, and the
+    record's form is the one kept."""
+    config = resolve_config(get_registry(), "decoder_block", GROUPED)
+    result = export_layer(config, trials=1, optimize=True)
+    optimization = result.record.optimization
+    assert optimization is not None
+    fused = optimization["tried"]["fused"]
+    assert "median_ms" in fused, fused  # it verified, so it was timed
+    assert (
+        fused.get("refused", "").startswith("it is not 3% faster")
+        or optimization["kept"] == "fused"
+    )
+    assert result.record.form == ("fused" if optimization["kept"] == "fused" else "standard")
