@@ -1,5 +1,5 @@
-"""The fused form's torch side: the custom op the module calls while it is exported fused,
-and its translation for torch.onnx.
+"""The fused form's torch side: the custom ops the modules call while they are exported
+fused, and their translations for torch.onnx.
 
 ``layerport_attention::gqa`` is the attention after the packed projection:
 rotary embeddings at positions ``past`` onwards, the cache grown, causal
@@ -7,6 +7,8 @@ attention with an additive mask, the heads merged, ``(batch, seq, heads *
 head_dim)``. Its eager implementation is ``module.Attention``'s math, so a
 fused module still runs; torch.onnx writes it as one placeholder node, which
 ``fused_graph.finish_fused`` turns into onnxruntime's ``GroupQueryAttention``.
+``rms_norm`` and ``skip_norm`` (the residual sum and its norm) become its fused
+norms the same way.
 """
 
 from __future__ import annotations

@@ -145,7 +145,12 @@ def _norm(node: onnx.NodeProto) -> onnx.NodeProto:
 
 
 def _elem_type(model: onnx.ModelProto) -> int:
-    return int(model.graph.input[0].type.tensor_type.elem_type)
+    """The layers' float type, for the branches' outputs: a composed model's first input may
+    be token ids, its caches are not."""
+    floats = (TensorProto.FLOAT, TensorProto.FLOAT16)
+    types = [value.type.tensor_type.elem_type for value in model.graph.input]
+    types += [tensor.data_type for tensor in model.graph.initializer]
+    return next(int(kind) for kind in types if kind in floats)
 
 
 def _expanded(node: onnx.NodeProto, prefix: str, elem_type: int) -> list[onnx.NodeProto]:
