@@ -211,6 +211,7 @@ SPEC_CLASSES = (
     ("layerport/spec/__init__.py", "Tensor"),
     ("layerport/spec/__init__.py", "Streaming"),
     ("layerport/spec/__init__.py", "WeightPart"),
+    ("layerport/spec/forms.py", "ExportForm"),
     ("layerport/dtypes.py", "Tolerance"),
 )
 TESTING_NAMES = ("CHECKS", "check_layer", "build_layer", "exported_layer")

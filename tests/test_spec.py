@@ -11,6 +11,7 @@ from layerport import Dim, InvalidParameter, InvalidSpec, LayerSpec, Param, Stre
 from layerport.default_plugins.linear import LINEAR
 from layerport.default_plugins.rnn import RNN
 from layerport.errors import InvalidDim
+from layerport.spec.forms import ExportForm
 
 from conftest import tiny_spec
 
@@ -132,6 +133,10 @@ def test_builtin_weights_match_the_issue() -> None:
     }
 
 
+def _form(name: str) -> ExportForm:
+    return ExportForm(name, "a form", refuses=lambda params, dtype: None, translations=dict)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -157,6 +162,8 @@ def test_builtin_weights_match_the_issue() -> None:
         ({"precisions": {}}, "precisions must name at least one precision"),
         ({"streaming": Streaming("time", ())}, "streaming dim 'time' is not a dynamic dim"),
         ({"streaming": Streaming("batch", (("h0", "y"),))}, "must both exist"),
+        ({"forms": (_form("standard"),)}, "form names must be unique and not 'standard'"),
+        ({"forms": (_form("fused"), _form("fused"))}, r"not 'standard', got \['fused', 'fused'\]"),
     ],
 )
 def test_inconsistent_specs_are_refused(change: dict, message: str) -> None:

@@ -42,6 +42,7 @@ from layerport.runtime.limits import format_bytes
 from layerport.runtime.metadata import ExportRecord
 from layerport.runtime.modelfile import read_model
 from layerport.runtime.session import Session, SessionSettings
+from layerport.spec.forms import STANDARD, ExportForm
 from layerport.verify import DEFAULT_TRIALS, VerifyOptions
 from layerport.verify.rebuild import rebuild_layer
 from layerport.verify.report import VerificationReport, note_plugin_version, note_underflow
@@ -65,8 +66,13 @@ def export_layer(
     external_data: bool = False,
     optimize: bool = False,
     runtimes: Sequence[NamedRuntime] = (),
+    form: str | None = None,
 ) -> ExportResult:
     """Export ``config``'s layer to ONNX and, unless ``verify`` is false, verify it.
+
+    ``form`` names one of the layer's export forms (``LayerSpec.forms``) to
+    export in instead of the standard one; ``UserInputError`` if the layer has
+    no such form or its configuration cannot take it.
 
     With ``optimize``, each graph optimizer (``export.optimize``) rewrites the
     verified file, and the fastest rewrite that keeps every dynamic dim and
@@ -91,9 +97,10 @@ def export_layer(
 
     check_exportable(config, opset)
     check_quantizable(config, quantize)
+    chosen = _chosen_form(config, form)
     started = time.perf_counter()
     module = build_module(config)
-    model = source = _export(module, config, opset)
+    model = source = _export(module, config, opset, chosen)
     quantization = None
     if quantize is not None:
         from layerport.export.quantize import quantize_int8
@@ -130,10 +137,11 @@ def export_layer(
                 "kept outside it, so this export cannot be optimized"
             )
         model, report, optimization = _optimized(
-            config, module, model, report, tolerance, trials, runtimes
+            config, module, model, report, tolerance, trials, runtimes, opset
         )
     record = export_record(config, module, opset, report, quantization)
-    record = dataclasses.replace(record, optimization=optimization)
+    kept_form = optimization["form"] if optimization else (form or STANDARD)
+    record = dataclasses.replace(record, optimization=optimization, form=kept_form)
     proto = proto_of(model)
     record.write_to(proto)
     return ExportResult(
@@ -162,14 +170,18 @@ def _optimized(
     tolerance: Tolerance | None,
     trials: int,
     runtimes: Sequence[NamedRuntime],
+    opset: int,
 ) -> tuple[onnx.ModelProto, VerificationReport, dict[str, Any]]:
     """The fastest optimized form of a verified ``model`` that proves itself, or ``model``.
 
-    Each candidate must keep the file's inputs, outputs and symbolic dims,
+    The candidates are each graph optimizer's rewrite of ``model`` and the
+    layer's other export forms (``LayerSpec.forms``, whose ops may be one
+    runtime's). Each candidate must keep the file's inputs, outputs and symbolic dims,
     verify on the full grid as the export did (in each of ``runtimes`` too), and
     then run faster than the export: the verified candidates and the export
     are timed side by side at the traced size, interleaved (``bench.timing``).
-    Returns the model kept, its report, and what was tried, for the record.
+    Returns the model kept, its report, and what was tried, for the record,
+    whose ``form`` names the export form the model kept is in.
     """
     from layerport.bench.timing import TimingSettings, time_engines
     from layerport.export.optimize import OPTIMIZERS, changed_interface, optimize
@@ -180,14 +192,19 @@ def _optimized(
 
     tried: dict[str, dict[str, Any]] = {}
     verified: dict[str, tuple[onnx.ModelProto, VerificationReport]] = {}
-    for name in OPTIMIZERS:
+    forms = {form.name: form for form in config.spec.forms}
+    for name in [*OPTIMIZERS, *forms]:
         try:
-            candidate = optimize(name, model)
+            candidate = (
+                _in_form(module, config, opset, forms[name])
+                if name in forms
+                else optimize(name, model)
+            )
         except RuntimeError as error:
             tried[name] = {"refused": str(error)}
             continue
         tried[name] = measured(candidate)
-        problem = changed_interface(model, candidate)
+        problem = changed_interface(model, candidate, other_domains=name in forms)
         if problem is None:
             candidate_report = verify_model(
                 config, module, candidate, tolerance=tolerance, trials=trials, runtimes=runtimes
@@ -218,6 +235,7 @@ def _optimized(
     kept = min(faster, key=lambda name: medians[name]) if faster else None
     summary = {
         "kept": kept,
+        "form": kept if kept in forms else STANDARD,
         "before": {**measured(model), "median_ms": round(medians["export"], 4)},
         "tried": tried,
     }
@@ -225,6 +243,21 @@ def _optimized(
         return model, report, summary
     candidate, candidate_report = verified[kept]
     return candidate, candidate_report, summary
+
+
+def _in_form(
+    module: nn.Module, config: LayerConfig, opset: int, form: ExportForm
+) -> onnx.ModelProto:
+    """``module`` exported in ``form``; ``RuntimeError`` saying why it cannot be."""
+    from layerport.export.torch_onnx import export_onnx
+
+    refusal = form.refuses(config.params, config.dtype)
+    if refusal is not None:
+        raise RuntimeError(refusal)
+    try:
+        return export_onnx(module, config, opset, form=form)
+    except ExportFailed as error:
+        raise RuntimeError(str(error)) from error
 
 
 def verify_layer(
@@ -244,7 +277,26 @@ def verify_layer(
     return verify_model(config, module, model, tolerance=tolerance, trials=trials)
 
 
-def _export(module: nn.Module, config: LayerConfig, opset: int) -> Model:
+def _chosen_form(config: LayerConfig, name: str | None) -> ExportForm | None:
+    """The layer's export form ``name`` (``None``: the standard one), checked against the
+    configuration; ``UserInputError`` naming the forms there are, or why this one cannot be."""
+    if name is None or name == STANDARD:
+        return None
+    forms = {form.name: form for form in config.spec.forms}
+    if name not in forms:
+        raise UserInputError(
+            f"layer {config.spec.name!r} has the export forms {', '.join([STANDARD, *forms])}, "
+            f"not {name!r}"
+        )
+    refusal = forms[name].refuses(config.params, config.dtype)
+    if refusal is not None:
+        raise UserInputError(f"layer {config.spec.name!r} cannot be exported {name}: {refusal}")
+    return forms[name]
+
+
+def _export(
+    module: nn.Module, config: LayerConfig, opset: int, form: ExportForm | None = None
+) -> Model:
     """``export_onnx``, but a layer whose outputs contradict its spec is blamed first.
 
     torch.onnx reports such a layer as a pinned dim; one eager pass says what is
@@ -254,7 +306,7 @@ def _export(module: nn.Module, config: LayerConfig, opset: int) -> Model:
     from layerport.export.torch_onnx import export_model
 
     try:
-        return export_model(module, config, opset)
+        return export_model(module, config, opset, form=form)
     except ExportFailed:
         run_module(module, config, config.random_inputs(include_optional=True))
         raise

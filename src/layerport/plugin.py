@@ -15,7 +15,9 @@ because ``layerport list`` imports every plugin's module and must stay free of t
   spec's functions raise; ``parse_formula`` and ``evaluate`` for the dims'
   formulas (a derived dim's size, computed the way the spec computes it); and torch's recurrent layout, declared once
   (``torch_layout_fields``, ``torch_layout_arguments``, ``STATE_DIMS``,
-  ``BATCH_AND_SEQ``, ...: see ``spec.torch_layout``);
+  ``BATCH_AND_SEQ``, ...: see ``spec.torch_layout``); other export forms
+  (``ExportForm``, and ``export_form()`` for ``forward`` to branch on: see
+  ``spec.forms``);
 - **writing exports** (torch-free, for the ``register_export_targets`` hook):
   ``ExportTarget``, ``TargetOptions``, ``ExportResult`` (what a target
   writes), ``atomic_write_bytes`` and ``check_writable_target``;
@@ -55,6 +57,7 @@ from layerport.spec import (
     WeightPart,
 )
 from layerport.spec.expressions import evaluate, parse_formula
+from layerport.spec.forms import ExportForm, export_form
 from layerport.spec.torch_layout import (
     BATCH_AND_SEQ,
     GATES,
@@ -130,6 +133,7 @@ __all__ = [
     "TENSOR_DTYPES",
     "Dim",
     "Dims",
+    "ExportForm",
     "ExportResult",
     "ExportTarget",
     "InvalidParameter",
@@ -151,6 +155,7 @@ __all__ = [
     "check_writable_target",
     "cli",
     "evaluate",
+    "export_form",
     "export_layer",
     "exported_layer",
     "get_registry",

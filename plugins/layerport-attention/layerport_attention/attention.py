@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from layerport.plugin import (
     ALL_PRECISIONS,
     Dim,
+    ExportForm,
     InvalidParameter,
     LayerSpec,
     Param,
@@ -28,6 +29,7 @@ from layerport.plugin import (
 )
 
 if TYPE_CHECKING:
+    import onnx
     from torch import nn
 
 BATCH = Dim("batch", 4, "samples", check_size=9)
@@ -109,6 +111,41 @@ STREAMING = Streaming(
     unless="not causal",
 )
 
+
+def fused_refusal(params: Params, dtype: str) -> str | None:
+    """Why ``GroupQueryAttention`` cannot compute this layer in ``dtype``, or ``None``."""
+    _, _, head_dim = head_sizes(params)
+    if not params["causal"]:
+        return "onnxruntime's GroupQueryAttention is causal only"
+    if dtype not in ("float32", "float16"):
+        return f"onnxruntime's GroupQueryAttention has CPU kernels for float32 and float16, not {dtype}"
+    if params["rotary"] and head_dim % 16:
+        # onnxruntime 1.32: "head_size shall be a multiple of 16" with do_rotary.
+        return f"onnxruntime's GroupQueryAttention rotates heads of a multiple of 16 features, not {head_dim}"
+    return None
+
+
+def _fused_translations() -> Mapping[Any, Callable[..., Any]]:
+    from layerport_attention.fused import translations
+
+    return translations()
+
+
+def _finish_fused(model: onnx.ModelProto) -> None:
+    from layerport_attention.fused_graph import finish_fused
+
+    finish_fused(model)
+
+
+FUSED = ExportForm(
+    name="fused",
+    description="onnxruntime's contrib operators: Q, K and V in one MatMul, "
+    "GroupQueryAttention with the rotary embeddings inside it",
+    refuses=fused_refusal,
+    translations=_fused_translations,
+    finish=_finish_fused,
+)
+
 # What every layer with this cache declares alike: its dims, tensors, stream and precisions.
 CACHED_LAYER: dict[str, Any] = {
     "dims": (BATCH, SEQ, PAST),
@@ -117,6 +154,7 @@ CACHED_LAYER: dict[str, Any] = {
     "streaming": STREAMING,
     "batch_dim": "batch",
     "precisions": {name: ALL_PRECISIONS[name] for name in ("float32", "float64", "float16")},
+    "forms": (FUSED,),
 }
 
 

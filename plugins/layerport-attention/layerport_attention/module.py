@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from layerport.plugin import Params
-from layerport_attention.attention import head_sizes
+from layerport.plugin import Params, export_form
+from layerport_attention.attention import FUSED, head_sizes
 
 
 class Attention(nn.Module):
@@ -67,6 +67,10 @@ class Attention(nn.Module):
         projection."""
         batch, _, seq, _ = attended.shape
         merged = attended.transpose(1, 2).reshape(batch, seq, self.heads * self.head_dim)
+        return self.project_out(merged)
+
+    def project_out(self, merged: torch.Tensor) -> torch.Tensor:
+        """The output projection of the merged heads, ``(batch, seq, heads * head_dim)``."""
         return self.out_proj(merged) if self.packed else self.o_proj(merged)
 
     def positions(self, past: int, seq: int) -> torch.Tensor:
@@ -81,7 +85,9 @@ class Attention(nn.Module):
         padding_mask: torch.Tensor | None = None,
         past_padding: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        batch, seq, past = x.shape[0], x.shape[1], past_key.shape[2]
+        if export_form() == FUSED.name:
+            return self.fused(x, past_key, past_value, padding_mask, past_padding)
+        seq, past = x.shape[1], past_key.shape[2]
         q, k, v = self.project(x)
         if self.rotary:
             positions = self.positions(past, seq)
@@ -89,11 +95,7 @@ class Attention(nn.Module):
             q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         present_key = torch.cat((past_key, k), dim=2)
         present_value = torch.cat((past_value, v), dim=2)
-        if padding_mask is None:
-            padding_mask = torch.zeros(batch, seq, dtype=torch.bool)
-        if past_padding is None:
-            past_padding = torch.zeros(batch, past, dtype=torch.bool)
-        present_padding = torch.cat((past_padding, padding_mask), dim=1)
+        present_padding = grown_padding(x, past, padding_mask, past_padding)
         allowed = ~present_padding[:, None, None, :]
         if self.causal:
             keys = torch.arange(past + seq)
@@ -108,6 +110,81 @@ class Attention(nn.Module):
         weights = torch.softmax(scores, dim=-1).masked_fill(~allowed, 0.0)
         attended = weights @ repeat_kv(present_value, groups)
         return self.output(attended), present_key, present_value, present_padding
+
+    def table_positions(self, past: int, seq: int) -> torch.Tensor:
+        """The positions of the call's rows of the fused form's rotary tables: ``past``
+        onwards."""
+        return torch.arange(seq) + past
+
+    def fused(
+        self,
+        x: torch.Tensor,
+        past_key: torch.Tensor,
+        past_value: torch.Tensor,
+        padding_mask: torch.Tensor | None,
+        past_padding: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``forward`` in the fused form: Q, K and V in one MatMul, then ``fused.gqa``, which
+        the export writes as onnxruntime's ``GroupQueryAttention``."""
+        from layerport_attention.fused import gqa
+
+        seq, past = x.shape[1], past_key.shape[2]
+        weight: torch.Tensor
+        bias: torch.Tensor | None
+        if self.packed:
+            weight, bias = self.in_proj_weight, self.in_proj_bias
+        else:
+            projections = (self.q_proj, self.k_proj, self.v_proj)
+            weight = torch.cat([projection.weight for projection in projections])
+            biases = [projection.bias for projection in projections]
+            bias = None if biases[0] is None else torch.cat(biases)  # type: ignore[arg-type]
+        present_padding = grown_padding(x, past, padding_mask, past_padding)
+        # Padding as an additive mask over the keys; the causal mask is the operator's own.
+        lowest = torch.tensor(torch.finfo(x.dtype).min, dtype=x.dtype)
+        additive = torch.where(present_padding, lowest, torch.zeros((), dtype=x.dtype))
+        additive = additive[:, None, None, :].expand(x.shape[0], 1, seq, past + seq)
+        cos = sin = None
+        if self.rotary:
+            cos, sin = rotary_tables(
+                self.table_positions(past, seq), self.head_dim, self.rope_base, x.dtype
+            )
+            # The operator reads row p at position p, and only the call's rows: the cache's
+            # are zeros, so a step costs no trigonometry over the whole cache.
+            cached = torch.zeros(past, self.head_dim // 2, dtype=x.dtype)
+            cos = torch.cat((cached, cos[:, : self.head_dim // 2]))
+            sin = torch.cat((cached, sin[:, : self.head_dim // 2]))
+        merged, present_key, present_value = gqa(
+            functional.linear(x, weight, bias),
+            past_key,
+            past_value,
+            additive,
+            cos,
+            sin,
+            self.heads,
+            self.kv_heads,
+            self.head_dim**-0.5,
+        )
+        # A query whose keys are all padding gets zeros, as in forward, not the operator's
+        # average (or NaN): it is one whose count of unpadded keys up to it is 0.
+        unpadded = (~present_padding).to(torch.int64).cumsum(dim=1)[:, past:]
+        merged = merged.masked_fill((unpadded == 0)[..., None], 0.0)
+        return self.project_out(merged), present_key, present_value, present_padding
+
+
+def grown_padding(
+    x: torch.Tensor,
+    past: int,
+    padding_mask: torch.Tensor | None,
+    past_padding: torch.Tensor | None,
+) -> torch.Tensor:
+    """``present_padding``, ``(batch, past + seq)``: the cache's padding, then the call's
+    (none where omitted)."""
+    batch, seq = x.shape[0], x.shape[1]
+    if padding_mask is None:
+        padding_mask = torch.zeros(batch, seq, dtype=torch.bool)
+    if past_padding is None:
+        past_padding = torch.zeros(batch, past, dtype=torch.bool)
+    return torch.cat((past_padding, padding_mask), dim=1)
 
 
 def rotary_tables(
@@ -225,6 +302,13 @@ class DecoderBlock(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         # Named, not *args: torch.export matches the inputs' dynamic shapes by position.
         cache = (past_key, past_value, padding_mask, past_padding)
+        if export_form() == FUSED.name:
+            from layerport_attention.fused import normed, skip_normed
+
+            # The residual sum and the second norm in one operator (SkipSimplifiedLayerNormalization).
+            attended, key, value, padding = self.self_attn(normed(self.input_layernorm, x), *cache)
+            post, hidden = skip_normed(self.post_attention_layernorm, attended, x)
+            return hidden + self.mlp(post), key, value, padding
         attended, key, value, padding = self.self_attn(self.input_layernorm(x), *cache)
         hidden = x + attended
         return hidden + self.mlp(self.post_attention_layernorm(hidden)), key, value, padding

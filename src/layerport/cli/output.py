@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from layerport.cli.outcomes import LayerOutcome
     from layerport.results import ExportResult
     from layerport.runtime.inspection import ModelDescription
+    from layerport.runtime.metadata import ExportRecord
     from layerport.verify.report import VerificationReport
 
 
@@ -244,6 +245,7 @@ def print_export(result: ExportResult, path: Path | None, json_: bool) -> None:
                 if result.record.optimization
                 else []
             ),
+            *([("form", form)] if (form := export_form_of(result.record)) else []),
             ("opset", result.record.opset),
             (
                 "dynamic dims",
@@ -252,6 +254,14 @@ def print_export(result: ExportResult, path: Path | None, json_: bool) -> None:
             ("verification", "not verified (--no-verify)" if report is None else _passed(report)),
         ]
     )
+
+
+def export_form_of(record: ExportRecord | None) -> str | None:
+    """The export form a file holds (a layer's form such as ``fused``), or ``None`` for the
+    standard one, which goes without saying."""
+    if record is None or record.form == "standard":
+        return None
+    return record.form
 
 
 def optimization_words(summary: dict[str, Any]) -> str:
@@ -498,6 +508,7 @@ def print_inspection(description: ModelDescription, json_: bool) -> None:
                 if description.quantization
                 else []
             ),
+            *([("form", form)] if (form := export_form_of(description.record)) else []),
             ("ir version", description.ir_version),
             ("opsets", ", ".join(f"{d} {v}" for d, v in description.opsets.items())),
             ("producer", description.producer or "-"),

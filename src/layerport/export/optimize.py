@@ -46,15 +46,18 @@ def optimize(name: str, model: onnx.ModelProto) -> onnx.ModelProto:
     return optimized
 
 
-def changed_interface(original: onnx.ModelProto, candidate: onnx.ModelProto) -> str | None:
+def changed_interface(
+    original: onnx.ModelProto, candidate: onnx.ModelProto, *, other_domains: bool = False
+) -> str | None:
     """What a candidate changed in the file's inputs and outputs, or ``None``.
 
     A dim that was symbolic must stay symbolic under the same name: an
     optimizer that folds a shape it saw at the traced size pins it. Ops outside
-    the standard domain would tie the file to one runtime, so they count too.
+    the standard domain would tie the file to one runtime, so they count too,
+    unless ``other_domains`` (an export form made for one runtime's operators).
     """
     domains = {node.domain for node in candidate.graph.node} - {"", "ai.onnx"}
-    if domains:
+    if domains and not other_domains:
         return f"it uses ops of {', '.join(sorted(domains))}, which only some runtimes have"
     for kind in ("input", "output"):
         before = {value.name: _dims(value) for value in getattr(original.graph, kind)}

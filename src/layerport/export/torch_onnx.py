@@ -32,29 +32,38 @@ from layerport.runtime import external, noise
 from layerport.runtime.external import ExternalModel, Model, proto_of
 from layerport.runtime.modelfile import iter_graphs
 from layerport.spec.expressions import substituted
+from layerport.spec.forms import ExportForm, exporting_form
 
 
-def export_onnx(module: torch.nn.Module, config: LayerConfig, opset: int) -> onnx.ModelProto:
+def export_onnx(
+    module: torch.nn.Module, config: LayerConfig, opset: int, *, form: ExportForm | None = None
+) -> onnx.ModelProto:
     """Export ``module``, built for ``config``, to a checked and cleaned ``ModelProto``.
 
-    The model is traced at ``config.dims``. Raises ``ExportFailed`` when
-    torch.onnx fails or pins a declared-dynamic dim.
+    The model is traced at ``config.dims``, in ``form`` if given (``spec.forms``).
+    Raises ``ExportFailed`` when torch.onnx fails or pins a declared-dynamic dim.
     """
-    model = export_model(module, config, opset, keep_outside=False)
+    model = export_model(module, config, opset, keep_outside=False, form=form)
     assert isinstance(model, onnx.ModelProto)
     return model
 
 
 def export_model(
-    module: torch.nn.Module, config: LayerConfig, opset: int, *, keep_outside: bool = True
+    module: torch.nn.Module,
+    config: LayerConfig,
+    opset: int,
+    *,
+    keep_outside: bool = True,
+    form: ExportForm | None = None,
 ) -> Model:
     """``export_onnx``, but weights past ``external.INLINE_LIMIT`` stay outside the proto.
 
     Such a model comes back as an ``ExternalModel`` whose arrays share the
     module's memory: no copy of the weights is made, and no proto holds them.
+    With ``form``, the module is traced in that export form (``spec.forms``).
     """
     check_exportable(config, opset)
-    model = trace_to_onnx(module, config, opset, keep_outside=keep_outside)
+    model = trace_to_onnx(module, config, opset, keep_outside=keep_outside, form=form)
     clean_model(proto_of(model))
     return model
 
@@ -74,12 +83,19 @@ def check_exportable(config: LayerConfig, opset: int) -> None:
 
 
 def trace_to_onnx(
-    module: torch.nn.Module, config: LayerConfig, opset: int, *, keep_outside: bool = False
+    module: torch.nn.Module,
+    config: LayerConfig,
+    opset: int,
+    *,
+    keep_outside: bool = False,
+    form: ExportForm | None = None,
 ) -> Model:
     """Run torch.onnx's dynamo exporter quietly and check that no dynamic dim was pinned.
 
     With ``keep_outside``, weights past ``external.INLINE_LIMIT`` are taken out
     of the exported graph before it becomes a proto (see ``export_model``).
+    With ``form``, ``export_form()`` names it while the module is traced, its
+    translations write the custom ops, and its ``finish`` rewrites the proto.
     """
     spec = config.spec
     # Optional inputs are traced with real values too, so they become graph inputs.
@@ -100,7 +116,13 @@ def trace_to_onnx(
         # torch.export matches dynamic shapes to forward's signature: a composed
         # model's forward(*inputs) (layerport.model.module) takes them as one tuple.
         dynamic_shapes = (dynamic_shapes,)
-    with noise.captured_chatter() as chatter, torch.no_grad(), _fresh_rnn_dispatch():
+    translations = dict(form.translations()) if form is not None else None
+    with (
+        noise.captured_chatter() as chatter,
+        torch.no_grad(),
+        _fresh_rnn_dispatch(),
+        exporting_form(form.name if form is not None else None),
+    ):
         try:
             program = torch.onnx.export(
                 module,
@@ -111,6 +133,7 @@ def trace_to_onnx(
                 input_names=[tensor.name for tensor in spec.inputs],
                 output_names=[tensor.name for tensor in spec.outputs],
                 opset_version=opset,
+                custom_translation_table=translations,
                 optimize=True,
                 verbose=noise.is_verbose(),
                 report=False,
@@ -119,6 +142,8 @@ def trace_to_onnx(
                 raise ExportFailed(f"torch.onnx returned no program for layer {spec.name}")
             outside = _take_large_tensors(program.model.graph) if keep_outside else {}
             proto = program.model_proto
+            if form is not None and form.finish is not None:
+                form.finish(proto)
         except Exception as error:
             said = chatter.getvalue().strip().splitlines()
             hint = f" (torch.onnx said: {said[-1]})" if said else ""

@@ -29,6 +29,7 @@ from layerport.model.definition import ModelDefinition, ModelLayer
 from layerport.registry import PluginInfo, RegisteredLayer, Registry
 from layerport.spec import Dim, LayerSpec, Params, Streaming, Tensor
 from layerport.spec.expressions import evaluate, formula_names, parse_formula, substituted
+from layerport.spec.forms import composed_forms
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -457,6 +458,7 @@ def _composite_spec(
         batch_dim=_batch_dim(steps, bindings, {dim.name for dim in dims}),
         precisions=_precisions(steps),
         streaming=_streaming(steps, bindings, [(given, made) for given, made, _ in states]),
+        forms=composed_forms([(step.name, step.config.params, step.config.spec) for step in steps]),
     )
     return spec, steps
 

@@ -59,6 +59,9 @@ class ExportRecord:
     # How the file streams (LayerSpec.streaming): {"dim", "carry": [[input, output]], "grows"},
     # so a torch-free runtime can carry a KV cache from call to call (runtime.generation).
     streaming: dict[str, Any] | None = None
+    # The export form the graph is in: "standard" (torch.onnx of forward as it is) or one of
+    # the layer's forms (LayerSpec.forms), such as "fused".
+    form: str = "standard"
     verification: dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT_VERSION
 
@@ -158,6 +161,7 @@ class ExportRecord:
                     isinstance(k, str) and isinstance(v, str) for k, v in self.weights_parts.items()
                 )
             ),
+            "form must be a string": isinstance(self.form, str),
             "model and optimization must be objects": all(
                 value is None or isinstance(value, dict)
                 for value in (self.model, self.optimization)
@@ -239,5 +243,6 @@ _PLAIN_TEXT = {
     "weights_prefix",
     "weights_key",
     "weights_dtype",
+    "form",
 }
 _FIELDS = {item.name for item in fields(ExportRecord)}

@@ -30,6 +30,7 @@ from layerport.dtypes import (
 from layerport.errors import InvalidDim, InvalidParameter, InvalidSpec, Setting, UserInputError
 from layerport.runtime import RUNTIMES
 from layerport.spec.expressions import FormulaError, evaluate, formula_names, parse_formula
+from layerport.spec.forms import STANDARD, ExportForm
 
 if TYPE_CHECKING:
     from torch import nn
@@ -392,6 +393,9 @@ class LayerSpec:
     precisions: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_PRECISIONS))
     """Each supported precision, and the runtime that verifies its files (``onnxruntime`` or ``onnx-reference``). Example: ``ALL_PRECISIONS``."""
 
+    forms: tuple[ExportForm, ...] = ()
+    """Other ways to export the layer, tried by ``export --optimize`` beside the standard one (see ``spec.forms``). Example: ``(FUSED,)``."""
+
     def __post_init__(self) -> None:
         _validate_spec(self)
 
@@ -644,6 +648,9 @@ def _validate_spec(spec: LayerSpec) -> None:
                 fail(f"{kind} name {name!r} must be a lowercase identifier")
         if len(set(names)) != len(names):
             fail(f"{kind} names must be unique, got {names}")
+    form_names = [form.name for form in spec.forms]
+    if len(set(form_names)) != len(form_names) or STANDARD in form_names:
+        fail(f"form names must be unique and not {STANDARD!r}, got {form_names}")
     if set(param_names) & set(dim_names):
         fail(f"names used both as parameter and dim: {sorted(set(param_names) & set(dim_names))}")
     for param in spec.params:
