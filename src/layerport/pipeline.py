@@ -179,7 +179,8 @@ def _optimized(
     runtime's). Each candidate must keep the file's inputs, outputs and symbolic dims,
     verify on the full grid as the export did (in each of ``runtimes`` too), and
     then run faster than the export: the verified candidates and the export
-    are timed side by side at the traced size, interleaved (``bench.timing``).
+    are timed side by side, interleaved (``bench.timing``), at the traced size,
+    or a decoder at a decode step (``_timed_inputs``).
     Returns the model kept, its report, and what was tried, for the record,
     whose ``form`` names the export form the model kept is in.
     """
@@ -214,7 +215,7 @@ def _optimized(
                 continue
             problem = f"it fails verification: {candidate_report.failure_message()}"
         tried[name]["refused"] = problem
-    inputs = config.random_inputs()
+    inputs = _timed_inputs(config)
     optional = [tensor.name for tensor in config.spec.inputs if tensor.optional]
     sessions = {
         name: Session(candidate, f"the {name} form of {config.spec.name}", optional_inputs=optional)
@@ -243,6 +244,23 @@ def _optimized(
         return model, report, summary
     candidate, candidate_report = verified[kept]
     return candidate, candidate_report, summary
+
+
+# A decoder spends its time in single-token steps over a long cache: its forms
+# are timed there (at most the declared maximum), not at the traced chunk.
+_TIMED_PAST = 512
+
+
+def _timed_inputs(config: LayerConfig) -> dict[str, np.ndarray]:
+    """What the candidates are timed on: the traced size, or for a layer whose state grows
+    (a KV cache), one decode step after ``_TIMED_PAST`` tokens."""
+    streaming = config.spec.streaming
+    if streaming is None or streaming.grows is None or not streaming.applies(config.params):
+        return config.random_inputs()
+    largest = config.spec.dim(streaming.grows).max_size
+    past = _TIMED_PAST if largest is None else min(_TIMED_PAST, largest)
+    step = {**config.dims, streaming.dim: 1, streaming.grows: past}
+    return config.with_dims(step).random_inputs()
 
 
 def _in_form(

@@ -11,7 +11,7 @@ sequence_length > 1 and past context is given``), so that case, a chunked
 prefill of several rows, runs through a ``Scan`` over the rows under an
 ``If``; a prefill and every single-token step take the operator directly.
 
-``RMSNorm`` becomes ``SimplifiedLayerNormalization``, and ``SkipNorm`` (the
+``RMSNorm`` becomes standard ops (see ``_rms_norm``), and ``SkipNorm`` (the
 residual sum and the norm of it) ``com.microsoft::SkipSimplifiedLayerNormalization``
 or ``SkipLayerNormalization``: both sums, and the norm, in one kernel.
 
@@ -108,7 +108,7 @@ def finish_fused(model: onnx.ModelProto) -> None:
         elif node.op_type == PLACEHOLDER:
             nodes.extend(_expanded(node, f"fused_attention_{next(counter)}", _elem_type(model)))
         else:
-            nodes.append(_norm(node))
+            nodes.extend(_norm(node, _elem_type(model)))
     del graph.node[:]
     graph.node.extend(nodes)
     kept = [entry for entry in model.opset_import if entry.domain != PLACEHOLDER_DOMAIN]
@@ -116,32 +116,51 @@ def finish_fused(model: onnx.ModelProto) -> None:
     model.opset_import.extend([*kept, helper.make_opsetid(CONTRIB, 1)])
 
 
-def _norm(node: onnx.NodeProto) -> onnx.NodeProto:
-    """A norm placeholder as onnxruntime's fused norm."""
+def _norm(node: onnx.NodeProto, elem_type: int) -> list[onnx.NodeProto]:
+    """A norm placeholder as onnxruntime's fused norm, or a lone RMS norm in standard ops."""
     attributes = {
         attribute.name: helper.get_attribute_value(attribute) for attribute in node.attribute
     }
     epsilon = float(attributes["epsilon"])
     if node.op_type == RMS_NORM:
-        # Registered by onnxruntime in the ONNX domain; statistics in float32 (stash_type 1).
-        return helper.make_node(
-            "SimplifiedLayerNormalization",
-            list(node.input),
-            list(node.output),
-            axis=-1,
-            epsilon=epsilon,
-            stash_type=1,
-        )
+        return _rms_norm(node, epsilon, elem_type)
     normed, summed = node.output
     simplified = bool(attributes["simplified"])
     inputs = list(node.input)[: 3 if simplified else 4]
-    return helper.make_node(
-        "SkipSimplifiedLayerNormalization" if simplified else "SkipLayerNormalization",
-        inputs,
-        [normed, "", "", summed],
-        domain=CONTRIB,
-        epsilon=epsilon,
-    )
+    return [
+        helper.make_node(
+            "SkipSimplifiedLayerNormalization" if simplified else "SkipLayerNormalization",
+            inputs,
+            [normed, "", "", summed],
+            domain=CONTRIB,
+            epsilon=epsilon,
+        )
+    ]
+
+
+def _rms_norm(node: onnx.NodeProto, epsilon: float, elem_type: int) -> list[onnx.NodeProto]:
+    """``x / sqrt(mean(x * x) + eps) * weight`` over the last axis, in standard ops.
+
+    onnxruntime's ``SimplifiedLayerNormalization`` is registered in the ONNX
+    domain, where onnx's checker (which every file passes before a session
+    opens it) knows no such op; a block's first norm has no residual to fuse,
+    so little is lost.
+    """
+    x, weight = node.input
+    (y,) = node.output
+    name = f"{y}_rms"
+    constant = helper.make_tensor(f"{name}_eps", elem_type, [], [epsilon])
+    axes = helper.make_tensor(f"{name}_axes", TensorProto.INT64, [1], [-1])
+    return [
+        helper.make_node("Constant", [], [f"{name}_eps"], value=constant),
+        helper.make_node("Constant", [], [f"{name}_axes"], value=axes),
+        helper.make_node("Mul", [x, x], [f"{name}_square"]),
+        helper.make_node("ReduceMean", [f"{name}_square", f"{name}_axes"], [f"{name}_mean"]),
+        helper.make_node("Add", [f"{name}_mean", f"{name}_eps"], [f"{name}_shifted"]),
+        helper.make_node("Sqrt", [f"{name}_shifted"], [f"{name}_root"]),
+        helper.make_node("Div", [x, f"{name}_root"], [f"{name}_normed"]),
+        helper.make_node("Mul", [f"{name}_normed", weight], [y]),
+    ]
 
 
 def _elem_type(model: onnx.ModelProto) -> int:
