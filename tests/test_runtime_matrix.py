@@ -24,12 +24,14 @@ from conftest import run_process
 
 
 class _PerturbedSession(Session):
-    """onnxruntime, with its first output moved by 1e-3: a runtime that gets the file wrong."""
+    """onnxruntime, with its first output moved by ``offset``: a runtime that gets the file wrong."""
+
+    offset = 1e-3
 
     def run_checked(self, complete: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = super().run_checked(complete)
         first = next(iter(outputs))
-        outputs[first] = outputs[first] + np.asarray(1e-3, dtype=outputs[first].dtype)
+        outputs[first] = outputs[first] + np.asarray(self.offset, dtype=outputs[first].dtype)
         return outputs
 
 
@@ -238,3 +240,90 @@ def test_each_onnxruntime_level_opens_its_session_at_that_level(linear_file, nam
     session = NAMED_RUNTIMES[name].open(onnx.load(linear_file), "linear")
     options = session._session.get_session_options()
     assert options.graph_optimization_level == getattr(onnxruntime.GraphOptimizationLevel, level)
+
+
+# int8's smallest quantized layer: a weight under 256 x 256 stays float32.
+WIDE = ("-p", "in_features=512", "-p", "out_features=512")
+
+
+@pytest.fixture(scope="module")
+def int8_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("matrix") / "linear_int8.onnx"
+    result = run_process(
+        "export", "linear", *WIDE, "--quantize", "int8", "-o", str(path), "--no-verify"
+    )
+    assert result.exit_code == 0, result.stderr
+    return path
+
+
+def test_an_int8_file_is_held_to_the_same_quantization_in_each_runtime(cli, int8_file) -> None:
+    runtimes = "ort-noopt,onnx-reference"
+    result = cli("verify", str(int8_file), "--runtimes", runtimes, "--trials", "1", "--json")
+    assert_succeeded(result)
+    summary = json.loads(result.stdout)
+    assert summary["quantization"] == "int8"
+    for name in ("ort-noopt", "onnx-reference"):
+        matrix = summary["runtimes"][name]
+        assert matrix["passed"] is True and matrix["cases"] == 3
+        # The same quantization, exact int32 products: 7-bit weights cannot saturate anywhere.
+        assert matrix["max_abs_error"] < 1e-5
+
+
+def test_a_runtime_that_gets_an_int8_file_wrong_fails_the_matrix_naming_it(
+    cli, int8_file, perturbed, monkeypatch
+) -> None:
+    # 0.05 is past int8's tolerance (0.001 of the output's range, about 0.002 here), and far
+    # under what int8 costs against float64 (0.027): only the same quantization tells them apart.
+    monkeypatch.setattr(_PerturbedSession, "offset", 0.05)
+    result = cli(
+        "verify", str(int8_file), "--runtimes", f"onnx-reference,{perturbed}", "--trials", "1"
+    )
+    assert_refused(
+        result,
+        1,
+        "the export passed in onnxruntime, but 1 of 2 runtimes disagree",
+        "perturbed (worst: y at batch=",
+        "max abs error 0.05; worst element",
+        "(perturbed 2.01949, int8 reference 1.96949)",
+    )
+    assert "onnx-reference (worst" not in result.stderr
+    rows = [line for line in result.stdout.splitlines() if "batch=" in line]
+    assert len(rows) == 3 and all("pass 0" in row and "FAIL 0.05" in row for row in rows)
+
+
+def test_a_plugin_layer_passes_in_openvino(cli, tmp_path) -> None:
+    """conv1d (layerport-conv): OpenVINO's own convolution kernels, on a grid of lengths."""
+    pytest.importorskip("openvino")
+    path = tmp_path / "conv1d.onnx"
+    assert_succeeded(cli("export", "conv1d", "-o", str(path), "--no-verify"))
+    result = cli("verify", str(path), "--runtimes", "openvino", "--trials", "1", "--json")
+    assert_succeeded(result)
+    matrix = json.loads(result.stdout)["runtimes"]["openvino"]
+    assert matrix["passed"] is True and matrix["cases"] >= 4
+    assert 0 < matrix["max_abs_error"] < 1e-5
+
+
+def test_openvino_computes_8_bit_int8_weights_exactly_where_avx2_saturates(int8_file) -> None:
+    """OpenVINO reads MatMulInteger as a MatMul of the integers in float32: no int16 pair sums,
+    so even weights over all 8 bits, which onnxruntime saturates on x86 without VNNI
+    (``runtime.int8``), give the exact int8 result."""
+    pytest.importorskip("openvino")
+    import onnx
+    from onnx import numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    from layerport.verify.quantized import SaturatingMatMulInteger
+
+    model = onnx.load(int8_file)
+    for tensor in model.graph.initializer:
+        if tensor.name.endswith("_quantized"):
+            # Every 7-bit weight doubled, into [-127, 127]: a pair of products reaches 64770.
+            doubled = np.clip(numpy_helper.to_array(tensor).astype(np.int16) * 2, -127, 127)
+            tensor.CopyFrom(numpy_helper.from_array(doubled.astype(np.int8), tensor.name))
+    x = {"x": np.random.default_rng(3).standard_normal((37, 512)).astype(np.float32)}
+    exact = ReferenceEvaluator(model).run(None, x)[0]
+    saturated = ReferenceEvaluator(model, new_ops=[SaturatingMatMulInteger]).run(None, x)[0]
+    openvino = NAMED_RUNTIMES["openvino"].open(model, "wide").run(x)["y"]
+    scale = float(np.abs(exact).max())
+    assert np.abs(saturated - exact).max() > 0.05 * scale  # the file does saturate in AVX2
+    assert np.abs(openvino - exact).max() < 1e-6 * scale

@@ -399,7 +399,8 @@ def verify_model(
     same grid (one draw per size: it is 7x to 20x slower), which must agree with
     onnxruntime within the same tolerance: a disagreement is a runtime's bug.
     Each of ``runtimes`` runs the same grid, with the same trials, judged the
-    same way (``report.runtimes``); one that cannot run the file at all is in
+    same way (a quantized ``model`` against the same quantization;
+    ``report.runtimes``); one that cannot run the file at all is in
     ``report.runtime_errors``. Either fails the report.
 
     onnxruntime runs the file, or onnx's reference evaluator for a precision the
@@ -485,21 +486,21 @@ def verify_model(
             f"no second opinion: {config.dtype} files are verified in onnx-reference already"
         )
     for runtime in runtimes:
-        if quantize is not None:
-            raise UserInputError(f"the runtime matrix verifies float files; this one is {quantize}")
         # A runtime that cannot open or run the file fails the matrix, not the command.
         try:
             other = runtime.open(
                 model, session.name, optional_inputs=optional_inputs, smallest=min_dims(config)
             )
+            # An int8 file is held to the same quantization in every runtime, as in onnxruntime.
             report.runtimes[runtime.name] = verify_engines(
                 config,
                 FileEngine(other, runtime.name),
-                EagerEngine(module, config),
+                expected if quantize is not None else EagerEngine(module, config),
                 config.dims,
                 tolerance=report.tolerance,
                 trials=trials,
                 baseline=baseline,
+                chunk_expected=quantize is not None,
                 output_scales=report.output_scales,
             )
         except (WorkFailed, BadFile) as error:
