@@ -435,7 +435,7 @@ def verify_model(
     )
     expected: Engine = EagerEngine(module, config)
     if quantize is not None:
-        expected = _same_quantization(model, source, session.name, optional_inputs)
+        expected = _same_quantization(model, source, session.name, optional_inputs, config)
     report = verify_engines(
         config,
         FileEngine(session),
@@ -513,9 +513,11 @@ def _same_quantization(
     source: Model | None,
     name: str,
     optional_inputs: list[str],
+    config: LayerConfig,
     saturating: bool = False,
 ) -> Engine:
-    """The int8 reference for ``model`` (``verify.quantized``), from its float32 ``source``."""
+    """The int8 reference for ``model`` (``verify.quantized``), from its float32 ``source``,
+    taking the inputs ``config``'s layer takes (an empty KV cache included)."""
     from layerport.export.quantize import gemm_as_matmul
     from layerport.verify.quantized import SameQuantizationEngine
 
@@ -526,6 +528,7 @@ def _same_quantization(
         gemm_as_matmul(proto_of(source)),
         name,
         optional_inputs=optional_inputs,
+        smallest=min_dims(config),
         saturating=saturating,
     )
 
@@ -542,8 +545,8 @@ def _explain_int8_failure(
     from layerport.verify.quantized import saturation_note
 
     inputs = config.random_inputs(config.seed, include_optional=True)
-    exact = _same_quantization(model, source, session.name, optional_inputs)
-    saturating = _same_quantization(model, source, session.name, optional_inputs, True)
+    exact = _same_quantization(model, source, session.name, optional_inputs, config)
+    saturating = _same_quantization(model, source, session.name, optional_inputs, config, True)
     note = saturation_note(session.run(inputs), exact.run(inputs), saturating.run(inputs))
     if note is not None:
         report.notes.insert(0, note)

@@ -104,7 +104,9 @@ def quantize_weight(weight: np.ndarray, scale: np.ndarray, zero_point: np.ndarra
 class SameQuantizationEngine:
     """A quantized file's own graph, on the layer's weights, in numpy (see the module).
 
-    ``saturating`` computes ``MatMulInteger`` as AVX2 without VNNI does.
+    ``smallest`` are the dims whose smallest size is not 1 (an empty KV cache: 0), as
+    ``Session`` takes them; ``saturating`` computes ``MatMulInteger`` as AVX2 without
+    VNNI does.
     """
 
     def __init__(
@@ -114,6 +116,7 @@ class SameQuantizationEngine:
         name: str,
         *,
         optional_inputs: Collection[str] = (),
+        smallest: Mapping[str, int] | None = None,
         saturating: bool = False,
     ) -> None:
         from onnx.reference import ReferenceEvaluator
@@ -121,7 +124,11 @@ class SameQuantizationEngine:
         model = requantized(quantized, source)
         self.name = "int8 reference, saturating" if saturating else "int8 reference"
         self.session = Session(
-            model, name, SessionSettings(runtime="onnx-reference"), optional_inputs=optional_inputs
+            model,
+            name,
+            SessionSettings(runtime="onnx-reference"),
+            optional_inputs=optional_inputs,
+            smallest=smallest,
         )
         self._saturating = (
             ReferenceEvaluator(model, new_ops=[SaturatingMatMulInteger]) if saturating else None

@@ -104,7 +104,7 @@ def verify_engines(
                 report.failed_runs.append(FailedRun(case, dict(inputs), ran))
     if spec.streaming is not None and spec.streaming.applies(config.params):
         if spec.streaming.grows is not None:
-            _verify_decoding(report, config, actual, expected, baseline)
+            _verify_decoding(report, config, actual, expected, baseline, chunk_expected)
         else:
             _verify_streaming(
                 report, config, actual, expected, export_dims, baseline, chunk_expected
@@ -171,9 +171,11 @@ def _verify_decoding(
     actual: Engine,
     expected: Engine,
     baseline: Engine | None,
+    chunk_expected: bool = False,
 ) -> None:
     """Prefill then single-token steps through ``actual``, state carried, against one pass of
-    ``expected`` (and ``baseline``) over the whole sequence with the state empty.
+    ``expected`` (and ``baseline``) over the whole sequence with the state empty (or, with
+    ``chunk_expected``, ``expected`` through the same prefill and steps).
 
     A KV cache is where exports break silently: a cache pinned to the traced
     length, a causal mask or rotary offset that ignores the past. Each agrees
@@ -201,7 +203,11 @@ def _verify_decoding(
                 Comparison("(all)", case, passed=False, problem=problem, engines=report.engines)
             )
             continue
-        reference = expected.run(inputs)
+        reference = (
+            _run_in_chunks(config, expected, inputs, [prompt] + [1] * count)
+            if chunk_expected
+            else expected.run(inputs)
+        )
         exact = None if baseline is None else baseline.run(in_float64(inputs))
         judged = _judge(report, case, streamed, reference, exact)
         if not all(comparison.passed for comparison in judged):
