@@ -179,24 +179,24 @@ def test_plugin_tutorial_works_as_written(tmp_path: Path) -> None:
             if first.startswith("# file: "):
                 files[first.removeprefix("# file: ").strip()] = body
     assert set(files) == {
-        "layerport-rmsnorm/pyproject.toml",
-        "layerport-rmsnorm/layerport_rmsnorm/__init__.py",
-        "layerport-rmsnorm/layerport_rmsnorm/module.py",
-        "layerport-rmsnorm/tests/test_rmsnorm.py",
+        "layerport-mynorm/pyproject.toml",
+        "layerport-mynorm/layerport_mynorm/__init__.py",
+        "layerport-mynorm/layerport_mynorm/module.py",
+        "layerport-mynorm/tests/test_mynorm.py",
     }
     for name, body in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(body)
-    package = tmp_path / "layerport-rmsnorm"
-    # layerport-nn registers an rmsnorm too: the tutorial loads only its own, as it says.
+    package = tmp_path / "layerport-mynorm"
+    # The tutorial loads only its own plugin, as it says.
     env = {
         **install_for_test(package, tmp_path / "site"),
-        "LAYERPORT_LOAD_PLUGINS": "layerport-rmsnorm",
+        "LAYERPORT_LOAD_PLUGINS": "layerport-mynorm",
     }
     plugins = run_process("plugins", env=env)
-    assert "layerport-rmsnorm" in plugins.stdout and "rmsnorm" in plugins.stdout, plugins
-    assert run_process("show", "rmsnorm", env=env).exit_code == 0
-    exported = run_process("export", "rmsnorm", "-o", str(tmp_path / "r.onnx"), env=env)
+    assert "layerport-mynorm" in plugins.stdout and "mynorm" in plugins.stdout, plugins
+    assert run_process("show", "mynorm", env=env).exit_code == 0
+    exported = run_process("export", "mynorm", "-o", str(tmp_path / "r.onnx"), env=env)
     assert exported.exit_code == 0, exported.stderr
     output = run_package_tests(package, env)
     assert "8 passed" in output  # seven conformance checks and the oracle

@@ -34,9 +34,9 @@ def test_a_new_plugin_installs_registers_exports_and_passes_its_tests(tmp_path) 
 
 
 def test_the_readme_tutorial_is_what_new_plugin_writes() -> None:
-    blocks = re.findall(r"```(?:toml|python)\n# file: layerport-rmsnorm/(\S+)\n(.*?)```",
+    blocks = re.findall(r"```(?:toml|python)\n# file: layerport-mynorm/(\S+)\n(.*?)```",
                         GUIDE.read_text(), flags=re.DOTALL)  # fmt: skip
-    generated = plugin_files("rmsnorm")
+    generated = plugin_files("mynorm")
     assert {path for path, _ in blocks} == set(generated) - {"README.md"}
     for path, body in blocks:
         assert body == generated[path], f"the guide's {path} differs from new-plugin's"
@@ -61,3 +61,15 @@ def test_new_plugin_into_an_unwritable_folder_is_bad_input() -> None:
     assert_refused(
         run_process("new-plugin", "foo", "--dir", "/proc"), 2, "cannot write /proc/layerport-foo"
     )
+
+
+def test_new_plugin_warns_when_the_name_is_taken(tmp_path) -> None:
+    result = run_process("new-plugin", "rmsnorm", "--dir", str(tmp_path))
+    assert result.exit_code == 0  # the package is written: replacing a layer is allowed
+    assert result.stderr.strip() == (
+        "Warning: a layer named rmsnorm is already registered by layerport-nn: with both "
+        "installed, rmsnorm must be asked for as PLUGIN:rmsnorm; choose another name unless "
+        "you mean to replace it"
+    )
+    free = run_process("new-plugin", "mynorm", "--dir", str(tmp_path))
+    assert free.exit_code == 0 and free.stderr == ""

@@ -154,6 +154,16 @@ def test_a_torch_free_environment_runs_infer(rnn_file: Path, tmp_path: Path) -> 
     assert needs_torch.returncode == 1
     assert needs_torch.stderr.startswith("Error: this command needs torch,")
     assert "pip install -c constraints.txt 'layerport[export]'" in needs_torch.stderr
+    # draft reads .npz without torch; a .safetensors file needs the export extra, and says so.
+    (tmp_path / "w.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    drafted = subprocess.run(
+        [str(venv / "bin" / "layerport"), "draft", str(tmp_path / "w.safetensors")],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert drafted.returncode == 1, drafted.stderr
+    assert drafted.stderr.startswith("Error: reading this weights file needs safetensors, "), (
+        drafted.stderr
+    )
     here = run_process("infer", str(rnn_file), "--output", str(tmp_path / "here.npz"))
     assert here.exit_code == 0
     with np.load(tmp_path / "d.npz") as a, np.load(tmp_path / "here.npz") as b:

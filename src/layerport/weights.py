@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from layerport.errors import BadFile, ResourceLimit, Setting, UserInputError
+from layerport.errors import BadFile, MissingDependency, ResourceLimit, Setting, UserInputError
 from layerport.runtime.limits import check_allocation
 from layerport.spec import LayerSpec, Params, WeightPart, possible_shape
 
@@ -91,6 +91,8 @@ def read_weights_file(path: Path) -> WeightsFile:
     limit, of an unknown format (see ``weights_format``), or not valid in it.
     """
     kind = weights_format(path)
+    # What each format's reader imports; a runtime-only install has neither.
+    _require({"safetensors": "safetensors", "torch": "torch", "torchscript": "torch"}.get(kind))
     if kind == "safetensors":
         return WeightsFile(path, _read_safetensors(path))
     if kind == "npz":
@@ -101,6 +103,17 @@ def read_weights_file(path: Path) -> WeightsFile:
         _check_unpacked_size(path)
         return WeightsFile(path, read_torchscript(path))
     return WeightsFile(path, _read_state_dict(path))
+
+
+def _require(package: str | None) -> None:
+    """Raise ``MissingDependency`` naming the install where ``package`` is not installed."""
+    import importlib.util
+
+    if package is not None and importlib.util.find_spec(package) is None:
+        raise MissingDependency(
+            f"reading this weights file needs {package}, which this installation lacks; "
+            "install the export extra: pip install -c constraints.txt 'layerport[export]'"
+        )
 
 
 def weights_format(path: Path) -> str:

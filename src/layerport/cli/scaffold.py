@@ -1,10 +1,10 @@
 """The files of a new plugin package, as ``layerport new-plugin NAME`` writes them.
 
-The package is the README's plugin tutorial with NAME in place of ``rmsnorm``: an
+The package is the README's plugin tutorial with NAME in place of ``mynorm``: an
 RMS normalisation layer that works as written, so an author starts from a
 package that installs, registers, exports, verifies and passes its own tests,
 and changes it into their layer. A test checks that the tutorial's files are
-exactly what ``new-plugin rmsnorm`` writes, so the two cannot drift apart.
+exactly what ``new-plugin mynorm`` writes, so the two cannot drift apart.
 """
 
 from __future__ import annotations

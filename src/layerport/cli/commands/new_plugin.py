@@ -6,7 +6,15 @@ from pathlib import Path
 
 import click
 
+from layerport.cli.output import warn
 from layerport.cli.scaffold import write_plugin
+
+
+def _registered_by(name: str) -> list[str]:
+    """The plugins that already register a layer called ``name``."""
+    from layerport.cli.app import get_registry
+
+    return sorted(layer.plugin.name for layer in get_registry() if layer.spec.name == name)
 
 
 @click.command(name="new-plugin")
@@ -32,6 +40,13 @@ def new_plugin(name: str, folder: Path) -> None:
       pip install -c constraints.txt -e plugins/layerport-my_norm
     """
     root = write_plugin(name, folder)
+    taken = _registered_by(name)
+    if taken:
+        warn(
+            f"a layer named {name} is already registered by {', '.join(taken)}: with both "
+            f"installed, {name} must be asked for as PLUGIN:{name}; choose another name unless "
+            "you mean to replace it"
+        )
     click.echo(f"wrote {root}")
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         click.echo(f"  {path.relative_to(root)}")
