@@ -259,8 +259,16 @@ def select_checkpoint(
     return Checkpoint(tensors, key, prefix, tuple(notes), tuple(_file_shapes(source)))
 
 
+_STRIPPED = ", with the prefix stripped"
+
+
 def _selected(prefix: object) -> str:
-    return f"using the tensors under {prefix!r}, with the prefix stripped"
+    return f"using the tensors under {prefix!r}{_STRIPPED}"
+
+
+def is_prefix_note(note: str) -> bool:
+    """Whether ``note`` only says which prefix selected a layer's tensors."""
+    return note.startswith("using the tensors under ") and note.endswith(_STRIPPED)
 
 
 def layer_checkpoint(

@@ -18,6 +18,7 @@ is refused with the model file's line and key, and exit 2.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ from layerport.registry import PluginInfo, RegisteredLayer, Registry
 from layerport.spec import Dim, LayerSpec, Params, Streaming, Tensor
 from layerport.spec.expressions import evaluate, formula_names, parse_formula, substituted
 from layerport.spec.forms import composed_forms
+from layerport.weights import is_prefix_note
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -154,7 +156,15 @@ def resolve_model_config(
         seed=seed,
         weights=None if source is None else source.path,
         weights_dtype=next((c.weights_dtype for c in configs if c.weights_dtype), None),
-        notes=_notes(steps),
+        notes=_notes(steps)
+        + (
+            ()
+            if source is not None
+            else (
+                "no weights file given: every layer has seeded random weights, at the sizes "
+                "its params give",
+            )
+        ),
         underflow=tuple(f"{s.name}.{words}" for s in steps for words in s.config.underflow),
         checkpoint=checkpoint,
         model=definition,
@@ -165,16 +175,18 @@ def resolve_model_config(
 
 def _notes(steps: list[Step]) -> tuple[str, ...]:
     """Each layer's notes, named by layer; a note every layer's selection gives (the
-    checkpoint's wrapper entry) is said once."""
-    counts: dict[str, int] = {}
-    for step in steps:
-        for note in dict.fromkeys(step.config.notes):
-            counts[note] = counts.get(note, 0) + 1
+    checkpoint's wrapper entry) is said once. That a layer's prefix was stripped goes
+    unsaid: the model file says it, in the layer's weights key."""
+    said = {
+        step.name: [note for note in dict.fromkeys(step.config.notes) if not is_prefix_note(note)]
+        for step in steps
+    }
+    counts = Counter(note for notes in said.values() for note in notes)
     shared = [note for note, count in counts.items() if count > 1]
     return tuple(shared) + tuple(
-        f"layer {step.name}: {note}"
-        for step in steps
-        for note in step.config.notes
+        f"layer {name}: {note}"
+        for name, notes in said.items()
+        for note in notes
         if note not in shared
     )
 
