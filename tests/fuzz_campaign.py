@@ -1,14 +1,15 @@
 """The hostile-files campaign of issue 30: every built-in layer's export in every precision, and weights files.
 
-    python tests/fuzz_campaign.py 2000            # 2,000 mutants of each export, and of the weights
+    python tests/fuzz_campaign.py 2000            # 2,000 mutants of each export, weights and models
     python tests/fuzz_campaign.py 2000 --seed 7 --jobs 2
 
 Exports ``linear`` and ``rnn`` at small sizes in float32, float64, float16,
 bfloat16 and int8, fuzzes ``inspect`` and ``infer`` on each (``fuzz_onnx``),
 then ``run --weights`` on mutated weights files in every format
-(``fuzz_weights``), all under ``LAYERPORT_MAX_MEMORY=256M``. Prints one line per
-target and a total; exits 1 on any signal, internal error, bad output or
-breach of the limit.
+(``fuzz_weights``), then ``show``, ``run`` and ``export`` on mutated model
+files (``fuzz_models``), all under ``LAYERPORT_MAX_MEMORY=256M``: 12 times
+``count`` mutants. Prints one line per target and a total; exits 1 on any
+signal, internal error, bad output or breach of the limit.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ def export(layer: str, precision: tuple[str, str], folder: Path) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("count", type=int, help="mutants of each export, and of the weights")
+    parser.add_argument(
+        "count", type=int, help="mutants of each export, of the weights and of the models"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     options = parser.parse_args(argv)
@@ -73,13 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 clean = clean and not (
                     summary.crashes or summary.problems or summary.internal_errors
                 )
-    weights = fuzz_weights.fuzz(options.count, seed=options.seed, jobs=options.jobs)
-    print(f"weights files: {weights.line()}")
-    for line in weights.signals + weights.problems + weights.internal_errors + weights.over_limit:
-        print("  " + line)
-    runs += weights.runs
-    mutants += weights.runs
-    clean = clean and weights.clean
+    for kind, what in (("weights", "weights files"), ("models", "model files")):
+        files = fuzz_weights.fuzz(options.count, seed=options.seed, jobs=options.jobs, kind=kind)
+        print(f"{what}: {files.line()}", flush=True)
+        for line in files.signals + files.problems + files.internal_errors + files.over_limit:
+            print("  " + line)
+        runs += files.runs
+        mutants += files.runs
+        clean = clean and files.clean
     print(
         f"total: {mutants} mutants, {runs} runs in {time.monotonic() - started:.0f} s: "
         + ("clean" if clean else "PROBLEMS")
