@@ -33,33 +33,6 @@ import tomllib
 
 from fuzz_onnx import mutate
 
-TAGGER = """\
-[model]
-name = "tagger"
-
-[inputs.ids]
-dtype = "int64"
-shape = ["batch", "seq"]
-
-[[layer]]
-name = "embed"
-use = "embedding"
-weights = "embedding."
-
-[[layer]]
-name = "encoder"
-use = "lstm"
-weights = "lstm."
-
-[[layer]]
-name = "head"
-use = "linear"
-weights = "head."
-input = "encoder.y"
-
-[outputs]
-tags = "head.y"
-"""
 HEAD = """\
 [model]
 name = "head"
@@ -100,9 +73,8 @@ name = "pool"
 use = "maxpool1d"
 params = { kernel_size = 2 }
 """
-MODELS = {"tagger.toml": TAGGER, "head.toml": HEAD, "frames.toml": FRAMES}
 WEIGHTS = {"tagger.toml": "tagger.pt", "head.toml": "head.npz", "frames.toml": "frames.safetensors"}
-SEEDS = tuple(MODELS)
+SEEDS = tuple(WEIGHTS)
 # export verifies on a grid (seconds a run): one mutant in eight, spread over the seeds.
 COMMANDS = ("run", "show", "run", "show", "run", "show", "run", "export")
 LOAD_PLUGINS = None  # every installed plugin: the models use layerport-nn's and -recurrent's layers
@@ -133,6 +105,8 @@ def seed_files(folder: Path) -> dict[str, Path]:
     from safetensors.torch import save_file
     from torch import nn
 
+    from test_model_file import TAGGER  # the model-file tests' tagger
+
     torch.manual_seed(0)
     tagger = nn.ModuleDict(
         {
@@ -148,7 +122,7 @@ def seed_files(folder: Path) -> dict[str, Path]:
     frames = nn.Sequential(nn.Conv1d(4, 5, 3), nn.BatchNorm1d(5), nn.MaxPool1d(2))
     save_file(frames.state_dict(), folder / WEIGHTS[SEEDS[2]])
     paths = {}
-    for name, text in MODELS.items():
+    for name, text in zip(SEEDS, (TAGGER, HEAD, FRAMES), strict=True):
         paths[name] = folder / name
         paths[name].write_text(text)
     return paths
