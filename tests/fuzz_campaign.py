@@ -30,6 +30,15 @@ LAYERS = {
     "linear": ("-p", "in_features=4", "-p", "out_features=3", "--dim", "batch=2"),
     "rnn": fuzz_onnx.SMALL_RNN,
 }
+# onnxruntime's quantizer takes only MatMul weights of 65,536 elements or more
+# (export refuses an int8 that would quantize nothing): sizes that have one.
+INT8_LAYERS = {
+    "linear": ("-p", "in_features=256", "-p", "out_features=256", "--dim", "batch=2"),
+    "rnn": (
+        "-p", "input_size=256", "-p", "hidden_size=256", "-p", "output_size=3",
+        "--dim", "batch=2", "--dim", "seq=3",
+    ),
+}  # fmt: skip
 PRECISIONS = (
     ("--dtype", "float32"),
     ("--dtype", "float64"),
@@ -41,7 +50,8 @@ PRECISIONS = (
 
 def export(layer: str, precision: tuple[str, str], folder: Path) -> Path:
     target = folder / f"{layer}-{precision[1]}.onnx"
-    options = [*LAYERS[layer], *precision, "-o", str(target)]
+    sizes = INT8_LAYERS[layer] if precision == ("--quantize", "int8") else LAYERS[layer]
+    options = [*sizes, *precision, "-o", str(target)]
     subprocess.run(
         [sys.executable, "-m", "layerport", "export", layer, *options],
         check=True,
