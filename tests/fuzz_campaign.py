@@ -2,14 +2,16 @@
 
     python tests/fuzz_campaign.py 2000            # 2,000 mutants of each export, weights and models
     python tests/fuzz_campaign.py 2000 --seed 7 --jobs 2
+    python tests/fuzz_campaign.py 1200 --files 400     # 400 weights files and 400 model files
 
 Exports ``linear`` and ``rnn`` at small sizes in float32, float64, float16,
 bfloat16 and int8, fuzzes ``inspect`` and ``infer`` on each (``fuzz_onnx``),
 then ``run --weights`` on mutated weights files in every format
 (``fuzz_weights``), then ``show``, ``run`` and ``export`` on mutated model
-files (``fuzz_models``), all under ``LAYERPORT_MAX_MEMORY=256M``: 12 times
-``count`` mutants. Prints one line per target and a total; exits 1 on any
-signal, internal error, bad output or breach of the limit.
+files (``fuzz_models``), all under ``LAYERPORT_MAX_MEMORY=256M``: ``count``
+mutants of each of the 10 exports, and ``--files`` (default ``count``) of each
+kind of file. Prints one line per target and a total; exits 1 on any signal,
+internal error, bad output or breach of the limit.
 """
 
 from __future__ import annotations
@@ -62,9 +64,8 @@ def export(layer: str, precision: tuple[str, str], folder: Path) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "count", type=int, help="mutants of each export, of the weights and of the models"
-    )
+    parser.add_argument("count", type=int, help="mutants of each export")
+    parser.add_argument("--files", type=int, help="mutants of the weights and of the models")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     options = parser.parse_args(argv)
@@ -87,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     summary.crashes or summary.problems or summary.internal_errors
                 )
     for kind, what in (("weights", "weights files"), ("models", "model files")):
-        files = fuzz_weights.fuzz(options.count, seed=options.seed, jobs=options.jobs, kind=kind)
+        count = options.count if options.files is None else options.files
+        files = fuzz_weights.fuzz(count, seed=options.seed, jobs=options.jobs, kind=kind)
         print(f"{what}: {files.line()}", flush=True)
         for line in files.signals + files.problems + files.internal_errors + files.over_limit:
             print("  " + line)
