@@ -1,4 +1,4 @@
-"""The hostile-files campaign of issue 30: every built-in layer's export in every precision, and weights files.
+"""The hostile-files campaign of issue 30: every export and precision, weights files, model files.
 
     python tests/fuzz_campaign.py 2000            # 2,000 mutants of each export, weights and models
     python tests/fuzz_campaign.py 2000 --seed 7 --jobs 2
