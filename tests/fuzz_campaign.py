@@ -1,14 +1,17 @@
-"""The hostile-files campaign of issue 30: every built-in layer's export in every precision, and weights files.
+"""The hostile-files campaign of issue 30: every export and precision, weights files, model files.
 
-    python tests/fuzz_campaign.py 2000            # 2,000 mutants of each export, and of the weights
+    python tests/fuzz_campaign.py 2000            # 2,000 mutants of each export, weights and models
     python tests/fuzz_campaign.py 2000 --seed 7 --jobs 2
+    python tests/fuzz_campaign.py 1200 --files 400     # 400 weights files and 400 model files
 
 Exports ``linear`` and ``rnn`` at small sizes in float32, float64, float16,
 bfloat16 and int8, fuzzes ``inspect`` and ``infer`` on each (``fuzz_onnx``),
 then ``run --weights`` on mutated weights files in every format
-(``fuzz_weights``), all under ``LAYERPORT_MAX_MEMORY=256M``. Prints one line per
-target and a total; exits 1 on any signal, internal error, bad output or
-breach of the limit.
+(``fuzz_weights``), then ``show``, ``run`` and ``export`` on mutated model
+files (``fuzz_models``), all under ``LAYERPORT_MAX_MEMORY=256M``: ``count``
+mutants of each of the 10 exports, and ``--files`` (default ``count``) of each
+kind of file. Prints one line per target and a total; exits 1 on any signal,
+internal error, bad output or breach of the limit.
 """
 
 from __future__ import annotations
@@ -29,6 +32,15 @@ LAYERS = {
     "linear": ("-p", "in_features=4", "-p", "out_features=3", "--dim", "batch=2"),
     "rnn": fuzz_onnx.SMALL_RNN,
 }
+# onnxruntime's quantizer takes only MatMul weights of 65,536 elements or more
+# (export refuses an int8 that would quantize nothing): sizes that have one.
+INT8_LAYERS = {
+    "linear": ("-p", "in_features=256", "-p", "out_features=256", "--dim", "batch=2"),
+    "rnn": (
+        "-p", "input_size=256", "-p", "hidden_size=256", "-p", "output_size=3",
+        "--dim", "batch=2", "--dim", "seq=3",
+    ),
+}  # fmt: skip
 PRECISIONS = (
     ("--dtype", "float32"),
     ("--dtype", "float64"),
@@ -40,7 +52,8 @@ PRECISIONS = (
 
 def export(layer: str, precision: tuple[str, str], folder: Path) -> Path:
     target = folder / f"{layer}-{precision[1]}.onnx"
-    options = [*LAYERS[layer], *precision, "-o", str(target)]
+    sizes = INT8_LAYERS[layer] if precision == ("--quantize", "int8") else LAYERS[layer]
+    options = [*sizes, *precision, "-o", str(target)]
     subprocess.run(
         [sys.executable, "-m", "layerport", "export", layer, *options],
         check=True,
@@ -51,7 +64,8 @@ def export(layer: str, precision: tuple[str, str], folder: Path) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("count", type=int, help="mutants of each export, and of the weights")
+    parser.add_argument("count", type=int, help="mutants of each export")
+    parser.add_argument("--files", type=int, help="mutants of the weights and of the models")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     options = parser.parse_args(argv)
@@ -73,13 +87,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 clean = clean and not (
                     summary.crashes or summary.problems or summary.internal_errors
                 )
-    weights = fuzz_weights.fuzz(options.count, seed=options.seed, jobs=options.jobs)
-    print(f"weights files: {weights.line()}")
-    for line in weights.signals + weights.problems + weights.internal_errors + weights.over_limit:
-        print("  " + line)
-    runs += weights.runs
-    mutants += weights.runs
-    clean = clean and weights.clean
+    for kind, what in (("weights", "weights files"), ("models", "model files")):
+        count = options.count if options.files is None else options.files
+        files = fuzz_weights.fuzz(count, seed=options.seed, jobs=options.jobs, kind=kind)
+        print(f"{what}: {files.line()}", flush=True)
+        for line in files.signals + files.problems + files.internal_errors + files.over_limit:
+            print("  " + line)
+        runs += files.runs
+        mutants += files.runs
+        clean = clean and files.clean
     print(
         f"total: {mutants} mutants, {runs} runs in {time.monotonic() - started:.0f} s: "
         + ("clean" if clean else "PROBLEMS")

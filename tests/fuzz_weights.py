@@ -6,8 +6,9 @@
 
 The seeds are small weights of the ``linear`` and ``rnn`` layers in every format
 layerport reads: ``.safetensors``, torch's zip ``.pt`` and the legacy pickle
-``.pt`` (``.pth`` and ``.bin`` are the same two), and the linear's as an
-``.npz`` archive and a TorchScript archive. Mutant ``i`` depends only on
+``.pt`` (``.pth`` and ``.bin`` are the same two), an ``.npz`` archive and a
+TorchScript archive. ``fuzz_models`` reuses the workers and checks for model
+files (``--worker models``). Mutant ``i`` depends only on
 ``--seed`` and ``i``: byte-level edits of the file (``fuzz_onnx.mutate``), or,
 for a zip, of the pickle inside it, re-zipped, so that the mutations reach the
 unpickler past the zip's checksums.
@@ -22,6 +23,7 @@ memory, above what the worker held when it forked, must stay under the limit.
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import json
 import os
@@ -36,8 +38,12 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fuzz_onnx import mutate
+
+if TYPE_CHECKING:
+    import torch
 
 LIMIT = "256M"
 LIMIT_BYTES = 256 * 2**20
@@ -51,8 +57,15 @@ SEEDS = (
     "rnn-legacy.pt",
     "linear.npz",
     "linear-script.pt",
+    "rnn.npz",
+    "rnn-script.pt",
 )
 RNN = ("-p", "input_size=4", "-p", "hidden_size=5", "-p", "output_size=3")
+LOAD_PLUGINS = ""  # the built-in layers only: linear and rnn
+# What a campaign mutates, by name: the module that says its seed files, how a
+# mutant is made and which command runs it (``SEEDS``, ``seed_files``,
+# ``mutant_bytes``, ``command_for``, ``LOAD_PLUGINS``).
+KINDS = {"weights": "fuzz_weights", "models": "fuzz_models"}
 
 
 def seed_files(folder: Path) -> dict[str, Path]:
@@ -85,13 +98,25 @@ def seed_files(folder: Path) -> dict[str, Path]:
         elif name.endswith(".npz"):
             np.savez(path, **{key: tensor.numpy() for key, tensor in tensors.items()})
         elif "-script" in name:
-            module = torch.nn.Linear(8, 2)
+            module = _scripted(layer)
             module.load_state_dict(tensors)
             torch.jit.script(module).save(str(path))
         else:
             torch.save(tensors, path, _use_new_zipfile_serialization="legacy" not in name)
         paths[name] = path
     return paths
+
+
+def _scripted(layer: str) -> torch.nn.Module:
+    """A module whose state dict holds ``layer``'s weights, to save as a TorchScript archive."""
+    import torch
+
+    if layer == "linear":
+        return torch.nn.Linear(8, 2)
+    module = torch.nn.Module()
+    module.wi, module.wh, module.wo = (torch.nn.Linear(4, 5), torch.nn.Linear(5, 5),
+                                       torch.nn.Linear(5, 3))  # fmt: skip
+    return module
 
 
 def mutant_bytes(data: bytes, seed: int, index: int) -> bytes:
@@ -112,7 +137,8 @@ def mutant_bytes(data: bytes, seed: int, index: int) -> bytes:
     return out.getvalue()
 
 
-def command_for(seed_name: str, path: Path) -> list[str]:
+def command_for(seed_name: str, path: Path, index: int) -> list[str]:
+    """``run LAYER --weights`` on the mutant; every weights mutant takes the same command."""
     layer = seed_name.split(".")[0].removesuffix("-legacy").removesuffix("-script")
     return ["run", layer, *(RNN if layer == "rnn" else ()), "--weights", str(path)]
 
@@ -169,12 +195,19 @@ class Summary:
         return not (self.signals or self.internal_errors or self.problems or self.over_limit)
 
 
-def fuzz(count: int, *, seed: int = 0, jobs: int = 2, only: int | None = None) -> Summary:
-    """Run ``count`` mutants (spread over the seed files) in ``jobs`` workers."""
+def fuzz(
+    count: int, *, seed: int = 0, jobs: int = 2, only: int | None = None, kind: str = "weights"
+) -> Summary:
+    """Run ``count`` mutants of ``kind``'s files (spread over its seed files) in ``jobs`` workers."""
     started = time.monotonic()
     indexes = [only] if only is not None else list(range(count))
+    target = importlib.import_module(KINDS[kind])
+    environment = {**os.environ, "LAYERPORT_MAX_MEMORY": LIMIT, "OMP_NUM_THREADS": "1"}
+    environment.pop("LAYERPORT_LOAD_PLUGINS", None)
+    if target.LOAD_PLUGINS is not None:
+        environment["LAYERPORT_LOAD_PLUGINS"] = target.LOAD_PLUGINS
     summary = Summary()
-    with tempfile.TemporaryDirectory(prefix="fuzz-weights-") as scratch:
+    with tempfile.TemporaryDirectory(prefix=f"fuzz-{kind}-") as scratch:
         folder = Path(scratch)
         shares = [indexes[job::jobs] for job in range(jobs)]
         workers = []
@@ -185,14 +218,9 @@ def fuzz(count: int, *, seed: int = 0, jobs: int = 2, only: int | None = None) -
             workers.append(
                 (
                     subprocess.Popen(
-                        [sys.executable, __file__, "--worker", str(results), str(seed)]
+                        [sys.executable, __file__, "--worker", kind, str(results), str(seed)]
                         + [str(index) for index in share],
-                        env={
-                            **os.environ,
-                            "LAYERPORT_MAX_MEMORY": LIMIT,
-                            "LAYERPORT_LOAD_PLUGINS": "",
-                            "OMP_NUM_THREADS": "1",
-                        },
+                        env=environment,
                         stdout=subprocess.DEVNULL,
                     ),
                     results,
@@ -209,26 +237,30 @@ def fuzz(count: int, *, seed: int = 0, jobs: int = 2, only: int | None = None) -
     return summary
 
 
-def _worker(results: Path, seed: int, indexes: Sequence[int]) -> None:
+def _worker(kind: str, results: Path, seed: int, indexes: Sequence[int]) -> None:
     """Run each mutant in a child forked from this process, one JSON line per run."""
     import torch  # noqa: F401  (imported once, before the forks)
 
     from layerport.cli import main
+    from layerport.plugins import get_registry
 
+    get_registry()  # the plugins load once, before the forks
+    target = importlib.import_module(KINDS[kind])
     folder = results.parent / f"{results.stem}-files"
     folder.mkdir()
-    seeds = {name: path.read_bytes() for name, path in seed_files(folder).items()}
+    seeds = {name: path.read_bytes() for name, path in target.seed_files(folder).items()}
     with results.open("a") as out:
         for index in indexes:
-            seed_name = SEEDS[index % len(SEEDS)]
+            seed_name = target.SEEDS[index % len(target.SEEDS)]
             path = folder / f"mutant{Path(seed_name).suffix}"
-            path.write_bytes(mutant_bytes(seeds[seed_name], seed, index))
+            path.write_bytes(target.mutant_bytes(seeds[seed_name], seed, index))
             stderr_path = folder / "stderr.txt"
             growth_path = folder / "growth.txt"
             growth_path.write_text("0")
             pid = os.fork()
             if pid == 0:
-                _child(main, command_for(seed_name, path), stderr_path, growth_path)
+                command = target.command_for(seed_name, path, index)
+                _child(main, command, stderr_path, growth_path)
             _, status = os.waitpid(pid, 0)
             record = {
                 "index": index,
@@ -287,18 +319,23 @@ def _resident_bytes() -> int:
         return int(statm.read().split()[1]) * resource.getpagesize()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, kind: str = "weights") -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["--worker"]:
-        _worker(Path(arguments[1]), int(arguments[2]), [int(i) for i in arguments[3:]])
+        _worker(
+            arguments[1], Path(arguments[2]), int(arguments[3]), [int(i) for i in arguments[4:]]
+        )
         return 0
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    description = importlib.import_module(KINDS[kind]).__doc__ or ""
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
     parser.add_argument("count", type=int, help="number of mutants")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--only", type=int, help="replay the mutant with this index only")
     options = parser.parse_args(arguments)
-    summary = fuzz(options.count, seed=options.seed, jobs=options.jobs, only=options.only)
+    summary = fuzz(
+        options.count, seed=options.seed, jobs=options.jobs, only=options.only, kind=kind
+    )
     print(summary.line())
     for line in summary.signals + summary.problems + summary.internal_errors + summary.over_limit:
         print("  " + line)

@@ -442,16 +442,17 @@ def test_corrupt_record_in_a_weights_file_is_a_bad_file(cli, tmp_path, make, wor
 
 
 # ---------------------------------------------------------------------------
-# Fuzzing (issue 30): every format, each mutant in a child of its own
+# Fuzzing (issue 30): every weights format, and model files, each mutant in a child of its own
 
 
 @pytest.mark.slow
-def test_mutants_of_weights_files_never_crash_run() -> None:
+@pytest.mark.parametrize(("kind", "count"), [("weights", 200), ("models", 48)])
+def test_mutants_of_weights_and_model_files_never_crash(kind: str, count: int) -> None:
     from fuzz_weights import LIMIT, fuzz
 
-    summary = fuzz(200, seed=20261206, jobs=2)
+    summary = fuzz(count, seed=20261206, jobs=2, kind=kind)
     print(summary.line(), file=sys.stderr)
-    assert summary.runs == 200
+    assert summary.runs == count
     assert not summary.signals, summary.signals
     assert not summary.internal_errors, summary.internal_errors
     assert not summary.problems, summary.problems
