@@ -350,6 +350,11 @@ BAD_MODELS = {
         TAGGER + "\n[dims.sequence]\ndefault = 16\n",
         "tagger.toml:27: key dims.sequence: the model has no dim sequence; its dims: batch, seq",
     ),
+    "ids declared beyond the table": (
+        TAGGER.replace('dtype = "int64"', 'dtype = "int64"\nhigh = 1000'),
+        "key inputs.ids.high: high = 1000, but layer embed takes ids below 100; declare "
+        "high = 100 or less",
+    ),
     "not TOML": ("[model\n", "is not valid TOML"),
     "no layers": ('[model]\nname = "m"\n[inputs.x]\nshape = ["batch"]\n', "declares no layer"),
 }

@@ -805,14 +805,23 @@ def _outputs(
 def _model_input(definition: ModelDefinition, entry: Any, steps: list[Step]) -> Tensor:
     """A model input; an integer one's bound is declared, or the smallest its layers accept."""
     high = entry.high
-    if entry.dtype in ("int64", "int32") and high is None:
+    if entry.dtype in ("int64", "int32"):
         bounds = [
-            step.config.spec.value_range(tensor, step.config.params)
+            (step.name, step.config.spec.value_range(tensor, step.config.params))
             for step in steps
             for tensor, source in zip(step.config.spec.inputs, step.sources, strict=True)
             if source == entry.name
         ]
-        known = [bound[1] for bound in bounds if bound is not None]
+        known = [bound[1] for _, bound in bounds if bound is not None]
+        if high is not None:
+            for name, bound in bounds:
+                if bound is not None and high > bound[1]:
+                    raise InvalidModel(
+                        f"{definition.where(key=f'inputs.{entry.name}.high')}: high = {high}, "
+                        f"but layer {name} takes {entry.name} below {bound[1]}; declare "
+                        f"high = {bound[1]} or less"
+                    )
+            known = [high]
         if not known:
             raise InvalidModel(
                 f"{definition.where(key=f'inputs.{entry.name}.high')}: no layer bounds the values "
