@@ -257,3 +257,24 @@ def test_an_export_past_the_declared_maximum_is_refused(decoder, cli, tmp_path) 
         result.stderr
     )
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_the_fused_form_generates_transformers_ids(decoder, cli, tmp_path) -> None:
+    """The fused file (GroupQueryAttention) passes the stream proof, and decodes as
+    transformers does: generate works with either form."""
+    from layerport.plugin import export_layer, get_registry, resolve_config
+
+    folder, model = decoder
+    config = resolve_config(
+        get_registry(), str(folder / "llama.toml"), weights=folder / "llama.safetensors"
+    )
+    result = export_layer(config, trials=1, form="fused")
+    assert result.report is not None and result.report.passed
+    assert result.report.streaming is not None and "decoding" in result.report.streaming
+    fused = tmp_path / "fused.onnx"
+    fused.write_bytes(result.model_bytes)
+    assert "com.microsoft" in {entry.domain for entry in onnx.load(str(fused)).opset_import}
+    prompt = [9, 8, 7, 6]
+    generated = cli("generate", str(fused), "--prompt-ids", "9,8,7,6", "--steps", "12")
+    assert generated.exit_code == 0, generated.stderr
+    assert generated.stdout.strip() == ",".join(map(str, transformers_ids(model, prompt, 12)))
