@@ -311,7 +311,10 @@ def test_a_wrong_middle_layer_is_named(tmp_path: Path, cli, register_plugin) -> 
     result = cli("export", str(tmp_path / "three.toml"), "-o", str(out))
     assert result.exit_code == 1
     assert "layer middle (shifted-test:shifted) is the first whose output diverges" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    # One error line (the note says the layers' weights are seeded: no weights file).
+    lines = result.stderr.strip().splitlines()
+    assert [line for line in lines if not line.startswith("Note: ")] == [lines[-1]]
+    assert lines[-1].startswith("Error: ")
     assert not out.exists()
 
 

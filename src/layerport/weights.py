@@ -203,6 +203,7 @@ def read_tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     if kind == "npz":
         named = {key: tuple(array.shape) for key, array in _npz_arrays(path).items()}
     elif kind == "safetensors":
+        _require("safetensors")
         named = _safetensors_shapes(path)
     else:
         return _file_shapes(read_weights_file(path))
