@@ -51,28 +51,6 @@ params = { activation = "relu" }
 default = 7
 check_size = 19
 """
-FRAMES = """\
-[model]
-name = "frames"
-
-[inputs.signal]
-shape = ["batch", 4, "length"]
-
-[[layer]]
-name = "conv"
-use = "conv1d"
-weights = "0."
-
-[[layer]]
-name = "norm"
-use = "batchnorm1d"
-weights = "1."
-
-[[layer]]
-name = "pool"
-use = "maxpool1d"
-params = { kernel_size = 2 }
-"""
 WEIGHTS = {"tagger.toml": "tagger.pt", "head.toml": "head.npz", "frames.toml": "frames.safetensors"}
 SEEDS = tuple(WEIGHTS)
 # export verifies on a grid (seconds a run): one mutant in eight, spread over the seeds.
@@ -105,7 +83,8 @@ def seed_files(folder: Path) -> dict[str, Path]:
     from safetensors.torch import save_file
     from torch import nn
 
-    from test_model_file import TAGGER  # the model-file tests' tagger
+    # The model-file tests' tagger and conv1d chain.
+    from test_model_file import SEQUENCE_CHAIN, TAGGER
 
     torch.manual_seed(0)
     tagger = nn.ModuleDict(
@@ -122,7 +101,7 @@ def seed_files(folder: Path) -> dict[str, Path]:
     frames = nn.Sequential(nn.Conv1d(4, 5, 3), nn.BatchNorm1d(5), nn.MaxPool1d(2))
     save_file(frames.state_dict(), folder / WEIGHTS[SEEDS[2]])
     paths = {}
-    for name, text in zip(SEEDS, (TAGGER, HEAD, FRAMES), strict=True):
+    for name, text in zip(SEEDS, (TAGGER, HEAD, SEQUENCE_CHAIN), strict=True):
         paths[name] = folder / name
         paths[name].write_text(text)
     return paths
