@@ -7,10 +7,12 @@ whole pass; a form that fails is not timed), then timed with
 (batch 1) after a cache of 64, 512 and 2048 tokens, and a prefill of 512
 tokens. The engines: layerport's eager model (its cache as tensors in and
 out), transformers' ``LlamaForCausalLM`` with its ``DynamicCache`` when the
-checkpoint is one (``--llama-config`` names its config.json), and onnxruntime
-on each file with every graph optimization, as ``run`` does. Prints a
-Markdown table of medians and each ratio to eager, and the load average
-before and after. Usage:
+checkpoint is one (``--llama-config`` names its config.json), onnxruntime
+on each file with every graph optimization, as ``run`` does, and the fused
+file as ``generate`` runs it, its cache in bound buffers written in place
+(``runtime.bound``). Prints a Markdown table of medians and the fused
+file's ratios to transformers (or eager), and the load average before and
+after. Usage:
 
     .venv/bin/python benchmarks/decoder.py decoder.toml decoder.safetensors \\
         [--llama-config config.json] [--seconds 2] [--threads 2]
@@ -25,10 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 
 from layerport.plugin import export_layer, get_registry, resolve_config
+from layerport.runtime.bound import bound_model
+from layerport.runtime.session import Session, SessionSettings
+from layerport.verify.engines import BoundCacheEngine
 
 CASES = {
     "decode step, past 64": (1, 64),
@@ -84,6 +90,16 @@ def main() -> None:
         sessions[form] = ort.InferenceSession(
             result.model_bytes, options, providers=["CPUExecutionProvider"]
         )
+        if form == "fused":
+            fused = onnx.load_from_string(result.model_bytes)
+    # The fused file as generate runs it: the cache in bound buffers, written in place.
+    variant = bound_model(fused)
+    assert variant is not None
+    assert config.spec.streaming is not None
+    bound = BoundCacheEngine(
+        Session(variant, "bound", SessionSettings(threads=args.threads)),
+        config.spec.streaming.carry,
+    )
     module = build_module(config)
     rows = []
     for case, (seq, past) in CASES.items():
@@ -100,15 +116,24 @@ def main() -> None:
             calls["transformers"] = transformers_call(args.llama_config, args.weights, seq, past)
         for form, session in sessions.items():
             calls[f"onnxruntime {form}"] = partial(session.run, None, inputs)
+        calls["onnxruntime fused, bound"] = bound.bind(inputs)
         samples = time_engines(calls, TimingSettings(min_seconds=args.seconds, min_calls=10))
         medians = {name: float(np.median(times)) / 1e6 for name, times in samples.items()}
         rows.append((case, medians))
     names = list(rows[0][1])
-    print("| call | " + " | ".join(f"{name} ms" for name in names) + " | fused / eager |")
-    print("|---" * (len(names) + 2) + "|")
+    against = "transformers" if "transformers" in names else "eager"
+    ratios = ("onnxruntime fused", "onnxruntime fused, bound")
+    print(
+        "| call | "
+        + " | ".join(f"{name} ms" for name in names)
+        + "".join(f" | {name} / {against}" for name in ratios)
+        + " |"
+    )
+    print("|---" * (len(names) + 3) + "|")
     for case, medians in rows:
         cells = " | ".join(f"{medians[name]:.3g}" for name in names)
-        print(f"| {case} | {cells} | {medians['onnxruntime fused'] / medians['eager']:.3f} |")
+        shares = " | ".join(f"{medians[name] / medians[against]:.3f}" for name in ratios)
+        print(f"| {case} | {cells} | {shares} |")
     print(f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}")
 
 

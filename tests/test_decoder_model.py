@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -183,11 +184,13 @@ def test_generate_gives_transformers_ids_and_eager_agrees(decoder, exported, cli
     assert json.loads(as_json.stdout)["ids"] == transformers_ids(model, [7], 3)
 
 
-def test_generate_runs_without_torch(exported) -> None:
+@pytest.mark.parametrize("form", ["standard", "fused"])
+def test_generate_runs_without_torch(exported, fused, form) -> None:
     from test_torch_free import PROBE
 
+    file = exported if form == "standard" else fused[0]
     completed = subprocess.run(
-        [sys.executable, "-c", PROBE, "generate", str(exported), "--prompt-ids", "3,4"],
+        [sys.executable, "-c", PROBE, "generate", str(file), "--prompt-ids", "3,4"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -259,22 +262,117 @@ def test_an_export_past_the_declared_maximum_is_refused(decoder, cli, tmp_path) 
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_the_fused_form_generates_transformers_ids(decoder, cli, tmp_path) -> None:
-    """The fused file (GroupQueryAttention) passes the stream proof, and decodes as
-    transformers does: generate works with either form."""
+@pytest.fixture(scope="module")
+def fused(decoder) -> tuple[Path, Any]:
+    """The decoder exported in the fused form (GroupQueryAttention), verified: the file and
+    its report."""
     from layerport.plugin import export_layer, get_registry, resolve_config
 
-    folder, model = decoder
+    folder, _ = decoder
     config = resolve_config(
         get_registry(), str(folder / "llama.toml"), weights=folder / "llama.safetensors"
     )
     result = export_layer(config, trials=1, form="fused")
-    assert result.report is not None and result.report.passed
-    assert result.report.streaming is not None and "decoding" in result.report.streaming
-    fused = tmp_path / "fused.onnx"
-    fused.write_bytes(result.model_bytes)
-    assert "com.microsoft" in {entry.domain for entry in onnx.load(str(fused)).opset_import}
+    out = folder / "llama-fused.onnx"
+    out.write_bytes(result.model_bytes)
+    return out, result.report
+
+
+def test_the_fused_form_generates_transformers_ids(decoder, fused, cli) -> None:
+    """The fused file passes the stream proof, its cache copied and bound alike, and decodes
+    as transformers does: generate works with either form, and either cache."""
+    _, model = decoder
+    file, report = fused
+    assert report is not None and report.passed
+    assert report.streaming is not None and "decoding" in report.streaming
+    bound_cases = {c.case for c in report.comparisons if c.case.endswith(", cache bound")}
+    copied_cases = {c.case for c in report.comparisons if c.case.startswith("decoding ")}
+    assert len(bound_cases) == 18 and len(copied_cases) == 36  # every stream, both ways
+    assert "com.microsoft" in {entry.domain for entry in onnx.load(str(file)).opset_import}
     prompt = [9, 8, 7, 6]
-    generated = cli("generate", str(fused), "--prompt-ids", "9,8,7,6", "--steps", "12")
-    assert generated.exit_code == 0, generated.stderr
-    assert generated.stdout.strip() == ",".join(map(str, transformers_ids(model, prompt, 12)))
+    expected = transformers_ids(model, prompt, 12)
+    for flags, cache in (([], "bound"), (["--copy-cache"], "copied")):
+        generated = cli("generate", str(file), "--prompt-ids", "9,8,7,6", "--steps", "12",
+                        "--json", *flags)  # fmt: skip
+        assert generated.exit_code == 0, generated.stderr
+        result = json.loads(generated.stdout)
+        assert (result["ids"], result["cache"]) == (expected, cache)
+
+
+def test_the_standard_file_copies_its_cache(exported, cli) -> None:
+    result = cli("generate", str(exported), "--prompt-ids", "3", "--steps", "2")
+    assert result.exit_code == 0, result.stderr
+    assert "the cache copied" in result.stderr
+
+
+def test_a_bound_cache_that_reads_its_buffer_length_fails_verification(
+    decoder, monkeypatch
+) -> None:
+    """The bound stream proof can fail: a variant that takes its buffers' length for the
+    cache's (the rewrite left out) is caught, and the failure names the bound stream."""
+    from onnx import TensorProto, helper
+
+    from layerport.errors import VerificationFailed
+    from layerport.plugin import export_layer, get_registry, resolve_config
+    from layerport.runtime import bound
+
+    def unrewritten(model: onnx.ModelProto) -> onnx.ModelProto:
+        variant = onnx.ModelProto()
+        variant.CopyFrom(model)
+        length = helper.make_tensor_value_info(bound.PAST_LENGTH, TensorProto.INT64, [])
+        variant.graph.input.append(length)
+        return variant
+
+    monkeypatch.setattr(bound, "bound_model", unrewritten)
+    folder, _ = decoder
+    config = resolve_config(
+        get_registry(), str(folder / "llama.toml"), weights=folder / "llama.safetensors"
+    )
+    with pytest.raises(VerificationFailed) as failure:
+        export_layer(config, trials=1, form="fused")
+    report = failure.value.report
+    failed = {c.case for c in report.comparisons if not c.passed}
+    assert failed and all(", cache bound" in case for case in failed)
+    assert "cache bound" in str(failure.value)
+
+
+def test_the_bound_cache_example_decodes_transformers_ids(
+    decoder, fused, monkeypatch, capsys
+) -> None:
+    """docs/models.md's Python example of a bound cache, run on the fused file it names."""
+    import re
+
+    from test_docs import MODELS_PAGE
+
+    _, model = decoder
+    blocks = re.findall(r"```python\n(.*?)```", MODELS_PAGE.read_text(), flags=re.DOTALL)
+    example = next(block for block in blocks if "bound_model(" in block)
+    monkeypatch.chdir(fused[0].parent)
+    exec(compile(example, "docs/models.md", "exec"), {"__name__": "bound_example"})
+    assert capsys.readouterr().out.strip() == str(transformers_ids(model, [1, 2, 3], 8))
+
+
+def test_export_takes_a_form_by_name(decoder, cli, tmp_path) -> None:
+    folder, _ = decoder
+    model, weights = str(folder / "llama.toml"), str(folder / "llama.safetensors")
+    out = tmp_path / "fused.onnx"
+    exported = cli("export", model, "--weights", weights, "--form", "fused", "-o", str(out))
+    assert exported.exit_code == 0, exported.stderr
+    assert "form:         fused" in exported.stdout
+    assert "GroupQueryAttention" in {node.op_type for node in _all_nodes(onnx.load(str(out)).graph)}
+    for arguments, message in (
+        (["--form", "flash"], "has the export forms standard, fused, not 'flash'"),
+        (["--form", "fused", "--optimize"], "--form exports one layer in the form named"),
+    ):
+        refused = cli("export", model, "--weights", weights, "-o", str(out), *arguments)
+        assert refused.exit_code == 2, refused.stderr
+        assert message in refused.stderr and refused.stderr.count("Error:") == 1
+
+
+def _all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    nodes = list(graph.node)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                nodes += _all_nodes(attribute.g)
+    return nodes

@@ -97,7 +97,7 @@ def export_layer(
 
     check_exportable(config, opset)
     check_quantizable(config, quantize)
-    chosen = _chosen_form(config, form)
+    chosen = chosen_form(config, form)
     started = time.perf_counter()
     module = build_module(config)
     model = source = _export(module, config, opset, chosen)
@@ -253,13 +253,16 @@ _TIMED_PAST = 512
 
 def _timed_inputs(config: LayerConfig) -> dict[str, np.ndarray]:
     """What the candidates are timed on: the traced size, or for a layer whose state grows
-    (a KV cache), one decode step after ``_TIMED_PAST`` tokens."""
+    (a KV cache), one decode step after ``_TIMED_PAST`` tokens, in one row, as ``generate``
+    decodes."""
     streaming = config.spec.streaming
     if streaming is None or streaming.grows is None or not streaming.applies(config.params):
         return config.random_inputs()
     largest = config.spec.dim(streaming.grows).max_size
     past = _TIMED_PAST if largest is None else min(_TIMED_PAST, largest)
     step = {**config.dims, streaming.dim: 1, streaming.grows: past}
+    if config.spec.batch_dim is not None:
+        step[config.spec.batch_dim] = 1
     return config.with_dims(step).random_inputs()
 
 
@@ -276,6 +279,29 @@ def _in_form(
         return export_onnx(module, config, opset, form=form)
     except ExportFailed as error:
         raise RuntimeError(str(error)) from error
+
+
+def _bound_engine(config: LayerConfig, session: Session, model: Model) -> Engine | None:
+    """The file with its KV cache in bound buffers, as ``generate`` runs it, where it can be
+    (``runtime.bound``): its stream proof runs that way too."""
+    from layerport.runtime.bound import bound_model
+    from layerport.verify.engines import BoundCacheEngine
+
+    streaming = config.spec.streaming
+    if streaming is None or streaming.grows is None or session.runtime != "onnxruntime":
+        return None
+    bound = bound_model(proto_of(model))
+    if bound is None:
+        return None
+    variant = Session(
+        bound, f"{session.name}, its cache bound", session.settings, isolate=session.isolated
+    )
+    return BoundCacheEngine(variant, streaming.carry, slack=BOUND_SLACK)
+
+
+# Room a verified bound cache keeps past the call: a file that took the buffer's
+# length for the cache's would read these zeros as keys, and fail.
+BOUND_SLACK = 5
 
 
 def verify_layer(
@@ -295,7 +321,7 @@ def verify_layer(
     return verify_model(config, module, model, tolerance=tolerance, trials=trials)
 
 
-def _chosen_form(config: LayerConfig, name: str | None) -> ExportForm | None:
+def chosen_form(config: LayerConfig, name: str | None) -> ExportForm | None:
     """The layer's export form ``name`` (``None``: the standard one), checked against the
     configuration; ``UserInputError`` naming the forms there are, or why this one cannot be."""
     if name is None or name == STANDARD:
@@ -448,6 +474,7 @@ def verify_model(
         # int8 quantizes each call's activations over that call's range.
         chunk_expected=quantize is not None,
         output_scales=bounded_output_scales(proto_of(model)),
+        bound=_bound_engine(config, session, model),
     )
     report.quantization = quantize
     if quantize is not None and not report.passed:

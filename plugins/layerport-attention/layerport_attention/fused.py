@@ -34,16 +34,23 @@ def gqa(
     qkv: torch.Tensor,
     past_key: torch.Tensor,
     past_value: torch.Tensor,
-    bias: torch.Tensor,
-    cos: torch.Tensor | None,
-    sin: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    frequencies: torch.Tensor | None,
+    sizes: list[int],
     num_heads: int,
     kv_num_heads: int,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Causal grouped-query attention of packed ``qkv`` ``(batch, seq, (heads + 2 kv_heads) *
-    head_dim)`` over the cache; ``bias`` ``(batch, 1, seq, past + seq)`` is added to the
-    scores, ``cos``/``sin`` ``(past + seq, head_dim / 2)`` rotate (or ``None``)."""
+    head_dim)`` over the cache; ``bias`` ``(batch, 1, seq, past + seq)`` (or ``None``) is
+    added to the scores; ``frequencies`` ``(head_dim / 2,)``, float32, are the rotary
+    embedding's (``module.rotary_frequencies``; ``None``: no rotation), the call's tokens
+    at positions ``past`` onwards.
+
+    ``sizes`` is ``[batch, seq, past]``, as the caller read them: exported, they are the
+    graph's own symbolic sizes, which every block shares, so the operator's bookkeeping
+    (lengths, and whether a call goes row by row) is computed once per model, not per block.
+    """
     from layerport_attention.module import repeat_kv, rotate
 
     batch, seq, _ = qkv.shape
@@ -54,14 +61,18 @@ def gqa(
     q = q.view(batch, seq, num_heads, head_dim).transpose(1, 2)
     k = k.view(batch, seq, kv_num_heads, head_dim).transpose(1, 2)
     v = v.view(batch, seq, kv_num_heads, head_dim).transpose(1, 2)
-    if cos is not None and sin is not None:
-        cos_at = torch.cat((cos, cos), dim=-1)[past:]
-        sin_at = torch.cat((sin, sin), dim=-1)[past:]
-        q, k = rotate(q, cos_at, sin_at), rotate(k, cos_at, sin_at)
+    if frequencies is not None:
+        positions = torch.arange(past, past + seq, dtype=frequencies.dtype)
+        angles = positions[:, None] * frequencies[None, :]
+        angles = torch.cat((angles, angles), dim=-1)
+        cos, sin = angles.cos().to(qkv.dtype), angles.sin().to(qkv.dtype)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
     present_key = torch.cat((past_key, k), dim=2)
     present_value = torch.cat((past_value, v), dim=2)
     groups = num_heads // kv_num_heads
-    scores = (q * scale) @ repeat_kv(present_key, groups).transpose(2, 3) + bias
+    scores = (q * scale) @ repeat_kv(present_key, groups).transpose(2, 3)
+    if bias is not None:
+        scores = scores + bias
     later = torch.ones(seq, past + seq, dtype=torch.bool).triu(past + 1)
     scores = scores.masked_fill(later, float("-inf"))
     attended = torch.softmax(scores, dim=-1) @ repeat_kv(present_value, groups)
@@ -74,9 +85,9 @@ def _(
     qkv: torch.Tensor,
     past_key: torch.Tensor,
     past_value: torch.Tensor,
-    bias: torch.Tensor,
-    cos: torch.Tensor | None,
-    sin: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    frequencies: torch.Tensor | None,
+    sizes: list[int],
     num_heads: int,
     kv_num_heads: int,
     scale: float,
@@ -152,19 +163,22 @@ def translations() -> Mapping[Any, Callable[..., Any]]:
         past_key: Any,
         past_value: Any,
         bias: Any,
-        cos: Any,
-        sin: Any,
+        frequencies: Any,
+        sizes: Any,
         num_heads: int,
         kv_num_heads: int,
         scale: float,
     ) -> Any:
+        batch, seq, past = sizes
         return getattr(placeholder, PLACEHOLDER)(
             qkv,
             past_key,
             past_value,
             bias,
-            cos,
-            sin,
+            frequencies,
+            batch,
+            seq,
+            past,
             num_heads=num_heads,
             kv_num_heads=kv_num_heads,
             scale=scale,

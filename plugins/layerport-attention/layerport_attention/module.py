@@ -111,11 +111,6 @@ class Attention(nn.Module):
         attended = weights @ repeat_kv(present_value, groups)
         return self.output(attended), present_key, present_value, present_padding
 
-    def table_positions(self, past: int, seq: int) -> torch.Tensor:
-        """The positions of the call's rows of the fused form's rotary tables: ``past``
-        onwards."""
-        return torch.arange(seq) + past
-
     def fused(
         self,
         x: torch.Tensor,
@@ -140,34 +135,33 @@ class Attention(nn.Module):
             bias = None if biases[0] is None else torch.cat(biases)  # type: ignore[arg-type]
         present_padding = grown_padding(x, past, padding_mask, past_padding)
         # Padding as an additive mask over the keys; the causal mask is the operator's own.
-        lowest = torch.tensor(torch.finfo(x.dtype).min, dtype=x.dtype)
-        additive = torch.where(present_padding, lowest, torch.zeros((), dtype=x.dtype))
-        additive = additive[:, None, None, :].expand(x.shape[0], 1, seq, past + seq)
-        cos = sin = None
-        if self.rotary:
-            cos, sin = rotary_tables(
-                self.table_positions(past, seq), self.head_dim, self.rope_base, x.dtype
-            )
-            # The operator reads row p at position p, and only the call's rows: the cache's
-            # are zeros, so a step costs no trigonometry over the whole cache.
-            cached = torch.zeros(past, self.head_dim // 2, dtype=x.dtype)
-            cos = torch.cat((cached, cos[:, : self.head_dim // 2]))
-            sin = torch.cat((cached, sin[:, : self.head_dim // 2]))
+        # A call without padding inputs (a model file's decoder) passes no mask at all: the
+        # operator then takes its fastest path, and the graph keeps no padding arithmetic.
+        padded = padding_mask is not None or past_padding is not None
+        additive = None
+        if padded:
+            lowest = torch.tensor(torch.finfo(x.dtype).min, dtype=x.dtype)
+            additive = torch.where(present_padding, lowest, torch.zeros((), dtype=x.dtype))
+            additive = additive[:, None, None, :].expand(x.shape[0], 1, seq, past + seq)
+        # The operator rotates by tables that onnxruntime computes once, when it opens the
+        # file (finish_fused): the call passes only the angles' frequencies.
+        frequencies = rotary_frequencies(self.head_dim, self.rope_base) if self.rotary else None
         merged, present_key, present_value = gqa(
             functional.linear(x, weight, bias),
             past_key,
             past_value,
             additive,
-            cos,
-            sin,
+            frequencies,
+            [x.shape[0], seq, past],
             self.heads,
             self.kv_heads,
             self.head_dim**-0.5,
         )
-        # A query whose keys are all padding gets zeros, as in forward, not the operator's
-        # average (or NaN): it is one whose count of unpadded keys up to it is 0.
-        unpadded = (~present_padding).to(torch.int64).cumsum(dim=1)[:, past:]
-        merged = merged.masked_fill((unpadded == 0)[..., None], 0.0)
+        if padded:
+            # A query whose keys are all padding gets zeros, as in forward, not the operator's
+            # average (or NaN): it is one whose count of unpadded keys up to it is 0.
+            unpadded = (~present_padding).to(torch.int64).cumsum(dim=1)[:, past:]
+            merged = merged.masked_fill((unpadded == 0)[..., None], 0.0)
         return self.project_out(merged), present_key, present_value, present_padding
 
 
@@ -193,11 +187,19 @@ def rotary_tables(
     """Llama's ``cos`` and ``sin`` at ``positions``, ``(seq, head_dim)``, computed in float32
     (float64 for a float64 layer) and then cast, as transformers does."""
     wide = torch.float64 if dtype == torch.float64 else torch.float32
-    exponents = torch.arange(0, head_dim, 2, dtype=wide, device=positions.device) / head_dim
-    inverse = 1.0 / (torch.tensor(base, dtype=wide) ** exponents)
+    inverse = rotary_frequencies(head_dim, base, wide).to(positions.device)
     angles = positions.to(wide)[:, None] * inverse[None, :]
     angles = torch.cat((angles, angles), dim=-1)
     return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotary_frequencies(
+    head_dim: int, base: float, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Llama's inverse frequencies, ``base ** -(2i / head_dim)``, ``(head_dim / 2,)``: a
+    position's angles are the position times these."""
+    exponents = torch.arange(0, head_dim, 2, dtype=dtype) / head_dim
+    return 1.0 / (torch.tensor(base, dtype=dtype) ** exponents)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -276,9 +278,20 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(inner, embed, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated and export_form() == FUSED.name:
+            return self.packed(x)
         up = self.up_proj(x)
         hidden = functional.silu(self.gate_proj(x)) * up if self.gated else functional.silu(up)
         return self.down_proj(hidden)
+
+    def packed(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` with the gate and up projections in one MatMul (the fused form's): one
+        pass over ``x`` and one kernel call, where a decode step is mostly call overhead."""
+        weight = torch.cat((self.gate_proj.weight, self.up_proj.weight))
+        biases = (self.gate_proj.bias, self.up_proj.bias)
+        bias = None if biases[0] is None else torch.cat(biases)
+        gate, up = functional.linear(x, weight, bias).chunk(2, dim=-1)
+        return self.down_proj(functional.silu(gate) * up)
 
 
 class DecoderBlock(nn.Module):

@@ -3,13 +3,12 @@
 The oracle is eager torch's standard math (``Attention.forward``), never the
 fused op's own eager implementation: the fused file must pass the same grid
 and the same stream proof (prefill + single-token steps == the whole pass) as
-the standard export, at sizes never traced, in float32 and float16. A fused
-form whose rotary offset ignores the past must fail, naming the step.
+the standard export, at sizes never traced, in float32 and float16. Rotary
+tables wrong past the ones onnxruntime holds must fail, naming the step.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
-from layerport_attention.module import Attention
+from layerport_attention import fused_graph
 
 from layerport.plugin import (
     UserInputError,
@@ -53,13 +52,13 @@ def _ops(graph: onnx.GraphProto) -> list[str]:
         (
             "decoder_block",
             "rmsnorm",
-            5,
+            4,
             ["com.microsoft.SkipSimplifiedLayerNormalization"],
         ),
         (
             "decoder_block",
             "layernorm",
-            5,
+            4,
             ["LayerNormalization", "com.microsoft.SkipLayerNormalization"],
         ),
     ],
@@ -85,9 +84,11 @@ def test_the_fused_form_passes_the_stream_proof(
     model = onnx.load_from_string(result.model_bytes)
     assert {prop.key: prop.value for prop in model.metadata_props}["layerport.form"] == "fused"
     ops = _ops(model.graph)
-    # One GroupQueryAttention for the direct call, one in the Scan over rows.
-    assert ops.count("com.microsoft.GroupQueryAttention") == 2
-    # Q, K and V in one MatMul: then the output projection (and the MLP's three).
+    # One GroupQueryAttention for the direct call with the tables onnxruntime folds, one
+    # for a sequence past them, one in the Scan over rows.
+    assert ops.count("com.microsoft.GroupQueryAttention") == 3
+    # Q, K and V in one MatMul: then the output projection (and the MLP's gate and up
+    # projections in one, and its down projection).
     assert [node.op_type for node in model.graph.node].count("MatMul") == matmuls
     assert [op for op in ops if "Normalization" in op] == norms
     assert not any(op.startswith("layerport.") for op in ops)
@@ -139,35 +140,43 @@ def test_padding_through_the_fused_form_matches_eager() -> None:
         np.testing.assert_allclose(actual, wanted.numpy(), atol=2e-5, rtol=1e-5)
 
 
-class _FusedRotaryFromZero(Attention):
-    """A fused form whose rotary tables start each call at position 0, not at ``past``:
-    right at every prefill (on an empty cache), wrong from the first decode step."""
-
-    def table_positions(self, past: int, seq: int) -> torch.Tensor:
-        return torch.arange(seq)
-
-
-def test_a_fused_form_with_a_wrong_rotary_offset_fails_naming_the_step() -> None:
+def test_a_sequence_past_the_held_rotary_tables_computes_its_own(monkeypatch) -> None:
+    """onnxruntime folds the rotary tables for ``ROTARY_ROWS`` positions into constants; a
+    longer sequence takes the branch that computes its own, which the stream proof covers
+    once the tables are short."""
+    monkeypatch.setattr(fused_graph, "ROTARY_ROWS", 8)
     config = resolve_config(get_registry(), "attention", GROUPED)
-    spec = dataclasses.replace(config.spec, build=_FusedRotaryFromZero)
-    config = dataclasses.replace(config, layer=dataclasses.replace(config.layer, spec=spec))
+    report = export_layer(config, trials=1, form="fused").report
+    assert report is not None and report.passed
+    assert any("prompt=21 steps=21" in c.case for c in report.comparisons)
+
+
+def test_wrong_tables_past_the_held_ones_fail_naming_the_step(monkeypatch) -> None:
+    """Tables computed wrong for a sequence past the held ones (cos and sin swapped) fail
+    the stream at the first step past the held positions, and it names that step."""
+    monkeypatch.setattr(fused_graph, "ROTARY_ROWS", 8)
+    tables = fused_graph._tables
+
+    def swapped(prefix: str, *arguments: object) -> list[onnx.NodeProto]:
+        nodes = tables(prefix, *arguments)  # type: ignore[arg-type]
+        if "computed" in prefix:
+            for node in nodes:
+                if node.op_type in ("Cos", "Sin"):
+                    node.op_type = "Sin" if node.op_type == "Cos" else "Cos"
+        return nodes
+
+    monkeypatch.setattr(fused_graph, "_tables", swapped)
+    config = resolve_config(get_registry(), "attention", GROUPED)
     with pytest.raises(Exception) as failed:  # the class is checked by name
         export_layer(config, trials=1, form="fused")
     assert type(failed.value).__name__ == "VerificationFailed"
     report = failed.value.report  # type: ignore[attr-defined]
-    decoding = [c for c in report.failures if c.case.startswith("decoding")]
-    assert decoding
-    positions = {
-        int(match[1])
-        for c in decoding
-        if (match := re.search(r"first wrong at decode step \d+ \(position (\d+)\)", c.case))
-    }
-    # Eager is right here (the standard math), so single calls after a cache fail too; the
-    # stream names the first wrong step: the first token after the prompt.
-    assert min(positions) == 1, [c.case for c in decoding]
+    decoding = [c.case for c in report.failures if c.case.startswith("decoding")]
+    # Prompt 1 then 21 steps: positions 0 to 7 are held, position 8 is the first computed.
     assert any(
-        "prompt=1 steps=1, first wrong at decode step 1 (position 1)" in c.case for c in decoding
-    )
+        "prompt=1 steps=21" in case and "first wrong at decode step 8 (position 8)" in case
+        for case in decoding
+    ), decoding
 
 
 @pytest.mark.parametrize(
@@ -219,7 +228,7 @@ def test_inspect_shows_the_form(tmp_path: Path) -> None:
     shown = CliRunner().invoke(layerport_cli, ["inspect", str(path)])
     assert shown.exit_code == 0, shown.output
     assert re.search(r"^form: +fused$", shown.output, re.MULTILINE)
-    assert "com.microsoft.GroupQueryAttention 2" in shown.output
+    assert "com.microsoft.GroupQueryAttention 3" in shown.output
 
 
 def test_a_composed_model_takes_the_form_in_each_block(tmp_path: Path) -> None:
@@ -254,7 +263,7 @@ def test_a_composed_model_takes_the_form_in_each_block(tmp_path: Path) -> None:
     assert result.report is not None and result.report.passed
     assert result.record.form == "fused"
     ops = _ops(onnx.load_from_string(result.model_bytes).graph)
-    assert ops.count("com.microsoft.GroupQueryAttention") == 4  # two blocks, two paths each
+    assert ops.count("com.microsoft.GroupQueryAttention") == 6  # two blocks, three paths each
     assert ops.count("com.microsoft.SkipSimplifiedLayerNormalization") == 2
 
 

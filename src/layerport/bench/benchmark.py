@@ -31,7 +31,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,6 +44,10 @@ from layerport.errors import UserInputError, VerificationFailed
 from layerport.runtime.runtimes import NamedRuntime
 from layerport.verify.compare import is_float
 from layerport.verify.verification import compare_outputs
+
+if TYPE_CHECKING:
+    from layerport.runtime.session import SessionSettings
+    from layerport.verify.engines import Engine
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,7 @@ def bench_layer(
     quantize: str | None = None,
     precisions: Sequence[str] = (),
     runtimes: Sequence[NamedRuntime] = (),
+    forms: Sequence[str] = (),
 ) -> BenchResult:
     """Export ``config``'s layer and time its engines on the same inputs.
 
@@ -110,9 +115,12 @@ def bench_layer(
     precision (``onnxruntime-float16``, ``onnx-reference-bfloat16``), fed the
     same inputs converted. Each of ``runtimes`` (``runtime.runtimes``) adds the
     same file in that runtime, as an engine of its name (``ort-noopt``,
-    ``openvino``); ``ort`` is the ``onnxruntime`` engine already there. Every
-    engine takes turns with the others, and each ratio is the file's time in
-    ``config.dtype`` over that engine's.
+    ``openvino``); ``ort`` is the ``onnxruntime`` engine already there. Each
+    of ``forms`` (``LayerSpec.forms``) adds the layer's file in that form
+    (``onnxruntime-fused``), and where its KV cache can be bound buffers
+    (``runtime.bound``), that file as ``generate`` runs it too
+    (``onnxruntime-fused-bound``). Every engine takes turns with the others,
+    and each ratio is the file's time in ``config.dtype`` over that engine's.
 
     Raises ``VerificationFailed`` if an engine's outputs differ from eager's beyond
     the layer's tolerance: timing engines that compute different things is pointless.
@@ -127,7 +135,6 @@ def bench_layer(
     from layerport.runtime.session import Session, SessionSettings
     from layerport.verify.engines import (
         EagerEngine,
-        Engine,
         FileEngine,
         TorchReferenceEngine,
     )
@@ -189,6 +196,7 @@ def bench_layer(
             spinning=False,
         )
         others.append((FileEngine(in_runtime, named.name), config.tolerance()))
+    others += _form_engines(config, export_config, forms, settings, optional, smallest)
     for dtype in dict.fromkeys(precisions):
         if dtype == config.dtype:
             continue
@@ -252,6 +260,47 @@ def bench_layer(
         notes=reliability_notes(threads, machine, timings),
         file_engine=session.runtime,
     )
+
+
+def _form_engines(
+    config: LayerConfig,
+    export_config: LayerConfig,
+    forms: Sequence[str],
+    settings: SessionSettings,
+    optional: list[str],
+    smallest: Mapping[str, int],
+) -> list[tuple[Engine, Tolerance]]:
+    """The layer's file in each of ``forms``, and its bound-cache run where it has one.
+
+    They share the standard file's session settings, threads spinning as in
+    ``generate``: ``time_engines`` pauses between turns, so no engine's threads
+    still spin when the next one's turn starts.
+    """
+    from layerport.eager.build import build_module
+    from layerport.export import DEFAULT_OPSET
+    from layerport.export.torch_onnx import export_onnx
+    from layerport.pipeline import chosen_form
+    from layerport.runtime.bound import bound_model
+    from layerport.runtime.session import Session
+    from layerport.verify.engines import BoundCacheEngine, FileEngine
+
+    streaming = config.spec.streaming
+    engines: list[tuple[Engine, Tolerance]] = []
+    for name in dict.fromkeys(forms):
+        form = chosen_form(config, name)
+        if form is None:
+            continue
+        model = export_onnx(build_module(export_config), export_config, DEFAULT_OPSET, form=form)
+        label = f"the {name} export of {config.spec.name}"
+        session = Session(model, label, settings, optional_inputs=optional, smallest=smallest)
+        engines.append((FileEngine(session, f"onnxruntime-{name}"), config.tolerance()))
+        bound = bound_model(model)
+        if bound is None or streaming is None or streaming.grows is None:
+            continue
+        bound_session = Session(bound, f"{label}, its cache bound", settings)
+        engine = BoundCacheEngine(bound_session, streaming.carry, f"onnxruntime-{name}-bound")
+        engines.append((engine, config.tolerance()))
+    return engines
 
 
 def check_threads(threads: int) -> None:

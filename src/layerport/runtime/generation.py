@@ -4,9 +4,10 @@ A decoder exported by layerport takes its ids and, per block, the cache
 (``block0_past_key``...), and gives back its logits and the grown cache
 (``block0_present_key``...); its record says which output feeds which input
 (``ExportRecord.streaming``). One call is the prefill (the cache empty, past
-0), then one call per new token. The loop takes any ``run`` callable, so the
-same code decodes through onnxruntime and through eager torch, and the two
-can only disagree where their numbers do.
+0), then one call per new token. The loop takes any ``Step``: a plain
+session's or eager torch's calls with the cache fed back (``copied_cache``),
+or the file with its cache in bound buffers (``runtime.bound``), so the same
+code decodes through each, and they can only disagree where their numbers do.
 """
 
 from __future__ import annotations
@@ -95,8 +96,26 @@ class Decoding:
         return {self.ids: np.zeros((1, 1), dtype=np.int64), **grown}
 
 
-def greedy_ids(run: Run, decoding: Decoding, prompt: list[int], steps: int) -> list[int]:
-    """The ``steps`` ids greedy decoding picks after ``prompt``, one call per id after the prefill.
+Step = Callable[[np.ndarray], np.ndarray]
+
+
+def copied_cache(run: Run, decoding: Decoding) -> Step:
+    """Calls of ``run`` as decoding steps (ids ``(1, n)`` in, logits out), each call's grown
+    cache fed to the next, as a plain session takes the file: the cache copied every call."""
+    cache = dict(decoding.empty)
+
+    def step(ids: np.ndarray) -> np.ndarray:
+        nonlocal cache
+        outputs = run({decoding.ids: ids, **cache})
+        cache = {given: outputs[made] for given, made in decoding.carry}
+        return outputs[decoding.logits]
+
+    return step
+
+
+def greedy_ids(step: Step, prompt: list[int], steps: int) -> list[int]:
+    """The ``steps`` ids greedy decoding picks after ``prompt``, one ``step`` per id after the
+    prefill; ``step`` takes ids ``(1, n)`` and gives their logits, its cache its own.
 
     Each pick is the argmax of the last position's logits (the first of equal
     ones, as ``torch.argmax`` and transformers' greedy search pick).
@@ -105,11 +124,10 @@ def greedy_ids(run: Run, decoding: Decoding, prompt: list[int], steps: int) -> l
         raise UserInputError("the prompt needs at least one id")
     if steps < 1:
         raise UserInputError(f"steps must be at least 1, got {steps}")
-    feed = decoding.prefill(prompt)
+    ids = np.asarray([prompt], dtype=np.int64)
     picked: list[int] = []
     for _ in range(steps):
-        outputs = run(feed)
-        picked.append(int(np.argmax(outputs[decoding.logits][0, -1])))
-        feed = {decoding.ids: np.asarray([[picked[-1]]], dtype=np.int64)}
-        feed.update({given: outputs[made] for given, made in decoding.carry})
+        logits = step(ids)
+        picked.append(int(np.argmax(logits[0, -1])))
+        ids = np.asarray([[picked[-1]]], dtype=np.int64)
     return picked

@@ -33,6 +33,7 @@ from layerport.runtime.session import Session
 if TYPE_CHECKING:
     from torch import nn
 
+    from layerport.runtime.bound import BoundCache
     from layerport.serving.client import ServedModel
 
 
@@ -107,6 +108,54 @@ class FileEngine:
 
     def bind(self, inputs: Mapping[str, np.ndarray]) -> Callable[[], Any]:
         return self.session.bind(inputs)
+
+
+class BoundCacheEngine:
+    """A decoder file with its KV cache in bound buffers (``runtime.bound``), as ``generate``
+    runs it: each call starts from the cache it is given, copied into buffers with room for
+    the call, and writes the call's positions in place.
+
+    ``session`` is on ``bound_model``'s variant of the file; ``carry`` pairs each
+    cache input with the output that grows it; ``slack`` is room the buffers keep
+    past the call.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        carry: tuple[tuple[str, str], ...],
+        name: str | None = None,
+        *,
+        slack: int = 0,
+    ) -> None:
+        self.session = session
+        self.carry = carry
+        self.name = name or f"{session.runtime}-bound"
+        self.slack = slack
+
+    def _cache_for(self, inputs: Mapping[str, np.ndarray]) -> tuple[BoundCache, dict[str, Any]]:
+        from layerport.runtime.bound import PAST_AXIS, BoundCache
+
+        cached = {given for given, _ in self.carry}
+        cache = {name: array for name, array in inputs.items() if name in cached}
+        feed = {name: array for name, array in inputs.items() if name not in cached}
+        past = next(iter(cache.values())).shape[PAST_AXIS]
+        seq = max(array.shape[1] for array in feed.values())
+        return BoundCache(self.session, self.carry, cache, past + seq + self.slack), feed
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        bound, feed = self._cache_for(inputs)
+        return {**bound(feed), **bound.cache()}
+
+    def bind(self, inputs: Mapping[str, np.ndarray]) -> Callable[[], Any]:
+        bound, feed = self._cache_for(inputs)
+        past = bound.length
+
+        def call() -> Any:
+            bound.length = past  # the same call each time: over the same cache
+            return bound(feed)
+
+        return call
 
 
 class ServerEngine:

@@ -41,6 +41,7 @@ def verify_engines(
     leave_out_optional: bool = True,
     chunk_expected: bool = False,
     output_scales: Mapping[str, float] | None = None,
+    bound: Engine | None = None,
 ) -> VerificationReport:
     """Compare ``actual`` with ``expected`` over the grid for a file traced at ``export_dims``.
 
@@ -104,7 +105,7 @@ def verify_engines(
                 report.failed_runs.append(FailedRun(case, dict(inputs), ran))
     if spec.streaming is not None and spec.streaming.applies(config.params):
         if spec.streaming.grows is not None:
-            _verify_decoding(report, config, actual, expected, baseline, chunk_expected)
+            _verify_decoding(report, config, actual, expected, baseline, chunk_expected, bound)
         else:
             _verify_streaming(
                 report, config, actual, expected, export_dims, baseline, chunk_expected
@@ -172,10 +173,13 @@ def _verify_decoding(
     expected: Engine,
     baseline: Engine | None,
     chunk_expected: bool = False,
+    bound: Engine | None = None,
 ) -> None:
     """Prefill then single-token steps through ``actual``, state carried, against one pass of
     ``expected`` (and ``baseline``) over the whole sequence with the state empty (or, with
-    ``chunk_expected``, ``expected`` through the same prefill and steps).
+    ``chunk_expected``, ``expected`` through the same prefill and steps). ``bound``, the
+    same file with its cache in bound buffers longer than the tokens they hold
+    (``BoundCacheEngine``), streams each case too, judged the same way.
 
     A KV cache is where exports break silently: a cache pinned to the traced
     length, a causal mask or rotary offset that ignores the past. Each agrees
@@ -195,28 +199,37 @@ def _verify_decoding(
         whole = config.with_dims({**dims, streaming.dim: prompt + count, streaming.grows: 0})
         inputs = whole.random_inputs(config.seed + 104729 + 7919 * number, include_optional=True)
         case = f"decoding {format_dims(dims)} prompt={prompt} steps={count}"
-        try:
-            streamed = _run_in_chunks(config, actual, inputs, [prompt] + [1] * count)
-        except _ChunkFailed as failed:
-            problem = f"{describe_position(failed.start, prompt)}: {failed.error}"
-            report.comparisons.append(
-                Comparison("(all)", case, passed=False, problem=problem, engines=report.engines)
-            )
-            continue
+        chunks = [prompt] + [1] * count
         reference = (
-            _run_in_chunks(config, expected, inputs, [prompt] + [1] * count)
+            _run_in_chunks(config, expected, inputs, chunks)
             if chunk_expected
             else expected.run(inputs)
         )
         exact = None if baseline is None else baseline.run(in_float64(inputs))
-        judged = _judge(report, case, streamed, reference, exact)
-        if not all(comparison.passed for comparison in judged):
-            truth = reference if exact is None or report.tolerance is not None else exact
-            where = locate_in_stream(config.spec, judged, streamed, truth, prompt, report.tolerance)
-            first = len(report.comparisons) - len(judged)
-            report.comparisons[first:] = [
-                dataclasses.replace(comparison, case=f"{case}, {where}") for comparison in judged
-            ]
+        for engine, named in ((actual, case), (bound, f"{case}, cache bound")):
+            if engine is None:
+                continue
+            try:
+                streamed = _run_in_chunks(config, engine, inputs, chunks)
+            except _ChunkFailed as failed:
+                problem = f"{describe_position(failed.start, prompt)}: {failed.error}"
+                report.comparisons.append(
+                    Comparison(
+                        "(all)", named, passed=False, problem=problem, engines=report.engines
+                    )
+                )
+                continue
+            judged = _judge(report, named, streamed, reference, exact)
+            if not all(comparison.passed for comparison in judged):
+                truth = reference if exact is None or report.tolerance is not None else exact
+                where = locate_in_stream(
+                    config.spec, judged, streamed, truth, prompt, report.tolerance
+                )
+                first = len(report.comparisons) - len(judged)
+                report.comparisons[first:] = [
+                    dataclasses.replace(comparison, case=f"{named}, {where}")
+                    for comparison in judged
+                ]
 
 
 def _run_in_chunks(

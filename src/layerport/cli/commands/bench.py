@@ -154,6 +154,12 @@ def bench(
         config = resolve_layer(layer, layer_options)
         points = decoding_points(config) if not layer_options.dims else {}
         if points:
+            # A decoder ships in whichever form is fastest: each is timed beside the others.
+            forms = [
+                form.name
+                for form in config.spec.forms
+                if form.refuses(config.params, config.dtype) is None
+            ]
             outcomes = [
                 LayerOutcome(
                     config.layer,
@@ -164,6 +170,7 @@ def bench(
                         quantize=quantize,
                         precisions=compared,
                         runtimes=selected,
+                        forms=forms,
                     ),
                 )
                 for dims in points.values()

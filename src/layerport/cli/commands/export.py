@@ -83,6 +83,14 @@ DEFAULT_EXPORT_DIR = Path("exported")
     help="With --optimize: an optimized form must also verify in each of these runtimes "
     "(as verify --runtimes takes them).",
 )
+@click.option(
+    "--form",
+    metavar="NAME",
+    default=None,
+    help="Export in this form of the layer's instead of the standard ONNX ops: one its "
+    "spec declares (show lists them; the attention layers' and decoder models' fused, "
+    "onnxruntime's GroupQueryAttention). Verified as every export is.",
+)
 @json_option
 @click.pass_context
 def export(
@@ -100,6 +108,7 @@ def export(
     external_data: bool,
     optimize: bool,
     runtimes: str | None,
+    form: str | None,
     json_: bool,
 ) -> None:
     """Export a layer to ONNX, then verify it against eager PyTorch.
@@ -116,6 +125,7 @@ def export(
       layerport export linear -p in_features=512 -p out_features=512 --quantize int8
       layerport export linear --external-data -o linear.onnx
       layerport export rnn --optimize
+      layerport export llama.toml --weights llama.safetensors --form fused
     """
     require_dependencies("torch", "onnxscript")
     from layerport.plugins import get_export_targets
@@ -136,6 +146,11 @@ def export(
         )
     if runtimes is not None and not optimize:
         raise click.UsageError("--runtimes applies to --optimize's verification; add --optimize")
+    if form is not None and (optimize or all_):
+        raise click.UsageError(
+            "--form exports one layer in the form named; --optimize and --all choose forms "
+            "themselves: drop one"
+        )
     from layerport.runtime.runtimes import parse_runtimes, select_runtimes
 
     selected = select_runtimes(parse_runtimes(runtimes))[0] if runtimes else []
@@ -192,7 +207,7 @@ def export(
         check_writable_target(verification.report_path)
     try:
         result = _export(
-            config, opset, not no_verify, verification, quantize, external_data, optimization
+            config, opset, not no_verify, verification, quantize, external_data, optimization, form
         )
     except VerificationFailed as failure:
         write_report(failure.report, verification.report_path)
@@ -220,6 +235,7 @@ def _export(
     quantize: str | None,
     external_data: bool = False,
     optimization: _Optimization | None = None,
+    form: str | None = None,
 ) -> ExportResult:
     from layerport.pipeline import export_layer
     from layerport.verify.verdict import judged_tolerance
@@ -234,6 +250,7 @@ def _export(
         external_data=external_data,
         optimize=optimization is not None and optimization.wanted,
         runtimes=optimization.runtimes if optimization is not None else (),
+        form=form,
     )
     return result
 

@@ -13,8 +13,9 @@ from layerport.cli.output import note, print_json
 from layerport.errors import UserInputError, WorkFailed
 
 if TYPE_CHECKING:
-    from layerport.runtime.generation import Decoding
+    from layerport.runtime.generation import Decoding, Step
     from layerport.runtime.metadata import ExportRecord
+    from layerport.runtime.session import Session
 
 
 def _ids(context: click.Context, parameter: click.Parameter, text: str) -> list[int]:
@@ -50,6 +51,12 @@ def _ids(context: click.Context, parameter: click.Parameter, text: str) -> list[
     help="Also decode in eager PyTorch, rebuilt from the file's record (with --weights if "
     "it was exported from a checkpoint), and fail unless the ids agree. Needs torch.",
 )
+@click.option(
+    "--copy-cache",
+    is_flag=True,
+    help="Feed each call the cache the call before gave back, as a plain onnxruntime "
+    "session does, even where the file's cache can stay in bound buffers.",
+)
 @weights_option
 @threads_option(0, 0, "onnxruntime intra-op threads; 0 uses every core.")
 @json_option
@@ -58,6 +65,7 @@ def generate(
     prompt: list[int],
     steps: int,
     eager: bool,
+    copy_cache: bool,
     weights: Path | None,
     threads: int,
     json_: bool,
@@ -65,16 +73,21 @@ def generate(
     """Generate token ids greedily through a decoder file's KV cache, without torch.
 
     The prompt runs in one call (the prefill, the cache empty), then each new
-    id in one call, the cache the file gave back fed to the next. The ids go to
-    stdout, separated by commas. With --eager or --weights, the same decoding
-    runs in eager PyTorch too, and any disagreement is an error (exit 1).
+    id in one call. Where the file's attention is onnxruntime's
+    GroupQueryAttention (a decoder exported in the fused form), the cache stays
+    in one buffer per layer, sized once for the whole decoding and bound to the
+    session, and each call writes its keys and values into it in place;
+    otherwise, or with --copy-cache, the cache the file gave back is fed to the
+    next call. The ids go to stdout, separated by commas. With --eager or
+    --weights, the same decoding runs in eager PyTorch too, and any
+    disagreement is an error (exit 1).
 
     \b
     Examples:
       layerport generate decoder.onnx --prompt-ids 1,2,3 --steps 8
       layerport generate decoder.onnx --prompt-ids 1,2,3 --weights model.safetensors
     """
-    from layerport.runtime.generation import Decoding, greedy_ids
+    from layerport.runtime.generation import Decoding, copied_cache, greedy_ids
     from layerport.runtime.metadata import ExportRecord
     from layerport.runtime.session import SessionSettings, load_model
 
@@ -86,28 +99,58 @@ def generate(
         # Checked once, at the shapes that make the most: the calls between make less.
         session.check_inputs(decoding.largest_call(prompt, steps))
     session.check_inputs(decoding.prefill(prompt))
+    step = None if copy_cache else _bound_step(session, decoding, len(prompt) + steps)
+    cache = "copied" if step is None else "bound"
+    if step is None:
+        step = copied_cache(session.run_checked, decoding)
     started = time.perf_counter()
-    ids = greedy_ids(session.run_checked, decoding, prompt, steps)
+    ids = greedy_ids(step, prompt, steps)
     seconds = time.perf_counter() - started
-    result: dict[str, Any] = {"file": str(file), "prompt": prompt, "ids": ids, "seconds": seconds}
+    result: dict[str, Any] = {
+        "file": str(file),
+        "prompt": prompt,
+        "ids": ids,
+        "seconds": seconds,
+        "cache": cache,
+    }
     if eager or weights is not None:
         assert record is not None  # Decoding.of refuses a file without one
         eager_ids = _eager_ids(record, weights, decoding, prompt, steps)
         result["eager"] = {"ids": eager_ids, "agree": eager_ids == ids}
         if eager_ids != ids:
-            step = next(i for i, (a, b) in enumerate(zip(ids, eager_ids, strict=True)) if a != b)
+            first = next(i for i, (a, b) in enumerate(zip(ids, eager_ids, strict=True)) if a != b)
             raise WorkFailed(
-                f"onnxruntime and eager PyTorch disagree from step {step + 1}: onnxruntime "
-                f"picked {ids[step]}, eager {eager_ids[step]} (both picked "
-                f"{','.join(map(str, ids[:step])) or 'nothing'} before)"
+                f"onnxruntime and eager PyTorch disagree from step {first + 1}: onnxruntime "
+                f"picked {ids[first]}, eager {eager_ids[first]} (both picked "
+                f"{','.join(map(str, ids[:first])) or 'nothing'} before)"
             )
     if json_:
         print_json(result)
         return
     click.echo(",".join(map(str, ids)))
-    note(f"{steps} ids in {seconds * 1000:.1f} ms through onnxruntime (prefill and steps)")
+    note(
+        f"{steps} ids in {seconds * 1000:.1f} ms through onnxruntime (prefill and steps), "
+        f"the cache {'in bound buffers, written in place' if cache == 'bound' else 'copied'}"
+    )
     if "eager" in result:
         note(f"eager PyTorch picked the same {steps} ids")
+
+
+def _bound_step(session: Session, decoding: Decoding, capacity: int) -> Step | None:
+    """Decoding steps with the cache in bound buffers ``capacity`` positions long, or ``None``
+    where the file's cache cannot be bound (``runtime.bound``)."""
+    from layerport.runtime.bound import BoundCache, bound_model
+    from layerport.runtime.session import Session
+
+    if session.runtime != "onnxruntime":
+        return None
+    bound = bound_model(session.proto)
+    if bound is None:
+        return None
+    # The file was opened isolated already; this variant only reads its length elsewhere.
+    variant = Session(bound, f"{session.name}, its cache bound", session.settings)
+    cache = BoundCache(variant, decoding.carry, decoding.empty, capacity)
+    return lambda ids: cache({decoding.ids: ids})[decoding.logits]
 
 
 def _eager_ids(
@@ -118,7 +161,7 @@ def _eager_ids(
 
     require_dependencies("torch")
     from layerport.eager.build import run_module
-    from layerport.runtime.generation import greedy_ids
+    from layerport.runtime.generation import copied_cache, greedy_ids
     from layerport.verify.rebuild import rebuild_layer
 
     if record.weights_sha256 is not None and weights is None:
@@ -126,4 +169,5 @@ def _eager_ids(
             "the file was exported from a checkpoint: give it with --weights to decode in eager"
         )
     config, module = rebuild_layer(get_registry(), record, weights=weights)
-    return greedy_ids(lambda feed: run_module(module, config, feed), decoding, prompt, steps)
+    step = copied_cache(lambda feed: run_module(module, config, feed), decoding)
+    return greedy_ids(step, prompt, steps)

@@ -88,6 +88,13 @@ def show(layer: str, params: dict[str, str], weights: Path | None, json_: bool) 
             for step in model_steps(config)
         ],
         "precisions": dict(spec.precisions),
+        "forms": {
+            form.name: {
+                "description": form.description,
+                "refused": form.refuses(config.params, config.dtype),
+            }
+            for form in spec.forms
+        },
         "tolerances": {
             dtype: {"atol": tol.atol, "rtol": tol.rtol}
             for dtype in DTYPES
@@ -104,6 +111,16 @@ def show(layer: str, params: dict[str, str], weights: Path | None, json_: bool) 
             (
                 "precisions",
                 ", ".join(f"{dtype} ({runtime})" for dtype, runtime in spec.precisions.items()),
+            ),
+            *(
+                [
+                    (
+                        "forms",
+                        "standard, " + ", ".join(_form_line(name, form) for name, form in forms),
+                    )
+                ]
+                if (forms := list(description["forms"].items()))
+                else []
             ),
         ]
     )
@@ -191,3 +208,10 @@ def _dtype_text(tensor: dict[str, Any]) -> str:
         return str(tensor["dtype"])
     low, high = tensor["values"]
     return f"{tensor['dtype']} {low}..{high - 1}"
+
+
+def _form_line(name: str, form: dict[str, Any]) -> str:
+    """``fused (onnxruntime's ...)``, or why these parameters cannot take it."""
+    if form["refused"] is not None:
+        return f"{name} (not with these parameters: {form['refused']})"
+    return f"{name} ({form['description']})"
