@@ -376,3 +376,23 @@ def _all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
             if attribute.type == onnx.AttributeProto.GRAPH:
                 nodes += _all_nodes(attribute.g)
     return nodes
+
+
+def test_a_float16_fused_decoder_streams_and_generates(decoder, cli, tmp_path) -> None:
+    """The fused form in float16, a whole model file (its norms in float16 too): the stream
+    proof passes, the cache copied and bound, and generate picks transformers' ids."""
+    folder, model = decoder
+    out = tmp_path / "half.onnx"
+    exported = cli("export", str(folder / "llama.toml"), "--weights",
+                   str(folder / "llama.safetensors"), "--form", "fused", "--dtype", "float16",
+                   "-o", str(out), "--json")  # fmt: skip
+    assert exported.exit_code == 0, exported.stderr
+    caches = [value for value in onnx.load(str(out)).graph.input if value.name != "ids"]
+    assert {value.type.tensor_type.elem_type for value in caches} == {onnx.TensorProto.FLOAT16}
+    assert json.loads(exported.stdout)["verification"]["cases"] == 117  # 18 streams bound
+    prompt = [5, 17, 42, 3]
+    for flags in ([], ["--copy-cache"]):
+        generated = cli("generate", str(out), "--prompt-ids", "5,17,42,3", "--steps", "8",
+                        "--json", *flags)  # fmt: skip
+        assert generated.exit_code == 0, generated.stderr
+        assert json.loads(generated.stdout)["ids"] == transformers_ids(model, prompt, 8)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from layerport.plugin import Dim, LayerSpec, Param, Params, ParamValue, Tensor
+from layerport.plugin import ALL_PRECISIONS, Dim, LayerSpec, Param, Params, ParamValue, Tensor
 from layerport_nn.common import BATCH, POSITIONWISE, SEQ, TOKENS, scattered
 
 if TYPE_CHECKING:
@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 _FEATURES = Param("features", int, 16, "size of the last dim, normalized over", minimum=1)
 _AFFINE = Param("elementwise_affine", bool, True, "learn a per-feature scale")
+# A transformer's norms in a float16 model file: onnxruntime runs them (bfloat16 has no
+# norm kernel there).
+_NORM_PRECISIONS = {name: runtime for name, runtime in ALL_PRECISIONS.items() if name != "bfloat16"}
 
 
 def _scatter_affine(module: nn.Module) -> nn.Module:
@@ -105,6 +108,7 @@ LAYERNORM = LayerSpec(
     reference=_layernorm_reference,
     batch_dim="batch",
     params_from_weights=_layernorm_from_weights,
+    precisions=_NORM_PRECISIONS,
 )
 
 
@@ -149,6 +153,7 @@ RMSNORM = LayerSpec(
     reference=_rmsnorm_reference,
     batch_dim="batch",
     params_from_weights=_affine_from_weights,
+    precisions=_NORM_PRECISIONS,
 )
 
 
