@@ -127,6 +127,23 @@ def test_norms_match_torch_at_untraced_lengths(tmp_path, layer, oracle, flags) -
     np.testing.assert_allclose(y, _expected(oracle, x), atol=2e-6)
 
 
+@pytest.mark.parametrize(
+    ("layer", "oracle"),
+    [("layernorm", nn.LayerNorm(12)), ("rmsnorm", nn.RMSNorm(12, eps=1e-6))],
+    ids=["layernorm", "rmsnorm"],
+)
+def test_float16_norms_compute_in_float32_as_transformers_does(tmp_path, layer, oracle) -> None:
+    """A float16 norm of hidden states in the hundreds (a trained transformer's outliers):
+    their squares pass float16's 65504, so a norm computed in float16 would give zeros or
+    NaN; the file must match torch's float32 norm of the same float16 values."""
+    oracle = _randomized(oracle)
+    path = _export(tmp_path, layer, oracle, "--dtype", "float16")
+    x = (_normal(3, 29, 12) * 300).astype(np.float16)
+    y = load_model(path).run({"x": x})["y"]
+    assert y.dtype == np.float16 and np.isfinite(y).all()
+    np.testing.assert_allclose(y, _expected(oracle, x.astype(np.float32)), atol=4e-3, rtol=4e-3)
+
+
 def _trained_batchnorm(norm: nn.Module, *shape: int) -> nn.Module:
     """Running statistics from a few training steps, as a checkpoint holds them."""
     norm.train()
