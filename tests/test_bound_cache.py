@@ -167,3 +167,11 @@ def test_a_bound_cache_refuses_a_call_it_cannot_hold() -> None:
 )
 def test_files_whose_cache_cannot_be_bound_keep_the_copy(model: onnx.ModelProto, why: str) -> None:
     assert bound_model(model) is None, why
+
+
+def test_a_decoding_that_carries_more_than_the_attention_keeps_the_copy() -> None:
+    """A state fed back besides the attention's caches (a recurrent layer's) has no positions:
+    such a file is not bound."""
+    model = attention_model()
+    assert bound_model(model, ["past_key", "past_value"]) is not None
+    assert bound_model(model, ["past_key", "past_value", "h0"]) is None

@@ -290,7 +290,7 @@ def _bound_engine(config: LayerConfig, session: Session, model: Model) -> Engine
     streaming = config.spec.streaming
     if streaming is None or streaming.grows is None or session.runtime != "onnxruntime":
         return None
-    bound = bound_model(proto_of(model))
+    bound = bound_model(proto_of(model), [given for given, _ in streaming.carry])
     if bound is None:
         return None
     variant = Session(

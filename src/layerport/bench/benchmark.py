@@ -294,8 +294,10 @@ def _form_engines(
         label = f"the {name} export of {config.spec.name}"
         session = Session(model, label, settings, optional_inputs=optional, smallest=smallest)
         engines.append((FileEngine(session, f"onnxruntime-{name}"), config.tolerance()))
-        bound = bound_model(model)
-        if bound is None or streaming is None or streaming.grows is None:
+        if streaming is None or streaming.grows is None:
+            continue
+        bound = bound_model(model, [given for given, _ in streaming.carry])
+        if bound is None:
             continue
         bound_session = Session(bound, f"{label}, its cache bound", settings)
         engine = BoundCacheEngine(bound_session, streaming.carry, f"onnxruntime-{name}-bound")

@@ -26,7 +26,7 @@ Torch-free: onnx, numpy and onnxruntime.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 
 import numpy as np
 import onnx
@@ -44,7 +44,9 @@ ATTENTION_BIAS = 10
 PAST_AXIS = 2
 
 
-def bound_model(model: onnx.ModelProto) -> onnx.ModelProto | None:
+def bound_model(
+    model: onnx.ModelProto, carried: Collection[str] | None = None
+) -> onnx.ModelProto | None:
     """``model`` reading its past length from a ``past_length`` input (scalar int64), or
     ``None`` where its caches cannot be bound buffers.
 
@@ -52,7 +54,10 @@ def bound_model(model: onnx.ModelProto) -> onnx.ModelProto | None:
     which take no ``attention_bias`` (a padding mask as wide as the buffer
     would be read as keys), and the graph otherwise reads only the caches'
     dims: the length alone (``Shape`` with start 2, end 3), which becomes
-    ``past_length``, or dims without it.
+    ``past_length``, or dims without it. ``carried`` names the inputs a decoding
+    feeds back (``ExportRecord.streaming``): when given, they must be exactly
+    the attention's caches, since ``BoundCache`` binds every one of them as a
+    cache (another state, such as a recurrent layer's, has no positions).
     """
     graph = model.graph
     inputs = {value.name for value in graph.input}
@@ -65,6 +70,8 @@ def bound_model(model: onnx.ModelProto) -> onnx.ModelProto | None:
     # A Scan's body reads rows of the caches under names of its own.
     caches &= inputs
     if not caches or PAST_LENGTH in inputs:
+        return None
+    if carried is not None and set(carried) != caches:
         return None
     lengths = []
     for node in graph.node:

@@ -144,7 +144,7 @@ def _bound_step(session: Session, decoding: Decoding, capacity: int) -> Step | N
 
     if session.runtime != "onnxruntime":
         return None
-    bound = bound_model(session.proto)
+    bound = bound_model(session.proto, [given for given, _ in decoding.carry])
     if bound is None:
         return None
     # The file was opened isolated already; this variant only reads its length elsewhere.
