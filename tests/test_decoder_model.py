@@ -316,7 +316,7 @@ def test_a_bound_cache_that_reads_its_buffer_length_fails_verification(
     from layerport.plugin import export_layer, get_registry, resolve_config
     from layerport.runtime import bound
 
-    def unrewritten(model: onnx.ModelProto) -> onnx.ModelProto:
+    def unrewritten(model: onnx.ModelProto, carried: object = None) -> onnx.ModelProto:
         variant = onnx.ModelProto()
         variant.CopyFrom(model)
         length = helper.make_tensor_value_info(bound.PAST_LENGTH, TensorProto.INT64, [])
