@@ -346,7 +346,7 @@ def test_the_bound_cache_example_decodes_transformers_ids(
 
     _, model = decoder
     blocks = re.findall(r"```python\n(.*?)```", MODELS_PAGE.read_text(), flags=re.DOTALL)
-    example = next(block for block in blocks if "bound_model(" in block)
+    example = next(block for block in blocks if "bound_session(" in block)
     monkeypatch.chdir(fused[0].parent)
     exec(compile(example, "docs/models.md", "exec"), {"__name__": "bound_example"})
     assert capsys.readouterr().out.strip() == str(transformers_ids(model, [1, 2, 3], 8))

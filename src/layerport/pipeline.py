@@ -281,21 +281,18 @@ def _in_form(
         raise RuntimeError(str(error)) from error
 
 
-def _bound_engine(config: LayerConfig, session: Session, model: Model) -> Engine | None:
+def _bound_engine(config: LayerConfig, session: Session) -> Engine | None:
     """The file with its KV cache in bound buffers, as ``generate`` runs it, where it can be
     (``runtime.bound``): its stream proof runs that way too."""
-    from layerport.runtime.bound import bound_model
+    from layerport.runtime.bound import bound_session
     from layerport.verify.engines import BoundCacheEngine
 
     streaming = config.spec.streaming
-    if streaming is None or streaming.grows is None or session.runtime != "onnxruntime":
+    if streaming is None or streaming.grows is None:
         return None
-    bound = bound_model(proto_of(model), [given for given, _ in streaming.carry])
-    if bound is None:
+    variant = bound_session(session, streaming.carry)
+    if variant is None:
         return None
-    variant = Session(
-        bound, f"{session.name}, its cache bound", session.settings, isolate=session.isolated
-    )
     return BoundCacheEngine(variant, streaming.carry, slack=BOUND_SLACK)
 
 
@@ -474,7 +471,7 @@ def verify_model(
         # int8 quantizes each call's activations over that call's range.
         chunk_expected=quantize is not None,
         output_scales=bounded_output_scales(proto_of(model)),
-        bound=_bound_engine(config, session, model),
+        bound=_bound_engine(config, session),
     )
     report.quantization = quantize
     if quantize is not None and not report.passed:

@@ -280,7 +280,7 @@ def _form_engines(
     from layerport.export import DEFAULT_OPSET
     from layerport.export.torch_onnx import export_onnx
     from layerport.pipeline import chosen_form
-    from layerport.runtime.bound import bound_model
+    from layerport.runtime.bound import bound_session
     from layerport.runtime.session import Session
     from layerport.verify.engines import BoundCacheEngine, FileEngine
 
@@ -296,11 +296,10 @@ def _form_engines(
         engines.append((FileEngine(session, f"onnxruntime-{name}"), config.tolerance()))
         if streaming is None or streaming.grows is None:
             continue
-        bound = bound_model(model, [given for given, _ in streaming.carry])
-        if bound is None:
+        variant = bound_session(session, streaming.carry)
+        if variant is None:
             continue
-        bound_session = Session(bound, f"{label}, its cache bound", settings)
-        engine = BoundCacheEngine(bound_session, streaming.carry, f"onnxruntime-{name}-bound")
+        engine = BoundCacheEngine(variant, streaming.carry, f"onnxruntime-{name}-bound")
         engines.append((engine, config.tolerance()))
     return engines
 

@@ -33,7 +33,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from layerport.errors import UserInputError
-from layerport.runtime.session import Session
+from layerport.runtime.session import Session, onnxruntime_module
 
 PAST_LENGTH = "past_length"
 ATTENTION = ("com.microsoft", "GroupQueryAttention")
@@ -100,6 +100,19 @@ def bound_model(
     return bound
 
 
+def bound_session(session: Session, carry: tuple[tuple[str, str], ...]) -> Session | None:
+    """``session``'s file as ``bound_model``'s variant, open in the same settings (isolated
+    as ``session`` was), or ``None`` where its cache cannot be bound or the runtime is not
+    onnxruntime; ``carry`` pairs the inputs a decoding feeds back with their outputs."""
+    if session.runtime != "onnxruntime":
+        return None
+    bound = bound_model(session.proto, [given for given, _ in carry])
+    if bound is None:
+        return None
+    name = f"{session.name}, its cache bound"
+    return Session(bound, name, session.settings, isolate=session.isolated)
+
+
 class BoundCache:
     """Decoding through ``bound_model``'s session: the caches stay in buffers ``capacity``
     positions long, which each call grows in place.
@@ -124,8 +137,6 @@ class BoundCache:
         cache: Mapping[str, np.ndarray],
         capacity: int,
     ) -> None:
-        from layerport.runtime.session import onnxruntime_module
-
         ort = onnxruntime_module()
         self.session = session
         self.carry = carry
@@ -199,9 +210,14 @@ def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
     """Every node of ``graph`` and of its subgraphs (an ``If``'s branches, a ``Scan``'s body)."""
     for node in graph.node:
         yield node
-        for attribute in node.attribute:
-            for subgraph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
-                yield from _all_nodes(subgraph)
+        yield from _inner_nodes(node)
+
+
+def _inner_nodes(node: onnx.NodeProto) -> Iterator[onnx.NodeProto]:
+    """Every node of ``node``'s subgraphs."""
+    for attribute in node.attribute:
+        for subgraph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+            yield from _all_nodes(subgraph)
 
 
 def _reads_as_attention(node: onnx.NodeProto, caches: set[str]) -> bool:
@@ -214,11 +230,8 @@ def _subgraphs_read_caches_only_in_attention(graph: onnx.GraphProto, caches: set
     """Whether every subgraph node that reads a cache is the attention (at its cache inputs)
     or a ``Scan`` that hands rows of it to one."""
     for node in graph.node:
-        for attribute in node.attribute:
-            for subgraph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
-                for inner in _all_nodes(subgraph):
-                    if not set(inner.input) & caches or inner.op_type == "Scan":
-                        continue
-                    if not _reads_as_attention(inner, caches):
-                        return False
+        for inner in _inner_nodes(node):
+            reads = set(inner.input) & caches and inner.op_type != "Scan"
+            if reads and not _reads_as_attention(inner, caches):
+                return False
     return True

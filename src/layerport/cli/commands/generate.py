@@ -139,16 +139,11 @@ def generate(
 def _bound_step(session: Session, decoding: Decoding, capacity: int) -> Step | None:
     """Decoding steps with the cache in bound buffers ``capacity`` positions long, or ``None``
     where the file's cache cannot be bound (``runtime.bound``)."""
-    from layerport.runtime.bound import BoundCache, bound_model
-    from layerport.runtime.session import Session
+    from layerport.runtime.bound import BoundCache, bound_session
 
-    if session.runtime != "onnxruntime":
+    variant = bound_session(session, decoding.carry)
+    if variant is None:
         return None
-    bound = bound_model(session.proto, [given for given, _ in decoding.carry])
-    if bound is None:
-        return None
-    # The file was opened isolated already; this variant only reads its length elsewhere.
-    variant = Session(bound, f"{session.name}, its cache bound", session.settings)
     cache = BoundCache(variant, decoding.carry, decoding.empty, capacity)
     return lambda ids: cache({decoding.ids: ids})[decoding.logits]
 
