@@ -269,16 +269,28 @@ def test_a_composed_model_takes_the_form_in_each_block(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_optimize_tries_the_fused_form_and_records_the_one_kept() -> None:
-    """Kept or not is the timing's call; either way it was verified and timed, and the
-    record's form is the one kept."""
+    """Which form is kept is the timing's call, so the test holds the rule, not a winner:
+    the fused form verified and was timed; it is kept only if it beat the export by 3%
+    and no other verified candidate ran faster still; the record names the form kept."""
     config = resolve_config(get_registry(), "decoder_block", GROUPED)
     result = export_layer(config, trials=1, optimize=True)
     optimization = result.record.optimization
     assert optimization is not None
-    fused = optimization["tried"]["fused"]
+    tried, kept = optimization["tried"], optimization["kept"]
+    fused = tried["fused"]
     assert "median_ms" in fused, fused  # it verified, so it was timed
-    assert (
-        fused.get("refused", "").startswith("it is not 3% faster")
-        or optimization["kept"] == "fused"
-    )
-    assert result.record.form == ("fused" if optimization["kept"] == "fused" else "standard")
+    if "refused" in fused:
+        assert fused["refused"].startswith("it is not 3% faster"), fused
+        assert kept != "fused"
+    else:
+        # Another rewrite (an optimizer level) may beat it on a given run; then that one is kept.
+        assert kept is not None
+        assert tried[kept]["median_ms"] <= fused["median_ms"]
+    if kept is not None:
+        faster = [
+            entry["median_ms"]
+            for entry in tried.values()
+            if "median_ms" in entry and "refused" not in entry
+        ]
+        assert tried[kept]["median_ms"] == min(faster)
+    assert result.record.form == ("fused" if kept == "fused" else "standard")
