@@ -24,6 +24,8 @@ transformers = pytest.importorskip("transformers")
 
 from safetensors.torch import save_file  # noqa: E402
 
+from oracles import transformers_greedy_ids  # noqa: E402
+
 from conftest import run_process  # noqa: E402
 
 HEADS, KV_HEADS, HEAD_DIM, VOCAB = 4, 2, 16, 100
@@ -162,18 +164,10 @@ def test_prefill_and_steps_equal_transformers(decoder, exported) -> None:
     assert np.abs(outputs["block1_present_value"] - cache.values.numpy()).max() < 1e-5
 
 
-def transformers_ids(model, prompt: list[int], steps: int) -> list[int]:
-    with torch.no_grad():
-        generated = model.generate(
-            torch.tensor([prompt]), max_new_tokens=steps, min_new_tokens=steps, do_sample=False
-        )
-    return generated[0, len(prompt) :].tolist()
-
-
 def test_generate_gives_transformers_ids_and_eager_agrees(decoder, exported, cli) -> None:
     folder, model = decoder
     prompt = [5, 17, 42, 3, 9, 1, 88]
-    expected = transformers_ids(model, prompt, 24)
+    expected = transformers_greedy_ids(model, prompt, 24)
     result = cli("generate", str(exported), "--prompt-ids", ",".join(map(str, prompt)),
                  "--steps", "24", "--weights", str(folder / "llama.safetensors"))  # fmt: skip
     assert result.exit_code == 0, result.stderr
@@ -181,7 +175,7 @@ def test_generate_gives_transformers_ids_and_eager_agrees(decoder, exported, cli
     assert "eager PyTorch picked the same 24 ids" in result.stderr
     as_json = cli("generate", str(exported), "--prompt-ids", "7", "--steps", "3", "--json")
     assert as_json.exit_code == 0, as_json.stderr
-    assert json.loads(as_json.stdout)["ids"] == transformers_ids(model, [7], 3)
+    assert json.loads(as_json.stdout)["ids"] == transformers_greedy_ids(model, [7], 3)
 
 
 @pytest.mark.parametrize("form", ["standard", "fused"])
@@ -290,7 +284,7 @@ def test_the_fused_form_generates_transformers_ids(decoder, fused, cli) -> None:
     assert len(bound_cases) == 18 and len(copied_cases) == 36  # every stream, both ways
     assert "com.microsoft" in {entry.domain for entry in onnx.load(str(file)).opset_import}
     prompt = [9, 8, 7, 6]
-    expected = transformers_ids(model, prompt, 12)
+    expected = transformers_greedy_ids(model, prompt, 12)
     for flags, cache in (([], "bound"), (["--copy-cache"], "copied")):
         generated = cli("generate", str(file), "--prompt-ids", "9,8,7,6", "--steps", "12",
                         "--json", *flags)  # fmt: skip
@@ -349,7 +343,7 @@ def test_the_bound_cache_example_decodes_transformers_ids(
     example = next(block for block in blocks if "bound_session(" in block)
     monkeypatch.chdir(fused[0].parent)
     exec(compile(example, "docs/models.md", "exec"), {"__name__": "bound_example"})
-    assert capsys.readouterr().out.strip() == str(transformers_ids(model, [1, 2, 3], 8))
+    assert capsys.readouterr().out.strip() == str(transformers_greedy_ids(model, [1, 2, 3], 8))
 
 
 def test_export_takes_a_form_by_name(decoder, cli, tmp_path) -> None:
@@ -394,7 +388,7 @@ def test_a_float16_fused_decoder_streams_and_generates(decoder, cli, tmp_path) -
     # float16 files here are within 1e-3 of float64 (export error 5.9e-4): a greedy pick can
     # differ from float32's only where its two best logits are closer than that, so the ids
     # below must agree on any CPU only while every step's margin stays well above it.
-    expected = transformers_ids(model, prompt, 8)
+    expected = transformers_greedy_ids(model, prompt, 8)
     with torch.no_grad():
         logits = model(torch.tensor([prompt + expected])).logits[0, len(prompt) - 1 : -1]
     best = logits.topk(2).values

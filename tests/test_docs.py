@@ -36,6 +36,7 @@ START, END = "<!-- cli-reference:start -->", "<!-- cli-reference:end -->"
 
 WALKTHROUGH = re.compile(r"<!-- walkthrough:start -->(.*?)<!-- walkthrough:end -->", re.DOTALL)
 DECODER = re.compile(r"<!-- decoder:start -->(.*?)<!-- decoder:end -->", re.DOTALL)
+TRANSFORMERS = re.compile(r"<!-- transformers:start -->(.*?)<!-- transformers:end -->", re.DOTALL)
 # Run by test_triton_server.py, which builds the serving environment it needs.
 SERVING = re.compile(r"<!-- serving:start -->(.*?)<!-- serving:end -->", re.DOTALL)
 
@@ -44,7 +45,9 @@ def code_blocks(language: str, text: str | None = None) -> list[str]:
     """The manual's blocks in ``language``; the walk-throughs' and serving's run in their own tests."""
     if text is None:
         whole = "\n".join(page.read_text() for page in PAGES)
-        text = SERVING.sub("", DECODER.sub("", WALKTHROUGH.sub("", whole)))
+        for walkthrough in (WALKTHROUGH, DECODER, TRANSFORMERS, SERVING):
+            whole = walkthrough.sub("", whole)
+        text = whole
     return re.findall(rf"```{language}\n(.*?)```", text, flags=re.DOTALL)
 
 
@@ -134,6 +137,41 @@ def test_decoder_walkthrough_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert re.fullmatch(r"\d+(,\d+){7}\n", generated.stdout)
     shown = re.search(r"\(`([\d,]+)` here\)", MODELS_PAGE.read_text())
     assert shown is not None and generated.stdout.strip() == shown.group(1)
+
+
+def test_transformers_folder_walkthrough_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder transformers saved: drafted, exported and decoded as the page shows, to
+    transformers' own ids."""
+    transformers = pytest.importorskip("transformers")
+    from oracles import transformers_greedy_ids
+
+    text = MODELS_PAGE.read_text()
+    section = TRANSFORMERS.search(text)
+    assert section is not None
+    blocks = re.findall(r"```(python|console)\n(.*?)```", section.group(1), flags=re.DOTALL)
+    assert [language for language, _ in blocks] == ["python", "console"]
+    monkeypatch.chdir(tmp_path)
+    transformers.utils.logging.disable_progress_bar()
+    exec(compile(blocks[0][1], "docs/models.md", "exec"), {"__name__": "transformers_folder"})
+    draft, export, generate = [
+        line.removeprefix("$ layerport ") for line in blocks[1][1].splitlines() if line.strip()
+    ]
+    command, _, target = draft.partition(" > ")
+    drafted = run_process(*shlex.split(command), cwd=tmp_path)
+    assert drafted.exit_code == 0 and drafted.stderr == "", drafted.stderr
+    (tmp_path / target).write_text(drafted.stdout)
+    shown = re.search(r"The draft's blocks read:\n\n```text\n(.*?)```", text, re.DOTALL)
+    assert shown is not None and shown.group(1) in drafted.stdout
+    exported = run_process(*shlex.split(export), cwd=tmp_path)
+    assert exported.exit_code == 0, exported.stderr
+    assert "streaming decoding: prompt" in exported.stdout
+    generated = run_process(*shlex.split(generate), cwd=tmp_path)
+    assert generated.exit_code == 0, generated.stderr
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "tiny-llama").eval()
+    expected = transformers_greedy_ids(model, [1, 2, 3], 8)
+    assert generated.stdout.strip() == ",".join(map(str, expected))
 
 
 def test_python_api_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -189,6 +189,8 @@ def test_draft_reads_npz_and_safetensors_without_torch(tmp_path) -> None:
 
     np.savez(tmp_path / "w.npz", **{"0.weight": np.ones((3, 4), np.float32)})
     save_file({"fc.weight": np.ones((2, 8), np.float32)}, str(tmp_path / "w.safetensors"))
+    # transformers' config.json beside them is read without torch too.
+    (tmp_path / "config.json").write_text('{"model_type": "llama", "num_attention_heads": 2}')
     probe = (
         "import sys\n"
         "from layerport.cli import cli\n"
@@ -204,6 +206,7 @@ def test_draft_reads_npz_and_safetensors_without_torch(tmp_path) -> None:
     )
     assert completed.stdout.strip().splitlines()[-1] == "False", completed.stderr
     assert 'weights = "fc."' in completed.stdout
+    assert "config.json beside them (transformers' model_type 'llama')" in completed.stdout
 
 
 @pytest.mark.parametrize(
