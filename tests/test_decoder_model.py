@@ -330,10 +330,12 @@ def test_a_bound_cache_that_reads_its_buffer_length_fails_verification(
     assert "cache bound" in str(failure.value)
 
 
+@pytest.mark.parametrize("form", ["fused", "standard"])
 def test_the_bound_cache_example_decodes_transformers_ids(
-    decoder, fused, monkeypatch, capsys
+    decoder, fused, exported, monkeypatch, capsys, form
 ) -> None:
-    """docs/models.md's Python example of a bound cache, run on the fused file it names."""
+    """docs/models.md's Python example of a bound cache, run on the fused file it names, and
+    on a standard file, whose cache it copies."""
     import re
 
     from test_docs import MODELS_PAGE
@@ -342,6 +344,8 @@ def test_the_bound_cache_example_decodes_transformers_ids(
     blocks = re.findall(r"```python\n(.*?)```", MODELS_PAGE.read_text(), flags=re.DOTALL)
     example = next(block for block in blocks if "bound_session(" in block)
     monkeypatch.chdir(fused[0].parent)
+    if form == "standard":
+        example = example.replace('"llama-fused.onnx"', repr(str(exported)))
     exec(compile(example, "docs/models.md", "exec"), {"__name__": "bound_example"})
     assert capsys.readouterr().out.strip() == str(transformers_greedy_ids(model, [1, 2, 3], 8))
 
@@ -401,3 +405,15 @@ def test_a_float16_fused_decoder_streams_and_generates(decoder, cli, tmp_path) -
         results.append(json.loads(generated.stdout))
     assert [result["cache"] for result in results] == ["bound", "copied"]
     assert [result["ids"] for result in results] == [expected, expected]
+
+
+def test_show_gives_the_caches_largest_size(decoder, cli) -> None:
+    folder, _ = decoder
+    result = cli("show", str(folder / "llama.toml"), "--json")
+    assert result.exit_code == 0, result.stderr
+    dims = {dim["name"]: dim for dim in json.loads(result.stdout)["dims"]}
+    assert dims["past"]["largest"] == 96 and dims["batch"]["largest"] is None
+    table = cli("show", str(folder / "llama.toml"))
+    assert table.exit_code == 0, table.stderr
+    past = next(line for line in table.stdout.splitlines() if line.strip().startswith("past "))
+    assert past.split()[:5] == ["past", "6", "0", "0", "96"]

@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+from hostile import assert_refused
 from layerport import Dim, LayerSpec, Param, Tensor
 
 from conftest import SpecPlugin
@@ -442,3 +443,65 @@ def test_a_torchscript_archive_of_the_model_exports_without_running_its_code(
     (y,) = run_file(out, ids=ids.numpy())
     with torch.no_grad():
         assert np.abs(y - model(ids).numpy()).max() < 1e-5
+
+
+TIED = """
+[model]
+name = "tied"
+
+[inputs.ids]
+dtype = "int64"
+shape = ["batch", "seq"]
+
+[[layer]]
+name = "embed"
+use = "embedding"
+weights = "table."
+
+[[layer]]
+name = "head"
+use = "linear"
+weights = "table."
+params = { bias = false }
+
+[outputs]
+scores = "head.y"
+"""
+
+
+def test_two_layers_that_read_one_table_share_it_in_the_file(tmp_path: Path, cli) -> None:
+    """A head tied to its embedding (``tie_word_embeddings``): one table in the file, used twice."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    table = torch.randn(50, 12)
+    save_file({"table.weight": table}, tmp_path / "tied.safetensors")
+    (tmp_path / "tied.toml").write_text(TIED)
+    out = tmp_path / "tied.onnx"
+    result = cli("export", str(tmp_path / "tied.toml"), "--weights",
+                 str(tmp_path / "tied.safetensors"), "-o", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    tables = [t for t in onnx.load(str(out)).graph.initializer if list(t.dims) == [50, 12]]
+    assert len(tables) == 1
+    ids = np.random.default_rng(0).integers(0, 50, (3, 7))
+    (scores,) = run_file(out, ids=ids)
+    expected = (nn.functional.embedding(torch.tensor(ids), table) @ table.T).numpy()
+    assert np.abs(scores - expected).max() < 1e-4
+
+
+def test_a_prefix_that_holds_nothing_is_advised_as_the_layers_weights_key(
+    tmp_path: Path, cli
+) -> None:
+    """In a model file the advice names the layer's ``weights`` key, not a command's flag."""
+    from safetensors.torch import save_file
+
+    save_file({"table.weight": torch.randn(50, 12)}, tmp_path / "tied.safetensors")
+    (tmp_path / "tied.toml").write_text(
+        TIED.replace('weights = "table."\nparams', 'weights = "lm_head."\nparams')
+    )
+    result = cli(
+        "show", str(tmp_path / "tied.toml"), "--weights", str(tmp_path / "tied.safetensors")
+    )
+    assert_refused(result, 2, "tied.toml:17: layer 'head', key weights: no tensor in")
+    assert result.stderr.rstrip().endswith('select them with weights = "table." on this layer')
+    assert "--weights-prefix" not in result.stderr

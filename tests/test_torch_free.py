@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,23 +42,23 @@ def rnn_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        ["--help"],
-        ["list"],
-        ["list", "--json"],
-        ["show", "rnn"],
-        ["plugins"],
-        ["targets"],
-        ["serve", "--help"],
-        ["inspect", "{file}"],
-        ["infer", "{file}"],
-        ["generate", "--help"],
-        ["run", "--help"],
-        ["export", "--help"],
-    ],
-)
+PROBED = [
+    ["--help"],
+    ["list"],
+    ["list", "--json"],
+    ["show", "rnn"],
+    ["plugins"],
+    ["targets"],
+    ["serve", "--help"],
+    ["inspect", "{file}"],
+    ["infer", "{file}"],
+    ["generate", "--help"],
+    ["run", "--help"],
+    ["export", "--help"],
+]
+
+
+@pytest.mark.parametrize("args", PROBED)
 def test_command_does_not_import_torch(args: list[str], rnn_file: Path) -> None:
     argv = [arg.format(file=rnn_file) for arg in args]
     completed = subprocess.run(
@@ -65,6 +66,17 @@ def test_command_does_not_import_torch(args: list[str], rnn_file: Path) -> None:
     )
     last = completed.stderr.strip().splitlines()[-1]
     assert last == "MODULES  EXIT 0", completed.stderr
+
+
+def test_the_torch_free_commands_are_the_ones_probed_and_documented() -> None:
+    """The list a runtime-only install's error gives is the one tested above, and the docs'."""
+    from layerport.cli.app import TORCH_FREE_COMMANDS
+
+    probed = {args[0] for args in PROBED if not args[0].startswith("-")}
+    assert set(TORCH_FREE_COMMANDS) <= probed
+    page = (Path(__file__).parent.parent / "docs" / "deploying.md").read_text()
+    documented = page.split("the commands", 1)[1].split("never import torch", 1)[0]
+    assert set(re.findall(r"`(\w+)`", documented)) == set(TORCH_FREE_COMMANDS)
 
 
 def test_run_does_import_torch() -> None:

@@ -499,7 +499,7 @@ def _select(
     fitting = fitting_prefixes(source, fits) if fits is not None else []
     raise BadFile(
         f"no tensor in {source.path} starts with {prefixes[0]!r}; its prefixes: "
-        f"{', '.join(submodule_prefixes(_file_shapes(source))) or '(none)'}",
+        f"{_listed(submodule_prefixes(_file_shapes(source)), most=8) or '(none)'}",
         *(["; ", *_fitting_advice(fitting)] if fitting else []),
     )
 
@@ -554,7 +554,7 @@ def fitting_prefixes(source: WeightsFile, fits: Fits) -> list[str]:
 def _fitting_advice(fitting: Sequence[str]) -> list[str | Setting]:
     """Every prefix that fits, in full, and how to select one."""
     return [
-        f"the file holds them under {', '.join(map(repr, fitting))}: "
+        f"the file holds them under {_listed([repr(prefix) for prefix in fitting])}: "
         f"select {'them' if len(fitting) == 1 else 'one'} with ",
         Setting("weights_prefix", fitting[0]),
     ]

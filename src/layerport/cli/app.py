@@ -112,6 +112,19 @@ cli.params.extend(_GLOBAL_FLAGS)
 # What every command needs
 
 
+# The commands that never import torch (tests/test_torch_free.py runs each; docs/deploying.md).
+TORCH_FREE_COMMANDS = (
+    "infer",
+    "inspect",
+    "generate",
+    "list",
+    "show",
+    "plugins",
+    "targets",
+    "serve",
+)
+
+
 def require_dependencies(*names: str) -> None:
     """Fail with install advice, not an import error, where a package is not installed.
 
@@ -123,7 +136,8 @@ def require_dependencies(*names: str) -> None:
     if missing:
         raise MissingDependency(
             f"this command needs {' and '.join(missing)}, which this installation lacks "
-            "(a runtime-only install runs infer, inspect, list, show and plugins); "
+            f"(a runtime-only install runs {', '.join(TORCH_FREE_COMMANDS[:-1])} and "
+            f"{TORCH_FREE_COMMANDS[-1]}); "
             "install the export extra: pip install -c constraints.txt 'layerport[export]'"
         )
 

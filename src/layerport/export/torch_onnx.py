@@ -8,7 +8,9 @@ The exporter is ``torch.onnx.export(dynamo=True)``, the supported one. Around it
   an export failure here, not a surprise in production;
 - symbolic dims are renamed to the layer's own dim names;
 - the model is cleaned of the exporter's per-node stack traces (absolute paths,
-  user and folder names) and FX dumps, in subgraphs too.
+  user and folder names) and FX dumps, in subgraphs too;
+- initializers of the same dtype, shape and content are written once: a head
+  tied to its embedding holds one table.
 
 Verification and the file's metadata are ``layerport.pipeline``'s business.
 """
@@ -16,6 +18,7 @@ Verification and the file's metadata are ``layerport.pipeline``'s business.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
 from collections.abc import Iterator, Mapping
 
@@ -140,6 +143,9 @@ def trace_to_onnx(
             )
             if program is None:
                 raise ExportFailed(f"torch.onnx returned no program for layer {spec.name}")
+            # One copy of a table used twice: a language model's head that shares its
+            # embedding's (tie_word_embeddings) would otherwise be written, and loaded, twice.
+            _share_equal_initializers(program.model.graph)
             outside = _take_large_tensors(program.model.graph) if keep_outside else {}
             proto = program.model_proto
             if form is not None and form.finish is not None:
@@ -152,6 +158,31 @@ def trace_to_onnx(
             ) from error
     _check_and_name_dynamic_dims(proto, config)
     return ExternalModel(proto, outside) if outside else proto
+
+
+def _share_equal_initializers(graph: ir.Graph) -> None:
+    """Point every use of an initializer at the first one of its dtype, shape and content.
+
+    onnx_ir's ``DeduplicateHashedInitializersPass`` does this, but hashes each
+    tensor's array as it is, and torch.onnx hands over non-contiguous views.
+    Only tensors that share a dtype and shape with another are hashed.
+    """
+    alike: dict[tuple[ir.DataType, tuple[int, ...]], list[ir.Value]] = {}
+    for value in graph.initializers.values():
+        tensor = value.const_value
+        if tensor is not None and not value.is_graph_input() and not value.is_graph_output():
+            alike.setdefault((tensor.dtype, tuple(tensor.shape.numpy())), []).append(value)
+    for values in alike.values():
+        kept: dict[bytes, ir.Value] = {}
+        for value in values if len(values) > 1 else ():
+            assert value.const_value is not None
+            array = np.ascontiguousarray(value.const_value.numpy())
+            digest = hashlib.sha256(array.view(np.uint8)).digest()
+            first = kept.setdefault(digest, value)
+            if first is not value:
+                value.replace_all_uses_with(first)
+                assert value.name is not None
+                graph.initializers.pop(value.name)
 
 
 def _take_large_tensors(graph: ir.Graph) -> dict[str, np.ndarray]:

@@ -18,6 +18,7 @@ is refused with the model file's line and key, and exit 2.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -232,7 +233,9 @@ def _layer_config(
     except UserInputError as error:
         key = "use" if error.__class__.__name__ in ("UnknownLayer", "AmbiguousLayer") else None
         key = key or ("params" if isinstance(error, InvalidParameter) else "weights")
-        raise InvalidModel(f"{definition.where(index, key)}: ", *error.parts) from error
+        raise InvalidModel(
+            f"{definition.where(index, key)}: ", *map(_in_model_file, error.parts)
+        ) from error
     if source is not None and view is None and config.weight_shapes():
         raise InvalidModel(
             f"{definition.where(index)}: layer {layer.use} has weights, and the model file does "
@@ -240,6 +243,19 @@ def _layer_config(
             "of weight name = checkpoint key)"
         )
     return config
+
+
+def _in_model_file(part: str | Setting) -> str | Setting:
+    """Advice worded for a model file: a layer there selects its tensors with its ``weights``
+    key, not with the single-layer commands' prefix setting."""
+    if not isinstance(part, Setting) or part.name != "weights_prefix":
+        return part
+    examples = part.examples()
+    if all("=" in example for example in examples):  # weight parts: PART=PREFIX each
+        pairs = (example.split("=", 1) for example in examples)
+        table = ", ".join(f"{name} = {json.dumps(prefix)}" for name, prefix in pairs)
+        return f"weights = {{ {table} }} on this layer"
+    return f"weights = {json.dumps(part.example)} on this layer"
 
 
 def _layer_weights(

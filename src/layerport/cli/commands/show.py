@@ -60,6 +60,7 @@ def show(layer: str, params: dict[str, str], weights: Path | None, json_: bool) 
                 "default": dim.default,
                 "min_size": dim.min_size,
                 "smallest": dim.smallest(config.params),
+                "largest": dim.max_size,
                 "help": dim.help,
             }
             for dim in spec.dims
@@ -147,11 +148,26 @@ def show(layer: str, params: dict[str, str], weights: Path | None, json_: bool) 
             ),
             title="Parameters",
         )
-    if any(dim["min_size"] != 1 for dim in description["dims"]):
+    bounded = any(dim["largest"] is not None for dim in description["dims"])
+    if bounded or any(dim["min_size"] != 1 for dim in description["dims"]):
         print_table(
-            ("dynamic dim", "default", "smallest", "from", "help"),
             (
-                (d["name"], d["default"], d["smallest"], d["min_size"], d["help"])
+                "dynamic dim",
+                "default",
+                "smallest",
+                "from",
+                *(["largest"] if bounded else []),
+                "help",
+            ),
+            (
+                (
+                    d["name"],
+                    d["default"],
+                    d["smallest"],
+                    d["min_size"],
+                    *([d["largest"] if d["largest"] is not None else "-"] if bounded else []),
+                    d["help"],
+                )
                 for d in description["dims"]
             ),
             title="Dynamic dims",
