@@ -177,7 +177,7 @@ def _share_equal_initializers(graph: ir.Graph) -> None:
         for value in values if len(values) > 1 else ():
             assert value.const_value is not None
             array = np.ascontiguousarray(value.const_value.numpy())
-            digest = hashlib.sha256(array.view(np.uint8)).digest()
+            digest = hashlib.sha256(array.view(np.uint8).data).digest()
             first = kept.setdefault(digest, value)
             if first is not value:
                 value.replace_all_uses_with(first)
