@@ -403,7 +403,12 @@ def _lengths(prefix: str, batch: str, seq: str, past: str) -> list[onnx.NodeProt
         constant("zero64", TensorProto.INT64, 0, []),
         constant("shape1", TensorProto.INT64, 1, [1]),
         helper.make_node("Add", [past, seq], [name("total64")]),
-        helper.make_node("Cast", [name("total64")], [name("total")], to=TensorProto.INT32),
+        # The int32 total is summed from int32 sizes, not cast from total64: onnxruntime
+        # would fold that Cast into the Add, cannot rename the subgraphs' uses of it, and
+        # warns so at every plain session's creation.
+        helper.make_node("Cast", [past], [name("past32")], to=TensorProto.INT32),
+        helper.make_node("Cast", [seq], [name("seq32")], to=TensorProto.INT32),
+        helper.make_node("Add", [name("past32"), name("seq32")], [name("total")]),
         helper.make_node("Sub", [name("total"), name("one")], [name("last")]),
         helper.make_node("Reshape", [name("last"), name("shape1")], [name("last1")]),
         helper.make_node("Reshape", [batch, name("shape1")], [name("batch1")]),

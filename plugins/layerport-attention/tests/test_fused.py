@@ -112,6 +112,27 @@ def test_the_fused_file_keeps_the_standard_interface() -> None:
     assert interface(files["fused"]) == interface(files["standard"])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("layer", ["attention", "decoder_block"])
+def test_a_plain_session_opens_the_fused_file_without_a_warning(
+    tmp_path: Path, layer: str, dtype: str
+) -> None:
+    """A deployment's own ``InferenceSession``, at onnxruntime's default log level: the file
+    gives it nothing to warn about (the lengths' Cast once made it warn at every creation)."""
+    import subprocess
+    import sys
+
+    config = resolve_config(get_registry(), layer, GROUPED, dtype=dtype)
+    path = tmp_path / "fused.onnx"
+    path.write_bytes(export_layer(config, verify=False, form="fused").model_bytes)
+    opened = subprocess.run(
+        [sys.executable, "-c", f"import onnxruntime; onnxruntime.InferenceSession({str(path)!r})"],
+        capture_output=True,
+        text=True,
+    )
+    assert opened.returncode == 0 and opened.stderr == "", opened.stderr
+
+
 def test_padding_through_the_fused_form_matches_eager() -> None:
     """A row whose first queries see only padding gets zeros there, as eager gives."""
     config = resolve_config(get_registry(), "attention", GROUPED)
