@@ -203,6 +203,8 @@ def test_generate_runs_without_torch(exported, fused, form) -> None:
     [
         (["--prompt-ids", "1,x"], "expected ids separated by commas, such as 1,2,3; got '1,x'"),
         (["--prompt-ids", "1,-2"], "ids are 0 or more"),
+        # Past int64: numpy cannot hold it, and it must not come back as an internal error.
+        (["--prompt-ids", "1," + "9" * 25], f"ids are 0 or more, and below 2**63; got '1,{'9' * 25}'"),
         (["--prompt-ids", "1,100"], "input ids holds 100"),
         # prompt 40 + 60 steps: the last step's cache holds 99 > the declared 96.
         (["--prompt-ids", ",".join(["1"] * 40), "--steps", "60"],
