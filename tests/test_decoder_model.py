@@ -208,8 +208,11 @@ def test_generate_runs_without_torch(exported, fused, form) -> None:
         (["--prompt-ids", "1,100"], "input ids holds 100"),
         # prompt 40 + 60 steps: the last step's cache holds 99 > the declared 96.
         (["--prompt-ids", ",".join(["1"] * 40), "--steps", "60"],
-         "dim past is 99 in input block0_past_key, but must be at most 96 (the largest size "
-         "the model declares, recorded in the file)"),
+         "decoding 60 ids after a prompt of 40 makes a cache of 99 positions, but dim past "
+         "must be at most 96 (the largest size the model declares, recorded in the file)"),
+        # Refused before the cache is made, not by numpy failing to allocate 116 TiB.
+        (["--prompt-ids", "1", "--steps", "1000000000000"],
+         "makes a cache of 1000000000000 positions, but dim past must be at most 96"),
         (["--prompt-ids", "1", "--eager"],
          "the file was exported from a checkpoint: give it with --weights to decode in eager"),
     ],
@@ -228,6 +231,24 @@ def test_generate_refuses_a_file_without_a_cache(cli, tmp_path) -> None:
     result = cli("generate", str(out), "--prompt-ids", "1,2")
     assert result.exit_code == 2
     assert "the file carries no KV cache" in result.stderr
+
+
+def test_generate_refuses_a_cache_past_the_memory_limit(exported, cli, tmp_path) -> None:
+    """A file that declares no longest cache (its record edited): the cache a decoding makes
+    is sized against the memory limit before it is allocated."""
+    model = onnx.load(str(exported))
+    for prop in model.metadata_props:
+        if prop.key == "layerport.max_dims":
+            prop.value = "{}"
+    edited = tmp_path / "unbounded.onnx"
+    onnx.save(model, str(edited))
+    result = cli("generate", str(edited), "--prompt-ids", "1", "--steps", "1000000000000")
+    assert result.exit_code == 2, result.stderr
+    # Four caches of (1, 2, past, 16) float32: 512 bytes a position.
+    assert "a cache of 1000000000000 positions needs about 465.7 TiB, over the 4.0 GiB limit" in (
+        result.stderr
+    )
+    assert result.stderr.count("Error:") == 1 and result.stdout == ""
 
 
 def test_a_cache_of_the_wrong_heads_or_length_is_refused(exported, cli, tmp_path) -> None:

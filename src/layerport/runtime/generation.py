@@ -12,6 +12,7 @@ code decodes through each, and they can only disagree where their numbers do.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from layerport.errors import UserInputError
 from layerport.runtime.arrays import ArraySpec, numpy_dtype
+from layerport.runtime.limits import check_allocation
 from layerport.runtime.metadata import ExportRecord
 
 Run = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
@@ -30,13 +32,16 @@ class Decoding:
 
     ``carry`` pairs each cache input with the output that grows it, and
     ``empty`` is the cache at the prefill: every input of ``carry`` at batch 1
-    and past 0.
+    and past 0. ``grows`` names the dim the cache grows along, and ``longest``
+    its largest size the file declares (``None``: no limit but memory).
     """
 
     ids: str
     logits: str
     carry: tuple[tuple[str, str], ...]
     empty: Mapping[str, np.ndarray]
+    grows: str = "past"
+    longest: int | None = None
 
     @classmethod
     def of(
@@ -77,7 +82,8 @@ class Decoding:
             for spec in inputs
             if spec.name in cached
         }
-        return cls(ids[0].name, logits, carry, empty)
+        longest = (record.max_dims or {}).get(stream["grows"]) if record is not None else None
+        return cls(ids[0].name, logits, carry, empty, stream["grows"], longest)
 
     def prefill(self, prompt: list[int]) -> dict[str, np.ndarray]:
         """The first call's inputs: the prompt, and the cache empty."""
@@ -85,8 +91,24 @@ class Decoding:
 
     def largest_call(self, prompt: list[int], steps: int) -> dict[str, np.ndarray]:
         """Inputs shaped as the last call of decoding ``steps`` ids after ``prompt`` (zeros):
-        the call that makes the most, to size memory against before decoding starts."""
+        the call that makes the most, to size memory against before decoding starts.
+
+        Raises ``UserInputError`` for a cache longer than ``longest``, and
+        ``ResourceLimit`` for one past the memory limit, before making it.
+        """
         past = len(prompt) + steps - 1
+        made = f"decoding {steps} ids after a prompt of {len(prompt)} makes a cache of {past} positions"
+        if self.longest is not None and past > self.longest:
+            raise UserInputError(
+                f"{made}, but dim {self.grows} must be at most {self.longest} (the largest size "
+                "the model declares, recorded in the file)"
+            )
+        # The empty cache's one empty axis is the one that grows.
+        position_bytes = sum(
+            array.itemsize * math.prod(size for size in array.shape if size)
+            for array in self.empty.values()
+        )
+        check_allocation(past * position_bytes, f"a cache of {past} positions")
         grown = {
             name: np.zeros(
                 tuple(past if size == 0 else size for size in array.shape), dtype=array.dtype
