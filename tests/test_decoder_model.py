@@ -251,6 +251,40 @@ def test_generate_refuses_a_cache_past_the_memory_limit(exported, cli, tmp_path)
     assert result.stderr.count("Error:") == 1 and result.stdout == ""
 
 
+@pytest.mark.parametrize(
+    ("carry", "message"),
+    [
+        ([*STATES, "block9_past_key"],
+         "the file's layerport metadata is damaged: its stream carries into block9_past_key, "
+         "which is not one of its inputs"),
+        ([(name, "nowhere") for name in STATES],
+         "the file's layerport metadata is damaged: its stream carries nowhere, which is not "
+         "one of its outputs"),
+        ([(name, "block0_present_key") for name in STATES],
+         "the file's layerport metadata is damaged: its stream carries block0_present_key "
+         "into more than one input"),
+    ],
+)  # fmt: skip
+def test_generate_refuses_a_record_whose_stream_names_what_the_file_lacks(
+    exported, cli, tmp_path, carry, message
+) -> None:
+    pairs = [
+        list(pair) if isinstance(pair, tuple) else [pair, pair.replace("past", "present")]
+        for pair in carry
+    ]
+    model = onnx.load(str(exported))
+    for prop in model.metadata_props:
+        if prop.key == "layerport.streaming":
+            prop.value = json.dumps({"dim": "seq", "grows": "past", "carry": pairs})
+    edited = tmp_path / "edited.onnx"
+    onnx.save(model, str(edited))
+    for flags in ([], ["--copy-cache"]):
+        result = cli("generate", str(edited), "--prompt-ids", "1,2", "--steps", "3", *flags)
+        assert result.exit_code == 2, result.stderr
+        assert message in result.stderr
+        assert result.stderr.count("Error:") == 1 and result.stdout == ""
+
+
 def test_a_cache_of_the_wrong_heads_or_length_is_refused(exported, cli, tmp_path) -> None:
     ids = tmp_path / "ids.npy"
     np.save(ids, np.array([[1, 2]], dtype=np.int64))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from layerport.errors import UserInputError
+from layerport.errors import BadFile, UserInputError
 from layerport.runtime.arrays import ArraySpec, numpy_dtype
 from layerport.runtime.limits import check_allocation
 from layerport.runtime.metadata import ExportRecord
@@ -50,7 +50,8 @@ class Decoding:
         """The decoding interface of a file, from its record and its inputs and outputs.
 
         Raises ``UserInputError`` for a file that does not decode: one with no
-        record of a growing cache, or other than one integer input besides it.
+        record of a growing cache, or other than one integer input besides it;
+        ``BadFile`` for a record whose stream names what the file lacks.
         """
         stream = record.streaming if record is not None else None
         if not stream or stream.get("grows") is None:
@@ -59,6 +60,7 @@ class Decoding:
                 "so it cannot generate; export a decoder model file"
             )
         carry = tuple((given, made) for given, made in stream["carry"])
+        _check_carry(carry, inputs, outputs)
         cached = {given for given, _ in carry}
         ids = [spec for spec in inputs if spec.name not in cached]
         if len(ids) != 1 or not ids[0].dtype.startswith("int") or len(ids[0].dims) != 2:
@@ -119,6 +121,26 @@ class Decoding:
 
 
 Step = Callable[[np.ndarray], np.ndarray]
+
+
+def _check_carry(
+    carry: tuple[tuple[str, str], ...], inputs: list[ArraySpec], outputs: list[ArraySpec]
+) -> None:
+    """Refuse a record (edited, or another file's) whose stream carries from an output the
+    file lacks, into an input it lacks, or from one output into several inputs."""
+    given_names, made_names = {spec.name for spec in inputs}, {spec.name for spec in outputs}
+    seen: set[str] = set()
+    for given, made in carry:
+        if given not in given_names:
+            problem = f"its stream carries into {given}, which is not one of its inputs"
+        elif made not in made_names:
+            problem = f"its stream carries {made}, which is not one of its outputs"
+        elif made in seen:
+            problem = f"its stream carries {made} into more than one input"
+        else:
+            seen.add(made)
+            continue
+        raise BadFile(f"the file's layerport metadata is damaged: {problem}")
 
 
 def copied_cache(run: Run, decoding: Decoding) -> Step:
