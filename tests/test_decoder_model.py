@@ -233,15 +233,21 @@ def test_generate_refuses_a_file_without_a_cache(cli, tmp_path) -> None:
     assert "the file carries no KV cache" in result.stderr
 
 
+def edited_record(file: Path, folder: Path, key: str, value: object) -> Path:
+    """A copy of ``file`` in ``folder`` whose layerport record says ``value`` for ``key``."""
+    model = onnx.load(str(file))
+    for prop in model.metadata_props:
+        if prop.key == f"layerport.{key}":
+            prop.value = json.dumps(value)
+    edited = folder / f"edited-{key}.onnx"
+    onnx.save(model, str(edited))
+    return edited
+
+
 def test_generate_refuses_a_cache_past_the_memory_limit(exported, cli, tmp_path) -> None:
     """A file that declares no longest cache (its record edited): the cache a decoding makes
     is sized against the memory limit before it is allocated."""
-    model = onnx.load(str(exported))
-    for prop in model.metadata_props:
-        if prop.key == "layerport.max_dims":
-            prop.value = "{}"
-    edited = tmp_path / "unbounded.onnx"
-    onnx.save(model, str(edited))
+    edited = edited_record(exported, tmp_path, "max_dims", {})
     result = cli("generate", str(edited), "--prompt-ids", "1", "--steps", "1000000000000")
     assert result.exit_code == 2, result.stderr
     # Four caches of (1, 2, past, 16) float32: 512 bytes a position.
@@ -272,16 +278,31 @@ def test_generate_refuses_a_record_whose_stream_names_what_the_file_lacks(
         list(pair) if isinstance(pair, tuple) else [pair, pair.replace("past", "present")]
         for pair in carry
     ]
-    model = onnx.load(str(exported))
-    for prop in model.metadata_props:
-        if prop.key == "layerport.streaming":
-            prop.value = json.dumps({"dim": "seq", "grows": "past", "carry": pairs})
-    edited = tmp_path / "edited.onnx"
-    onnx.save(model, str(edited))
+    stream = {"dim": "seq", "grows": "past", "carry": pairs}
+    edited = edited_record(exported, tmp_path, "streaming", stream)
     for flags in ([], ["--copy-cache"]):
         result = cli("generate", str(edited), "--prompt-ids", "1,2", "--steps", "3", *flags)
         assert result.exit_code == 2, result.stderr
         assert message in result.stderr
+        assert result.stderr.count("Error:") == 1 and result.stdout == ""
+
+
+def test_verify_refuses_a_record_whose_stream_is_not_the_layers(decoder, exported, cli, tmp_path):
+    """A record whose stream crosses block0's key and value: every name is the file's own, so
+    only the layer's stream tells it, and generate would decode garbage through it."""
+    folder, _ = decoder
+    crossed = [[name, name.replace("past", "present")] for name in STATES]
+    crossed[0][1], crossed[1][1] = crossed[1][1], crossed[0][1]
+    stream = {"dim": "seq", "grows": "past", "carry": crossed}
+    edited = edited_record(exported, tmp_path, "streaming", stream)
+    weights = str(folder / "llama.safetensors")
+    for command in (["verify", str(edited)], ["generate", str(edited), "--prompt-ids", "1"]):
+        result = cli(*command, "--weights", weights)
+        assert result.exit_code == 2, result.stderr
+        assert (
+            "the file's layerport metadata is damaged: its stream carries block0_present_value "
+            "into block0_past_key, but layer 'tiny-llama' carries block0_present_key there"
+        ) in result.stderr
         assert result.stderr.count("Error:") == 1 and result.stdout == ""
 
 
