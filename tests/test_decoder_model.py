@@ -207,12 +207,14 @@ def test_generate_runs_without_torch(exported, fused, form) -> None:
         (["--prompt-ids", "1," + "9" * 25], f"ids are 0 or more, and below 2**63; got '1,{'9' * 25}'"),
         (["--prompt-ids", "1,100"], "input ids holds 100"),
         # prompt 40 + 60 steps: the last step's cache holds 99 > the declared 96.
+        # The prefill, then 59 calls fed caches of 40 to 98: the 60th id is never fed back.
         (["--prompt-ids", ",".join(["1"] * 40), "--steps", "60"],
-         "decoding 60 ids after a prompt of 40 makes a cache of 99 positions, but dim past "
+         "decoding 60 ids after a prompt of 40 feeds back a cache of 98 positions, but dim past "
          "must be at most 96 (the largest size the model declares, recorded in the file)"),
+        (["--prompt-ids", "1", "--steps", "98"], "feeds back a cache of 97 positions"),
         # Refused before the cache is made, not by numpy failing to allocate 116 TiB.
         (["--prompt-ids", "1", "--steps", "1000000000000"],
-         "makes a cache of 1000000000000 positions, but dim past must be at most 96"),
+         "feeds back a cache of 999999999999 positions, but dim past must be at most 96"),
         (["--prompt-ids", "1", "--eager"],
          "the file was exported from a checkpoint: give it with --weights to decode in eager"),
     ],
@@ -223,6 +225,24 @@ def test_generate_refuses_bad_input(exported, cli, arguments, message) -> None:
     assert message in result.stderr
     assert result.stderr.count("Error:") == 1
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("flags", [[], ["--copy-cache"]])
+def test_generate_runs_up_to_the_declared_cache(decoder, fused, cli, flags) -> None:
+    """1 prompt id and 97 steps: the last call is fed a cache of 96 positions, the declared
+    most, so the decoding fits; each way of carrying the cache gives transformers' ids.
+
+    The oracle is transformers' model run on the whole sequence at every step, not its
+    ``generate``: with ``min_new_tokens`` that never picks id 2 (the config's default end of
+    sequence), which this decoding picks at step 14."""
+    _, model = decoder
+    result = cli("generate", str(fused[0]), "--prompt-ids", "5", "--steps", "97", "--json", *flags)
+    assert result.exit_code == 0, result.stderr
+    sequence = [5]
+    with torch.no_grad():
+        for _ in range(97):
+            sequence.append(int(model(torch.tensor([sequence])).logits[0, -1].argmax()))
+    assert json.loads(result.stdout)["ids"] == sequence[1:]
 
 
 def test_generate_refuses_a_file_without_a_cache(cli, tmp_path) -> None:
@@ -251,7 +271,7 @@ def test_generate_refuses_a_cache_past_the_memory_limit(exported, cli, tmp_path)
     result = cli("generate", str(edited), "--prompt-ids", "1", "--steps", "1000000000000")
     assert result.exit_code == 2, result.stderr
     # Four caches of (1, 2, past, 16) float32: 512 bytes a position.
-    assert "a cache of 1000000000000 positions needs about 465.7 TiB, over the 4.0 GiB limit" in (
+    assert "a cache of 999999999999 positions needs about 465.7 TiB, over the 4.0 GiB limit" in (
         result.stderr
     )
     assert result.stderr.count("Error:") == 1 and result.stdout == ""

@@ -92,17 +92,21 @@ class Decoding:
         return {self.ids: np.asarray([prompt], dtype=np.int64), **self.empty}
 
     def largest_call(self, prompt: list[int], steps: int) -> dict[str, np.ndarray]:
-        """Inputs shaped as the last call of decoding ``steps`` ids after ``prompt`` (zeros):
-        the call that makes the most, to size memory against before decoding starts.
+        """Inputs shaped as the last call of decoding ``steps`` (2 or more) ids after ``prompt``
+        (zeros): the call that makes the most, to size memory against before decoding starts.
 
         Raises ``UserInputError`` for a cache longer than ``longest``, and
         ``ResourceLimit`` for one past the memory limit, before making it.
         """
-        past = len(prompt) + steps - 1
-        made = f"decoding {steps} ids after a prompt of {len(prompt)} makes a cache of {past} positions"
+        # The prefill is fed no cache, and the last id picked is never fed back.
+        past = len(prompt) + steps - 2
+        fed = (
+            f"decoding {steps} ids after a prompt of {len(prompt)} feeds back a cache of "
+            f"{past} positions"
+        )
         if self.longest is not None and past > self.longest:
             raise UserInputError(
-                f"{made}, but dim {self.grows} must be at most {self.longest} (the largest size "
+                f"{fed}, but dim {self.grows} must be at most {self.longest} (the largest size "
                 "the model declares, recorded in the file)"
             )
         # The empty cache's one empty axis is the one that grows.

@@ -100,7 +100,8 @@ def generate(
         # Checked once, at the shapes that make the most: the calls between make less.
         session.check_inputs(decoding.largest_call(prompt, steps))
     session.check_inputs(decoding.prefill(prompt))
-    step = None if copy_cache else _bound_step(session, decoding, len(prompt) + steps)
+    # Every position but the last id's, which is picked and never fed back.
+    step = None if copy_cache else _bound_step(session, decoding, len(prompt) + steps - 1)
     cache = "copied" if step is None else "bound"
     if step is None:
         step = copied_cache(session.run_checked, decoding)
