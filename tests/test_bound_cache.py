@@ -15,7 +15,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from layerport.errors import UserInputError
+from layerport.errors import ResourceLimit, UserInputError
 from layerport.runtime.bound import PAST_LENGTH, BoundCache, bound_model
 from layerport.runtime.session import Session
 
@@ -134,6 +134,27 @@ def test_a_bound_cache_refuses_a_call_it_cannot_hold() -> None:
     cache({"qkv": np.zeros((1, 2, WIDTH), np.float32)})
     with pytest.raises(UserInputError, match="one token per call after the prefill, got 2"):
         cache({"qkv": np.zeros((1, 2, WIDTH), np.float32)})
+
+
+def test_a_bound_cache_refuses_what_it_cannot_make_or_hold() -> None:
+    """From Python: a capacity shorter than the cache it starts from, or past the memory limit,
+    and a call of no tokens, are the caller's mistakes (``UserInputError``), not numpy's or
+    onnxruntime's errors."""
+    bound = bound_model(attention_model())
+    assert bound is not None
+    session = Session(bound, "bound")
+    filled = {name: np.zeros((1, KV_HEADS, 6, HEAD_DIM), np.float32) for name, _ in CARRY}
+    for capacity in (5, -5):
+        with pytest.raises(
+            UserInputError, match=f"a capacity of at least 7 positions, got {capacity}$"
+        ):
+            BoundCache(session, CARRY, filled, capacity)
+    # Two caches of (1, 2, 10**12, 16) float32: 256 bytes a position.
+    with pytest.raises(ResourceLimit, match=r"of 1000000000000 positions needs about 232\.8 TiB"):
+        BoundCache(session, CARRY, filled, 10**12)
+    empty = {name: array[:, :, :0] for name, array in filled.items()}
+    with pytest.raises(UserInputError, match="a call takes at least one token, got 0"):
+        BoundCache(session, CARRY, empty, 4)({"qkv": np.zeros((1, 0, WIDTH), np.float32)})
 
 
 @pytest.mark.parametrize(

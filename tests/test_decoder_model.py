@@ -197,11 +197,18 @@ def test_generate_runs_without_torch(exported, fused, form) -> None:
     [
         (["--prompt-ids", "1,x"], "expected ids separated by commas, such as 1,2,3; got '1,x'"),
         (["--prompt-ids", "1,-2"], "ids are 0 or more"),
+        # Past int64: numpy cannot hold it, and it must not come back as an internal error.
+        (["--prompt-ids", "1," + "9" * 25], f"ids are 0 or more, and below 2**63; got '1,{'9' * 25}'"),
         (["--prompt-ids", "1,100"], "input ids holds 100"),
         # prompt 40 + 60 steps: the last step's cache holds 99 > the declared 96.
+        # The prefill, then 59 calls fed caches of 40 to 98: the 60th id is never fed back.
         (["--prompt-ids", ",".join(["1"] * 40), "--steps", "60"],
-         "dim past is 99 in input block0_past_key, but must be at most 96 (the largest size "
-         "the model declares, recorded in the file)"),
+         "decoding 60 ids after a prompt of 40 feeds back a cache of 98 positions, but dim past "
+         "must be at most 96 (the largest size the model declares, recorded in the file)"),
+        (["--prompt-ids", "1", "--steps", "98"], "feeds back a cache of 97 positions"),
+        # Refused before the cache is made, not by numpy failing to allocate 116 TiB.
+        (["--prompt-ids", "1", "--steps", "1000000000000"],
+         "feeds back a cache of 999999999999 positions, but dim past must be at most 96"),
         (["--prompt-ids", "1", "--eager"],
          "the file was exported from a checkpoint: give it with --weights to decode in eager"),
     ],
@@ -214,12 +221,103 @@ def test_generate_refuses_bad_input(exported, cli, arguments, message) -> None:
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize("flags", [[], ["--copy-cache"]])
+def test_generate_runs_up_to_the_declared_cache(decoder, fused, cli, flags) -> None:
+    """1 prompt id and 97 steps: the last call is fed a cache of 96 positions, the declared
+    most, so the decoding fits; each way of carrying the cache gives transformers' ids.
+
+    The oracle is transformers' model run on the whole sequence at every step, not its
+    ``generate``: with ``min_new_tokens`` that never picks id 2 (the config's default end of
+    sequence), which this decoding picks at step 14."""
+    _, model = decoder
+    result = cli("generate", str(fused[0]), "--prompt-ids", "5", "--steps", "97", "--json", *flags)
+    assert result.exit_code == 0, result.stderr
+    sequence = [5]
+    with torch.no_grad():
+        for _ in range(97):
+            sequence.append(int(model(torch.tensor([sequence])).logits[0, -1].argmax()))
+    assert json.loads(result.stdout)["ids"] == sequence[1:]
+
+
 def test_generate_refuses_a_file_without_a_cache(cli, tmp_path) -> None:
     out = tmp_path / "linear.onnx"
     assert cli("export", "linear", "-o", str(out), "--no-verify").exit_code == 0
     result = cli("generate", str(out), "--prompt-ids", "1,2")
     assert result.exit_code == 2
     assert "the file carries no KV cache" in result.stderr
+
+
+def edited_record(file: Path, folder: Path, key: str, value: object) -> Path:
+    """A copy of ``file`` in ``folder`` whose layerport record says ``value`` for ``key``."""
+    model = onnx.load(str(file))
+    for prop in model.metadata_props:
+        if prop.key == f"layerport.{key}":
+            prop.value = json.dumps(value)
+    edited = folder / f"edited-{key}.onnx"
+    onnx.save(model, str(edited))
+    return edited
+
+
+def test_generate_refuses_a_cache_past_the_memory_limit(exported, cli, tmp_path) -> None:
+    """A file that declares no longest cache (its record edited): the cache a decoding makes
+    is sized against the memory limit before it is allocated."""
+    edited = edited_record(exported, tmp_path, "max_dims", {})
+    result = cli("generate", str(edited), "--prompt-ids", "1", "--steps", "1000000000000")
+    assert result.exit_code == 2, result.stderr
+    # Four caches of (1, 2, past, 16) float32: 512 bytes a position.
+    assert "a cache of 999999999999 positions needs about 465.7 TiB, over the 4.0 GiB limit" in (
+        result.stderr
+    )
+    assert result.stderr.count("Error:") == 1 and result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("carry", "message"),
+    [
+        ([*STATES, "block9_past_key"],
+         "the file's layerport metadata is damaged: its stream carries into block9_past_key, "
+         "which is not one of its inputs"),
+        ([(name, "nowhere") for name in STATES],
+         "the file's layerport metadata is damaged: its stream carries nowhere, which is not "
+         "one of its outputs"),
+        ([(name, "block0_present_key") for name in STATES],
+         "the file's layerport metadata is damaged: its stream carries block0_present_key "
+         "into more than one input"),
+    ],
+)  # fmt: skip
+def test_generate_refuses_a_record_whose_stream_names_what_the_file_lacks(
+    exported, cli, tmp_path, carry, message
+) -> None:
+    pairs = [
+        list(pair) if isinstance(pair, tuple) else [pair, pair.replace("past", "present")]
+        for pair in carry
+    ]
+    stream = {"dim": "seq", "grows": "past", "carry": pairs}
+    edited = edited_record(exported, tmp_path, "streaming", stream)
+    for flags in ([], ["--copy-cache"]):
+        result = cli("generate", str(edited), "--prompt-ids", "1,2", "--steps", "3", *flags)
+        assert result.exit_code == 2, result.stderr
+        assert message in result.stderr
+        assert result.stderr.count("Error:") == 1 and result.stdout == ""
+
+
+def test_verify_refuses_a_record_whose_stream_is_not_the_layers(decoder, exported, cli, tmp_path):
+    """A record whose stream crosses block0's key and value: every name is the file's own, so
+    only the layer's stream tells it, and generate would decode garbage through it."""
+    folder, _ = decoder
+    crossed = [[name, name.replace("past", "present")] for name in STATES]
+    crossed[0][1], crossed[1][1] = crossed[1][1], crossed[0][1]
+    stream = {"dim": "seq", "grows": "past", "carry": crossed}
+    edited = edited_record(exported, tmp_path, "streaming", stream)
+    weights = str(folder / "llama.safetensors")
+    for command in (["verify", str(edited)], ["generate", str(edited), "--prompt-ids", "1"]):
+        result = cli(*command, "--weights", weights)
+        assert result.exit_code == 2, result.stderr
+        assert (
+            "the file's layerport metadata is damaged: its stream carries block0_present_value "
+            "into block0_past_key, but layer 'tiny-llama' carries block0_present_key there"
+        ) in result.stderr
+        assert result.stderr.count("Error:") == 1 and result.stdout == ""
 
 
 def test_a_cache_of_the_wrong_heads_or_length_is_refused(exported, cli, tmp_path) -> None:

@@ -619,23 +619,11 @@ def export_record(
         max_dims={d.name: d.max_size for d in config.spec.dims if d.max_size is not None} or None,
         input_ranges={name: list(values) for name, values in config.value_ranges().items()} or None,
         model=None if config.model is None else config.model.to_json(_qualified_uses(config)),
-        streaming=_stream_record(config),
+        streaming=config.spec.streaming.recorded(config.params) if config.spec.streaming else None,
         verification={"passed": None, "note": "not verified at export"}
         if report is None
         else report.summary(),
     )
-
-
-def _stream_record(config: LayerConfig) -> dict[str, Any] | None:
-    """The file's stream, where its layer streams with these parameters."""
-    streaming = config.spec.streaming
-    if streaming is None or not streaming.applies(config.params):
-        return None
-    return {
-        "dim": streaming.dim,
-        "carry": [list(pair) for pair in streaming.carry],
-        "grows": streaming.grows,
-    }
 
 
 def _qualified_uses(config: LayerConfig) -> dict[str, str]:

@@ -26,6 +26,7 @@ Torch-free: onnx, numpy and onnxruntime.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Iterator, Mapping
 
 import numpy as np
@@ -33,6 +34,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from layerport.errors import UserInputError
+from layerport.runtime.limits import check_allocation
 from layerport.runtime.session import Session, onnxruntime_module
 
 PAST_LENGTH = "past_length"
@@ -126,8 +128,10 @@ class BoundCache:
     one is a single token. It returns the outputs that are not the cache;
     ``cache()`` gives the positions held so far, as the plain file would.
 
-    Raises ``UserInputError`` for a call past ``capacity`` or of more than one
-    token after the prefill, ``WorkFailed`` when onnxruntime fails.
+    Raises ``UserInputError`` for a ``capacity`` that cannot hold ``cache`` and
+    one more token, or a call past it, of no token or of more than one after the
+    prefill; ``ResourceLimit`` for buffers past the memory limit;
+    ``WorkFailed`` when onnxruntime fails.
     """
 
     def __init__(
@@ -142,6 +146,16 @@ class BoundCache:
         self.carry = carry
         self.capacity = capacity
         self.length = next(iter(cache.values())).shape[PAST_AXIS]
+        if capacity <= self.length:
+            raise UserInputError(
+                f"a bound cache starting from {self.length} positions needs a capacity of at "
+                f"least {self.length + 1} positions, got {capacity}"
+            )
+        position_bytes = sum(
+            array.itemsize * math.prod(array.shape[:PAST_AXIS] + array.shape[PAST_AXIS + 1 :])
+            for array in (cache[given] for given, _ in carry)
+        )
+        check_allocation(capacity * position_bytes, f"a bound cache of {capacity} positions")
         self.buffers = {}
         # Bound once: each call rebinds only its own inputs and the outputs it returns.
         self.binding = session.io_binding()
@@ -163,6 +177,8 @@ class BoundCache:
     def __call__(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         sizes = {array.shape[1] for array in feed.values() if array.ndim >= 2}
         seq = max(sizes) if sizes else 1
+        if seq < 1:
+            raise UserInputError(f"a call takes at least one token, got {seq}")
         if self.length and seq != 1:
             raise UserInputError(
                 f"a bound cache takes one token per call after the prefill, got {seq}"

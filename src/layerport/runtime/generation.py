@@ -12,13 +12,15 @@ code decodes through each, and they can only disagree where their numbers do.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from layerport.errors import UserInputError
+from layerport.errors import BadFile, UserInputError
 from layerport.runtime.arrays import ArraySpec, numpy_dtype
+from layerport.runtime.limits import check_allocation
 from layerport.runtime.metadata import ExportRecord
 
 Run = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
@@ -30,13 +32,16 @@ class Decoding:
 
     ``carry`` pairs each cache input with the output that grows it, and
     ``empty`` is the cache at the prefill: every input of ``carry`` at batch 1
-    and past 0.
+    and past 0. ``grows`` names the dim the cache grows along, and ``longest``
+    its largest size the file declares (``None``: no limit but memory).
     """
 
     ids: str
     logits: str
     carry: tuple[tuple[str, str], ...]
     empty: Mapping[str, np.ndarray]
+    grows: str = "past"
+    longest: int | None = None
 
     @classmethod
     def of(
@@ -45,7 +50,8 @@ class Decoding:
         """The decoding interface of a file, from its record and its inputs and outputs.
 
         Raises ``UserInputError`` for a file that does not decode: one with no
-        record of a growing cache, or other than one integer input besides it.
+        record of a growing cache, or other than one integer input besides it;
+        ``BadFile`` for a record whose stream names what the file lacks.
         """
         stream = record.streaming if record is not None else None
         if not stream or stream.get("grows") is None:
@@ -54,6 +60,7 @@ class Decoding:
                 "so it cannot generate; export a decoder model file"
             )
         carry = tuple((given, made) for given, made in stream["carry"])
+        _check_carry(carry, inputs, outputs)
         cached = {given for given, _ in carry}
         ids = [spec for spec in inputs if spec.name not in cached]
         if len(ids) != 1 or not ids[0].dtype.startswith("int") or len(ids[0].dims) != 2:
@@ -77,16 +84,37 @@ class Decoding:
             for spec in inputs
             if spec.name in cached
         }
-        return cls(ids[0].name, logits, carry, empty)
+        longest = (record.max_dims or {}).get(stream["grows"]) if record is not None else None
+        return cls(ids[0].name, logits, carry, empty, stream["grows"], longest)
 
     def prefill(self, prompt: list[int]) -> dict[str, np.ndarray]:
         """The first call's inputs: the prompt, and the cache empty."""
         return {self.ids: np.asarray([prompt], dtype=np.int64), **self.empty}
 
     def largest_call(self, prompt: list[int], steps: int) -> dict[str, np.ndarray]:
-        """Inputs shaped as the last call of decoding ``steps`` ids after ``prompt`` (zeros):
-        the call that makes the most, to size memory against before decoding starts."""
-        past = len(prompt) + steps - 1
+        """Inputs shaped as the last call of decoding ``steps`` (2 or more) ids after ``prompt``
+        (zeros): the call that makes the most, to size memory against before decoding starts.
+
+        Raises ``UserInputError`` for a cache longer than ``longest``, and
+        ``ResourceLimit`` for one past the memory limit, before making it.
+        """
+        # The prefill is fed no cache, and the last id picked is never fed back.
+        past = len(prompt) + steps - 2
+        fed = (
+            f"decoding {steps} ids after a prompt of {len(prompt)} feeds back a cache of "
+            f"{past} positions"
+        )
+        if self.longest is not None and past > self.longest:
+            raise UserInputError(
+                f"{fed}, but dim {self.grows} must be at most {self.longest} (the largest size "
+                "the model declares, recorded in the file)"
+            )
+        # The empty cache's one empty axis is the one that grows.
+        position_bytes = sum(
+            array.itemsize * math.prod(size for size in array.shape if size)
+            for array in self.empty.values()
+        )
+        check_allocation(past * position_bytes, f"a cache of {past} positions")
         grown = {
             name: np.zeros(
                 tuple(past if size == 0 else size for size in array.shape), dtype=array.dtype
@@ -97,6 +125,26 @@ class Decoding:
 
 
 Step = Callable[[np.ndarray], np.ndarray]
+
+
+def _check_carry(
+    carry: tuple[tuple[str, str], ...], inputs: list[ArraySpec], outputs: list[ArraySpec]
+) -> None:
+    """Refuse a record (edited, or another file's) whose stream carries from an output the
+    file lacks, into an input it lacks, or from one output into several inputs."""
+    given_names, made_names = {spec.name for spec in inputs}, {spec.name for spec in outputs}
+    seen: set[str] = set()
+    for given, made in carry:
+        if given not in given_names:
+            problem = f"its stream carries into {given}, which is not one of its inputs"
+        elif made not in made_names:
+            problem = f"its stream carries {made}, which is not one of its outputs"
+        elif made in seen:
+            problem = f"its stream carries {made} into more than one input"
+        else:
+            seen.add(made)
+            continue
+        raise BadFile(f"the file's layerport metadata is damaged: {problem}")
 
 
 def copied_cache(run: Run, decoding: Decoding) -> Step:

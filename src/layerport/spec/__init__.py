@@ -280,6 +280,13 @@ class Streaming:
             return self.unless.removeprefix("not "), False
         return self.unless, True
 
+    def recorded(self, params: Params) -> dict[str, Any] | None:
+        """The stream as a file records it (``ExportRecord.streaming``) for a layer with these
+        parameters, or ``None`` where it cannot stream."""
+        if not self.applies(params):
+            return None
+        return {"dim": self.dim, "carry": [list(pair) for pair in self.carry], "grows": self.grows}
+
     @property
     def grown_dim(self) -> str | None:
         """A carried output's axis where the state grows by the chunk: ``"past + seq"``."""

@@ -24,8 +24,9 @@ def _ids(context: click.Context, parameter: click.Parameter, text: str) -> list[
     except ValueError:
         message = f"expected ids separated by commas, such as 1,2,3; got {text!r}"
         raise click.BadParameter(message) from None
-    if any(id_ < 0 for id_ in ids):
-        raise click.BadParameter(f"ids are 0 or more; got {text!r}")
+    # The file's own range (its vocabulary) is checked with its inputs; int64 holds the ids.
+    if any(not 0 <= id_ < 2**63 for id_ in ids):
+        raise click.BadParameter(f"ids are 0 or more, and below 2**63; got {text!r}")
     return ids
 
 
@@ -99,7 +100,8 @@ def generate(
         # Checked once, at the shapes that make the most: the calls between make less.
         session.check_inputs(decoding.largest_call(prompt, steps))
     session.check_inputs(decoding.prefill(prompt))
-    step = None if copy_cache else _bound_step(session, decoding, len(prompt) + steps)
+    # Every position but the last id's, which is picked and never fed back.
+    step = None if copy_cache else _bound_step(session, decoding, len(prompt) + steps - 1)
     cache = "copied" if step is None else "bound"
     if step is None:
         step = copied_cache(session.run_checked, decoding)
