@@ -24,6 +24,7 @@ transformers = pytest.importorskip("transformers")
 
 from safetensors.torch import save_file  # noqa: E402
 
+from hostile import assert_refused  # noqa: E402
 from oracles import transformers_greedy_ids  # noqa: E402
 
 from conftest import run_process  # noqa: E402
@@ -508,3 +509,27 @@ def test_show_gives_the_caches_largest_size(decoder, cli) -> None:
     assert table.exit_code == 0, table.stderr
     past = next(line for line in table.stdout.splitlines() if line.strip().startswith("past "))
     assert past.split()[:5] == ["past", "6", "0", "0", "96"]
+
+
+@pytest.mark.parametrize(
+    ("step", "message"),
+    [
+        (1, "disagree at step 1: onnxruntime picked {0}, eager {3}"),
+        (3, "disagree at step 3, after the same {0},{1}: onnxruntime picked {2}, eager {3}"),
+    ],
+)
+def test_an_eager_disagreement_exits_1_and_keeps_the_files_ids(
+    decoder, exported, cli, monkeypatch, step, message
+) -> None:
+    """Eager PyTorch made to pick otherwise: exit 1, one line naming the step, and the ids the
+    file decoded still printed (they are what a deployment of the file would produce)."""
+    from layerport.cli.commands import generate
+
+    folder, _ = decoder
+    args = ["generate", str(exported), "--prompt-ids", "5,17", "--steps", "3"]
+    ids = [int(i) for i in cli(*args).stdout.strip().split(",")]
+    wrong = [*ids[: step - 1], (ids[step - 1] + 1) % VOCAB, *ids[step:]]
+    monkeypatch.setattr(generate, "_eager_ids", lambda *_: wrong)
+    result = cli(*args, "--weights", str(folder / "llama.safetensors"))
+    assert_refused(result, 1, message.format(*ids, wrong[step - 1]))
+    assert result.stdout == ",".join(map(str, ids)) + "\n"

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from layerport.cli.options import json_option, threads_option, weights_option
+from layerport.cli.options import threads_option, weights_option
 from layerport.cli.output import note, print_json
 from layerport.errors import UserInputError, WorkFailed
 
@@ -60,7 +60,7 @@ def _ids(context: click.Context, parameter: click.Parameter, text: str) -> list[
 )
 @weights_option
 @threads_option(0, 0, "onnxruntime intra-op threads; 0 uses every core.")
-@json_option
+@click.option("--json", "json_", is_flag=True, help="Print the ids, timing and cache as JSON.")
 def generate(
     file: Path,
     prompt: list[int],
@@ -119,23 +119,34 @@ def generate(
         assert record is not None  # Decoding.of refuses a file without one
         eager_ids = _eager_ids(record, weights, decoding, prompt, steps)
         result["eager"] = {"ids": eager_ids, "agree": eager_ids == ids}
-        if eager_ids != ids:
-            first = next(i for i, (a, b) in enumerate(zip(ids, eager_ids, strict=True)) if a != b)
-            raise WorkFailed(
-                f"onnxruntime and eager PyTorch disagree from step {first + 1}: onnxruntime "
-                f"picked {ids[first]}, eager {eager_ids[first]} (both picked "
-                f"{','.join(map(str, ids[:first])) or 'nothing'} before)"
-            )
+    # The ids are printed even where eager disagrees: they are what the file decodes.
     if json_:
         print_json(result)
+    else:
+        click.echo(",".join(map(str, ids)))
+    if "eager" in result and not result["eager"]["agree"]:
+        raise WorkFailed(_disagreement(ids, result["eager"]["ids"]))
+    if json_:
         return
-    click.echo(",".join(map(str, ids)))
     note(
-        f"{steps} ids in {seconds * 1000:.1f} ms through onnxruntime (prefill and steps), "
+        f"{_count(steps)} in {seconds * 1000:.1f} ms through onnxruntime (prefill and steps), "
         f"the cache {'in bound buffers, written in place' if cache == 'bound' else 'copied'}"
     )
     if "eager" in result:
-        note(f"eager PyTorch picked the same {steps} ids")
+        note(f"eager PyTorch picked the same {_count(steps)}")
+
+
+def _count(steps: int) -> str:
+    return "1 id" if steps == 1 else f"{steps} ids"
+
+
+def _disagreement(ids: list[int], eager_ids: list[int]) -> str:
+    first = next(i for i, (a, b) in enumerate(zip(ids, eager_ids, strict=True)) if a != b)
+    after = f", after the same {','.join(map(str, ids[:first]))}" if first else ""
+    return (
+        f"onnxruntime and eager PyTorch disagree at step {first + 1}{after}: onnxruntime "
+        f"picked {ids[first]}, eager {eager_ids[first]}"
+    )
 
 
 def _bound_step(session: Session, decoding: Decoding, capacity: int) -> Step | None:
