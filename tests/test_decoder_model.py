@@ -533,3 +533,30 @@ def test_an_eager_disagreement_exits_1_and_keeps_the_files_ids(
     result = cli(*args, "--weights", str(folder / "llama.safetensors"))
     assert_refused(result, 1, message.format(*ids, wrong[step - 1]))
     assert result.stdout == ",".join(map(str, ids)) + "\n"
+
+
+def test_infer_takes_a_prefill_with_every_cache_left_out(exported, cli, tmp_path) -> None:
+    """A cache left out is empty (past 0), as a cache's smallest size allows: the prefill."""
+    ids = np.random.default_rng(4).integers(0, VOCAB, (2, 9))
+    np.save(tmp_path / "ids.npy", ids)
+    result = cli("infer", str(exported), "--input", f"ids={tmp_path / 'ids.npy'}",
+                 "--output", str(tmp_path / "out.npz"))  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    expected = session.run(["logits"], {"ids": ids, **empty_cache(2)})[0]
+    with np.load(tmp_path / "out.npz") as out:
+        np.testing.assert_array_equal(out["logits"], expected)
+        assert out["block1_present_key"].shape == (2, KV_HEADS, 9, HEAD_DIM)
+
+
+def test_infer_refuses_some_caches_given_and_others_not(exported, cli, tmp_path) -> None:
+    np.save(tmp_path / "ids.npy", np.ones((1, 1), np.int64))
+    np.save(tmp_path / "key.npy", np.zeros((1, KV_HEADS, 3, HEAD_DIM), np.float32))
+    result = cli("infer", str(exported), "--input", f"ids={tmp_path / 'ids.npy'}",
+                 "--input", f"block0_past_key={tmp_path / 'key.npy'}")  # fmt: skip
+    assert_refused(
+        result,
+        2,
+        "input block0_past_value is required (batch x 2 x past x 16); past may be 0: "
+        "leave out every input of that dim for an empty one",
+    )

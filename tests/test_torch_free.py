@@ -136,6 +136,10 @@ def test_infer_leaves_optional_inputs_out_and_checks_the_rest(
     bad = run_process("infer", str(rnn_file), "--input", f"x={tmp_path / 'bad.npy'}")
     assert bad.exit_code == 2
     assert bad.stderr == "Error: input x axis 2 must be 128, got 100\n"
+    np.save(tmp_path / "h0.npy", np.zeros((3, 64), np.float32))
+    missing = run_process("infer", str(rnn_file), "--input", f"h0={tmp_path / 'h0.npy'}")
+    assert missing.exit_code == 2
+    assert missing.stderr == "Error: input x is required (batch x seq x 128)\n"
 
 
 @pytest.mark.slow

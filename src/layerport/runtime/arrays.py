@@ -93,7 +93,8 @@ def check_arrays(
     smallest: Mapping[str, int] | None = None,
     largest: Mapping[str, int] | None = None,
 ) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Check names, ranks, sizes and dtypes against ``specs``; fill omitted optional inputs with zeros.
+    """Check names, ranks, sizes and dtypes against ``specs``; fill omitted optional inputs with
+    zeros, and omitted inputs of a dim whose smallest size is 0 (a KV cache) empty along it.
 
     Symbolic dims must agree across inputs (both ``batch`` axes the same size),
     reach their ``smallest`` sizes and stay within their ``largest`` (a file's
@@ -163,12 +164,31 @@ def check_arrays(
     for spec in specs:
         if spec.name in complete:
             continue
-        if not spec.optional:
-            raise UserInputError(f"input {spec.name} is required ({_describe(spec.dims)})")
+        # A state that may be empty (a KV cache's past, smallest 0) left out is empty: the prefill.
+        empty = [
+            dim
+            for dim in spec.dims
+            if isinstance(dim, str)
+            and (smallest or {}).get(dim, 1) == 0
+            and bound.get(dim, (0, ""))[0] == 0
+        ]
+        if not spec.optional and not empty:
+            may_be_empty = [
+                d for d in spec.dims if isinstance(d, str) and (smallest or {}).get(d, 1) == 0
+            ]
+            hint = (
+                f"; {may_be_empty[0]} may be 0: leave out every input of that dim for an empty one"
+                if may_be_empty
+                else ""
+            )
+            raise UserInputError(f"input {spec.name} is required ({_describe(spec.dims)}){hint}")
+        for dim in empty:
+            bound.setdefault(dim, (0, spec.name))
         unbound = [dim for dim in spec.dims if isinstance(dim, str) and dim not in bound]
         if unbound:
             raise UserInputError(
-                f"cannot fill optional input {spec.name}: dim {unbound[0]} is unknown"
+                f"cannot fill {'optional ' if spec.optional else ''}input {spec.name}: "
+                f"dim {unbound[0]} is unknown"
             )
         shape = tuple(dim if isinstance(dim, int) else bound[dim][0] for dim in spec.dims)
         dtype = numpy_dtype(spec.dtype)
