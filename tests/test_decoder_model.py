@@ -560,3 +560,21 @@ def test_infer_refuses_some_caches_given_and_others_not(exported, cli, tmp_path)
         "input block0_past_value is required (batch x 2 x past x 16); past may be 0: "
         "leave out every input of that dim for an empty one",
     )
+
+
+@pytest.mark.slow
+def test_bench_times_a_decoder_at_its_calls_within_its_longest_cache(decoder, cli) -> None:
+    """The model's cache holds 96 positions: the steps past 512 and 2048 and the prefill of
+    512 are timed at 96, with a note that says so; every form is timed beside eager."""
+    folder, _ = decoder
+    result = cli("bench", str(folder / "llama.toml"), "--weights",
+                 str(folder / "llama.safetensors"), "--min-time", "0.01", "--threads", "1",
+                 "--json")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert "Note: the model's cache holds at most 96 positions" in result.stderr
+    data = json.loads(result.stdout)
+    calls = [entry["call"] for entry in data["calls"]]
+    assert calls == ["decode step, past 64", "decode step, past 96", "prefill of 96"]
+    assert [entry["dims"]["past"] for entry in data["calls"]] == [64, 96, 0]
+    engines = set(data["calls"][0]["engines"])
+    assert {"eager", "onnxruntime", "onnxruntime-fused", "onnxruntime-fused-bound"} <= engines

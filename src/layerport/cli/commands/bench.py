@@ -16,7 +16,7 @@ from layerport.cli.app import (
 )
 from layerport.cli.options import LayerOptions, json_option, layer_options, threads_option
 from layerport.cli.outcomes import LayerOutcome
-from layerport.cli.output import print_bench, warn
+from layerport.cli.output import Progress, note, print_bench, warn
 from layerport.config import LayerConfig, resolve_config
 from layerport.dtypes import QUANTIZATIONS
 from layerport.registry import RegisteredLayer
@@ -29,20 +29,33 @@ PREFILL = 512
 
 def decoding_points(config: LayerConfig) -> dict[str, dict[str, int]]:
     """The calls a layer with a KV cache is benchmarked at, named, at batch 1: each decode
-    step's past and the prefill; empty for any other layer. A past above the declared
-    maximum is left out."""
+    step's past and the prefill; empty for any other layer.
+
+    A model that declares a shorter longest cache (``[dims.past] max``, its
+    trained positions) is timed at that length instead of the longer steps and
+    prefill it cannot take.
+    """
     streaming = config.spec.streaming
     if streaming is None or streaming.grows is None or not streaming.applies(config.params):
         return {}
     batch = {config.spec.batch_dim: 1} if config.spec.batch_dim else {}
-    largest = config.spec.dim(streaming.grows).max_size
+    largest = _longest_cache(config)
+    pasts = sorted({past if largest is None else min(past, largest) for past in DECODE_PASTS})
     points = {
         f"decode step, {streaming.grows} {past}": {**batch, streaming.dim: 1, streaming.grows: past}
-        for past in DECODE_PASTS
-        if largest is None or past <= largest
+        for past in pasts
     }
-    points[f"prefill of {PREFILL}"] = {**batch, streaming.dim: PREFILL, streaming.grows: 0}
+    prompt = PREFILL if largest is None else min(PREFILL, largest)
+    points[f"prefill of {prompt}"] = {**batch, streaming.dim: prompt, streaming.grows: 0}
     return points
+
+
+def _longest_cache(config: LayerConfig) -> int | None:
+    """The declared largest size of the dim a layer's state grows along, if any."""
+    streaming = config.spec.streaming
+    if streaming is None or streaming.grows is None:
+        return None
+    return config.spec.dim(streaming.grows).max_size
 
 
 @click.command()
@@ -160,21 +173,31 @@ def bench(
                 for form in config.spec.forms
                 if form.refuses(config.params, config.dtype) is None
             ]
-            outcomes = [
-                LayerOutcome(
-                    config.layer,
-                    bench=bench_layer(
-                        config.with_dims({**config.dims, **dims}),
-                        threads=threads,
-                        timing=timing,
-                        quantize=quantize,
-                        precisions=compared,
-                        runtimes=selected,
-                        forms=forms,
-                    ),
+            largest = _longest_cache(config)
+            if largest is not None and largest < max(*DECODE_PASTS, PREFILL):
+                note(
+                    f"the model's cache holds at most {largest} positions (its declared "
+                    f"largest): the longer calls are timed at {largest}"
                 )
-                for dims in points.values()
-            ]
+            outcomes = []
+            with Progress(len(points), "timing") as progress:
+                for call, dims in points.items():
+                    progress.start(call)
+                    outcomes.append(
+                        LayerOutcome(
+                            config.layer,
+                            bench=bench_layer(
+                                config.with_dims({**config.dims, **dims}),
+                                threads=threads,
+                                timing=timing,
+                                quantize=quantize,
+                                precisions=compared,
+                                runtimes=selected,
+                                forms=forms,
+                            ),
+                        )
+                    )
+                    progress.finish(ok=True)
             print_bench(outcomes, all_, json_, calls=list(points))
             raise_if_any_failed(outcomes, json_)
             return
