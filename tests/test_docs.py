@@ -131,6 +131,14 @@ def test_decoder_walkthrough_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     exported = run_process(*shlex.split(export), cwd=tmp_path)
     assert exported.exit_code == 0, exported.stderr
     assert "streaming decoding: prompt" in exported.stdout
+    # The summary the page shows after the walk-through is the one the export prints.
+    shown_summary = re.search(
+        r"<!-- decoder:end -->\n\n```text\n(.*?)```", MODELS_PAGE.read_text(), re.DOTALL
+    )
+    assert shown_summary is not None
+    for key in ("size:", "nodes:", "dynamic dims:"):
+        line = next(line for line in exported.stdout.splitlines() if line.startswith(key))
+        assert line in shown_summary.group(1).splitlines(), line
     generated = run_process(*shlex.split(generate), cwd=tmp_path)
     assert generated.exit_code == 0, generated.stderr
     assert "eager PyTorch picked the same 8 ids" in generated.stderr
