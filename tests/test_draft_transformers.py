@@ -264,3 +264,76 @@ def test_a_qwen2_with_attention_biases_exports_as_transformers_computes(
     assert drafted["model"]["name"] == "qwen2"
     assert drafted["layer"][1]["use"] == "decoder_block"
     _assert_computes_transformers(cli, tmp_path, model)
+
+
+def test_a_causal_lm_without_its_head_is_a_check_and_does_not_generate(cli, tmp_path: Path) -> None:
+    """The checkpoint lost lm_head.weight though its config says the head has its own: the
+    draft says the head is missing, and generate refuses hidden features for logits."""
+    from safetensors.numpy import load_file, save_file
+
+    save_llama(tmp_path, tie_word_embeddings=False)
+    checkpoint = tmp_path / "model.safetensors"
+    tensors = load_file(str(checkpoint))
+    del tensors["lm_head.weight"]
+    save_file(tensors, str(checkpoint))
+    text, model = draft(cli, checkpoint)
+    assert "# CHECK: config.json names a causal language model whose head" in text
+    assert "logits" not in model["outputs"]
+    (tmp_path / "m.toml").write_text(text)
+    out = tmp_path / "m.onnx"
+    exported = cli("export", str(tmp_path / "m.toml"), "--weights", str(checkpoint),
+                   "-o", str(out), "--no-verify")  # fmt: skip
+    assert_succeeded(exported)
+    result = cli("generate", str(out), "--prompt-ids", "1,2,3")
+    assert_refused(result, 2, "output y gives 48 values per position, but input ids takes 96 ids")
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        (
+            {"num_attention_heads": "8"},
+            "num_attention_heads must be a whole number above 0, got '8'",
+        ),
+        ({"num_key_value_heads": 0}, "num_key_value_heads must be a whole number above 0, got 0"),
+        ({"num_attention_heads": 4.0}, "num_attention_heads must be a whole number above 0"),
+        ({"rms_norm_eps": "1e-5"}, "rms_norm_eps must be a finite number above 0"),
+        ({"rope_parameters": {"rope_theta": -1}}, "rope_theta must be a finite number above 0"),
+        ({"hidden_act": ["silu"]}, "hidden_act must be a string"),
+        ({"rope_scaling": "linear"}, "rope_scaling must be a table of settings"),
+        ({"sliding_window": "16"}, "sliding_window must be a whole number above 0"),
+    ],
+    ids=[
+        "heads-text",
+        "kv-heads-0",
+        "heads-float",
+        "eps-text",
+        "theta-negative",
+        "act-list",
+        "scaling-text",
+        "window-text",
+    ],
+)
+def test_a_config_value_of_the_wrong_type_is_refused_naming_it(
+    cli, tmp_path: Path, changes, words
+) -> None:
+    """transformers refuses these configs too: a draft from them would drop the value."""
+    save_llama(tmp_path)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    assert_refused(cli("draft", str(tmp_path / "model.safetensors")), 2, words)
+
+
+def test_a_dangling_config_link_is_refused(cli, tmp_path: Path) -> None:
+    save_llama(tmp_path)
+    (tmp_path / "config.json").unlink()
+    (tmp_path / "config.json").symlink_to(tmp_path / "elsewhere.json")
+    assert_refused(cli("draft", str(tmp_path / "model.safetensors")), 2, "cannot read")
+
+
+def test_heads_that_fit_no_layer_are_a_check(cli, tmp_path: Path) -> None:
+    save_llama(tmp_path)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "num_attention_heads": 8}))
+    text, _ = draft(cli, tmp_path / "model.safetensors")
+    assert "# CHECK: config.json's heads (num_heads = 8, num_kv_heads = 2) fit no layer's" in text

@@ -333,7 +333,8 @@ def render_draft(draft: Draft) -> str:
     chosen = _choose(draft.groups)
     matched = sum(fit is not None for fit in chosen)
     config = draft.config
-    language_model = config is not None and config.causal_lm
+    last = draft.groups[-1]
+    language_model = config is not None and config.causal_lm and (last.prefix == _HEAD or last.tied)
     lines = [
         f"# Drafted by layerport draft from {draft.path.name}: {len(draft.groups)} groups of "
         f"tensors, {matched} matched to a layer.",
@@ -345,6 +346,7 @@ def render_draft(draft: Draft) -> str:
             "# What the tensors do not tell (heads, epsilons, rotary base, positions) is from",
             f"# {CONFIG_NAME} beside them (transformers' model_type {config.model_type!r}).",
             *(f"{_CHECK}{check}" for check in config.checks),
+            *_config_checks(draft, chosen, config),
         ]
     stem = config.model_type if config is not None else draft.path.stem
     name = re.sub(r"[^a-z0-9_]+", "_", stem.lower()).strip("_") or "model"
@@ -381,6 +383,28 @@ def render_draft(draft: Draft) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _config_checks(
+    draft: Draft, chosen: Sequence[Fit | None], config: TransformersConfig
+) -> list[str]:
+    """Where the config and the tensors do not tell one story."""
+    checks = []
+    heads: dict[str, ParamValue] = {
+        name: config.params[name] for name in ("num_heads", "num_kv_heads") if name in config.params
+    }
+    if heads and not any(fit is not None and "num_heads" in (fit.given or {}) for fit in chosen):
+        checks.append(
+            f"{_CHECK}{CONFIG_NAME}'s heads ({_assignments(heads)}) fit no layer's tensors "
+            "here: check them, and the family, against the tensors' shapes."
+        )
+    last = draft.groups[-1]
+    if config.causal_lm and last.prefix != _HEAD and not last.tied:
+        checks.append(
+            f"{_CHECK}{CONFIG_NAME} names a causal language model whose head has tensors of its "
+            f"own (tie_word_embeddings false), but none is under {_HEAD!r}: the head is missing."
+        )
+    return checks
+
+
 def _order_comment(ordered: bool, language_model: bool) -> list[str]:
     if ordered:
         return [
@@ -389,8 +413,8 @@ def _order_comment(ordered: bool, language_model: bool) -> list[str]:
         ]
     if language_model:
         return [
-            f"{_CHECK}this format keeps no order; the layers are in the order of their names",
-            "# (numbers counted), the head last, as transformers' causal language models run.",
+            "# The layers are in the order of their names (numbers counted), the head last, as",
+            "# transformers' causal language models run them (this format keeps no order).",
         ]
     return [
         f"{_CHECK}this format keeps no order; the layers are in the order of their names",

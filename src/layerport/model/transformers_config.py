@@ -82,16 +82,18 @@ def read_transformers_config(checkpoint: Path) -> TransformersConfig | None:
     """The ``config.json`` beside ``checkpoint``, or None where there is none or it is not
     transformers' (no ``model_type``).
 
-    Raises ``BadFile`` for a ``config.json`` that is not a regular file, is over
-    1 MiB, or is not JSON.
+    Raises ``BadFile`` for a ``config.json`` that cannot be read (a dangling link,
+    not a regular file, over 1 MiB, not JSON), and for one whose values are not of
+    the type transformers gives them (heads ``"8"``, an epsilon of 0), which
+    transformers refuses too.
     """
     path = checkpoint.parent / CONFIG_NAME
-    if not path.exists():
+    if not os.path.lexists(path):
         return None
     config = _read_json(path)
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
         return None
-    return _parse(config)
+    return _parse(config, path)
 
 
 def _read_json(path: Path) -> Any:
@@ -115,25 +117,62 @@ def _read_json(path: Path) -> Any:
         raise BadFile(f"{path} is not JSON: {error}") from None
 
 
-def _parse(config: Mapping[str, Any]) -> TransformersConfig:
+class _Reader:
+    """Typed reads of a config's keys: a key that is absent or null is None; one of another
+    type, or not above 0, is a ``BadFile`` naming it."""
+
+    def __init__(self, config: Mapping[str, Any], path: Path) -> None:
+        self.config, self.path = config, path
+
+    def integer(self, key: str, within: Mapping[str, Any] | None = None) -> int | None:
+        value = (self.config if within is None else within).get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BadFile(f"{self.path}: {key} must be a whole number above 0, got {value!r}")
+        return value
+
+    def number(self, key: str, within: Mapping[str, Any] | None = None) -> float | None:
+        value = (self.config if within is None else within).get(key)
+        if value is None:
+            return None
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            raise BadFile(f"{self.path}: {key} must be a finite number above 0, got {value!r}")
+        return float(value)
+
+    def text(self, key: str, within: Mapping[str, Any] | None = None) -> str | None:
+        value = (self.config if within is None else within).get(key)
+        if value is not None and not isinstance(value, str):
+            raise BadFile(f"{self.path}: {key} must be a string, got {value!r}")
+        return value
+
+    def table(self, key: str) -> dict[str, Any]:
+        value = self.config.get(key)
+        if value is not None and not isinstance(value, dict):
+            raise BadFile(f"{self.path}: {key} must be a table of settings, got {value!r}")
+        return value or {}
+
+
+def _parse(config: Mapping[str, Any], path: Path) -> TransformersConfig:
+    read = _Reader(config, path)
     params: dict[str, ParamValue] = {}
     for key, names in _PARAMS.items():
-        value = _positive(config.get(key))
+        value = read.number(key) if key == "rms_norm_eps" else read.integer(key)
         if value is not None:
             params.update(dict.fromkeys(names, value))
-    rope = config.get("rope_parameters")
-    rope = rope if isinstance(rope, dict) else {}
-    theta = _positive(rope.get("rope_theta", config.get("rope_theta")))
+    rope = read.table("rope_parameters")
+    theta = read.number("rope_theta", rope) or read.number("rope_theta")
     if theta is not None:
-        params["rope_base"] = float(theta)
-    for name in ("norm_eps", "eps"):  # floats, as the parameters are, even where JSON wrote 1
-        if name in params:
-            params[name] = float(params[name])
+        params["rope_base"] = theta
     architectures = config.get("architectures")
     causal_lm = isinstance(architectures, list) and any(
         isinstance(name, str) and name.endswith("ForCausalLM") for name in architectures
     )
-    positions = _positive(config.get("max_position_embeddings"))
     tied = config.get("tie_word_embeddings")
     modules = dict(_LANGUAGE_MODEL_MODULES) if causal_lm else {}
     if "norm_eps" in params:  # transformers' Llama family names an RMSNorm's epsilon so
@@ -143,15 +182,15 @@ def _parse(config: Mapping[str, Any]) -> TransformersConfig:
     return TransformersConfig(
         model_type=str(config["model_type"]),
         params=params,
-        max_positions=positions if isinstance(positions, int) else None,
+        max_positions=read.integer("max_position_embeddings"),
         causal_lm=causal_lm,
         tied_embeddings=tied if isinstance(tied, bool) else None,
-        checks=tuple(_checks(config, rope)),
+        checks=tuple(_checks(config, read, rope)),
         modules=modules,
     )
 
 
-def _checks(config: Mapping[str, Any], rope: Mapping[str, Any]) -> list[str]:
+def _checks(config: Mapping[str, Any], read: _Reader, rope: Mapping[str, Any]) -> list[str]:
     """What layerport's Llama block does not compute as ``config`` asks, one line each."""
     checks = []
     model_type = config["model_type"]
@@ -160,38 +199,32 @@ def _checks(config: Mapping[str, Any], rope: Mapping[str, Any]) -> list[str]:
             f"model_type {model_type!r}: decoder_block computes Llama's block; check that "
             "this family's does the same (its norms, its embedding's scale)."
         )
-    activation = config.get("hidden_act")
+    activation = read.text("hidden_act")
     if activation is not None and activation not in _SILU:
         checks.append(f"hidden_act {activation!r}: decoder_block's MLP uses SiLU.")
-    scaling = config.get("rope_scaling")  # transformers 4.x's, beside or instead of 5.x's
-    types = [rope.get("rope_type")]
-    if isinstance(scaling, dict):
-        types.append(scaling.get("rope_type", scaling.get("type")))
+    scaling = read.table("rope_scaling")  # transformers 4.x's, beside or instead of 5.x's
+    types = [read.text("rope_type", rope), read.text("rope_type", scaling)]
+    types.append(read.text("type", scaling))
     rope_type = next((kind for kind in types if kind not in (None, "default")), None)
     if rope_type is not None:
         checks.append(
             f"rotary scaling {rope_type!r}: decoder_block computes the default rotary "
             "embeddings, so every position's result would differ from transformers'."
         )
-    partial = _positive(config.get("partial_rotary_factor"))
+    # transformers 5.x writes it among the rotary settings, 4.x at the top.
+    partial = read.number("partial_rotary_factor", rope) or read.number("partial_rotary_factor")
     if partial is not None and partial != 1:
         checks.append(f"partial_rotary_factor {partial}: decoder_block rotates every feature.")
-    window = _positive(config.get("sliding_window"))
-    positions = _positive(config.get("max_position_embeddings"))
+    window = read.integer("sliding_window")
+    positions = read.integer("max_position_embeddings")
     if (
         window is not None
         and config.get("use_sliding_window", True) is not False
         and (positions is None or window < positions)
     ):
         checks.append(
-            f"sliding_window {window}: decoder_block attends to every earlier token; cap "
-            f"the cache (dims.past max) at {window} to stay within the window."
+            f"sliding_window {window}: decoder_block attends to every earlier token, as the "
+            f"window does only while prompt and generated ids together stay within {window} "
+            "positions; dims.past max caps the cache, not the prompt."
         )
     return checks
-
-
-def _positive(value: object) -> int | float | None:
-    """``value`` where it is a finite number above 0 (JSON's ``true`` is not one), else None."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return value if math.isfinite(value) and value > 0 else None

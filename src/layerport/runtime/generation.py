@@ -70,9 +70,10 @@ class Decoding:
                 f"this file takes {names}"
             )
         grown = {made for _, made in carry}
-        logits = next((spec.name for spec in outputs if spec.name not in grown), None)
+        logits = next((spec for spec in outputs if spec.name not in grown), None)
         if logits is None:
             raise UserInputError("the file gives back its cache but no logits")
+        _check_scores(ids[0], logits)
         batch = ids[0].dims[0]
         empty = {
             spec.name: np.zeros(
@@ -85,7 +86,7 @@ class Decoding:
             if spec.name in cached
         }
         longest = (record.max_dims or {}).get(stream["grows"]) if record is not None else None
-        return cls(ids[0].name, logits, carry, empty, stream["grows"], longest)
+        return cls(ids[0].name, logits.name, carry, empty, stream["grows"], longest)
 
     def prefill(self, prompt: list[int]) -> dict[str, np.ndarray]:
         """The first call's inputs: the prompt, and the cache empty."""
@@ -145,6 +146,21 @@ def _check_carry(
             seen.add(made)
             continue
         raise BadFile(f"the file's layerport metadata is damaged: {problem}")
+
+
+def _check_scores(ids: ArraySpec, logits: ArraySpec) -> None:
+    """Refuse an output that is not one score per id the input takes: a model without its
+    head gives hidden features, and their argmax is not a token."""
+    features = logits.dims[-1] if logits.dims else None
+    if ids.values is None or not isinstance(features, int):
+        return
+    low, high = ids.values
+    if low == 0 and features != high:
+        raise UserInputError(
+            f"output {logits.name} gives {features} values per position, but input "
+            f"{ids.name} takes {high} ids: it is not a score per id (a model without its head?), "
+            "so greedy decoding would pick features, not tokens"
+        )
 
 
 def copied_cache(run: Run, decoding: Decoding) -> Step:
