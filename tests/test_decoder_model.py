@@ -578,3 +578,15 @@ def test_bench_times_a_decoder_at_its_calls_within_its_longest_cache(decoder, cl
     assert [entry["dims"]["past"] for entry in data["calls"]] == [64, 96, 0]
     engines = set(data["calls"][0]["engines"])
     assert {"eager", "onnxruntime", "onnxruntime-fused", "onnxruntime-fused-bound"} <= engines
+
+
+def test_a_decoder_that_fails_verification_names_the_first_diverging_block(
+    decoder, exported, cli
+) -> None:
+    """A tolerance no float32 file can meet fails the file; the pinpointing export (every
+    layer's output exposed) runs on a model whose caches stream, and names a layer."""
+    folder, _ = decoder
+    result = cli("verify", str(exported), "--weights", str(folder / "llama.safetensors"),
+                 "--atol", "1e-12", "--rtol", "0", "--trials", "1")  # fmt: skip
+    assert_refused(result, 1, "is the first whose output diverges from its eager twin")
+    assert "could not pinpoint" not in result.stderr

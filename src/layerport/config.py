@@ -72,6 +72,12 @@ class LayerConfig:
         itemsize = precision(self.dtype).itemsize
         return sum(math.prod(shape) * itemsize for shape in self.weight_shapes().values())
 
+    def min_dims(self) -> dict[str, int]:
+        """The dims whose smallest valid size is not 1 (0: an empty KV cache), as a file
+        records them and a session checks inputs against them."""
+        smallest = {dim.name: dim.smallest(self.params) for dim in self.spec.dims}
+        return {name: size for name, size in smallest.items() if size != 1}
+
     def with_dims(self, dims: Mapping[str, int]) -> LayerConfig:
         """This configuration at other dim sizes; ``InvalidDim`` below a dim's smallest size."""
         self.spec.check_dims(dims, self.params)

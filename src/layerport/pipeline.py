@@ -454,7 +454,7 @@ def verify_model(
         SessionSettings(runtime=config.spec.precisions[config.dtype]),
         optional_inputs=optional_inputs,
         isolate=name is not None,  # a file from disk may crash onnxruntime; our exports are guarded
-        smallest=min_dims(config),
+        smallest=config.min_dims(),
     )
     expected: Engine = EagerEngine(module, config)
     if quantize is not None:
@@ -491,7 +491,7 @@ def verify_model(
             session.name,
             SessionSettings(runtime="onnx-reference"),
             optional_inputs=optional_inputs,
-            smallest=min_dims(config),
+            smallest=config.min_dims(),
         )
         # The file in the second runtime, judged as the first was: a failure there
         # after a pass here is a runtime's bug.
@@ -513,7 +513,7 @@ def verify_model(
         # A runtime that cannot open or run the file fails the matrix, not the command.
         try:
             other = runtime.open(
-                model, session.name, optional_inputs=optional_inputs, smallest=min_dims(config)
+                model, session.name, optional_inputs=optional_inputs, smallest=config.min_dims()
             )
             # An int8 file is held to the same quantization in every runtime, as in onnxruntime.
             report.runtimes[runtime.name] = verify_engines(
@@ -552,7 +552,7 @@ def _same_quantization(
         gemm_as_matmul(proto_of(source)),
         name,
         optional_inputs=optional_inputs,
-        smallest=min_dims(config),
+        smallest=config.min_dims(),
         saturating=saturating,
     )
 
@@ -615,7 +615,7 @@ def export_record(
         weights_key=checkpoint.key if checkpoint else None,
         weights_dtype=config.weights_dtype,
         quantization=quantization,
-        min_dims=min_dims(config) or None,
+        min_dims=config.min_dims() or None,
         max_dims={d.name: d.max_size for d in config.spec.dims if d.max_size is not None} or None,
         input_ranges={name: list(values) for name, values in config.value_ranges().items()} or None,
         model=None if config.model is None else config.model.to_json(_qualified_uses(config)),
@@ -631,10 +631,3 @@ def _qualified_uses(config: LayerConfig) -> dict[str, str]:
     from layerport.model import model_steps
 
     return {step.name: step.config.layer.qualified_name for step in model_steps(config)}
-
-
-def min_dims(config: LayerConfig) -> dict[str, int]:
-    """The dims whose smallest valid size is not 1 (0: an empty KV cache), as a file records
-    them and a session checks inputs against them."""
-    smallest = {dim.name: dim.smallest(config.params) for dim in config.spec.dims}
-    return {name: size for name, size in smallest.items() if size != 1}

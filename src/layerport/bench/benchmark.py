@@ -131,7 +131,6 @@ def bench_layer(
     from layerport.export import DEFAULT_OPSET
     from layerport.export.quantize import check_quantizable
     from layerport.export.torch_onnx import count_nodes, export_onnx
-    from layerport.pipeline import min_dims
     from layerport.runtime.session import Session, SessionSettings
     from layerport.verify.engines import (
         EagerEngine,
@@ -161,7 +160,7 @@ def bench_layer(
         threads=threads, runtime=config.spec.precisions[config.dtype], spinning=not several
     )
     # A KV cache's past may be empty (a prefill): the sizes a file of it records.
-    smallest = min_dims(config)
+    smallest = config.min_dims()
     session = Session(
         model,
         f"the export of {config.spec.name}",

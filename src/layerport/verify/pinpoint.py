@@ -52,7 +52,7 @@ def pinpoint_layer(
         exposing = exposing_every_layer(config)
         module = build_module(exposing)
         exported = export_onnx(module, exposing, opset)
-        session = Session(exported, "the exposing export", settings)
+        session = Session(exported, "the exposing export", settings, smallest=exposing.min_dims())
         scales = bounded_output_scales(exported)
         inputs = failed.inputs
         actual = session.run(inputs)
